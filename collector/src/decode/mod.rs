@@ -1,0 +1,25 @@
+//! Decoders from wire formats to [`meshtrace_model::Span`]s, and the OTLP encoders.
+//!
+//! Each decoder turns a whole request body into a [`crate::Batch`]: a body that does not parse
+//! at all is an [`crate::Error::InvalidArgument`] naming the format and the failure, while a
+//! span with bad IDs or times is only rejected (see [`crate::validate`]) and the valid spans of
+//! the same body are kept. Formats: OTLP protobuf ([`otlp`]), OTLP/JSON ([`otlp_json`]),
+//! Zipkin v2 JSON ([`zipkin`]), Jaeger query-API JSON ([`jaeger_json`]) and the Nezha CSV
+//! dataset ([`nezha`]). [`ids`] holds the ID parsing shared by them.
+
+pub mod ids;
+pub mod jaeger_json;
+pub mod nezha;
+pub mod otlp;
+pub mod otlp_json;
+pub mod zipkin;
+
+/// Converts unsigned unix nanoseconds to the model's `i64`, saturating far-future times.
+pub(crate) fn nanos(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The duration from `start` to `end` in ns; negative when `end` is before `start`.
+pub(crate) fn duration(start: i64, end: i64) -> i64 {
+    end.saturating_sub(start)
+}

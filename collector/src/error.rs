@@ -1,0 +1,72 @@
+//! The collector's error type, with one mapping to HTTP status and one to gRPC status.
+
+use std::time::Duration;
+
+/// What kind of failure an [`Error`] is; each maps once to HTTP and once to gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ResourceExhausted,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> http::StatusCode {
+        match self {
+            ErrorCode::InvalidArgument => http::StatusCode::BAD_REQUEST,
+            ErrorCode::PayloadTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::ResourceExhausted => http::StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Internal => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorCode::PayloadTooLarge => tonic::Code::InvalidArgument,
+            ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
+            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+/// Errors of the ingest path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("ingest pipeline is full; retry after {}ms", retry_after.as_millis())]
+    Overloaded { retry_after: Duration },
+    #[error("write-ahead log: {0}")]
+    Wal(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Error::Overloaded { .. } => ErrorCode::ResourceExhausted,
+            Error::Wal(_) | Error::Io(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The delay a client should wait before retrying, for overload errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Overloaded { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}

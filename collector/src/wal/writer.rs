@@ -1,0 +1,236 @@
+//! The writer thread: drains the append queue, writes each group of records with one write and
+//! one `fdatasync`, rolls segments, and completes every waiter with its sequence number.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error};
+
+use super::format::set_seq;
+use super::recover::{segment_path, sync_dir, SegMeta};
+use super::{FsyncPolicy, Shared, WalConfig};
+use crate::Error;
+
+/// Stop gathering a group once it holds this many bytes (a bigger single record still goes).
+const MAX_GROUP_BYTES: usize = 8 << 20;
+
+/// A message to the writer.
+pub(crate) enum Msg {
+    /// An encoded record (sequence number still zero) and who waits for it.
+    Append {
+        frame: Vec<u8>,
+        spans: usize,
+        done: oneshot::Sender<Result<u64, Error>>,
+    },
+    /// Write what is queued, sync, and stop.
+    Shutdown,
+}
+
+struct Pending {
+    frame: Vec<u8>,
+    spans: usize,
+    done: oneshot::Sender<Result<u64, Error>>,
+}
+
+/// Marks the writer stopped when it exits, even by panic, so `shutdown` never hangs.
+struct StoppedGuard(Arc<Shared>);
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        self.0.stopped.send_replace(true);
+    }
+}
+
+/// The state owned by the writer thread.
+pub(crate) struct Writer {
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    file: File,
+    active_len: u64,
+    segment_bytes: u64,
+    fsync: FsyncPolicy,
+    /// Reused buffer holding one group's bytes.
+    buf: Vec<u8>,
+    /// Test hook: the writer waits for this before taking anything from the queue.
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Writer {
+    /// A writer appending to `file` (the active segment, `active_len` bytes long).
+    pub fn new(
+        rx: mpsc::Receiver<Msg>,
+        shared: Arc<Shared>,
+        file: File,
+        active_len: u64,
+        cfg: &WalConfig,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Writer {
+        Writer {
+            rx,
+            shared,
+            file,
+            active_len,
+            segment_bytes: cfg.segment_bytes,
+            fsync: cfg.fsync,
+            buf: Vec::new(),
+            gate,
+        }
+    }
+
+    /// Runs until shutdown is requested or every handle is dropped.
+    pub fn run(mut self) {
+        let _guard = StoppedGuard(self.shared.clone());
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        let mut group = Vec::new();
+        while let Some(msg) = self.rx.blocking_recv() {
+            let mut bytes = 0;
+            let mut stop = take(msg, &mut group, &mut bytes);
+            while bytes < MAX_GROUP_BYTES && !stop {
+                match self.rx.try_recv() {
+                    Ok(msg) => stop = take(msg, &mut group, &mut bytes),
+                    Err(_) => break,
+                }
+            }
+            if stop {
+                // Refuse new appends, but write everything already accepted.
+                self.rx.close();
+                while let Ok(msg) = self.rx.try_recv() {
+                    take(msg, &mut group, &mut bytes);
+                }
+            }
+            self.commit(&mut group);
+            if stop {
+                break;
+            }
+        }
+        self.finish();
+    }
+
+    /// Writes one group, syncs it and completes its waiters.
+    fn commit(&mut self, group: &mut Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Some(reason) = self.shared.poison.get() {
+            fail(group, reason);
+            return;
+        }
+        let n = group.len() as u64;
+        let first = self.shared.next_seq.fetch_add(n, SeqCst);
+        let written = self.write_group(group, first);
+        if let Err(e) = written {
+            let reason = format!("write failed: {e}");
+            error!(error = %e, first_seq = first, records = n, "wal write failed; refusing further appends");
+            let _ = self.shared.poison.set(reason.clone());
+            fail(group, &reason);
+            return;
+        }
+        let last = first + n - 1;
+        self.shared.last_seq.store(last, SeqCst);
+        let c = &self.shared.counters;
+        c.records.fetch_add(n, Relaxed);
+        c.spans
+            .fetch_add(group.iter().map(|p| p.spans as u64).sum(), Relaxed);
+        c.group_commits.fetch_add(1, Relaxed);
+        for (seq, p) in (first..).zip(group.drain(..)) {
+            let _ = p.done.send(Ok(seq));
+        }
+    }
+
+    /// Rolls the segment if it is full, then writes and (by policy) syncs the group.
+    fn write_group(&mut self, group: &mut [Pending], first: u64) -> std::io::Result<()> {
+        if self.active_len >= self.segment_bytes && self.active_len > 0 {
+            self.roll(first)?;
+        }
+        let total: usize = group.iter().map(|p| p.frame.len()).sum();
+        if self.buf.capacity() > 2 * MAX_GROUP_BYTES {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.buf.reserve(total);
+        for (seq, p) in (first..).zip(group.iter_mut()) {
+            set_seq(&mut p.frame, seq);
+            self.buf.extend_from_slice(&p.frame);
+        }
+        self.file.write_all(&self.buf)?;
+        self.active_len += total as u64;
+        let c = &self.shared.counters;
+        c.bytes_written.fetch_add(total as u64, Relaxed);
+        self.shared.bytes_on_disk.fetch_add(total as u64, Relaxed);
+        if self.fsync == FsyncPolicy::Always {
+            self.file.sync_data()?;
+            c.fsyncs.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (always synced, whatever the policy) and starts a new one.
+    fn roll(&mut self, first: u64) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        let c = &self.shared.counters;
+        c.fsyncs.fetch_add(1, Relaxed);
+        let path = segment_path(&self.shared.dir, first);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)?;
+        sync_dir(&self.shared.dir)?;
+        c.fsyncs.fetch_add(1, Relaxed);
+        {
+            let mut segments = self.shared.lock_segments();
+            if let Some(sealed) = segments.back_mut() {
+                sealed.bytes = self.active_len;
+            }
+            segments.push_back(SegMeta {
+                first_seq: first,
+                bytes: 0,
+            });
+        }
+        c.segments_created.fetch_add(1, Relaxed);
+        debug!(segment = %path.display(), sealed_bytes = self.active_len, "wal segment rolled");
+        self.file = file;
+        self.active_len = 0;
+        Ok(())
+    }
+
+    /// Final sync before the thread exits; a failure poisons the log.
+    fn finish(&mut self) {
+        if self.shared.poison.get().is_some() {
+            return;
+        }
+        if let Err(e) = self.file.sync_data() {
+            error!(error = %e, "wal final sync failed");
+            let _ = self.shared.poison.set(format!("final sync failed: {e}"));
+            return;
+        }
+        self.shared.counters.fsyncs.fetch_add(1, Relaxed);
+        debug!(
+            last_seq = self.shared.last_seq.load(SeqCst),
+            "wal writer stopped"
+        );
+    }
+}
+
+/// Adds a message to the group; returns whether it asks the writer to stop.
+fn take(msg: Msg, group: &mut Vec<Pending>, bytes: &mut usize) -> bool {
+    match msg {
+        Msg::Append { frame, spans, done } => {
+            *bytes += frame.len();
+            group.push(Pending { frame, spans, done });
+            false
+        }
+        Msg::Shutdown => true,
+    }
+}
+
+/// Completes every waiter of the group with an error.
+fn fail(group: &mut Vec<Pending>, reason: &str) {
+    for p in group.drain(..) {
+        let _ = p.done.send(Err(Error::Wal(reason.to_string())));
+    }
+}

@@ -1,0 +1,296 @@
+//! The trace assembler: groups spans by trace as they arrive and hands a trace out once it is
+//! complete — after an idle window without new spans, or when it reaches a maximum age.
+//!
+//! Time is passed in by the caller (`now`, monotonic nanoseconds), so nothing here reads a
+//! clock. Memory is bounded: at most [`AssemblerConfig::max_open_traces`] open traces (adding
+//! a new trace at the limit forces the oldest out, as a partial trace, counted in
+//! `evicted_traces`) and at most [`AssemblerConfig::max_spans_per_trace`] spans per trace
+//! (later ones are dropped and counted in `dropped_spans`). Exact duplicate spans (same ID,
+//! kind, service and start, as sent again by an at-least-once sender) are ignored and counted.
+//!
+//! Late spans: a completed trace's spans are kept for [`AssemblerConfig::late_window`] (at most
+//! `max_open_traces` of them). A span arriving for such a trace reopens it with all its earlier
+//! spans (`late_merges`); when it completes again it comes out whole with `replaces = true`,
+//! and the caller replaces the rows it derived before instead of adding new ones. Spans
+//! arriving after the late window start a new trace.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use meshtrace_model::{Span, SpanId, SpanKind, TraceId};
+use serde::{Deserialize, Serialize};
+
+use crate::classes::ClassRule;
+use crate::derive::{derive_tree, Derived};
+use crate::graph::GraphConfig;
+use crate::tree::{build_tree, TraceTree};
+
+/// Assembler limits and windows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AssemblerConfig {
+    /// A trace without new spans for this long is complete.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// A trace open for this long is completed even if spans keep coming.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long a completed trace is kept so that late spans merge into it.
+    #[serde(with = "humantime_serde")]
+    pub late_window: Duration,
+    pub max_open_traces: usize,
+    pub max_spans_per_trace: usize,
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        AssemblerConfig {
+            idle: Duration::from_secs(5),
+            max_age: Duration::from_secs(60),
+            late_window: Duration::from_secs(60),
+            max_open_traces: 10_000,
+            max_spans_per_trace: 10_000,
+        }
+    }
+}
+
+/// Why a trace was handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionReason {
+    Idle,
+    MaxAge,
+    /// Forced out to make room for a new trace.
+    Evicted,
+}
+
+/// A trace handed out by [`Assembler::poll_complete`].
+#[derive(Clone, Debug)]
+pub struct CompletedTrace {
+    pub trace_id: TraceId,
+    pub tree: TraceTree,
+    pub reason: CompletionReason,
+    /// This trace was handed out before; its earlier derived rows must be replaced.
+    pub replaces: bool,
+    /// Spans of this trace dropped by the per-trace limit.
+    pub dropped_spans: u64,
+}
+
+impl CompletedTrace {
+    /// Derives the rows; a trace forced out or cut by the span limit is never `complete`.
+    pub fn derive(&self, rules: &[ClassRule], graph: &GraphConfig) -> Derived {
+        let mut d = derive_tree(&self.tree, rules, graph);
+        d.trace.complete &= self.reason != CompletionReason::Evicted && self.dropped_spans == 0;
+        d
+    }
+}
+
+/// What the assembler has dealt with so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AssemblerStats {
+    /// Traces handed out (replacements included).
+    pub completed: u64,
+    /// Traces handed out again after late spans.
+    pub replacements: u64,
+    /// Orphan spans in handed-out traces.
+    pub orphans: u64,
+    /// Handed-out traces with more than one root.
+    pub multi_root: u64,
+    /// Spans shifted to correct clock skew.
+    pub skew: u64,
+    /// Zipkin shared SERVER halves attached to their CLIENT half.
+    pub shared: u64,
+    /// Traces forced out by the open-trace limit.
+    pub evicted_traces: u64,
+    /// Spans dropped by the per-trace limit.
+    pub dropped_spans: u64,
+    /// Completed traces reopened by a late span.
+    pub late_merges: u64,
+    /// Exact duplicate spans ignored.
+    pub duplicate_spans: u64,
+}
+
+type SpanKey = (SpanId, SpanKind, i64, String);
+
+fn key_of(s: &Span) -> SpanKey {
+    (s.span_id, s.kind, s.start_unix_nano, s.service_name.clone())
+}
+
+#[derive(Debug)]
+struct Open {
+    spans: Vec<Span>,
+    seen: HashSet<SpanKey>,
+    /// (first seen, sequence): the key in `Assembler::order`.
+    order_key: (i64, u64),
+    last_seen: i64,
+    replaces: bool,
+    dropped: u64,
+}
+
+/// Groups spans into traces (see the module docs).
+#[derive(Debug, Default)]
+pub struct Assembler {
+    config: AssemblerConfig,
+    open: HashMap<TraceId, Open>,
+    order: BTreeMap<(i64, u64), TraceId>,
+    seq: u64,
+    pending: Vec<CompletedTrace>,
+    /// Completed traces kept for late spans: spans, completion time, dropped count.
+    retained: HashMap<TraceId, (Vec<Span>, i64, u64)>,
+    retained_order: VecDeque<(i64, TraceId)>,
+    stats: AssemblerStats,
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl Assembler {
+    pub fn new(config: AssemblerConfig) -> Self {
+        Assembler {
+            config,
+            ..Assembler::default()
+        }
+    }
+
+    pub fn config(&self) -> &AssemblerConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> AssemblerStats {
+        self.stats
+    }
+
+    /// Open traces right now.
+    pub fn open_traces(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Adds spans (of any traces) received at `now`.
+    pub fn add(&mut self, spans: &[Span], now: i64) {
+        self.expire_retained(now);
+        for span in spans {
+            if !self.open.contains_key(&span.trace_id) {
+                self.open_trace(span.trace_id, now);
+            }
+            let max = self.config.max_spans_per_trace;
+            let open = self.open.get_mut(&span.trace_id).expect("opened above");
+            open.last_seen = now;
+            if !open.seen.insert(key_of(span)) {
+                self.stats.duplicate_spans += 1;
+            } else if open.spans.len() >= max {
+                open.dropped += 1;
+                self.stats.dropped_spans += 1;
+            } else {
+                open.spans.push(span.clone());
+            }
+        }
+    }
+
+    /// Opens a trace, reopening it from the retained ones when a late span arrives.
+    fn open_trace(&mut self, id: TraceId, now: i64) {
+        while self.open.len() >= self.config.max_open_traces.max(1) {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(open) = self.open.remove(&oldest) {
+                self.stats.evicted_traces += 1;
+                tracing::debug!(trace_id = %hex::encode(oldest), spans = open.spans.len(), "trace evicted");
+                let done = self.finish(oldest, open, CompletionReason::Evicted, now);
+                self.pending.push(done);
+            }
+        }
+        let (spans, replaces, dropped) = match self.retained.remove(&id) {
+            Some((spans, _, dropped)) => {
+                self.stats.late_merges += 1;
+                (spans, true, dropped)
+            }
+            None => (Vec::new(), false, 0),
+        };
+        self.seq += 1;
+        let order_key = (now, self.seq);
+        self.order.insert(order_key, id);
+        let seen = spans.iter().map(key_of).collect();
+        self.open.insert(
+            id,
+            Open {
+                spans,
+                seen,
+                order_key,
+                last_seen: now,
+                replaces,
+                dropped,
+            },
+        );
+    }
+
+    /// Hands out every trace that is complete at `now`, and those forced out since the last call.
+    pub fn poll_complete(&mut self, now: i64) -> Vec<CompletedTrace> {
+        let (idle, max_age) = (nanos(self.config.idle), nanos(self.config.max_age));
+        let due: Vec<(TraceId, CompletionReason)> = self
+            .open
+            .iter()
+            .filter_map(|(id, o)| {
+                if now.saturating_sub(o.last_seen) >= idle {
+                    Some((*id, CompletionReason::Idle))
+                } else if now.saturating_sub(o.order_key.0) >= max_age {
+                    Some((*id, CompletionReason::MaxAge))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let mut out = std::mem::take(&mut self.pending);
+        for (id, reason) in due {
+            if let Some(open) = self.open.remove(&id) {
+                self.order.remove(&open.order_key);
+                out.push(self.finish(id, open, reason, now));
+            }
+        }
+        self.expire_retained(now);
+        out.sort_by_key(|c| c.trace_id);
+        out
+    }
+
+    fn finish(
+        &mut self,
+        id: TraceId,
+        open: Open,
+        reason: CompletionReason,
+        now: i64,
+    ) -> CompletedTrace {
+        let tree = build_tree(&open.spans);
+        let c = tree.counters;
+        self.stats.completed += 1;
+        self.stats.replacements += u64::from(open.replaces);
+        self.stats.orphans += c.orphans as u64;
+        self.stats.multi_root += u64::from(c.roots > 1);
+        self.stats.skew += c.skew_adjusted as u64;
+        self.stats.shared += c.shared_merged as u64;
+        self.retained.insert(id, (open.spans, now, open.dropped));
+        self.retained_order.push_back((now, id));
+        CompletedTrace {
+            trace_id: id,
+            tree,
+            reason,
+            replaces: open.replaces,
+            dropped_spans: open.dropped,
+        }
+    }
+
+    fn expire_retained(&mut self, now: i64) {
+        let window = nanos(self.config.late_window);
+        let cap = self.config.max_open_traces.max(1);
+        while let Some(&(at, id)) = self.retained_order.front() {
+            let stale = now.saturating_sub(at) >= window;
+            if !stale && self.retained.len() <= cap {
+                break;
+            }
+            self.retained_order.pop_front();
+            // Only drop the entry this queue item stands for (a reopened trace is re-queued).
+            if self.retained.get(&id).is_some_and(|(_, t, _)| *t == at) {
+                self.retained.remove(&id);
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Trace classes: every trace gets one, decided on its entry (root) span, and every span of the
+//! trace inherits it.
+//!
+//! Order of decision:
+//! 1. an explicit class carried by the entry span: the span attributes [`CLASS_KEYS`]
+//!    (`mesh.class`, then `request.class`), then the same keys in its resource attributes, then
+//!    the same keys inside a W3C `baggage` attribute (`k=v,k2=v2;prop`);
+//! 2. else the first [`ClassRule`] (in configuration order) matching the entry service and
+//!    route — the route is `http.route`, else `http.target`, else `rpc.method`, else the span
+//!    name;
+//! 3. else [`DEFAULT_CLASS`].
+
+use meshtrace_model::{KeyValue, Span};
+use serde::{Deserialize, Serialize};
+
+/// The class of traces that match no rule.
+pub const DEFAULT_CLASS: &str = "default";
+
+/// Attribute keys that carry an explicit class, in priority order.
+pub const CLASS_KEYS: &[&str] = &["mesh.class", "request.class"];
+
+/// Attribute keys giving the route of an entry span, in priority order (else the span name).
+pub const ROUTE_KEYS: &[&str] = &["http.route", "http.target", "rpc.method"];
+
+/// One classification rule; every condition that is set must hold (a rule with none set
+/// matches every trace).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassRule {
+    /// The class given to matching traces.
+    pub class: String,
+    /// The entry service, exactly.
+    pub service: Option<String>,
+    /// A prefix of the entry route (see [`route_of`]).
+    pub route_prefix: Option<String>,
+    /// The entry span name, exactly.
+    pub operation: Option<String>,
+    /// An attribute `(key, value)` on the entry span, compared as displayed text.
+    pub attribute: Option<(String, String)>,
+}
+
+impl ClassRule {
+    /// Whether the rule matches this entry span.
+    pub fn matches(&self, root: &Span) -> bool {
+        let service_ok = self
+            .service
+            .as_deref()
+            .is_none_or(|s| s == root.service_name);
+        let route_ok = self
+            .route_prefix
+            .as_deref()
+            .is_none_or(|p| route_of(root).starts_with(p));
+        let op_ok = self.operation.as_deref().is_none_or(|o| o == root.name);
+        let attr_ok = self
+            .attribute
+            .as_ref()
+            .is_none_or(|(k, v)| root.attribute(k).is_some_and(|a| a.to_display() == *v));
+        service_ok && route_ok && op_ok && attr_ok
+    }
+}
+
+/// The route of a span: the first of [`ROUTE_KEYS`] present, else the span name.
+pub fn route_of(span: &Span) -> String {
+    ROUTE_KEYS
+        .iter()
+        .find_map(|k| span.attribute(k).map(|v| v.to_display()))
+        .unwrap_or_else(|| span.name.clone())
+}
+
+/// The class carried explicitly by a span, if any (see the module docs).
+pub fn explicit_class(span: &Span) -> Option<String> {
+    let in_list = |attrs: &[KeyValue]| {
+        CLASS_KEYS.iter().find_map(|k| {
+            attrs
+                .iter()
+                .find(|kv| kv.key == *k)
+                .map(|kv| kv.value.to_display())
+                .filter(|v| !v.is_empty())
+        })
+    };
+    in_list(&span.attributes)
+        .or_else(|| in_list(&span.resource_attributes))
+        .or_else(|| {
+            span.attribute("baggage")
+                .and_then(|b| from_baggage(&b.to_display()))
+        })
+}
+
+/// Reads a class key from a W3C baggage header value.
+fn from_baggage(baggage: &str) -> Option<String> {
+    let members: Vec<(&str, &str)> = baggage
+        .split(',')
+        .filter_map(|m| {
+            let kv = m.split(';').next()?;
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim(), v.trim()))
+        })
+        .collect();
+    CLASS_KEYS
+        .iter()
+        .find_map(|k| {
+            members
+                .iter()
+                .find(|(mk, _)| mk == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// The class of a trace whose entry span is `root`.
+pub fn classify(root: &Span, rules: &[ClassRule]) -> String {
+    if let Some(c) = explicit_class(root) {
+        return c;
+    }
+    rules
+        .iter()
+        .find(|r| r.matches(root))
+        .map(|r| r.class.clone())
+        .unwrap_or_else(|| DEFAULT_CLASS.to_string())
+}

@@ -1,0 +1,201 @@
+//! The rows derived from one complete (or force-completed) trace: one `traces` row, one
+//! `edges` row per caller→callee call, and one `critical_path` row per span on the critical
+//! path with its self time there (per node: the two halves of a Zipkin shared span are two
+//! rows with the same span ID). Every row carries the trace's class.
+//!
+//! Durations are taken on the skew-adjusted times of [`crate::tree`]. A trace is `complete`
+//! when it has exactly one root and no orphans (the assembler also marks force-completed or
+//! truncated traces partial). An edge's `overhead_ns` is client duration minus server
+//! duration, the time spent in the network and proxies, when both sides exist.
+
+use std::collections::BTreeSet;
+
+use meshtrace_model::{Span, SpanId, StatusCode, TraceId};
+use serde::Serialize;
+
+use crate::classes::{classify, ClassRule, DEFAULT_CLASS};
+use crate::critical_path::{critical_path, path_length};
+use crate::graph::{calls, ConnectionType, GraphConfig};
+use crate::tree::{build_tree, TraceTree, TreeCounters};
+
+/// One row of the `traces` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceRow {
+    pub trace_id: TraceId,
+    pub class: String,
+    pub root_service: String,
+    pub root_operation: String,
+    /// Earliest span start (ns).
+    pub start_ns: i64,
+    /// Latest span end minus earliest start (ns).
+    pub duration_ns: i64,
+    pub span_count: usize,
+    pub service_count: usize,
+    /// Whether any span has status error.
+    pub error: bool,
+    pub critical_path_ns: i64,
+    /// One root and no orphans (and, from the assembler, not truncated or forced out).
+    pub complete: bool,
+}
+
+/// One row of the `edges` table: one caller→callee call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EdgeRow {
+    pub trace_id: TraceId,
+    pub class: String,
+    pub caller_service: String,
+    pub callee_service: String,
+    /// The server span's name, else the client span's.
+    pub operation: String,
+    pub connection_type: ConnectionType,
+    pub client_span_id: Option<SpanId>,
+    pub server_span_id: Option<SpanId>,
+    pub client_duration_ns: Option<i64>,
+    pub server_duration_ns: Option<i64>,
+    /// Client minus server duration, when both sides exist.
+    pub overhead_ns: Option<i64>,
+    /// Error if either side failed, else ok if either side says ok, else unset.
+    pub status: StatusCode,
+}
+
+/// One row of the `critical_path` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CriticalPathRow {
+    pub trace_id: TraceId,
+    pub class: String,
+    pub span_id: SpanId,
+    pub service: String,
+    pub operation: String,
+    pub self_time_ns: i64,
+}
+
+/// Everything derived from one trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Derived {
+    pub trace: TraceRow,
+    pub edges: Vec<EdgeRow>,
+    pub critical_path: Vec<CriticalPathRow>,
+    pub counters: TreeCounters,
+}
+
+/// Builds the tree of one trace's spans and derives its rows.
+pub fn derive(spans: &[Span], rules: &[ClassRule]) -> Derived {
+    derive_tree(&build_tree(spans), rules, &GraphConfig::default())
+}
+
+/// Derives the rows of an already built tree.
+pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -> Derived {
+    let root = tree.primary_root();
+    let class = root
+        .map(|r| classify(&tree.nodes[r].span, rules))
+        .unwrap_or_else(|| DEFAULT_CLASS.to_string());
+    let trace_id = tree
+        .nodes
+        .first()
+        .map(|n| n.span.trace_id)
+        .unwrap_or_default();
+    let sections = critical_path(tree);
+    let start_ns = tree.nodes.iter().map(|n| n.start_ns).min().unwrap_or(0);
+    let end_ns = tree.nodes.iter().map(|n| n.end_ns).max().unwrap_or(0);
+    let services: BTreeSet<&str> = tree
+        .nodes
+        .iter()
+        .map(|n| n.span.service_name.as_str())
+        .collect();
+    let root_span = root.map(|r| &tree.nodes[r].span);
+    let trace = TraceRow {
+        trace_id,
+        class: class.clone(),
+        root_service: root_span
+            .map(|s| s.service_name.clone())
+            .unwrap_or_default(),
+        root_operation: root_span.map(|s| s.name.clone()).unwrap_or_default(),
+        start_ns,
+        duration_ns: end_ns - start_ns,
+        span_count: tree.nodes.len(),
+        service_count: services.len(),
+        error: tree
+            .nodes
+            .iter()
+            .any(|n| n.span.status_code == StatusCode::Error),
+        critical_path_ns: path_length(&sections),
+        complete: tree.roots.len() == 1 && tree.orphans.is_empty(),
+    };
+    let edges = edge_rows(tree, graph, trace_id, &class);
+    // Per node, not per span ID: the two halves of a Zipkin shared span are separate rows.
+    let mut per_node: Vec<(usize, i64)> = Vec::new();
+    for sec in &sections {
+        match per_node.iter_mut().find(|(n, _)| *n == sec.node) {
+            Some((_, t)) => *t += sec.len_ns(),
+            None => per_node.push((sec.node, sec.len_ns())),
+        }
+    }
+    let critical_path = per_node
+        .into_iter()
+        .map(|(node, self_time_ns)| {
+            let span = &tree.nodes[node].span;
+            CriticalPathRow {
+                trace_id,
+                class: class.clone(),
+                span_id: span.span_id,
+                service: span.service_name.clone(),
+                operation: span.name.clone(),
+                self_time_ns,
+            }
+        })
+        .collect();
+    Derived {
+        trace,
+        edges,
+        critical_path,
+        counters: tree.counters,
+    }
+}
+
+fn edge_rows(
+    tree: &TraceTree,
+    graph: &GraphConfig,
+    trace_id: TraceId,
+    class: &str,
+) -> Vec<EdgeRow> {
+    calls(tree, graph)
+        .into_iter()
+        .map(|c| {
+            let client = c.client.map(|i| &tree.nodes[i]);
+            let server = c.server.map(|i| &tree.nodes[i]);
+            let client_duration_ns = client.map(|n| n.duration_ns());
+            let server_duration_ns = server.map(|n| n.duration_ns());
+            let statuses: Vec<StatusCode> = [client, server]
+                .iter()
+                .flatten()
+                .map(|n| n.span.status_code)
+                .collect();
+            let status = if statuses.contains(&StatusCode::Error) {
+                StatusCode::Error
+            } else if statuses.contains(&StatusCode::Ok) {
+                StatusCode::Ok
+            } else {
+                StatusCode::Unset
+            };
+            EdgeRow {
+                trace_id,
+                class: class.to_string(),
+                caller_service: c.caller,
+                callee_service: c.callee,
+                operation: server
+                    .or(client)
+                    .map(|n| n.span.name.clone())
+                    .unwrap_or_default(),
+                connection_type: c.connection,
+                client_span_id: client.map(|n| n.span.span_id),
+                server_span_id: server.map(|n| n.span.span_id),
+                client_duration_ns,
+                server_duration_ns,
+                overhead_ns: client_duration_ns
+                    .zip(server_duration_ns)
+                    .map(|(c, s)| c - s),
+                status,
+            }
+        })
+        .collect()
+}

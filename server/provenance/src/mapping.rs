@@ -1,0 +1,135 @@
+//! Provenance without propagation: learns, from complete traces, which (caller service, callee
+//! service, operation) call signatures carry which trace classes and in what share.
+//!
+//! Each complete trace counts once per signature it contains, for its class (a trace calling
+//! the same signature ten times still counts once). Partial traces are not learned from. When
+//! the assembler hands out a replacement, [`ClassMapping::forget`] the earlier rows and
+//! [`ClassMapping::learn`] the new ones so nothing is counted twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::derive::Derived;
+
+/// A call signature: (caller service, callee service, operation).
+pub type Signature = (String, String, String);
+
+/// One row of the learned mapping.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MappingEntry {
+    pub caller: String,
+    pub callee: String,
+    pub operation: String,
+    pub class: String,
+    /// Complete traces of this class that made this call.
+    pub count: u64,
+    /// `count` over all traces making this call (0..=1).
+    pub share: f64,
+}
+
+/// Learned signature → class counts.
+#[derive(Clone, Debug, Default)]
+pub struct ClassMapping {
+    counts: BTreeMap<Signature, BTreeMap<String, u64>>,
+    traces: u64,
+}
+
+fn signatures(d: &Derived) -> BTreeSet<Signature> {
+    d.edges
+        .iter()
+        .map(|e| {
+            (
+                e.caller_service.clone(),
+                e.callee_service.clone(),
+                e.operation.clone(),
+            )
+        })
+        .collect()
+}
+
+impl ClassMapping {
+    pub fn new() -> Self {
+        ClassMapping::default()
+    }
+
+    /// Learns from one trace's rows; returns false (and learns nothing) for a partial trace.
+    pub fn learn(&mut self, d: &Derived) -> bool {
+        if !d.trace.complete {
+            return false;
+        }
+        for sig in signatures(d) {
+            *self
+                .counts
+                .entry(sig)
+                .or_default()
+                .entry(d.trace.class.clone())
+                .or_default() += 1;
+        }
+        self.traces += 1;
+        true
+    }
+
+    /// Undoes an earlier [`ClassMapping::learn`] of the same rows.
+    pub fn forget(&mut self, d: &Derived) {
+        if !d.trace.complete {
+            return;
+        }
+        for sig in signatures(d) {
+            if let Some(classes) = self.counts.get_mut(&sig) {
+                if let Some(n) = classes.get_mut(&d.trace.class) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        classes.remove(&d.trace.class);
+                    }
+                }
+                if classes.is_empty() {
+                    self.counts.remove(&sig);
+                }
+            }
+        }
+        self.traces = self.traces.saturating_sub(1);
+    }
+
+    /// Complete traces learned from.
+    pub fn traces(&self) -> u64 {
+        self.traces
+    }
+
+    /// Every (signature, class) with its count and share, sorted by signature then class.
+    pub fn entries(&self) -> Vec<MappingEntry> {
+        self.counts
+            .iter()
+            .flat_map(|((caller, callee, operation), classes)| {
+                let total: u64 = classes.values().sum();
+                classes.iter().map(move |(class, &count)| MappingEntry {
+                    caller: caller.clone(),
+                    callee: callee.clone(),
+                    operation: operation.clone(),
+                    class: class.clone(),
+                    count,
+                    share: count as f64 / total.max(1) as f64,
+                })
+            })
+            .collect()
+    }
+
+    /// The classes seen on one signature with their shares, most frequent first.
+    pub fn classes_for(&self, caller: &str, callee: &str, operation: &str) -> Vec<(String, f64)> {
+        let key = (
+            caller.to_string(),
+            callee.to_string(),
+            operation.to_string(),
+        );
+        let Some(classes) = self.counts.get(&key) else {
+            return Vec::new();
+        };
+        let total: u64 = classes.values().sum();
+        let mut out: Vec<(String, f64)> = classes
+            .iter()
+            .map(|(c, &n)| (c.clone(), n as f64 / total.max(1) as f64))
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+}

@@ -1,0 +1,67 @@
+//! The class mapping learned from derived rows: counts and shares per signature, partial
+//! traces ignored.
+
+use meshtrace_model::{KeyValue, Span, SpanKind};
+use meshtrace_provenance::{derive, ClassMapping};
+
+fn call(trace: u8, class: &str, op: &str, orphan: bool) -> Vec<Span> {
+    let mk = |id: u8, parent: Option<u8>, svc: &str, kind, name: &str| Span {
+        trace_id: [trace; 16],
+        span_id: [0, 0, 0, 0, 0, 0, 0, id],
+        parent_span_id: parent.map(|p| [0, 0, 0, 0, 0, 0, 0, p]),
+        service_name: svc.into(),
+        kind,
+        name: name.into(),
+        duration_nano: 10,
+        ..Span::default()
+    };
+    let mut root = mk(1, orphan.then_some(9), "web", SpanKind::Internal, "entry");
+    root.attributes.push(KeyValue::string("mesh.class", class));
+    vec![
+        root,
+        mk(2, Some(1), "web", SpanKind::Client, "call"),
+        mk(3, Some(2), "api", SpanKind::Server, op),
+    ]
+}
+
+#[test]
+fn shares_per_signature() {
+    let mut m = ClassMapping::new();
+    for (t, class) in [(1, "gold"), (2, "gold"), (3, "gold"), (4, "bronze")] {
+        assert!(m.learn(&derive(&call(t, class, "GET /items", false), &[])));
+    }
+    assert!(m.learn(&derive(&call(5, "bronze", "POST /pay", false), &[])));
+    assert!(
+        !m.learn(&derive(&call(6, "gold", "POST /pay", true), &[])),
+        "partial: not learned"
+    );
+    assert_eq!(m.traces(), 5);
+    let got: Vec<(String, String, String, String, u64, f64)> = m
+        .entries()
+        .into_iter()
+        .map(|e| (e.caller, e.callee, e.operation, e.class, e.count, e.share))
+        .collect();
+    let row = |op: &str, class: &str, n: u64, share: f64| {
+        (
+            "web".to_string(),
+            "api".to_string(),
+            op.to_string(),
+            class.to_string(),
+            n,
+            share,
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            row("GET /items", "bronze", 1, 0.25),
+            row("GET /items", "gold", 3, 0.75),
+            row("POST /pay", "bronze", 1, 1.0)
+        ]
+    );
+    assert_eq!(
+        m.classes_for("web", "api", "GET /items"),
+        [("gold".to_string(), 0.75), ("bronze".to_string(), 0.25)]
+    );
+    assert!(m.classes_for("web", "api", "nope").is_empty());
+}

@@ -1,0 +1,292 @@
+//! `meshtrace bench ingest`: a load generator that sends realistic mesh-proxy spans over OTLP
+//! gRPC on several concurrent streams for a fixed time and reports durable (acknowledged)
+//! spans per second, export latency, bytes per span on disk, and, measured in the same run, the
+//! spans per second of decoding the same payloads alone: the ceiling, so the ratio is
+//! meaningful on a noisy machine.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use meshtrace_collector::decode::otlp;
+use meshtrace_collector::Limits;
+use meshtrace_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Config, ServeArgs};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Ingest throughput end to end (acknowledged = durable)
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Load a running server's OTLP gRPC port instead of starting one
+    #[arg(long)]
+    pub target: Option<String>,
+    /// How long to send
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent export streams
+    #[arg(long, default_value_t = 8)]
+    pub streams: usize,
+    /// Traces per export request
+    #[arg(long, default_value_t = 25)]
+    pub traces_per_request: usize,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+const SERVICES: &[&str] = &[
+    "istio-ingressgateway",
+    "productpage",
+    "details",
+    "reviews",
+    "ratings",
+    "cart",
+    "checkout",
+];
+
+/// One trace of 10 to 30 spans shaped like sidecar spans: client and server side per hop.
+fn mesh_trace(rng: &mut impl Rng, now_ns: i64) -> Vec<Span> {
+    let trace_id: [u8; 16] = rng.gen();
+    let hops = rng.gen_range(5..=15);
+    let mut spans = Vec::with_capacity(hops * 2);
+    let mut parent: Option<[u8; 8]> = None;
+    let mut start = now_ns - rng.gen_range(0..1_000_000_000);
+    let mut caller = SERVICES[0];
+    for hop in 0..hops {
+        let callee = SERVICES[1 + (hop + rng.gen_range(0..3)) % (SERVICES.len() - 1)];
+        let status: i64 = if rng.gen_ratio(1, 50) { 503 } else { 200 };
+        let route = format!("/api/v1/{callee}/{}", rng.gen_range(0..8));
+        for (side, service, kind) in [
+            ("outbound", caller, SpanKind::Client),
+            ("inbound", callee, SpanKind::Server),
+        ] {
+            let span_id: [u8; 8] = rng.gen();
+            let duration = rng.gen_range(200_000..20_000_000);
+            let attrs = vec![
+                KeyValue::string("component", "proxy"),
+                KeyValue::string("node_id", format!("sidecar~10.1.{}.{}~{service}-v1-7d4f9c-x2k{}.default~default.svc.cluster.local", hop % 4, rng.gen_range(1..50), hop % 3)),
+                KeyValue::string("upstream_cluster", format!("{side}|9080||{callee}.default.svc.cluster.local")),
+                KeyValue::string("http.method", if rng.gen_ratio(1, 5) { "POST" } else { "GET" }),
+                KeyValue::string("http.url", format!("http://{callee}:9080{route}")),
+                KeyValue::new("http.status_code", AttrValue::Int(status)),
+                KeyValue::string("response_flags", if status == 200 { "-" } else { "UF" }),
+                KeyValue::string("peer.address", format!("10.1.{}.{}", hop % 4, rng.gen_range(1..250))),
+                KeyValue::string("istio.canonical_service", service),
+                KeyValue::string("request_size", rng.gen_range(0..2000).to_string()),
+            ];
+            spans.push(Span {
+                trace_id,
+                span_id,
+                parent_span_id: parent,
+                name: format!("{callee}.default.svc.cluster.local:9080/*"),
+                kind,
+                start_unix_nano: start,
+                duration_nano: duration,
+                status_code: if status == 200 {
+                    StatusCode::Unset
+                } else {
+                    StatusCode::Error
+                },
+                service_name: service.to_string(),
+                resource_attributes: vec![KeyValue::string("k8s.namespace.name", "default")],
+                scope_name: "envoy".into(),
+                attributes: attrs,
+                ..Default::default()
+            });
+            parent = Some(span_id);
+            start += rng.gen_range(10_000..200_000);
+        }
+        caller = callee;
+    }
+    spans
+}
+
+fn request(rng: &mut impl Rng, traces: usize) -> (ExportTraceServiceRequest, usize) {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let spans: Vec<Span> = (0..traces).flat_map(|_| mesh_trace(rng, now)).collect();
+    let n = spans.len();
+    (otlp::to_request(&spans), n)
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+#[derive(Default)]
+struct Totals {
+    spans: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn load(
+    endpoint: String,
+    args: &IngestArgs,
+) -> anyhow::Result<(u64, f64, Histogram<u64>, u64)> {
+    let totals = Arc::new(Totals::default());
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let deadline = Instant::now() + args.duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.streams {
+        let mut client = TraceServiceClient::connect(endpoint.clone())
+            .await
+            .with_context(|| format!("connecting to {endpoint}"))?
+            .max_encoding_message_size(64 << 20);
+        let (totals, hist, traces) = (totals.clone(), hist.clone(), args.traces_per_request);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            while Instant::now() < deadline {
+                let (req, n) = request(&mut rng, traces);
+                let t0 = Instant::now();
+                match client.export(req).await {
+                    Ok(_) => {
+                        totals.spans.fetch_add(n as u64, Ordering::Relaxed);
+                        let us = t0.elapsed().as_micros() as u64;
+                        let _ = hist.lock().map(|mut h| h.record(us.max(1)));
+                    }
+                    Err(s) => {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                        if s.code() == tonic::Code::ResourceExhausted {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let h = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    Ok((
+        totals.spans.load(Ordering::Relaxed),
+        secs,
+        h,
+        totals.errors.load(Ordering::Relaxed),
+    ))
+}
+
+/// Spans per second of decoding the same kind of payloads, on as many threads as streams.
+async fn decode_only(args: &IngestArgs) -> anyhow::Result<f64> {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let bodies: Arc<Vec<(Vec<u8>, usize)>> = Arc::new(
+        (0..32)
+            .map(|_| {
+                let (req, n) = request(&mut rng, args.traces_per_request);
+                (req.encode_to_vec(), n)
+            })
+            .collect(),
+    );
+    let window = Duration::from_secs(3);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let mut tasks = Vec::new();
+    for _ in 0..threads {
+        let bodies = bodies.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let (start, mut spans, limits) = (Instant::now(), 0u64, Limits::default());
+            let mut i = 0;
+            while start.elapsed() < window {
+                let (body, _) = &bodies[i % bodies.len()];
+                if let Ok(batch) = otlp::decode_protobuf(body, &limits) {
+                    spans += batch.spans.len() as u64;
+                }
+                i += 1;
+            }
+            spans as f64 / start.elapsed().as_secs_f64()
+        }));
+    }
+    let mut total = 0.0;
+    for t in tasks {
+        total += t.await?;
+    }
+    Ok(total)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let BenchWhat::Ingest(args) = args.what;
+    let decode_rate = decode_only(&args).await?;
+    let (endpoint, server, dir) = match &args.target {
+        Some(t) => (
+            format!("http://{}", t.trim_start_matches("http://")),
+            None,
+            None,
+        ),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let grpc = free_addr()?;
+            let serve = ServeArgs {
+                data_dir: Some(dir.path().to_path_buf()),
+                otlp_grpc_listen: Some(grpc),
+                otlp_http_listen: Some(free_addr()?),
+                zipkin_listen: Some(free_addr()?),
+                http_listen: Some(free_addr()?),
+                ..Default::default()
+            };
+            let config = Config::load(&serve)?;
+            let running = crate::serve::start(&config).await?;
+            (format!("http://{grpc}"), Some(running), Some(dir))
+        }
+    };
+    let (acked, secs, hist, errors) = load(endpoint, &args).await?;
+    let mut bytes_per_span = None;
+    if let Some(running) = server {
+        let store = running.opened.store.clone();
+        running.stop().await?;
+        let stats = store.stats();
+        if stats.rows_written > 0 {
+            bytes_per_span = Some(stats.bytes_written as f64 / stats.rows_written as f64);
+        }
+    }
+    drop(dir);
+    let rate = acked as f64 / secs;
+    let (p50, p99) = (
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "spans_acked": acked, "spans_per_s": rate, "decode_only_spans_per_s": decode_rate,
+                "ratio": rate / decode_rate, "bytes_per_span": bytes_per_span,
+                "p50_ms": p50, "p99_ms": p99, "errors": errors,
+            })
+        );
+    } else {
+        println!("acknowledged spans       {acked} in {secs:.1}s ({errors} failed exports)");
+        println!("durable spans/s          {rate:.0}");
+        println!("decode-only spans/s      {decode_rate:.0}   (ceiling, same run)");
+        println!("ratio                    {:.3}", rate / decode_rate);
+        match bytes_per_span {
+            Some(b) => println!("bytes/span on disk       {b:.1}"),
+            None => println!("bytes/span on disk       n/a (remote target)"),
+        }
+        println!("export latency p50/p99   {p50:.2} ms / {p99:.2} ms");
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The one configuration struct of `meshtrace serve`, built in layers: defaults, then the TOML
+//! file given by `--config`, then `MESHTRACE_*` environment variables, then command-line flags
+//! (clap reads the last two together; a flag wins over its variable). It is passed explicitly to
+//! whatever needs it; there is no global.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use meshtrace_collector::receiver::ReceiverConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `serve` needs; see `meshtrace.example.toml` for every key with its default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    /// `sqlite://PATH` or `postgres://...`; empty means SQLite at `DATA_DIR/catalog.db`.
+    pub catalog_url: Option<String>,
+    pub storage: StorageConfig,
+    pub ingest: ReceiverConfig,
+    pub wal: WalSettings,
+    pub query: QueryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub zipkin: SocketAddr,
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub flush_age: Duration,
+    pub flush_rows: usize,
+    pub row_group_rows: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalSettings {
+    /// Pending appends before ingest answers 429 / RESOURCE_EXHAUSTED.
+    pub queue_depth: usize,
+    pub segment_bytes: u64,
+    /// `false` skips fsync: only for benchmarks, acknowledged spans may then be lost on a crash.
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    pub sql_max_rows: usize,
+    #[serde(with = "humantime_serde")]
+    pub sql_timeout: Duration,
+    pub max_traces: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            listen: Listen::default(),
+            catalog_url: None,
+            storage: StorageConfig::default(),
+            ingest: ReceiverConfig::default(),
+            wal: WalSettings::default(),
+            query: QueryConfig::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        let addr = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Listen {
+            otlp_grpc: addr(4317),
+            otlp_http: addr(4318),
+            zipkin: addr(9411),
+            http: addr(16686),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            flush_age: Duration::from_secs(2),
+            flush_rows: 100_000,
+            row_group_rows: 16_384,
+        }
+    }
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        WalSettings {
+            queue_depth: 1024,
+            segment_bytes: 64 << 20,
+            fsync: true,
+        }
+    }
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            sql_max_rows: 10_000,
+            sql_timeout: Duration::from_secs(30),
+            max_traces: 1_500,
+        }
+    }
+}
+
+/// Flags (and `MESHTRACE_*` variables) that override the file; unset ones leave it alone.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file (see meshtrace.example.toml)
+    #[arg(long, env = "MESHTRACE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the write-ahead log, Parquet segments and SQLite catalog live [default: ./data]
+    #[arg(long, env = "MESHTRACE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// OTLP gRPC listen address [default: 0.0.0.0:4317]
+    #[arg(long, env = "MESHTRACE_OTLP_GRPC_LISTEN")]
+    pub otlp_grpc_listen: Option<SocketAddr>,
+    /// OTLP HTTP listen address [default: 0.0.0.0:4318]
+    #[arg(long, env = "MESHTRACE_OTLP_HTTP_LISTEN")]
+    pub otlp_http_listen: Option<SocketAddr>,
+    /// Zipkin v2 listen address [default: 0.0.0.0:9411]
+    #[arg(long, env = "MESHTRACE_ZIPKIN_LISTEN")]
+    pub zipkin_listen: Option<SocketAddr>,
+    /// Query API, metrics and dashboard listen address [default: 0.0.0.0:16686]
+    #[arg(long, env = "MESHTRACE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Catalog database: postgres://... or sqlite://... [default: SQLite in the data dir]
+    #[arg(long, env = "MESHTRACE_CATALOG_URL")]
+    pub catalog_url: Option<String>,
+    /// Delete whole segments older than this, e.g. 7d or 12h [default: 7d]
+    #[arg(long, env = "MESHTRACE_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// Flush buffered spans to Parquet at least this often [default: 2s]
+    #[arg(long, env = "MESHTRACE_FLUSH_AGE", value_parser = humantime::parse_duration)]
+    pub flush_age: Option<Duration>,
+    /// Flush once this many spans are buffered [default: 100000]
+    #[arg(long, env = "MESHTRACE_FLUSH_ROWS")]
+    pub flush_rows: Option<usize>,
+    /// Largest request body as sent, in bytes [default: 8 MiB]
+    #[arg(long, env = "MESHTRACE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest request body after decompression, in bytes [default: 64 MiB]
+    #[arg(long, env = "MESHTRACE_MAX_DECOMPRESSED_BYTES")]
+    pub max_decompressed_bytes: Option<usize>,
+    /// Attributes kept per span, resource or scope; the rest are dropped and counted [default: 128]
+    #[arg(long, env = "MESHTRACE_MAX_ATTRIBUTES")]
+    pub max_attributes: Option<usize>,
+    /// Longest attribute value in bytes; longer ones are cut and counted [default: 4096]
+    #[arg(long, env = "MESHTRACE_MAX_ATTRIBUTE_VALUE_BYTES")]
+    pub max_attribute_value_bytes: Option<usize>,
+    /// Pending write-ahead-log appends before ingest answers 429 [default: 1024]
+    #[arg(long, env = "MESHTRACE_QUEUE_DEPTH")]
+    pub queue_depth: Option<usize>,
+    /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
+    #[arg(long, env = "MESHTRACE_NO_FSYNC")]
+    pub no_fsync: bool,
+}
+
+impl Config {
+    /// Builds the configuration: defaults, then the file, then environment and flags.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply(args);
+        Ok(config)
+    }
+
+    fn apply(&mut self, a: &ServeArgs) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        }
+        set(&mut self.data_dir, &a.data_dir);
+        set(&mut self.listen.otlp_grpc, &a.otlp_grpc_listen);
+        set(&mut self.listen.otlp_http, &a.otlp_http_listen);
+        set(&mut self.listen.zipkin, &a.zipkin_listen);
+        set(&mut self.listen.http, &a.http_listen);
+        if a.catalog_url.is_some() {
+            self.catalog_url = a.catalog_url.clone();
+        }
+        set(&mut self.storage.retention, &a.retention);
+        set(&mut self.storage.flush_age, &a.flush_age);
+        set(&mut self.storage.flush_rows, &a.flush_rows);
+        set(&mut self.ingest.max_body_bytes, &a.max_body_bytes);
+        set(
+            &mut self.ingest.max_decompressed_bytes,
+            &a.max_decompressed_bytes,
+        );
+        set(&mut self.ingest.limits.max_attributes, &a.max_attributes);
+        set(
+            &mut self.ingest.limits.max_attribute_value_bytes,
+            &a.max_attribute_value_bytes,
+        );
+        set(&mut self.wal.queue_depth, &a.queue_depth);
+        if a.no_fsync {
+            self.wal.fsync = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_equals_defaults() {
+        let text = include_str!("../../meshtrace.example.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\n[storage]\nflush_rows = 5\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            flush_rows: Some(7),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.storage.flush_rows, 7);
+    }
+}

@@ -1,0 +1,59 @@
+//! The `meshtrace` binary: `serve` runs the service, `import` loads trace files, `bench`
+//! measures ingest. See README.md.
+
+mod api;
+mod bench;
+mod config;
+mod import;
+mod pipeline;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "meshtrace",
+    version,
+    about = "distributed tracing and provenance analytics for service meshes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: OTLP gRPC/HTTP and Zipkin ingest, storage and the query API
+    Serve(Box<config::ServeArgs>),
+    /// Load trace files into a running server or straight into a data dir
+    Import(import::ImportArgs),
+    /// Measure ingest throughput, durability cost and bytes per span
+    Bench(bench::BenchArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHTRACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let config = config::Config::load(&args)?;
+                serve::run(config).await
+            }
+            Command::Import(args) => import::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

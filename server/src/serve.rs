@@ -1,0 +1,310 @@
+//! `meshtrace serve`: recovery at start-up, the four listeners, background flushing and
+//! retention, and graceful shutdown.
+//!
+//! Start-up order matters for durability: open the store (catalog and checkpoint), open the
+//! write-ahead log, re-buffer every logged record past the checkpoint, and only then listen.
+//! Shutdown reverses it: stop accepting, drain the log, flush the buffer to Parquet, and
+//! truncate the log through the new checkpoint.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshtrace_collector::metrics::IngestMetrics;
+use meshtrace_collector::receiver::{grpc, http, Ingest};
+use meshtrace_collector::wal::{FsyncPolicy, Wal, WalConfig};
+use meshtrace_storage::{Store, StoreConfig};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, PulledMetrics};
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+
+/// A running server: its store and log, for callers (demo, bench) that embed it.
+pub struct Running {
+    pub opened: Opened,
+    pub shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The store and the log, opened and recovered, before any listener.
+pub struct Opened {
+    pub store: Store,
+    pub wal: Wal,
+    next_seq: u64,
+}
+
+impl Opened {
+    /// The sink that writes to this log and store.
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline::new(self.wal.clone(), self.store.clone(), self.next_seq)
+    }
+
+    /// Drains the log, flushes the buffer to Parquet and truncates the log.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.wal
+            .shutdown()
+            .await
+            .context("closing the write-ahead log")?;
+        // Appends completed by the drain are delivered by their tasks; give them a moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(checkpoint) = self.store.flush().await.context("final flush")? {
+            self.wal.truncate_through(checkpoint)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store and the log and re-buffers what the log holds past the checkpoint.
+pub async fn open(config: &Config) -> anyhow::Result<Opened> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = Store::open(StoreConfig {
+        data_dir: config.data_dir.clone(),
+        catalog_url: config.catalog_url.clone(),
+        flush_max_rows: config.storage.flush_rows,
+        flush_max_age: config.storage.flush_age,
+        retention: config.storage.retention,
+        row_group_rows: config.storage.row_group_rows,
+    })
+    .await
+    .context("opening the store")?;
+    let checkpoint = store.checkpoint().await?;
+    let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
+    wal_config.queue_depth = config.wal.queue_depth;
+    wal_config.segment_bytes = config.wal.segment_bytes;
+    wal_config.fsync = if config.wal.fsync {
+        FsyncPolicy::Always
+    } else {
+        FsyncPolicy::Never
+    };
+    let (wal, replayed) = Wal::open(wal_config).context("opening the write-ahead log")?;
+    wal.advance_past(checkpoint);
+    let mut spans = 0;
+    for record in replayed.iter().filter(|r| r.seq > checkpoint) {
+        store.append(record.seq, &record.spans)?;
+        spans += record.spans.len();
+    }
+    tracing::info!(
+        checkpoint,
+        records = replayed.len(),
+        spans,
+        "recovered from the write-ahead log"
+    );
+    let next_seq = wal.last_seq().max(checkpoint) + 1;
+    Ok(Opened {
+        store,
+        wal,
+        next_seq,
+    })
+}
+
+fn pulled_metrics(store: Store, wal: Wal) -> PulledMetrics {
+    Arc::new(move |out: &mut String| {
+        use std::fmt::Write;
+        let w = wal.stats();
+        let s = store.stats();
+        let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            let _ = writeln!(out, "{name}{suffix} {v}");
+        };
+        gauge(
+            "meshtrace_wal_bytes",
+            "bytes in write-ahead log segments",
+            "gauge",
+            w.bytes_on_disk,
+        );
+        gauge(
+            "meshtrace_wal_group_commits",
+            "write-ahead log group commits",
+            "counter",
+            w.group_commits,
+        );
+        gauge(
+            "meshtrace_wal_fsyncs",
+            "write-ahead log fsync calls",
+            "counter",
+            w.fsyncs,
+        );
+        gauge(
+            "meshtrace_flushes",
+            "flushes of the buffer to Parquet",
+            "counter",
+            s.flushes,
+        );
+        gauge(
+            "meshtrace_segments_written",
+            "Parquet segments written",
+            "counter",
+            s.segments_written,
+        );
+        gauge(
+            "meshtrace_segment_bytes_written",
+            "bytes of Parquet written",
+            "counter",
+            s.bytes_written,
+        );
+        gauge(
+            "meshtrace_buffered_spans",
+            "spans buffered in memory, not yet in Parquet",
+            "gauge",
+            store.buffered_rows() as u64,
+        );
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Starts everything and returns once every listener is bound and ready.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let opened = open(config).await?;
+    let pipeline = opened.pipeline();
+    let (store, wal) = (opened.store.clone(), opened.wal.clone());
+    let mut registry = Registry::default();
+    let ingest_metrics = IngestMetrics::register(&mut registry);
+    let query_seconds = ApiState::query_histogram(&mut registry);
+    let ingest = Ingest::new(Arc::new(pipeline), ingest_metrics, config.ingest.clone());
+    let state = ApiState {
+        store: store.clone(),
+        registry: Arc::new(registry),
+        pulled: pulled_metrics(store.clone(), wal.clone()),
+        ready: Arc::default(),
+        query: config.query.clone(),
+        query_seconds,
+    };
+    let shutdown = CancellationToken::new();
+    let l = &config.listen;
+    let (grpc_l, otlp_l, zipkin_l, http_l) = (
+        bind(l.otlp_grpc, "otlp grpc").await?,
+        bind(l.otlp_http, "otlp http").await?,
+        bind(l.zipkin, "zipkin").await?,
+        bind(l.http, "query http").await?,
+    );
+    let mut tasks = Vec::new();
+    let token = shutdown.clone();
+    let grpc_service = grpc::service(ingest.clone());
+    tasks.push(tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(grpc_service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
+                token.cancelled_owned(),
+            )
+            .await
+            .context("otlp grpc server")
+    }));
+    for (listener, router) in [
+        (otlp_l, http::otlp_router(ingest.clone())),
+        (zipkin_l, http::zipkin_router(ingest.clone())),
+        (http_l, api::router(state.clone())),
+    ] {
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("http server")
+        }));
+    }
+    tasks.push(tokio::spawn(background(
+        store.clone(),
+        wal.clone(),
+        shutdown.clone(),
+    )));
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(
+        otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
+        data_dir = %config.data_dir.display(), "meshtrace is serving"
+    );
+    Ok(Running {
+        opened,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Flushes by size or age and applies retention until shutdown.
+async fn background(store: Store, wal: Wal, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_retention = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match store.flush_if_due().await {
+            Ok(Some(checkpoint)) => {
+                if let Err(e) = wal.truncate_through(checkpoint) {
+                    tracing::warn!(error = %e, "could not truncate the write-ahead log");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; spans stay in the write-ahead log")
+            }
+        }
+        if last_retention.elapsed() > Duration::from_secs(60) {
+            last_retention = std::time::Instant::now();
+            match store.apply_retention().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(segments = n, "retention deleted segments"),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Stops accepting, drains the log, flushes to Parquet and truncates the log.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "task ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "task panicked"),
+            }
+        }
+        self.opened.close().await?;
+        tracing::info!("meshtrace stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(&config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,153 @@
+//! The in-memory side of the store: buffered Arrow batches not yet in a committed segment,
+//! the in-memory mirror of the committed segment list, and the service/operation names.
+//!
+//! [`View`] holds the buffer and the segment list behind one lock, so that a query snapshots
+//! both at once and a flush swaps "batches in the buffer" for "segment in the list" in one
+//! step (see the protocol in [`crate::layout`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use meshtrace_model::{Span, SpanKind};
+
+use crate::catalog::{NewNames, SegmentInfo};
+
+/// One appended batch.
+#[derive(Debug)]
+pub(crate) struct Buffered {
+    pub seq: u64,
+    pub batch: RecordBatch,
+    pub at: Instant,
+    /// Taken by the flush in progress; still visible to queries.
+    pub flushing: bool,
+}
+
+/// What a query sees: the committed segments and the buffered batches, taken together.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    pub segments: Vec<Arc<SegmentInfo>>,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// The buffer and the committed segment list.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    pub segments: Vec<Arc<SegmentInfo>>,
+    pub batches: Vec<Buffered>,
+}
+
+impl View {
+    /// Rows in the buffer, those being flushed included.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.batch.num_rows()).sum()
+    }
+
+    /// Rows not yet taken by a flush.
+    pub fn pending_rows(&self) -> usize {
+        self.pending().map(|b| b.batch.num_rows()).sum()
+    }
+
+    /// When the oldest batch not yet taken by a flush was appended.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.pending().map(|b| b.at).min()
+    }
+
+    fn pending(&self) -> impl Iterator<Item = &Buffered> {
+        self.batches.iter().filter(|b| !b.flushing)
+    }
+
+    /// Marks every pending batch as being flushed and returns them with their sequence numbers.
+    pub fn mark_for_flush(&mut self) -> Vec<(u64, RecordBatch)> {
+        self.batches
+            .iter_mut()
+            .filter(|b| !b.flushing)
+            .map(|b| {
+                b.flushing = true;
+                (b.seq, b.batch.clone())
+            })
+            .collect()
+    }
+
+    /// Gives the marked batches back to the buffer after a failed flush.
+    pub fn unmark(&mut self) {
+        self.batches.iter_mut().for_each(|b| b.flushing = false);
+    }
+
+    /// Publishes a committed segment and drops the batches it holds.
+    pub fn finish_flush(&mut self, segment: Arc<SegmentInfo>) {
+        self.segments.push(segment);
+        self.batches.retain(|b| !b.flushing);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            segments: self.segments.clone(),
+            batches: self.batches.iter().map(|b| b.batch.clone()).collect(),
+        }
+    }
+}
+
+/// Service and operation names: all known ones, and those not yet in the catalog.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    services: BTreeSet<String>,
+    operations: BTreeSet<(String, String, String)>,
+    pending: NewNames,
+}
+
+impl Names {
+    /// Starts from the names the catalog already holds.
+    pub fn from_catalog(names: NewNames) -> Names {
+        Names {
+            services: names.services.into_iter().collect(),
+            operations: names.operations.into_iter().collect(),
+            pending: NewNames::default(),
+        }
+    }
+
+    /// Records the names of appended spans.
+    pub fn observe(&mut self, spans: &[Span]) {
+        for s in spans {
+            if !self.services.contains(&s.service_name) {
+                self.services.insert(s.service_name.clone());
+                self.pending.services.push(s.service_name.clone());
+            }
+            let op = (
+                s.service_name.clone(),
+                s.name.clone(),
+                s.kind.as_str().to_string(),
+            );
+            if !self.operations.contains(&op) {
+                self.operations.insert(op.clone());
+                self.pending.operations.push(op);
+            }
+        }
+    }
+
+    /// The names not yet persisted (the caller gives them back if the commit fails).
+    pub fn take_pending(&mut self) -> NewNames {
+        std::mem::take(&mut self.pending)
+    }
+
+    pub fn restore_pending(&mut self, names: NewNames) {
+        self.pending.services.extend(names.services);
+        self.pending.operations.extend(names.operations);
+    }
+
+    /// All service names, sorted.
+    pub fn services(&self) -> Vec<String> {
+        self.services.iter().cloned().collect()
+    }
+
+    /// The operations of a service, sorted by name then kind, optionally of one kind only.
+    pub fn operations(&self, service: &str, kind: Option<SpanKind>) -> Vec<(String, SpanKind)> {
+        self.operations
+            .iter()
+            .filter(|(svc, _, _)| svc == service)
+            .filter_map(|(_, name, k)| Some((name.clone(), SpanKind::parse(k)?)))
+            .filter(|(_, k)| kind.is_none_or(|want| *k == want))
+            .collect()
+    }
+}

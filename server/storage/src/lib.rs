@@ -1,0 +1,117 @@
+//! Columnar span storage: an Arrow buffer in memory, immutable Parquet segments written through
+//! `object_store`, a catalog of segments in SQLite or PostgreSQL, and queries (trace by ID,
+//! Jaeger-style trace search, read-only SQL through DataFusion).
+//!
+//! The server appends spans with their WAL sequence number ([`Store::append`]), flushes on
+//! size or age ([`Store::flush_if_due`]) and truncates the WAL up to [`Store::checkpoint`].
+//! Buffered spans are queryable at once. The file layout, the flush/commit protocol and the
+//! crash cases are described in [`layout`].
+
+pub mod catalog;
+pub mod error;
+pub mod layout;
+
+mod buffer;
+mod object_reader;
+mod query;
+mod sql;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use catalog::SegmentInfo;
+pub use error::{ErrorCode, StorageError};
+pub use store::Store;
+
+/// Re-exported so callers name the same types as the store's API.
+pub use arrow_array::RecordBatch;
+pub use datafusion::catalog::TableProvider;
+pub use meshtrace_model::{Span, SpanKind, TraceId};
+
+/// How the store is set up.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The root of the object store (segments under `spans/`) and of the default catalog.
+    pub data_dir: PathBuf,
+    /// `None`: SQLite at `data_dir/catalog.db`; otherwise a `sqlite://` or `postgres://` URL.
+    pub catalog_url: Option<String>,
+    /// Flush once this many rows are buffered.
+    pub flush_max_rows: usize,
+    /// Flush once the oldest buffered batch is this old.
+    pub flush_max_age: Duration,
+    /// Segments whose newest span started longer ago than this are deleted.
+    pub retention: Duration,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+impl StoreConfig {
+    /// The defaults, with data under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            ..StoreConfig::default()
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("data"),
+            catalog_url: None,
+            flush_max_rows: 100_000,
+            flush_max_age: Duration::from_secs(2),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            row_group_rows: 16_384,
+        }
+    }
+}
+
+/// A Jaeger-style trace search. A trace matches when one of its spans meets every condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceQuery {
+    pub service: Option<String>,
+    pub operation: Option<String>,
+    /// Each (key, value) must be found among one span's span, resource, scope, event or link
+    /// attributes, comparing the value's display string.
+    pub tags: Vec<(String, String)>,
+    pub start_min_ns: Option<i64>,
+    pub start_max_ns: Option<i64>,
+    /// `None` or 0: unbounded.
+    pub duration_min_ns: Option<i64>,
+    /// `None` or 0: unbounded.
+    pub duration_max_ns: Option<i64>,
+    /// At most this many traces (0: the Jaeger default of 20).
+    pub limit: usize,
+}
+
+/// Counters for `/metrics` and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub flushes: u64,
+    pub segments_written: u64,
+    pub bytes_written: u64,
+    pub rows_written: u64,
+    /// Trace-by-ID lookups: segments skipped entirely by statistics and bloom filters.
+    pub segments_pruned: u64,
+    /// Trace-by-ID lookups: segments from which row groups were read.
+    pub segments_read: u64,
+    pub row_groups_pruned: u64,
+    pub row_groups_read: u64,
+    pub segments_deleted: u64,
+    pub orphans_removed: u64,
+    /// Trace searches: segments scanned, and skipped by the catalog's time range and services.
+    pub search_segments_scanned: u64,
+    pub search_segments_skipped: u64,
+    /// Appends ignored because their WAL sequence number was at or below the checkpoint.
+    pub replayed_appends_skipped: u64,
+    /// Committed segments now.
+    pub segments: u64,
+    pub buffered_rows: u64,
+    pub checkpoint: u64,
+}

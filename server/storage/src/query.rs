@@ -1,0 +1,347 @@
+//! Span queries without SQL: trace by ID (pruned by Parquet statistics and bloom filters),
+//! Jaeger-style trace search, and the service/operation name lists.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arrow::compute::filter_record_batch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampNanosecondType};
+use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
+use arrow_schema::ArrowError;
+use futures::StreamExt;
+use meshtrace_model::arrow_conv::batch_to_spans;
+use meshtrace_model::{KeyValue, Span, SpanKind, TraceId};
+
+use crate::catalog::SegmentInfo;
+use crate::error::StorageError;
+use crate::layout::{filter_trace_ids, is_not_found, ScanFilter};
+use crate::store::{lock, Store};
+use crate::TraceQuery;
+
+/// Segments read at the same time by one query.
+const PARALLEL_SEGMENTS: usize = 8;
+
+/// The Jaeger UI's default number of traces.
+const DEFAULT_LIMIT: usize = 20;
+
+/// The columns [`span_mask`] reads.
+const FILTER_COLUMNS: [&str; 4] = ["service_name", "name", "start_time", "duration_ns"];
+
+/// The span-level conditions of a [`TraceQuery`] that columns can answer.
+#[derive(Clone, Debug)]
+struct SpanFilter {
+    service: Option<String>,
+    operation: Option<String>,
+    start: (i64, i64),
+    duration: (i64, i64),
+}
+
+impl SpanFilter {
+    fn new(q: &TraceQuery) -> Result<SpanFilter, StorageError> {
+        let bound = |v: Option<i64>, default: i64| v.filter(|v| *v != 0).unwrap_or(default);
+        let f = SpanFilter {
+            service: q.service.clone().filter(|s| !s.is_empty()),
+            operation: q.operation.clone().filter(|s| !s.is_empty()),
+            start: (
+                q.start_min_ns.unwrap_or(i64::MIN),
+                q.start_max_ns.unwrap_or(i64::MAX),
+            ),
+            duration: (
+                bound(q.duration_min_ns, i64::MIN),
+                bound(q.duration_max_ns, i64::MAX),
+            ),
+        };
+        if f.start.0 > f.start.1 {
+            return Err(StorageError::InvalidArgument(
+                "start_min is after start_max".into(),
+            ));
+        }
+        if f.duration.0 > f.duration.1 {
+            return Err(StorageError::InvalidArgument(
+                "duration_min is greater than duration_max".into(),
+            ));
+        }
+        Ok(f)
+    }
+
+    fn wants_segment(&self, seg: &SegmentInfo) -> bool {
+        let in_time = seg.max_start_ns >= self.start.0 && seg.min_start_ns <= self.start.1;
+        let has_service = self
+            .service
+            .as_ref()
+            .is_none_or(|s| seg.services.binary_search(s).is_ok());
+        in_time && has_service
+    }
+}
+
+fn str_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, ArrowError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| ArrowError::SchemaError(format!("column {name} is missing or not utf8")))
+}
+
+/// Which rows of `batch` (holding at least [`FILTER_COLUMNS`]) meet the filter.
+fn span_mask(batch: &RecordBatch, f: &SpanFilter) -> Result<BooleanArray, ArrowError> {
+    let service = str_column(batch, "service_name")?;
+    let name = str_column(batch, "name")?;
+    let start = batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| ArrowError::SchemaError("start_time is missing".into()))?;
+    let duration = batch
+        .column_by_name("duration_ns")
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| ArrowError::SchemaError("duration_ns is missing".into()))?;
+    let eq = |col: &StringArray, want: &Option<String>, i: usize| {
+        want.as_ref()
+            .is_none_or(|w| col.is_valid(i) && col.value(i) == w)
+    };
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let (s, d) = (start.value(i), duration.value(i));
+            Some(
+                eq(service, &f.service, i)
+                    && eq(name, &f.operation, i)
+                    && (f.start.0..=f.start.1).contains(&s)
+                    && (f.duration.0..=f.duration.1).contains(&d),
+            )
+        })
+        .collect())
+}
+
+/// Whether one span carries every tag, in any of its attribute sets.
+fn span_has_tags(span: &Span, tags: &[(String, String)]) -> bool {
+    tags.iter().all(|(key, value)| {
+        let hit = |kvs: &[KeyValue]| {
+            kvs.iter()
+                .any(|kv| kv.key == *key && kv.value.to_display() == *value)
+        };
+        hit(&span.attributes)
+            || hit(&span.resource_attributes)
+            || hit(&span.scope_attributes)
+            || span.events.iter().any(|e| hit(&e.attributes))
+            || span.links.iter().any(|l| hit(&l.attributes))
+    })
+}
+
+/// Records, per trace, the latest start of a matching span.
+fn collect_matches(
+    batch: &RecordBatch,
+    tags: &[(String, String)],
+    out: &mut HashMap<TraceId, i64>,
+) -> Result<(), StorageError> {
+    let mut note = |id: TraceId, start: i64| {
+        let e = out.entry(id).or_insert(start);
+        *e = (*e).max(start);
+    };
+    if !tags.is_empty() {
+        for span in batch_to_spans(batch)? {
+            if span_has_tags(&span, tags) {
+                note(span.trace_id, span.start_unix_nano);
+            }
+        }
+        return Ok(());
+    }
+    let ids = batch
+        .column_by_name("trace_id")
+        .and_then(|c| c.as_fixed_size_binary_opt());
+    let starts = batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
+    let (Some(ids), Some(starts)) = (ids, starts) else {
+        return Err(ArrowError::SchemaError("trace_id or start_time is missing".into()).into());
+    };
+    for i in 0..batch.num_rows() {
+        if let Ok(id) = TraceId::try_from(ids.value(i)) {
+            note(id, starts.value(i));
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Every span of a trace, sorted by start time (empty when the trace is unknown).
+    pub async fn trace(&self, trace_id: [u8; 16]) -> Result<Vec<Span>, StorageError> {
+        let mut traces = self.traces(&BTreeSet::from([trace_id])).await?;
+        Ok(traces.remove(&trace_id).unwrap_or_default())
+    }
+
+    /// Every span of each of `ids`, grouped by trace and sorted by start time. Traces with no
+    /// span are absent.
+    pub async fn traces(
+        &self,
+        ids: &BTreeSet<TraceId>,
+    ) -> Result<HashMap<TraceId, Vec<Span>>, StorageError> {
+        let snap = self.snapshot();
+        let mut batches = Vec::new();
+        for b in &snap.batches {
+            let f = filter_trace_ids(b, ids)?;
+            if f.num_rows() > 0 {
+                batches.push(f);
+            }
+        }
+        let reader = &self.inner.reader;
+        let segments: Vec<Arc<SegmentInfo>> = snap.segments.to_vec();
+        let mut lookups = futures::stream::iter(segments)
+            .map(|seg: Arc<SegmentInfo>| async move {
+                let outcome = reader.lookup(&seg, ids).await;
+                (seg, outcome)
+            })
+            .buffer_unordered(PARALLEL_SEGMENTS);
+        let c = &self.inner.counters;
+        while let Some((seg, outcome)) = lookups.next().await {
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(path = %seg.path, "segment vanished during lookup");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            c.row_groups_pruned
+                .fetch_add(outcome.row_groups_pruned as u64, Ordering::Relaxed);
+            c.row_groups_read
+                .fetch_add(outcome.row_groups_read as u64, Ordering::Relaxed);
+            match outcome.batches {
+                None => c.segments_pruned.fetch_add(1, Ordering::Relaxed),
+                Some(found) => {
+                    batches.extend(found);
+                    c.segments_read.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+        let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        for b in &batches {
+            for span in batch_to_spans(b)? {
+                out.entry(span.trace_id).or_default().push(span);
+            }
+        }
+        for spans in out.values_mut() {
+            spans.sort_by(|a, b| {
+                (a.start_unix_nano, a.span_id).cmp(&(b.start_unix_nano, b.span_id))
+            });
+        }
+        Ok(out)
+    }
+
+    /// Jaeger trace search: traces with at least one span meeting every condition, most recent
+    /// first (by their latest matching span), each with all its spans.
+    pub async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StorageError> {
+        let filter = SpanFilter::new(q)?;
+        let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
+        let snap = self.snapshot();
+        let mut matches: HashMap<TraceId, i64> = HashMap::new();
+        for b in &snap.batches {
+            let selected = filter_record_batch(b, &span_mask(b, &filter)?)?;
+            collect_matches(&selected, &q.tags, &mut matches)?;
+        }
+        let shared = Arc::new(filter.clone());
+        let scan = ScanFilter {
+            columns: FILTER_COLUMNS.to_vec(),
+            predicate: Arc::new(move |b: &RecordBatch| span_mask(b, &shared)),
+            start_range: filter.start,
+        };
+        let output: Option<&[&str]> = q.tags.is_empty().then_some(&["trace_id", "start_time"]);
+        let reader = &self.inner.reader;
+        let scan = &scan;
+        let wanted: Vec<Arc<SegmentInfo>> = snap
+            .segments
+            .iter()
+            .filter(|s| filter.wants_segment(s))
+            .cloned()
+            .collect();
+        let c = &self.inner.counters;
+        let skipped = (snap.segments.len() - wanted.len()) as u64;
+        c.search_segments_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
+        c.search_segments_scanned
+            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        let mut scans = futures::stream::iter(wanted)
+            .map(|seg: Arc<SegmentInfo>| async move {
+                let result = reader.scan(&seg, scan, output).await;
+                (seg, result)
+            })
+            .buffer_unordered(PARALLEL_SEGMENTS);
+        while let Some((seg, result)) = scans.next().await {
+            match result {
+                Ok(batches) => {
+                    for b in &batches {
+                        collect_matches(b, &q.tags, &mut matches)?;
+                    }
+                }
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(path = %seg.path, "segment vanished during search");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut ranked: Vec<(TraceId, i64)> = matches.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(limit);
+        let ids: BTreeSet<TraceId> = ranked.iter().map(|r| r.0).collect();
+        let mut traces = self.traces(&ids).await?;
+        Ok(ranked
+            .iter()
+            .filter_map(|(id, _)| traces.remove(id))
+            .collect())
+    }
+
+    /// Every service name seen (catalog and buffer), sorted.
+    pub async fn services(&self) -> Result<Vec<String>, StorageError> {
+        Ok(lock(&self.inner.names).services())
+    }
+
+    /// The operations of a service with their span kinds, sorted; only one kind if given.
+    pub async fn operations(
+        &self,
+        service: &str,
+        kind: Option<SpanKind>,
+    ) -> Result<Vec<(String, SpanKind)>, StorageError> {
+        Ok(lock(&self.inner.names).operations(service, kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtrace_model::{AttrValue, Event};
+
+    #[test]
+    fn tags_match_any_attribute_set_by_display_string() {
+        let span = Span {
+            resource_attributes: vec![KeyValue::string("k8s.namespace", "prod")],
+            attributes: vec![KeyValue::new("http.status_code", AttrValue::Int(503))],
+            events: vec![Event {
+                time_unix_nano: 1,
+                name: "retry".into(),
+                attributes: vec![KeyValue::new("attempt", AttrValue::Int(2))],
+            }],
+            ..Default::default()
+        };
+        let tag = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert!(span_has_tags(&span, &[tag("http.status_code", "503")]));
+        assert!(span_has_tags(
+            &span,
+            &[tag("k8s.namespace", "prod"), tag("attempt", "2")]
+        ));
+        assert!(!span_has_tags(&span, &[tag("attempt", "3")]));
+        assert!(!span_has_tags(
+            &span,
+            &[tag("k8s.namespace", "prod"), tag("missing", "x")]
+        ));
+    }
+
+    #[test]
+    fn inverted_bounds_are_invalid() {
+        let q = TraceQuery {
+            start_min_ns: Some(10),
+            start_max_ns: Some(5),
+            ..Default::default()
+        };
+        let err = SpanFilter::new(&q).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::InvalidArgument);
+    }
+}

@@ -1,0 +1,400 @@
+//! The [`Store`] handle: opening (migrations, orphan cleanup), appending, flushing, retention,
+//! the checkpoint and the counters. Queries live in `query.rs` and `sql.rs`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arrow_array::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::TryStreamExt;
+use meshtrace_model::arrow_conv::spans_to_batch;
+use meshtrace_model::Span;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::buffer::{Buffered, Names, Snapshot, View};
+use crate::catalog::{Catalog, SegmentInfo};
+use crate::error::StorageError;
+use crate::layout::{encode_segment, segment_path, SegmentReader, SEGMENT_PREFIX};
+use crate::{StoreConfig, StoreStats};
+
+/// The span store. Cheap to clone; all clones share one state.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub flushes: AtomicU64,
+    pub segments_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub segments_pruned: AtomicU64,
+    pub segments_read: AtomicU64,
+    pub row_groups_pruned: AtomicU64,
+    pub row_groups_read: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub orphans_removed: AtomicU64,
+    pub search_segments_scanned: AtomicU64,
+    pub search_segments_skipped: AtomicU64,
+    pub replayed_appends_skipped: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub cfg: StoreConfig,
+    pub store: Arc<dyn ObjectStore>,
+    pub catalog: Catalog,
+    pub view: RwLock<View>,
+    pub names: Mutex<Names>,
+    pub reader: SegmentReader,
+    pub flush_lock: tokio::sync::Mutex<()>,
+    pub checkpoint: AtomicU64,
+    pub counters: Counters,
+    pub tables: Mutex<Vec<(String, Arc<dyn TableProvider>)>>,
+    /// Shared by every SQL session, so DataFusion's file metadata cache outlives a query.
+    pub runtime: Arc<RuntimeEnv>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ns() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens the store on a local directory: creates it, connects the catalog, runs the
+    /// migrations and deletes segment files the catalog does not know (crash leftovers).
+    pub async fn open(cfg: StoreConfig) -> Result<Store, StorageError> {
+        tokio::fs::create_dir_all(&cfg.data_dir)
+            .await
+            .map_err(|e| StorageError::Config(format!("cannot create {:?}: {e}", cfg.data_dir)))?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&cfg.data_dir)?);
+        Store::open_with_object_store(cfg, store).await
+    }
+
+    /// Opens the store on any object store (`cfg.data_dir` still holds the default catalog).
+    pub async fn open_with_object_store(
+        cfg: StoreConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Store, StorageError> {
+        let catalog = Catalog::connect(&cfg.data_dir, cfg.catalog_url.as_deref()).await?;
+        let segments = catalog.segments().await?;
+        let orphans = remove_orphans(store.as_ref(), &segments).await?;
+        let names = catalog.names().await?;
+        let checkpoint = catalog.checkpoint().await?;
+        tracing::info!(
+            backend = catalog.backend(),
+            segments = segments.len(),
+            orphans,
+            checkpoint,
+            "span store opened"
+        );
+        let runtime = crate::sql::runtime(&store)?;
+        let inner = Inner {
+            reader: SegmentReader::new(store.clone()),
+            cfg,
+            store,
+            catalog,
+            view: RwLock::new(View {
+                segments: segments.into_iter().map(Arc::new).collect(),
+                batches: Vec::new(),
+            }),
+            names: Mutex::new(Names::from_catalog(names)),
+            flush_lock: tokio::sync::Mutex::new(()),
+            checkpoint: AtomicU64::new(checkpoint),
+            counters: Counters::default(),
+            tables: Mutex::new(Vec::new()),
+            runtime,
+        };
+        inner
+            .counters
+            .orphans_removed
+            .store(orphans as u64, Ordering::Relaxed);
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub(crate) fn read_view(&self) -> RwLockReadGuard<'_, View> {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_view(&self) -> RwLockWriteGuard<'_, View> {
+        self.inner
+            .view
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The committed segments and the buffered batches, taken together.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.read_view().snapshot()
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// The object store holding the segments.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.inner.store.clone()
+    }
+
+    /// The committed segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.read_view()
+            .segments
+            .iter()
+            .map(|s| (**s).clone())
+            .collect()
+    }
+
+    /// The highest WAL sequence number whose spans are all in committed segments (0 if none).
+    pub async fn checkpoint(&self) -> Result<u64, StorageError> {
+        Ok(self.inner.checkpoint.load(Ordering::Acquire))
+    }
+
+    /// Buffers spans (converted to one Arrow batch); they are queryable on return.
+    ///
+    /// A non-zero `wal_seq` at or below the checkpoint is already in a committed segment (a
+    /// WAL replay from too early): it is skipped, so replays never duplicate spans.
+    pub fn append(&self, wal_seq: u64, spans: &[Span]) -> Result<(), StorageError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let checkpoint = self.inner.checkpoint.load(Ordering::Acquire);
+        if wal_seq != 0 && wal_seq <= checkpoint {
+            let c = &self.inner.counters.replayed_appends_skipped;
+            c.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                wal_seq,
+                checkpoint,
+                "append at or below the checkpoint skipped"
+            );
+            return Ok(());
+        }
+        let batch = spans_to_batch(spans)?;
+        lock(&self.inner.names).observe(spans);
+        self.write_view().batches.push(Buffered {
+            seq: wal_seq,
+            batch,
+            at: Instant::now(),
+            flushing: false,
+        });
+        Ok(())
+    }
+
+    /// Rows in memory, those of a flush in progress included.
+    pub fn buffered_rows(&self) -> usize {
+        self.read_view().rows()
+    }
+
+    /// Flushes when enough rows are buffered or the oldest buffered batch is old enough;
+    /// returns the new checkpoint when it flushed.
+    pub async fn flush_if_due(&self) -> Result<Option<u64>, StorageError> {
+        let (rows, oldest) = {
+            let view = self.read_view();
+            (view.pending_rows(), view.oldest_pending())
+        };
+        let old = oldest.is_some_and(|t| t.elapsed() >= self.inner.cfg.flush_max_age);
+        if rows == 0 || (rows < self.inner.cfg.flush_max_rows && !old) {
+            return Ok(None);
+        }
+        self.flush().await
+    }
+
+    /// Writes every buffered batch to one new segment; returns the new checkpoint, or `None`
+    /// when nothing was buffered.
+    pub async fn flush(&self) -> Result<Option<u64>, StorageError> {
+        let _serial = self.inner.flush_lock.lock().await;
+        let taken = self.write_view().mark_for_flush();
+        if taken.is_empty() {
+            return Ok(None);
+        }
+        match self.write_segment(taken).await {
+            Ok(checkpoint) => Ok(Some(checkpoint)),
+            Err(e) => {
+                self.write_view().unmark();
+                tracing::warn!(error = %e, "flush failed; batches stay buffered");
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_segment(&self, taken: Vec<(u64, RecordBatch)>) -> Result<u64, StorageError> {
+        let started = Instant::now();
+        let seq_min = taken.iter().map(|t| t.0).min().unwrap_or_default();
+        let seq_max = taken.iter().map(|t| t.0).max().unwrap_or_default();
+        let batches: Vec<RecordBatch> = taken.into_iter().map(|t| t.1).collect();
+        let rg = self.inner.cfg.row_group_rows;
+        let enc = tokio::task::spawn_blocking(move || encode_segment(&batches, rg)).await??;
+        let mut path = segment_path(enc.min_start_ns, seq_min, seq_max);
+        if self.read_view().segments.iter().any(|s| s.path == path) {
+            path = path.replace(".parquet", &format!("-{}.parquet", now_ns()));
+        }
+        let byte_size = enc.bytes.len();
+        self.inner
+            .store
+            .put(
+                &ObjectPath::from(path.as_str()),
+                PutPayload::from(enc.bytes),
+            )
+            .await?;
+        let mut info = SegmentInfo {
+            id: 0,
+            path,
+            min_start_ns: enc.min_start_ns,
+            max_start_ns: enc.max_start_ns,
+            row_count: enc.rows as i64,
+            byte_size: byte_size as i64,
+            wal_seq_min: seq_min,
+            wal_seq_max: seq_max,
+            services: enc.services,
+            created_at_ns: now_ns(),
+        };
+        let names = lock(&self.inner.names).take_pending();
+        let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
+        // On failure the file stays: without a catalog row it is invisible, and open removes it.
+        match self
+            .inner
+            .catalog
+            .commit_segment(&info, &names, checkpoint)
+            .await
+        {
+            Ok(id) => info.id = id,
+            Err(e) => {
+                lock(&self.inner.names).restore_pending(names);
+                return Err(e);
+            }
+        }
+        self.inner.checkpoint.store(checkpoint, Ordering::Release);
+        let c = &self.inner.counters;
+        c.flushes.fetch_add(1, Ordering::Relaxed);
+        c.segments_written.fetch_add(1, Ordering::Relaxed);
+        c.bytes_written
+            .fetch_add(byte_size as u64, Ordering::Relaxed);
+        c.rows_written.fetch_add(enc.rows as u64, Ordering::Relaxed);
+        tracing::info!(
+            path = %info.path,
+            rows = enc.rows,
+            bytes = byte_size,
+            checkpoint,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "segment committed"
+        );
+        self.write_view().finish_flush(Arc::new(info));
+        Ok(checkpoint)
+    }
+
+    /// Deletes every segment whose newest span started before `now - retention` (catalog row
+    /// first, then the file); returns how many.
+    pub async fn apply_retention(&self) -> Result<usize, StorageError> {
+        let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now_ns().saturating_sub(retention);
+        let expired: Vec<Arc<SegmentInfo>> = self
+            .read_view()
+            .segments
+            .iter()
+            .filter(|s| s.max_start_ns < cutoff)
+            .cloned()
+            .collect();
+        for seg in &expired {
+            self.inner.catalog.delete_segment(seg.id).await?;
+            self.write_view().segments.retain(|s| s.id != seg.id);
+            self.inner.reader.forget(&seg.path);
+            match self
+                .inner
+                .store
+                .delete(&ObjectPath::from(seg.path.as_str()))
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(path = %seg.path, error = %e, "cannot delete expired segment")
+                }
+            }
+            self.inner
+                .counters
+                .segments_deleted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(path = %seg.path, max_start_ns = seg.max_start_ns, "segment expired");
+        }
+        Ok(expired.len())
+    }
+
+    /// Makes another table available to [`Store::sql`] under `name`.
+    pub fn register_table(&self, name: impl Into<String>, provider: Arc<dyn TableProvider>) {
+        let name = name.into();
+        let mut tables = lock(&self.inner.tables);
+        tables.retain(|(n, _)| *n != name);
+        tables.push((name, provider));
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let view = self.read_view();
+        StoreStats {
+            flushes: get(&c.flushes),
+            segments_written: get(&c.segments_written),
+            bytes_written: get(&c.bytes_written),
+            rows_written: get(&c.rows_written),
+            segments_pruned: get(&c.segments_pruned),
+            segments_read: get(&c.segments_read),
+            row_groups_pruned: get(&c.row_groups_pruned),
+            row_groups_read: get(&c.row_groups_read),
+            segments_deleted: get(&c.segments_deleted),
+            orphans_removed: get(&c.orphans_removed),
+            search_segments_scanned: get(&c.search_segments_scanned),
+            search_segments_skipped: get(&c.search_segments_skipped),
+            replayed_appends_skipped: get(&c.replayed_appends_skipped),
+            segments: view.segments.len() as u64,
+            buffered_rows: view.rows() as u64,
+            checkpoint: self.inner.checkpoint.load(Ordering::Acquire),
+        }
+    }
+
+    /// Closes the catalog connections (buffered spans are not flushed: call [`Store::flush`]).
+    pub async fn close(&self) {
+        self.inner.catalog.close().await;
+    }
+}
+
+/// Deletes every object under the segment prefix that has no catalog row; returns how many.
+async fn remove_orphans(
+    store: &dyn ObjectStore,
+    segments: &[SegmentInfo],
+) -> Result<usize, StorageError> {
+    let known: HashSet<&str> = segments.iter().map(|s| s.path.as_str()).collect();
+    let prefix = ObjectPath::from(SEGMENT_PREFIX);
+    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    let mut removed = 0;
+    for obj in objects {
+        if known.contains(obj.location.as_ref()) {
+            continue;
+        }
+        tracing::warn!(path = %obj.location, "removing segment file without catalog row");
+        match store.delete(&obj.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(removed)
+}
