@@ -1,0 +1,86 @@
+"""Zipkin v2 JSON fixtures posted to :9411/api/v2/spans and read back as Jaeger traces: the
+span IDs and local services must match tests/fixtures/README.md's table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from mtlib import FIXTURES, eventually, span_service
+
+# file -> (trace id as read back, distinct span IDs, local services), from tests/fixtures/README.md
+CASES = {
+    "yelp": (
+        "a03ee8fff1dcd9b9",
+        13,
+        {"mobile_api", "routing", "spectre", "unknown", "yelp-main", "yelp_main/api_proxy"},
+    ),
+    "skew": ("1e223ff1f80f1c69", 3, {"servicea", "serviceb"}),
+    "messaging-kafka": ("0562809467078eab", 28, {"servicea", "serviceb"}),
+    "smartthings-oauth-authorization": (
+        "8ce82b2e9ed820ba",
+        130,
+        {"account", "auth", "bouncer", "datamgmt", "dove", "paperboy", "pusher", "stlogin"},
+    ),
+}
+
+
+@pytest.fixture
+def zipkin_server(server_factory):
+    # The fixtures are years old: keep them past the default 7-day retention.
+    return server_factory("--retention", "5000d")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_zipkin_fixture_round_trip(zipkin_server, name):
+    short_id, span_ids, services = CASES[name]
+    body = (FIXTURES / "zipkin" / f"{name}.json").read_bytes()
+    r = requests.post(
+        f"{zipkin_server.zipkin_url}/api/v2/spans",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+
+    trace_id = short_id.rjust(32, "0")
+    trace = eventually(lambda: zipkin_server.api.trace(trace_id), what=f"trace {trace_id}")
+    assert trace["traceID"] == trace_id
+    assert all(s["traceID"] == trace_id for s in trace["spans"])
+    assert len({s["spanID"] for s in trace["spans"]}) == span_ids
+    assert {span_service(trace, s) for s in trace["spans"]} == services
+    # The services list shows the lower-cased local services.
+    assert set(zipkin_server.api.services()) == services
+
+
+def test_zipkin_64bit_trace_id_lookup(zipkin_server):
+    """The 64-bit ID a Zipkin user has finds the trace too (Jaeger accepts short IDs)."""
+    r = requests.post(
+        f"{zipkin_server.zipkin_url}/api/v2/spans",
+        data=(FIXTURES / "zipkin" / "skew.json").read_bytes(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    trace = eventually(lambda: zipkin_server.api.trace("1e223ff1f80f1c69"), what="short id")
+    assert trace["traceID"] == "00000000000000001e223ff1f80f1c69"
+
+
+def test_zipkin_all_fixtures_together(zipkin_server):
+    for name in CASES:
+        r = requests.post(
+            f"{zipkin_server.zipkin_url}/api/v2/spans",
+            data=(FIXTURES / "zipkin" / f"{name}.json").read_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 202, r.text
+    all_services = set().union(*(c[2] for c in CASES.values()))
+    eventually(lambda: set(zipkin_server.api.services()) == all_services, what="services")
+    rows = zipkin_server.api.sql_rows(
+        "SELECT count(*) AS n, count(DISTINCT service_name) AS s FROM spans"
+    )
+    records = sum(len(json.loads((FIXTURES / "zipkin" / f"{n}.json").read_text())) for n in CASES)
+    assert [int(v) for v in rows[0]] == [records, len(all_services)]

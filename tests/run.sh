@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The project's test command: builds the workspace, runs the Rust tests, then the end-to-end
+# suite (tests/e2e, pytest) against the freshly built dev binary. Works on a fresh Debian
+# machine as root; CI runs it from .ci/run.
+#
+# Environment:
+#   CARGO_TARGET_DIR   build dir (default ~/.cache/meshtrace/target, kept between runs)
+#   MESHTRACE_VENV     Python venv for the e2e suite (default ~/.cache/meshtrace/venv)
+#   E2E_JOBS           parallel pytest workers (default 2)
+#   PYTEST_ARGS        extra pytest arguments, e.g. "-k storage_suite"
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meshtrace/target}
+VENV=${MESHTRACE_VENV:-$HOME/.cache/meshtrace/venv}
+E2E_JOBS=${E2E_JOBS:-2}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- Python venv for the end-to-end suite --------------------------------------------------
+step "python venv at $VENV"
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PYTHON" -m venv "$VENV"
+fi
+REQ_HASH=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)" != "$REQ_HASH" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+  echo "$REQ_HASH" > "$VENV/.requirements.sha256"
+else
+  echo "requirements unchanged, skipping pip install"
+fi
+
+# --- Dashboard (ui/) -----------------------------------------------------------------------
+# TODO: the dashboard's `npm ci` and Debian's chromium/chromium-driver install (for browser
+# tests) go here, before the build, once ui/ has a package.json.
+
+# --- Rust build and tests ------------------------------------------------------------------
+# Dev profile only: the e2e suite runs the same binary the Rust tests were built with.
+step "cargo build --workspace --locked"
+cargo build --workspace --locked
+
+step "cargo test --workspace --locked"
+cargo test --workspace --locked
+
+# --- End-to-end suite ----------------------------------------------------------------------
+step "pytest tests/e2e (-n $E2E_JOBS)"
+export MESHTRACE_BIN="$CARGO_TARGET_DIR/debug/meshtrace"
+XDIST=()
+if [ "$E2E_JOBS" != "0" ] && [ "$E2E_JOBS" != "1" ]; then
+  XDIST=(-n "$E2E_JOBS" --dist loadfile)
+fi
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pytest tests/e2e -q "${XDIST[@]}" ${PYTEST_ARGS:-}
