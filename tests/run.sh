@@ -34,8 +34,8 @@ else
 fi
 
 # --- Dashboard (ui/) -----------------------------------------------------------------------
-# TODO: the dashboard's `npm ci` and Debian's chromium/chromium-driver install (for browser
-# tests) go here, before the build, once ui/ has a package.json.
+# The dashboard is built by server/build.rs (npm ci + vite) during the cargo build below, and
+# embedded in the binary; the browser tests at the end install Debian's Chromium if needed.
 
 # --- Rust build and tests ------------------------------------------------------------------
 # Dev profile only: the e2e suite runs the same binary the Rust tests were built with.
@@ -54,3 +54,7 @@ if [ "$E2E_JOBS" != "0" ] && [ "$E2E_JOBS" != "1" ]; then
 fi
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest tests/e2e -q "${XDIST[@]}" ${PYTEST_ARGS:-}
+
+# --- Dashboard in a real browser -------------------------------------------------------------
+step "dashboard tests (headless chromium, tests/ui)"
+bash tests/ui/run.sh

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use meshtrace_collector::receiver::ReceiverConfig;
+use meshtrace_provenance::{AssemblerConfig, ClassRule, GraphConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything `serve` needs; see `meshtrace.example.toml` for every key with its default.
@@ -24,6 +25,7 @@ pub struct Config {
     pub ingest: ReceiverConfig,
     pub wal: WalSettings,
     pub query: QueryConfig,
+    pub provenance: ProvenanceSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +67,63 @@ pub struct QueryConfig {
     pub max_traces: usize,
 }
 
+/// Trace assembly, derived tables and trace classes (`[provenance]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvenanceSettings {
+    /// A trace without new spans for this long is complete.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// A trace open this long is completed even if spans keep coming.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Spans arriving this long after completion are merged and the rows replaced.
+    #[serde(with = "humantime_serde")]
+    pub late_window: Duration,
+    pub max_open_traces: usize,
+    pub max_spans_per_trace: usize,
+    /// Span batches waiting for the assembler; beyond, spans skip provenance (counted).
+    pub queue_depth: usize,
+    /// Derived rows are flushed to Parquet when this old or this many.
+    #[serde(with = "humantime_serde")]
+    pub flush_age: Duration,
+    pub flush_rows: usize,
+    /// Trace-class rules, first match wins (rules set with PUT /api/v1/classes come first).
+    pub classes: Vec<ClassRule>,
+    pub graph: GraphConfig,
+}
+
+impl ProvenanceSettings {
+    /// The assembler's part of the settings.
+    pub fn assembler(&self) -> AssemblerConfig {
+        AssemblerConfig {
+            idle: self.idle,
+            max_age: self.max_age,
+            late_window: self.late_window,
+            max_open_traces: self.max_open_traces,
+            max_spans_per_trace: self.max_spans_per_trace,
+        }
+    }
+}
+
+impl Default for ProvenanceSettings {
+    fn default() -> Self {
+        let a = AssemblerConfig::default();
+        ProvenanceSettings {
+            idle: a.idle,
+            max_age: a.max_age,
+            late_window: a.late_window,
+            max_open_traces: a.max_open_traces,
+            max_spans_per_trace: a.max_spans_per_trace,
+            queue_depth: 4096,
+            flush_age: Duration::from_secs(30),
+            flush_rows: 100_000,
+            classes: Vec::new(),
+            graph: GraphConfig::default(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -75,6 +134,7 @@ impl Default for Config {
             ingest: ReceiverConfig::default(),
             wal: WalSettings::default(),
             query: QueryConfig::default(),
+            provenance: ProvenanceSettings::default(),
         }
     }
 }
@@ -170,6 +230,9 @@ pub struct ServeArgs {
     /// Pending write-ahead-log appends before ingest answers 429 [default: 1024]
     #[arg(long, env = "MESHTRACE_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
+    /// A trace is complete after this long without new spans, e.g. 5s [default: 5s]
+    #[arg(long, env = "MESHTRACE_PROVENANCE_IDLE", value_parser = humantime::parse_duration)]
+    pub provenance_idle: Option<Duration>,
     /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
     #[arg(long, env = "MESHTRACE_NO_FSYNC")]
     pub no_fsync: bool,
@@ -219,6 +282,7 @@ impl Config {
             &a.max_attribute_value_bytes,
         );
         set(&mut self.wal.queue_depth, &a.queue_depth);
+        set(&mut self.provenance.idle, &a.provenance_idle);
         if a.no_fsync {
             self.wal.fsync = false;
         }

@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod import;
 mod pipeline;
+mod provenance;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

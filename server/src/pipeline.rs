@@ -12,12 +12,19 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use meshtrace_collector::wal::Wal;
 use meshtrace_collector::{Error, SpanSink};
+use meshtrace_model::arrow_conv::spans_to_batch;
 use meshtrace_model::Span;
+use meshtrace_storage::RecordBatch;
 use meshtrace_storage::Store;
+
+use crate::provenance::Feed;
+
+/// A durable batch waiting for its turn: the spans and their Arrow form.
+type Ready = (Arc<Vec<Span>>, RecordBatch);
 
 struct Reorder {
     next: u64,
-    waiting: BTreeMap<u64, Arc<Vec<Span>>>,
+    waiting: BTreeMap<u64, Ready>,
 }
 
 /// Write-ahead log first, then the queryable buffer.
@@ -26,6 +33,7 @@ pub struct Pipeline {
     wal: Wal,
     store: Store,
     reorder: Arc<Mutex<Reorder>>,
+    provenance: Option<Feed>,
 }
 
 impl Pipeline {
@@ -38,21 +46,45 @@ impl Pipeline {
                 next: next_seq,
                 waiting: BTreeMap::new(),
             })),
+            provenance: None,
         }
     }
 
-    fn deliver(&self, seq: u64, spans: Arc<Vec<Span>>) {
+    /// Also hands every buffered batch to provenance (in sequence order, never waiting).
+    pub fn with_provenance(mut self, feed: Feed) -> Self {
+        self.provenance = Some(feed);
+        self
+    }
+
+    fn deliver(&self, seq: u64, ready: Ready) {
         let mut r = self.reorder.lock().unwrap_or_else(|e| e.into_inner());
-        r.waiting.insert(seq, spans);
-        while let Some(spans) = {
+        r.waiting.insert(seq, ready);
+        while let Some((spans, batch)) = {
             let next = r.next;
             r.waiting.remove(&next)
         } {
             let next = r.next;
-            if let Err(e) = self.store.append(next, &spans) {
-                tracing::error!(error = %e, seq = next, "could not buffer spans; they stay in the write-ahead log");
+            match self.store.append_converted(next, &spans, batch) {
+                Ok(()) => {
+                    if let Some(feed) = &self.provenance {
+                        feed.offer(&spans);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, seq = next, "could not buffer spans; they stay in the write-ahead log")
+                }
             }
             r.next += 1;
+        }
+    }
+}
+
+impl Pipeline {
+    /// Lets the sequence move past a record that could not be buffered (it stays in the log).
+    fn skip(&self, seq: u64) {
+        let empty = spans_to_batch(&[]);
+        if let Ok(batch) = empty {
+            self.deliver(seq, (Arc::new(Vec::new()), batch));
         }
     }
 }
@@ -62,8 +94,22 @@ impl SpanSink for Pipeline {
         let this = self.clone();
         let spans = Arc::new(spans);
         let task = tokio::spawn(async move {
+            // Build the Arrow batch while the log writes and syncs, off the ordered path.
+            let for_arrow = spans.clone();
+            let convert = tokio::task::spawn_blocking(move || spans_to_batch(&for_arrow));
             let seq = this.wal.append(spans.clone()).await?;
-            this.deliver(seq, spans);
+            let batch = convert
+                .await
+                .map_err(|e| Error::Wal(format!("conversion task failed: {e}")))?
+                .map_err(|e| Error::Wal(format!("arrow conversion failed: {e}")));
+            match batch {
+                Ok(batch) => this.deliver(seq, (spans, batch)),
+                Err(e) => {
+                    // The record is durable; it must still take its turn or later ones stall.
+                    tracing::error!(error = %e, seq, "could not convert a durable batch");
+                    this.skip(seq);
+                }
+            }
             Ok(())
         });
         Box::pin(async move {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, PulledMetrics};
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::provenance::Provenance;
 
 /// A running server: its store and log, for callers (demo, bench) that embed it.
 pub struct Running {
@@ -35,6 +36,7 @@ pub struct Running {
 pub struct Opened {
     pub store: Store,
     pub wal: Wal,
+    pub provenance: Provenance,
     next_seq: u64,
 }
 
@@ -42,6 +44,7 @@ impl Opened {
     /// The sink that writes to this log and store.
     pub fn pipeline(&self) -> Pipeline {
         Pipeline::new(self.wal.clone(), self.store.clone(), self.next_seq)
+            .with_provenance(self.provenance.feed())
     }
 
     /// Drains the log, flushes the buffer to Parquet and truncates the log.
@@ -52,6 +55,8 @@ impl Opened {
             .context("closing the write-ahead log")?;
         // Appends completed by the drain are delivered by their tasks; give them a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // Completes the open traces and writes their derived rows before the final flush.
+        self.provenance.close().await;
         if let Some(checkpoint) = self.store.flush().await.context("final flush")? {
             self.wal.truncate_through(checkpoint)?;
         }
@@ -74,6 +79,13 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     .await
     .context("opening the store")?;
     let checkpoint = store.checkpoint().await?;
+    let provenance = Provenance::start(
+        &store,
+        &config.provenance,
+        config.storage.retention,
+        config.storage.row_group_rows,
+    )
+    .await?;
     let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
     wal_config.queue_depth = config.wal.queue_depth;
     wal_config.segment_bytes = config.wal.segment_bytes;
@@ -84,14 +96,15 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     };
     let (wal, replayed) = Wal::open(wal_config).context("opening the write-ahead log")?;
     wal.advance_past(checkpoint);
-    let mut spans = 0;
-    for record in replayed.iter().filter(|r| r.seq > checkpoint) {
+    let (mut spans, records) = (0, replayed.len());
+    for record in replayed.into_iter().filter(|r| r.seq > checkpoint) {
         store.append(record.seq, &record.spans)?;
         spans += record.spans.len();
+        provenance.replay(record.spans).await;
     }
     tracing::info!(
         checkpoint,
-        records = replayed.len(),
+        records,
         spans,
         "recovered from the write-ahead log"
     );
@@ -99,6 +112,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     Ok(Opened {
         store,
         wal,
+        provenance,
         next_seq,
     })
 }
@@ -158,6 +172,13 @@ fn pulled_metrics(store: Store, wal: Wal) -> PulledMetrics {
     })
 }
 
+fn with_provenance_metrics(base: PulledMetrics, provenance: Provenance) -> PulledMetrics {
+    Arc::new(move |out: &mut String| {
+        base(out);
+        provenance.write_metrics(out);
+    })
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -176,7 +197,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let state = ApiState {
         store: store.clone(),
         registry: Arc::new(registry),
-        pulled: pulled_metrics(store.clone(), wal.clone()),
+        pulled: with_provenance_metrics(
+            pulled_metrics(store.clone(), wal.clone()),
+            opened.provenance.clone(),
+        ),
+        provenance: opened.provenance.clone(),
         ready: Arc::default(),
         query: config.query.clone(),
         query_seconds,

@@ -4,7 +4,9 @@
 pub mod jaeger;
 pub mod jaeger_json;
 pub mod params;
+pub mod provenance;
 pub mod sql;
+pub mod ui;
 pub mod v3;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +35,7 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     pub query: QueryConfig,
     pub query_seconds: Histogram,
+    pub provenance: crate::provenance::Provenance,
 }
 
 impl ApiState {
@@ -71,6 +74,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v3/traces", get(v3::find_traces))
         .route("/api/v3/traces/{trace_id}", get(v3::get_trace))
         .route("/api/v1/sql", post(sql::query))
+        .route("/api/dependencies", get(provenance::dependencies))
+        .route("/api/v1/graph", get(provenance::graph))
+        .route(
+            "/api/v1/traces/{trace_id}/provenance",
+            get(provenance::trace_provenance),
+        )
+        .route(
+            "/api/v1/classes",
+            get(provenance::get_classes).put(provenance::put_classes),
+        )
+        .route("/api/v1/classes/mapping", get(provenance::class_mapping))
+        .fallback(ui::serve)
         .with_state(state)
 }
 

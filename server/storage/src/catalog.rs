@@ -1,5 +1,6 @@
-//! The segment catalog in SQLite or PostgreSQL (sqlx): which Parquet segments are committed,
-//! the service and operation names seen, and the WAL checkpoint.
+//! The segment catalog in SQLite or PostgreSQL (sqlx): which Parquet segments are committed
+//! (span segments, and the segments of the derived provenance tables with their table name),
+//! the service and operation names seen, the WAL checkpoint and the trace-class rules.
 //!
 //! A segment exists for readers only once its row is committed here; the Parquet file is
 //! written first (see [`crate::layout`] for the protocol). The schema lives in
@@ -34,6 +35,21 @@ pub struct SegmentInfo {
     pub wal_seq_max: u64,
     /// The distinct service names in the segment, sorted.
     pub services: Vec<String>,
+    pub created_at_ns: i64,
+}
+
+/// One committed segment of a derived table (see [`crate::derived`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DerivedSegment {
+    pub id: i64,
+    /// The derived table the segment belongs to, e.g. `traces`.
+    pub table: String,
+    /// The object path relative to the store root.
+    pub path: String,
+    pub min_start_ns: i64,
+    pub max_start_ns: i64,
+    pub row_count: i64,
+    pub byte_size: i64,
     pub created_at_ns: i64,
 }
 
@@ -220,6 +236,77 @@ impl Catalog {
     pub async fn delete_segment(&self, id: i64) -> Result<(), StorageError> {
         const SQL: &str = "DELETE FROM segments WHERE id = $1";
         on_pool!(self, pool => { sqlx::query(SQL).bind(id).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Every committed segment of the derived tables, oldest first.
+    pub async fn derived_segments(&self) -> Result<Vec<DerivedSegment>, StorageError> {
+        const SQL: &str = "SELECT id, table_name, path, min_start_ns, max_start_ns, row_count, \
+             byte_size, created_at_ns FROM derived_segments ORDER BY id";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                out.push(DerivedSegment {
+                    id: row.try_get("id")?,
+                    table: row.try_get("table_name")?,
+                    path: row.try_get("path")?,
+                    min_start_ns: row.try_get("min_start_ns")?,
+                    max_start_ns: row.try_get("max_start_ns")?,
+                    row_count: row.try_get("row_count")?,
+                    byte_size: row.try_get("byte_size")?,
+                    created_at_ns: row.try_get("created_at_ns")?,
+                });
+            }
+        });
+        Ok(out)
+    }
+
+    /// Commits the row of a derived-table segment; returns its id.
+    pub async fn commit_derived_segment(&self, seg: &DerivedSegment) -> Result<i64, StorageError> {
+        const SQL: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
+             max_start_ns, row_count, byte_size, created_at_ns) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        let id: i64 = on_pool!(self, pool => {
+            let row = sqlx::query(SQL)
+                .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
+                .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
+                .fetch_one(pool).await?;
+            row.try_get("id")?
+        });
+        Ok(id)
+    }
+
+    /// Deletes the row of a derived-table segment (the caller deletes the file afterwards).
+    pub async fn delete_derived_segment(&self, id: i64) -> Result<(), StorageError> {
+        const SQL: &str = "DELETE FROM derived_segments WHERE id = $1";
+        on_pool!(self, pool => { sqlx::query(SQL).bind(id).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// The stored trace-class rules (JSON documents), in order.
+    pub async fn class_rules(&self) -> Result<Vec<String>, StorageError> {
+        const SQL: &str = "SELECT rule FROM class_rules ORDER BY position";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                out.push(row.try_get("rule")?);
+            }
+        });
+        Ok(out)
+    }
+
+    /// Replaces every trace-class rule, in one transaction.
+    pub async fn replace_class_rules(&self, rules: &[String]) -> Result<(), StorageError> {
+        const DELETE: &str = "DELETE FROM class_rules";
+        const INSERT: &str = "INSERT INTO class_rules (position, rule) VALUES ($1, $2)";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(DELETE).execute(&mut *tx).await?;
+            for (i, rule) in rules.iter().enumerate() {
+                sqlx::query(INSERT).bind(i as i64).bind(rule).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 

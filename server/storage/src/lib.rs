@@ -5,9 +5,11 @@
 //! The server appends spans with their WAL sequence number ([`Store::append`]), flushes on
 //! size or age ([`Store::flush_if_due`]) and truncates the WAL up to [`Store::checkpoint`].
 //! Buffered spans are queryable at once. The file layout, the flush/commit protocol and the
-//! crash cases are described in [`layout`].
+//! crash cases are described in [`layout`]. Tables derived from spans (provenance) are
+//! buffered and flushed the same way by [`DerivedStore`].
 
 pub mod catalog;
+pub mod derived;
 pub mod error;
 pub mod layout;
 
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use catalog::SegmentInfo;
+pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
 pub use store::Store;
 

@@ -34,7 +34,7 @@ use crate::error::StorageError;
 use crate::store::{lock, Store};
 
 /// The URL under which the store's object store is registered in every session.
-const STORE_URL: &str = "meshtrace://store/";
+pub(crate) const STORE_URL: &str = "meshtrace://store/";
 
 /// The `spans` table: segments and buffer of one snapshot.
 #[derive(Debug)]

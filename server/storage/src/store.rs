@@ -178,6 +178,22 @@ impl Store {
         if spans.is_empty() {
             return Ok(());
         }
+        let batch = spans_to_batch(spans)?;
+        self.append_converted(wal_seq, spans, batch)
+    }
+
+    /// [`Store::append`] with the Arrow batch of `spans` already built (by
+    /// `meshtrace_model::arrow_conv::spans_to_batch`), so callers can convert off the
+    /// ordered delivery path.
+    pub fn append_converted(
+        &self,
+        wal_seq: u64,
+        spans: &[Span],
+        batch: RecordBatch,
+    ) -> Result<(), StorageError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire);
         if wal_seq != 0 && wal_seq <= checkpoint {
             let c = &self.inner.counters.replayed_appends_skipped;
@@ -189,7 +205,6 @@ impl Store {
             );
             return Ok(());
         }
-        let batch = spans_to_batch(spans)?;
         lock(&self.inner.names).observe(spans);
         self.write_view().batches.push(Buffered {
             seq: wal_seq,

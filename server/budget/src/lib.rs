@@ -1,0 +1,24 @@
+//! Per-class latency budgets and dynamic priorities for mesh proxies.
+//!
+//! Pure logic (no I/O, no clocks: time is a parameter):
+//! - [`objective`]: a class's latency objective and its validation;
+//! - [`sketch`]: mergeable latency sketches (DDSketch, 1% relative error);
+//! - [`observe`]: windowed sketches per class end to end and per (class, hop position);
+//! - [`budget`]: splitting objectives into per-hop budgets along the aggregated critical path,
+//!   with slack, attainment and load;
+//! - [`priority`]: per-service priority levels from budgets and slack, with hysteresis,
+//!   operator overrides and versioned assignment sets for proxies.
+
+pub mod budget;
+pub mod objective;
+pub mod observe;
+pub mod priority;
+pub mod sketch;
+
+pub use budget::{compute_budgets, ClassBudget, HopBudget};
+pub use objective::{BudgetError, Objective, ObjectiveSpec};
+pub use observe::{ClassStats, HopKey, HopPath, HopSample, HopStats, Observations, WindowConfig};
+pub use priority::{
+    Assignment, AssignmentSet, MappingRow, MatchRule, Prioritizer, PriorityConfig, Signature,
+};
+pub use sketch::Sketch;

@@ -1,0 +1,346 @@
+//! Windowed latency observations per class: the end-to-end latency (trace duration) and, per
+//! hop position on the class's critical paths, the hop's critical-path self time, as
+//! [`Sketch`]es in time buckets of `step` covering a sliding `window`.
+//!
+//! A hop is a (service, operation) pair; its *position* is the path of hops from the trace's
+//! entry down to it, so the same operation reached through different callers is a different
+//! position and the positions of a class form a tree. Each position also remembers whether it
+//! ran as a parallel branch of a fan-out (majority of its visits). Within one trace, samples
+//! at the same position are combined: summed when sequential, the maximum when parallel.
+//!
+//! Buckets are keyed by `timestamp.div_euclid(step)`; merging two [`Observations`] merges
+//! bucket by bucket, so windows, and several nodes, merge exactly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sketch::Sketch;
+
+/// The sliding window over which quantiles, rates and attainment are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowConfig {
+    /// Length of the window (default 60 s).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Granularity: the window slides in steps of this (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            window: Duration::from_secs(60),
+            step: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WindowConfig {
+    fn step_ns(&self) -> i64 {
+        (self.step.as_nanos() as i64).max(1)
+    }
+
+    /// Buckets in a window: `ceil(window / step)`, at least 1.
+    pub fn buckets(&self) -> i64 {
+        let w = self.window.as_nanos() as i64;
+        ((w + self.step_ns() - 1) / self.step_ns()).max(1)
+    }
+
+    /// The bucket of a timestamp.
+    pub fn bucket_of(&self, ts_ns: i64) -> i64 {
+        ts_ns.div_euclid(self.step_ns())
+    }
+
+    /// The window's length in seconds, as covered by its buckets.
+    pub fn window_secs(&self) -> f64 {
+        (self.buckets() * self.step_ns()) as f64 / 1e9
+    }
+}
+
+/// A (service, operation) pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HopKey {
+    pub service: String,
+    pub operation: String,
+}
+
+impl HopKey {
+    pub fn new(service: impl Into<String>, operation: impl Into<String>) -> Self {
+        HopKey {
+            service: service.into(),
+            operation: operation.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for HopKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.service, self.operation)
+    }
+}
+
+/// One hop of one trace: its critical-path self time and its place in the call tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopSample {
+    pub hop: HopKey,
+    /// Time this hop itself spent on the critical path (ns); for a parallel branch off the
+    /// critical path, the branch's own time.
+    pub self_time_ns: i64,
+    /// Index of the parent sample in the same slice; must come before this one. None for a
+    /// hop directly under the trace's entry (a flat list of critical-path rows is a chain of
+    /// sequential top-level hops).
+    pub parent: Option<usize>,
+    /// A parallel branch of its parent's fan-out (runs concurrently with its siblings).
+    pub parallel: bool,
+}
+
+impl HopSample {
+    /// A sequential top-level hop.
+    pub fn new(service: &str, operation: &str, self_time_ns: i64) -> Self {
+        HopSample {
+            hop: HopKey::new(service, operation),
+            self_time_ns,
+            parent: None,
+            parallel: false,
+        }
+    }
+
+    /// The same hop, as a child of sample `parent`.
+    pub fn child_of(mut self, parent: usize) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// The same hop, as a parallel branch of its parent's fan-out.
+    pub fn parallel(mut self) -> Self {
+        self.parallel = true;
+        self
+    }
+}
+
+/// Path from the entry down to a hop (the hop last).
+pub type HopPath = Vec<HopKey>;
+
+/// Statistics of one hop position.
+#[derive(Clone, Debug, Default)]
+pub struct HopStats {
+    /// Self times, one value per trace visiting the position.
+    pub self_time: Sketch,
+    /// Visits as a parallel branch.
+    pub parallel_visits: u64,
+}
+
+impl HopStats {
+    pub fn visits(&self) -> u64 {
+        self.self_time.count()
+    }
+
+    /// Whether most visits were as a parallel branch.
+    pub fn is_parallel(&self) -> bool {
+        self.parallel_visits * 2 > self.visits()
+    }
+
+    fn merge(&mut self, other: &HopStats) {
+        self.self_time.merge(&other.self_time);
+        self.parallel_visits += other.parallel_visits;
+    }
+}
+
+/// Statistics of one class (in one bucket, or merged over a window).
+#[derive(Clone, Debug, Default)]
+pub struct ClassStats {
+    /// End-to-end latency (trace duration), one value per trace.
+    pub e2e: Sketch,
+    pub hops: BTreeMap<HopPath, HopStats>,
+}
+
+impl ClassStats {
+    fn merge(&mut self, other: &ClassStats) {
+        self.e2e.merge(&other.e2e);
+        for (path, h) in &other.hops {
+            self.hops.entry(path.clone()).or_default().merge(h);
+        }
+    }
+}
+
+type Bucket = BTreeMap<String, ClassStats>;
+
+/// Windowed observations of every class.
+#[derive(Clone, Debug)]
+pub struct Observations {
+    cfg: WindowConfig,
+    buckets: BTreeMap<i64, Bucket>,
+    /// The newest bucket seen (by recording or advancing).
+    latest: Option<i64>,
+    /// Traces refused because they fell before the window.
+    late: u64,
+}
+
+impl Observations {
+    pub fn new(cfg: WindowConfig) -> Self {
+        Observations {
+            cfg,
+            buckets: BTreeMap::new(),
+            latest: None,
+            late: 0,
+        }
+    }
+
+    pub fn config(&self) -> &WindowConfig {
+        &self.cfg
+    }
+
+    /// Traces dropped because their time was already out of the window.
+    pub fn late_traces(&self) -> u64 {
+        self.late
+    }
+
+    /// Records one trace of `class` ending (or seen) at `now_ns`; returns false when it is too
+    /// old for the window. Advances the window when `now_ns` is newer than anything seen.
+    pub fn record_trace(
+        &mut self,
+        class: &str,
+        e2e_ns: i64,
+        hops: &[HopSample],
+        now_ns: i64,
+    ) -> bool {
+        let b = self.cfg.bucket_of(now_ns);
+        self.advance(now_ns);
+        if b <= self.latest.unwrap_or(b) - self.cfg.buckets() {
+            self.late += 1;
+            tracing::debug!(class, now_ns, "trace older than the budget window dropped");
+            return false;
+        }
+        let stats = self
+            .buckets
+            .entry(b)
+            .or_default()
+            .entry(class.to_string())
+            .or_default();
+        stats.e2e.add(e2e_ns);
+        for (path, (ns, parallel)) in combine(hops) {
+            let h = stats.hops.entry(path).or_default();
+            h.self_time.add(ns);
+            h.parallel_visits += u64::from(parallel);
+        }
+        true
+    }
+
+    /// Slides the window so that it ends at `now_ns` (never backwards), dropping old buckets.
+    pub fn advance(&mut self, now_ns: i64) {
+        let b = self.cfg.bucket_of(now_ns);
+        let latest = self.latest.map_or(b, |l| l.max(b));
+        self.latest = Some(latest);
+        let oldest_kept = latest - self.cfg.buckets() + 1;
+        self.buckets = self.buckets.split_off(&oldest_kept);
+    }
+
+    /// Adds another node's (or window's) observations, bucket by bucket. Both must use the
+    /// same window configuration; buckets of `other` are aligned by their time.
+    pub fn merge(&mut self, other: &Observations) {
+        for (b, classes) in &other.buckets {
+            let bucket = self.buckets.entry(*b).or_default();
+            for (class, stats) in classes {
+                bucket.entry(class.clone()).or_default().merge(stats);
+            }
+        }
+        self.late += other.late;
+        if let Some(l) = other.latest {
+            self.advance(l * self.cfg.step_ns());
+        }
+    }
+
+    /// Every class's statistics merged over the window ending at `now_ns`.
+    pub fn window(&self, now_ns: i64) -> BTreeMap<String, ClassStats> {
+        let end = self.cfg.bucket_of(now_ns);
+        let start = end - self.cfg.buckets() + 1;
+        let mut out: BTreeMap<String, ClassStats> = BTreeMap::new();
+        for (_, bucket) in self.buckets.range(start..=end) {
+            for (class, stats) in bucket {
+                out.entry(class.clone()).or_default().merge(stats);
+            }
+        }
+        out
+    }
+}
+
+/// One trace's samples by position: (self time, parallel), summed when sequential, max when
+/// parallel. A sample whose parent index is not before it is taken as top-level.
+fn combine(hops: &[HopSample]) -> BTreeMap<HopPath, (i64, bool)> {
+    let mut paths: Vec<HopPath> = Vec::with_capacity(hops.len());
+    let mut out: BTreeMap<HopPath, (i64, bool)> = BTreeMap::new();
+    for (i, s) in hops.iter().enumerate() {
+        let mut path = match s.parent {
+            Some(p) if p < i => paths[p].clone(),
+            Some(p) => {
+                tracing::debug!(index = i, parent = p, "hop parent not before it; top-level");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        path.push(s.hop.clone());
+        paths.push(path.clone());
+        let ns = s.self_time_ns.max(0);
+        out.entry(path)
+            .and_modify(|(t, par)| {
+                *t = if s.parallel { (*t).max(ns) } else { *t + ns };
+                *par = *par && s.parallel;
+            })
+            .or_insert((ns, s.parallel));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn window_slides_and_drops_old_buckets() {
+        let mut o = Observations::new(WindowConfig::default());
+        assert!(o.record_trace("a", 10, &[], 5 * S));
+        assert!(o.record_trace("a", 20, &[], 25 * S));
+        assert_eq!(o.window(25 * S)["a"].e2e.count(), 2);
+        // At 65 s the window is buckets 1..=6 (10 s .. 70 s): the trace at 5 s is out.
+        o.advance(65 * S);
+        assert_eq!(o.window(65 * S)["a"].e2e.count(), 1);
+        assert!(!o.record_trace("a", 30, &[], 3 * S), "too old");
+        assert_eq!(o.late_traces(), 1);
+        o.advance(200 * S);
+        assert!(o.window(200 * S).is_empty());
+    }
+
+    #[test]
+    fn samples_combine_per_position() {
+        let hops = [
+            HopSample::new("gw", "GET /", 10),
+            HopSample::new("db", "query", 5).child_of(0),
+            HopSample::new("db", "query", 7).child_of(0),
+            HopSample::new("shard", "get", 30).child_of(0).parallel(),
+            HopSample::new("shard", "get", 40).child_of(0).parallel(),
+            HopSample::new("db", "query", 1),
+            HopSample::new("x", "y", 1).child_of(9),
+        ];
+        let got = combine(&hops);
+        let gw = HopKey::new("gw", "GET /");
+        let db = HopKey::new("db", "query");
+        let shard = HopKey::new("shard", "get");
+        assert_eq!(got[&vec![gw.clone(), db.clone()]], (12, false));
+        assert_eq!(got[&vec![gw.clone(), shard]], (40, true));
+        assert_eq!(got[&vec![db]], (1, false));
+        assert_eq!(got[&vec![HopKey::new("x", "y")]], (1, false));
+        assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn window_config_parses_humantime() {
+        let cfg: WindowConfig = serde_json::from_str(r#"{"window": "2m", "step": "15s"}"#).unwrap();
+        assert_eq!(cfg.buckets(), 8);
+        assert_eq!(cfg.window_secs(), 120.0);
+    }
+}

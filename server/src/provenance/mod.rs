@@ -1,0 +1,314 @@
+//! Provenance in the running server: spans go from the ingest pipeline (once durable and
+//! buffered, in sequence order) to a bounded channel; one task groups them into traces
+//! ([`meshtrace_provenance::Assembler`]), derives the `traces`, `edges` and `critical_path`
+//! rows of every completed trace into a [`DerivedStore`], and learns the signature→class
+//! mapping. The handle here feeds it, holds the class rules and answers the counters.
+//!
+//! Ingest never waits for provenance: when the channel is full the spans skip it and are
+//! counted (`meshtrace_provenance_dropped_spans_total{reason="queue_full"}`). WAL records
+//! replayed at start-up are fed with waiting, and their traces are re-derived from every span
+//! the store holds (see [`task`]).
+//!
+//! Class rules: those stored in the catalog (`PUT /api/v1/classes`) are tried first, then those
+//! of the configuration; the first match wins, and a trace matching none gets `default`. A
+//! rule change applies to traces completed afterwards.
+
+pub mod rows;
+mod task;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use anyhow::Context;
+use meshtrace_model::Span;
+use meshtrace_provenance::{AssemblerStats, ClassMapping, ClassRule, GraphConfig, MappingEntry};
+use meshtrace_storage::{DerivedConfig, DerivedStore, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProvenanceSettings;
+
+/// What the pipeline hands over.
+enum Msg {
+    /// Spans just ingested.
+    Live(Arc<Vec<Span>>),
+    /// Spans replayed from the write-ahead log at start-up.
+    Replay(Arc<Vec<Span>>),
+}
+
+/// State shared by the handle, the task and the API.
+struct Shared {
+    queue_dropped: AtomicU64,
+    stats: Mutex<AssemblerStats>,
+    open_traces: AtomicU64,
+    mapping: Mutex<ClassMapping>,
+    config_rules: Vec<ClassRule>,
+    catalog_rules: RwLock<Vec<ClassRule>>,
+    graph: GraphConfig,
+}
+
+impl Shared {
+    /// Catalog rules, then configuration rules.
+    fn rules(&self) -> Vec<ClassRule> {
+        let catalog = self
+            .catalog_rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        catalog
+            .iter()
+            .chain(self.config_rules.iter())
+            .cloned()
+            .collect()
+    }
+}
+
+/// The sending side used by the ingest pipeline: never waits.
+#[derive(Clone)]
+pub struct Feed {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl Feed {
+    /// Offers durable, buffered spans; counts them as dropped when the queue is full.
+    pub fn offer(&self, spans: &Arc<Vec<Span>>) {
+        if spans.is_empty() {
+            return;
+        }
+        if self.tx.try_send(Msg::Live(spans.clone())).is_err() {
+            self.shared
+                .queue_dropped
+                .fetch_add(spans.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The provenance engine's handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Provenance {
+    feed: Feed,
+    store: Store,
+    derived: DerivedStore,
+    stop: CancellationToken,
+    task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Parses the JSON rules stored in the catalog, skipping (and logging) bad ones.
+fn parse_stored(rules: Vec<String>) -> Vec<ClassRule> {
+    rules
+        .into_iter()
+        .filter_map(|r| match serde_json::from_str(&r) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                tracing::warn!(rule = %r, error = %e, "ignoring a bad class rule in the catalog");
+                None
+            }
+        })
+        .collect()
+}
+
+impl Provenance {
+    /// Opens the derived tables and starts the provenance task.
+    pub async fn start(
+        store: &Store,
+        settings: &ProvenanceSettings,
+        retention: std::time::Duration,
+        row_group_rows: usize,
+    ) -> anyhow::Result<Provenance> {
+        let cfg = DerivedConfig {
+            flush_max_rows: settings.flush_rows,
+            flush_max_age: settings.flush_age,
+            retention,
+            row_group_rows,
+        };
+        let derived = DerivedStore::open(store, rows::tables(), cfg)
+            .await
+            .context("opening the derived provenance tables")?;
+        let stored = store.class_rules().await.context("reading class rules")?;
+        let shared = Arc::new(Shared {
+            queue_dropped: AtomicU64::new(0),
+            stats: Mutex::default(),
+            open_traces: AtomicU64::new(0),
+            mapping: Mutex::new(ClassMapping::new()),
+            config_rules: settings.classes.clone(),
+            catalog_rules: RwLock::new(parse_stored(stored)),
+            graph: settings.graph.clone(),
+        });
+        let (tx, rx) = mpsc::channel(settings.queue_depth.max(1));
+        let stop = CancellationToken::new();
+        let engine = task::Engine::new(settings, shared.clone(), derived.clone(), store.clone());
+        let handle = tokio::spawn(task::run(engine, rx, stop.clone()));
+        Ok(Provenance {
+            feed: Feed { tx, shared },
+            store: store.clone(),
+            derived,
+            stop,
+            task: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// The pipeline's side.
+    pub fn feed(&self) -> Feed {
+        self.feed.clone()
+    }
+
+    /// Feeds spans replayed from the write-ahead log, waiting for room.
+    pub async fn replay(&self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        if self
+            .feed
+            .tx
+            .send(Msg::Replay(Arc::new(spans)))
+            .await
+            .is_err()
+        {
+            tracing::warn!("provenance task is gone; replayed spans skip provenance");
+        }
+    }
+
+    /// Completes every open trace, writes the derived rows to Parquet and stops the task.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        if let Some(handle) = self.task.lock().await.take() {
+            if let Err(e) = handle.await {
+                tracing::warn!(error = %e, "provenance task failed");
+            }
+        }
+    }
+
+    /// The rules in the order they apply, with where each comes from.
+    pub fn effective_rules(&self) -> Vec<(ClassRule, &'static str)> {
+        let shared = &self.feed.shared;
+        let catalog = self.catalog_rules();
+        let config = shared.config_rules.iter().cloned();
+        catalog
+            .into_iter()
+            .map(|r| (r, "catalog"))
+            .chain(config.map(|r| (r, "config")))
+            .collect()
+    }
+
+    /// The rules stored in the catalog.
+    pub fn catalog_rules(&self) -> Vec<ClassRule> {
+        let rules = &self.feed.shared.catalog_rules;
+        rules.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Stores new catalog rules (already validated) and applies them to traces completed from
+    /// now on.
+    pub async fn set_catalog_rules(&self, rules: Vec<ClassRule>) -> anyhow::Result<()> {
+        let json = rules
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.set_class_rules(&json).await?;
+        let shared = &self.feed.shared;
+        *shared
+            .catalog_rules
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = rules;
+        Ok(())
+    }
+
+    /// The learned signature→class mapping.
+    pub fn mapping(&self) -> Vec<MappingEntry> {
+        let m = &self.feed.shared.mapping;
+        m.lock().unwrap_or_else(PoisonError::into_inner).entries()
+    }
+
+    /// Derives the rows of a trace not (or not yet) completed, from the spans given, with the
+    /// current rules; it is never `complete`.
+    pub fn derive_open(&self, spans: &[Span]) -> meshtrace_provenance::Derived {
+        let tree = meshtrace_provenance::build_tree(spans);
+        let rules = self.feed.shared.rules();
+        let mut d = meshtrace_provenance::derive_tree(&tree, &rules, &self.feed.shared.graph);
+        d.trace.complete = false;
+        d
+    }
+
+    /// Writes the `meshtrace_provenance_*` metrics in the Prometheus text format.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let shared = &self.feed.shared;
+        let s = *shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let d = self.derived.stats();
+        let mut metric = |name: &str, help: &str, kind: &str, lines: &[(&str, u64)]| {
+            let name = format!("meshtrace_provenance_{name}");
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            for (labels, v) in lines {
+                let _ = writeln!(out, "{name}{suffix}{labels} {v}");
+            }
+        };
+        let counters = [
+            (
+                "completed_traces",
+                "traces completed and derived",
+                s.completed,
+            ),
+            (
+                "replacements",
+                "traces derived again after late spans",
+                s.replacements,
+            ),
+            (
+                "late_merges",
+                "completed traces reopened by a late span",
+                s.late_merges,
+            ),
+            ("orphans", "orphan spans in completed traces", s.orphans),
+            (
+                "multi_root",
+                "completed traces with more than one root",
+                s.multi_root,
+            ),
+            ("skew", "spans shifted to correct clock skew", s.skew),
+            (
+                "shared",
+                "Zipkin shared server halves joined to their client",
+                s.shared,
+            ),
+            (
+                "evicted_traces",
+                "open traces forced out by the limit",
+                s.evicted_traces,
+            ),
+            (
+                "duplicate_spans",
+                "exact duplicate spans ignored",
+                s.duplicate_spans,
+            ),
+            (
+                "derived_segments_written",
+                "derived Parquet segments",
+                d.segments_written,
+            ),
+        ];
+        for (name, help, v) in counters {
+            metric(name, help, "counter", &[("", v)]);
+        }
+        let queue = shared.queue_dropped.load(Ordering::Relaxed);
+        let dropped = [
+            ("{reason=\"queue_full\"}", queue),
+            ("{reason=\"trace_limit\"}", s.dropped_spans),
+        ];
+        let help = "spans left out of provenance (queue full, or beyond the per-trace limit)";
+        metric("dropped_spans", help, "counter", &dropped);
+        let open = shared.open_traces.load(Ordering::Relaxed);
+        metric(
+            "open_traces",
+            "traces being assembled",
+            "gauge",
+            &[("", open)],
+        );
+        let help = "derived rows not yet in Parquet";
+        metric(
+            "derived_buffered_rows",
+            help,
+            "gauge",
+            &[("", d.buffered_rows)],
+        );
+    }
+}

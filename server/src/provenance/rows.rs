@@ -1,0 +1,369 @@
+//! The Arrow form of the derived provenance tables `traces`, `edges` and `critical_path`: their
+//! schemas (the same in memory, in Parquet and in SQL) and the conversion of
+//! [`meshtrace_provenance::Derived`] rows into record batches.
+//!
+//! Every row carries the trace's `start_time` (for retention and time filters; for an edge,
+//! the start of its client span, else its server span) and the `version` of the derivation
+//! (its completion time in ns): the SQL tables show only the latest version per trace.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray, TimestampNanosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use meshtrace_model::schema::timestamp_type;
+use meshtrace_model::SpanId;
+use meshtrace_provenance::{CompletionReason, ConnectionType, Derived, TraceTree};
+use meshtrace_storage::{DerivedTable, RecordBatch};
+
+pub const TRACES: &str = "traces";
+pub const EDGES: &str = "edges";
+pub const CRITICAL_PATH: &str = "critical_path";
+
+fn f(name: &str, ty: DataType, nullable: bool) -> Field {
+    Field::new(name, ty, nullable)
+}
+
+fn id16() -> DataType {
+    DataType::FixedSizeBinary(16)
+}
+
+fn id8() -> DataType {
+    DataType::FixedSizeBinary(8)
+}
+
+fn traces_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        use DataType::{Boolean, Int64, Utf8};
+        Arc::new(Schema::new(vec![
+            f("trace_id", id16(), false),
+            f("class", Utf8, false),
+            f("root_service", Utf8, false),
+            f("root_operation", Utf8, false),
+            f("start_time", timestamp_type(), false),
+            f("duration_ns", Int64, false),
+            f("span_count", Int64, false),
+            f("service_count", Int64, false),
+            f("error", Boolean, false),
+            f("critical_path_ns", Int64, false),
+            f("complete", Boolean, false),
+            f("roots", Int64, false),
+            f("orphans", Int64, false),
+            f("completion", Utf8, false),
+            f("version", Int64, false),
+        ]))
+    })
+    .clone()
+}
+
+fn edges_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        use DataType::{Int64, Utf8};
+        Arc::new(Schema::new(vec![
+            f("trace_id", id16(), false),
+            f("class", Utf8, false),
+            f("caller_service", Utf8, false),
+            f("callee_service", Utf8, false),
+            f("operation", Utf8, false),
+            f("connection_type", Utf8, false),
+            f("client_span_id", id8(), true),
+            f("server_span_id", id8(), true),
+            f("client_duration_ns", Int64, true),
+            f("server_duration_ns", Int64, true),
+            f("overhead_ns", Int64, true),
+            f("status", Utf8, false),
+            f("start_time", timestamp_type(), false),
+            f("version", Int64, false),
+        ]))
+    })
+    .clone()
+}
+
+fn critical_path_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        use DataType::{Int64, Utf8};
+        Arc::new(Schema::new(vec![
+            f("trace_id", id16(), false),
+            f("class", Utf8, false),
+            f("span_id", id8(), false),
+            f("service", Utf8, false),
+            f("operation", Utf8, false),
+            f("self_time_ns", Int64, false),
+            f("start_time", timestamp_type(), false),
+            f("version", Int64, false),
+        ]))
+    })
+    .clone()
+}
+
+/// The three derived tables.
+pub fn tables() -> Vec<DerivedTable> {
+    [
+        (TRACES, traces_schema()),
+        (EDGES, edges_schema()),
+        (CRITICAL_PATH, critical_path_schema()),
+    ]
+    .into_iter()
+    .map(|(name, schema)| DerivedTable {
+        name: name.to_string(),
+        schema,
+    })
+    .collect()
+}
+
+/// The `connection_type` column value.
+pub fn connection_name(c: ConnectionType) -> &'static str {
+    match c {
+        ConnectionType::Direct => "direct",
+        ConnectionType::VirtualNode => "virtual_node",
+        ConnectionType::MessagingSystem => "messaging_system",
+        ConnectionType::Database => "database",
+    }
+}
+
+fn reason_name(r: CompletionReason) -> &'static str {
+    match r {
+        CompletionReason::Idle => "idle",
+        CompletionReason::MaxAge => "max_age",
+        CompletionReason::Evicted => "evicted",
+    }
+}
+
+/// One derivation ready to be written: its rows and the start of every span.
+struct Entry {
+    derived: Derived,
+    version: i64,
+    reason: CompletionReason,
+    edge_starts: Vec<i64>,
+}
+
+/// Rows of many traces, gathered before they become one batch per table.
+#[derive(Default)]
+pub struct Rows {
+    entries: Vec<Entry>,
+}
+
+impl Rows {
+    /// Adds one trace's rows; `tree` gives the edges their start times.
+    pub fn push(
+        &mut self,
+        derived: Derived,
+        tree: &TraceTree,
+        version: i64,
+        reason: CompletionReason,
+    ) {
+        let mut starts: HashMap<SpanId, i64> = HashMap::new();
+        for n in &tree.nodes {
+            // The CLIENT half of a Zipkin shared span comes first and keeps its start.
+            if !n.shared || !starts.contains_key(&n.span.span_id) {
+                starts.entry(n.span.span_id).or_insert(n.start_ns);
+            }
+        }
+        let trace_start = derived.trace.start_ns;
+        let edge_starts = derived
+            .edges
+            .iter()
+            .map(|e| {
+                e.client_span_id
+                    .or(e.server_span_id)
+                    .and_then(|id| starts.get(&id).copied())
+                    .unwrap_or(trace_start)
+            })
+            .collect();
+        self.entries.push(Entry {
+            derived,
+            version,
+            reason,
+            edge_starts,
+        });
+    }
+
+    /// One batch per table, with the table name.
+    pub fn into_batches(self) -> Result<Vec<(&'static str, RecordBatch)>, ArrowError> {
+        Ok(vec![
+            (TRACES, self.traces_batch()?),
+            (EDGES, self.edges_batch()?),
+            (CRITICAL_PATH, self.critical_path_batch()?),
+        ])
+    }
+
+    fn traces_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let t: Vec<(&Entry, &meshtrace_provenance::TraceRow)> =
+            self.entries.iter().map(|e| (e, &e.derived.trace)).collect();
+        let int = |g: &dyn Fn(&(&Entry, &meshtrace_provenance::TraceRow)) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(t.iter().map(g)))
+        };
+        let text = |g: &dyn Fn(&(&Entry, &meshtrace_provenance::TraceRow)) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(t.iter().map(g)))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            ids16(t.iter().map(|(_, r)| r.trace_id))?,
+            text(&|(_, r)| r.class.clone()),
+            text(&|(_, r)| r.root_service.clone()),
+            text(&|(_, r)| r.root_operation.clone()),
+            times(t.iter().map(|(_, r)| r.start_ns)),
+            int(&|(_, r)| r.duration_ns),
+            int(&|(_, r)| r.span_count as i64),
+            int(&|(_, r)| r.service_count as i64),
+            Arc::new(BooleanArray::from_iter(
+                t.iter().map(|(_, r)| Some(r.error)),
+            )),
+            int(&|(_, r)| r.critical_path_ns),
+            Arc::new(BooleanArray::from_iter(
+                t.iter().map(|(_, r)| Some(r.complete)),
+            )),
+            int(&|(e, _)| e.derived.counters.roots as i64),
+            int(&|(e, _)| e.derived.counters.orphans as i64),
+            text(&|(e, _)| reason_name(e.reason).to_string()),
+            int(&|(e, _)| e.version),
+        ];
+        RecordBatch::try_new(traces_schema(), columns)
+    }
+
+    fn edges_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let rows: Vec<(&Entry, &meshtrace_provenance::EdgeRow, i64)> = self
+            .entries
+            .iter()
+            .flat_map(|e| {
+                e.derived
+                    .edges
+                    .iter()
+                    .zip(&e.edge_starts)
+                    .map(move |(r, s)| (e, r, *s))
+            })
+            .collect();
+        let text = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(r.1))))
+        };
+        let opt_int = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> Option<i64>| -> ArrayRef {
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| g(r.1))))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            ids16(rows.iter().map(|r| r.1.trace_id))?,
+            text(&|r| r.class.clone()),
+            text(&|r| r.caller_service.clone()),
+            text(&|r| r.callee_service.clone()),
+            text(&|r| r.operation.clone()),
+            text(&|r| connection_name(r.connection_type).to_string()),
+            opt_ids8(rows.iter().map(|r| r.1.client_span_id))?,
+            opt_ids8(rows.iter().map(|r| r.1.server_span_id))?,
+            opt_int(&|r| r.client_duration_ns),
+            opt_int(&|r| r.server_duration_ns),
+            opt_int(&|r| r.overhead_ns),
+            text(&|r| r.status.as_str().to_string()),
+            times(rows.iter().map(|r| r.2)),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.0.version),
+            )),
+        ];
+        RecordBatch::try_new(edges_schema(), columns)
+    }
+
+    fn critical_path_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let rows: Vec<(&Entry, &meshtrace_provenance::CriticalPathRow)> = self
+            .entries
+            .iter()
+            .flat_map(|e| e.derived.critical_path.iter().map(move |r| (e, r)))
+            .collect();
+        let text = |g: &dyn Fn(&meshtrace_provenance::CriticalPathRow) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(r.1))))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            ids16(rows.iter().map(|r| r.1.trace_id))?,
+            text(&|r| r.class.clone()),
+            opt_ids8(rows.iter().map(|r| Some(r.1.span_id)))?,
+            text(&|r| r.service.clone()),
+            text(&|r| r.operation.clone()),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.self_time_ns),
+            )),
+            times(rows.iter().map(|r| r.0.derived.trace.start_ns)),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.0.version),
+            )),
+        ];
+        RecordBatch::try_new(critical_path_schema(), columns)
+    }
+}
+
+fn ids16(ids: impl Iterator<Item = [u8; 16]>) -> Result<ArrayRef, ArrowError> {
+    let ids: Vec<[u8; 16]> = ids.collect();
+    Ok(Arc::new(
+        FixedSizeBinaryArray::try_from_sparse_iter_with_size(ids.into_iter().map(Some), 16)?,
+    ))
+}
+
+fn opt_ids8(ids: impl Iterator<Item = Option<[u8; 8]>>) -> Result<ArrayRef, ArrowError> {
+    Ok(Arc::new(
+        FixedSizeBinaryArray::try_from_sparse_iter_with_size(ids, 8)?,
+    ))
+}
+
+fn times(t: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(TimestampNanosecondArray::from_iter_values(t).with_timezone("UTC"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtrace_model::{Span, SpanKind};
+    use meshtrace_provenance::{build_tree, derive};
+
+    fn span(id: u8, parent: Option<u8>, service: &str, kind: SpanKind, start: i64) -> Span {
+        Span {
+            trace_id: [7; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            service_name: service.into(),
+            kind,
+            name: format!("op{id}"),
+            start_unix_nano: start,
+            duration_nano: 100 - start,
+            ..Span::default()
+        }
+    }
+
+    #[test]
+    fn batches_match_the_schemas_and_edges_start_at_their_client() {
+        let spans = [
+            span(1, None, "a", SpanKind::Server, 0),
+            span(2, Some(1), "a", SpanKind::Client, 10),
+            span(3, Some(2), "b", SpanKind::Server, 20),
+        ];
+        let tree = build_tree(&spans);
+        let mut rows = Rows::default();
+        rows.push(derive(&spans, &[]), &tree, 42, CompletionReason::Idle);
+        let batches = rows.into_batches().unwrap();
+        let by_name: HashMap<&str, &RecordBatch> = batches.iter().map(|(n, b)| (*n, b)).collect();
+        assert_eq!(by_name[TRACES].num_rows(), 1);
+        // user -> a (virtual client of the root SERVER span) and a -> b.
+        let edges = by_name[EDGES];
+        assert_eq!(edges.num_rows(), 2);
+        let starts = edges
+            .column_by_name("start_time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .unwrap();
+        let callers = edges
+            .column_by_name("caller_service")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        for i in 0..2 {
+            let want = if callers.value(i) == "a" { 10 } else { 0 };
+            assert_eq!(starts.value(i), want, "{}", callers.value(i));
+        }
+        assert!(by_name[CRITICAL_PATH].num_rows() >= 1);
+        for t in tables() {
+            assert_eq!(by_name[t.name.as_str()].schema(), t.schema);
+        }
+    }
+}

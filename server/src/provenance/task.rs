@@ -1,0 +1,285 @@
+//! The provenance task: assembles traces from the span channel, and every tick derives the
+//! rows of the traces that completed, appends them to the derived tables, updates the class
+//! mapping and flushes the derived tables when due (retention once a minute).
+//!
+//! A trace is re-derived from every span the store holds, instead of the spans the assembler
+//! saw, when the assembler cannot have seen them all: its spans came from a WAL replay (the
+//! earlier ones may be in Parquet already), or it completed before and was forgotten by the
+//! assembler (a span later than the late window). Such a derivation has a newer version, so
+//! it replaces the earlier rows instead of adding a partial trace next to them.
+//!
+//! Versions are wall-clock completion times in ns, strictly increasing within a process.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meshtrace_model::TraceId;
+use meshtrace_provenance::{build_tree, Assembler, CompletedTrace, Derived};
+use meshtrace_storage::{DerivedStore, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::rows::Rows;
+use super::{Msg, Shared};
+use crate::config::ProvenanceSettings;
+
+/// How often completed traces are collected.
+const TICK: Duration = Duration::from_millis(200);
+/// How many completed trace IDs are remembered to detect very late spans.
+const SEEN_CAP: usize = 200_000;
+/// Messages taken from the channel per wake-up before looking at the clock again.
+const DRAIN_BATCH: usize = 256;
+
+/// A set (or map) with a size cap that forgets its oldest entries first.
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Copy, V> Bounded<K, V> {
+    fn new(cap: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        if self.map.insert(k, v).is_none() {
+            self.order.push_back(k);
+        }
+        while self.map.len() > self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        // The stale key left in `order` is skipped when it reaches the front.
+        self.map.remove(k)
+    }
+
+    fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+}
+
+/// Everything the task owns.
+pub(super) struct Engine {
+    assembler: Assembler,
+    shared: Arc<Shared>,
+    derived: DerivedStore,
+    store: Store,
+    clock: Instant,
+    max_spans: usize,
+    replayed: HashSet<TraceId>,
+    /// Rows learned into the mapping, per recent trace, to forget on replacement.
+    recent: Bounded<TraceId, Derived>,
+    /// Completed trace IDs, to detect spans later than the assembler remembers.
+    seen: Bounded<TraceId, ()>,
+    last_version: i64,
+}
+
+impl Engine {
+    pub fn new(
+        settings: &ProvenanceSettings,
+        shared: Arc<Shared>,
+        derived: DerivedStore,
+        store: Store,
+    ) -> Engine {
+        Engine {
+            assembler: Assembler::new(settings.assembler()),
+            shared,
+            derived,
+            store,
+            clock: Instant::now(),
+            max_spans: settings.max_spans_per_trace,
+            replayed: HashSet::new(),
+            recent: Bounded::new(settings.max_open_traces),
+            seen: Bounded::new(SEEN_CAP),
+            last_version: 0,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        i64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    fn add(&mut self, msg: Msg) {
+        let now = self.now();
+        match msg {
+            Msg::Live(spans) => self.assembler.add(&spans, now),
+            Msg::Replay(spans) => {
+                self.replayed.extend(spans.iter().map(|s| s.trace_id));
+                self.assembler.add(&spans, now);
+            }
+        }
+    }
+
+    fn next_version(&mut self) -> i64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        self.last_version = wall.max(self.last_version + 1);
+        self.last_version
+    }
+
+    /// Derives and stores every trace complete at `now` (monotonic ns since the task began).
+    async fn complete(&mut self, now: i64) {
+        let done = self.assembler.poll_complete(now);
+        self.publish_stats();
+        if done.is_empty() {
+            return;
+        }
+        let rules = self.shared.rules();
+        let graph = self.shared.graph.clone();
+        let mut rows = Rows::default();
+        for c in done {
+            let c = self.with_all_spans(c).await;
+            let derived = c.derive(&rules, &graph);
+            let version = self.next_version();
+            self.learn(c.trace_id, &derived);
+            rows.push(derived, &c.tree, version, c.reason);
+        }
+        match rows.into_batches() {
+            Ok(batches) => {
+                for (table, batch) in batches {
+                    if let Err(e) = self.derived.append(table, batch) {
+                        tracing::error!(table, error = %e, "could not buffer derived rows");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not build derived rows"),
+        }
+    }
+
+    /// Replaces the assembled spans with every stored span of the trace when the assembler
+    /// cannot have seen them all (see the module docs).
+    async fn with_all_spans(&mut self, mut c: CompletedTrace) -> CompletedTrace {
+        let replayed = self.replayed.remove(&c.trace_id);
+        let forgotten = !c.replaces && self.seen.contains(&c.trace_id);
+        if !(replayed || forgotten) {
+            return c;
+        }
+        match self.store.trace(c.trace_id).await {
+            Ok(mut spans) if spans.len() > c.tree.nodes.len() => {
+                if spans.len() > self.max_spans {
+                    c.dropped_spans += (spans.len() - self.max_spans) as u64;
+                    spans.truncate(self.max_spans);
+                }
+                tracing::debug!(
+                    trace_id = %hex::encode(c.trace_id),
+                    assembled = c.tree.nodes.len(),
+                    stored = spans.len(),
+                    "trace re-derived from stored spans"
+                );
+                c.tree = build_tree(&spans);
+                c.replaces = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read a trace's stored spans"),
+        }
+        c
+    }
+
+    /// Updates the class mapping, forgetting this trace's earlier rows if any.
+    fn learn(&mut self, id: TraceId, d: &Derived) {
+        let mut mapping = self
+            .shared
+            .mapping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = self.recent.remove(&id) {
+            mapping.forget(&old);
+        }
+        if mapping.learn(d) {
+            self.recent.insert(id, d.clone());
+        }
+        drop(mapping);
+        self.seen.insert(id, ());
+    }
+
+    fn publish_stats(&self) {
+        *self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.assembler.stats();
+        self.shared.open_traces.store(
+            self.assembler.open_traces() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// Runs until `stop`: then takes what is queued, completes every open trace and flushes.
+pub(super) async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_retention: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                engine.add(msg);
+                for _ in 0..DRAIN_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => engine.add(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = engine.now();
+                engine.complete(now).await;
+                if let Err(e) = engine.derived.flush_if_due().await {
+                    tracing::warn!(error = %e, "derived flush failed");
+                }
+                if last_retention.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    last_retention = Some(Instant::now());
+                    match engine.derived.apply_retention().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(segments = n, "retention deleted derived segments"),
+                        Err(e) => tracing::warn!(error = %e, "derived retention failed"),
+                    }
+                }
+            }
+        }
+    }
+    while let Ok(m) = rx.try_recv() {
+        engine.add(m);
+    }
+    // Every open trace is complete now: the server is stopping.
+    engine.complete(i64::MAX).await;
+    if let Err(e) = engine.derived.flush().await {
+        tracing::error!(error = %e, "final derived flush failed");
+    }
+    tracing::info!(stats = ?engine.assembler.stats(), "provenance stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_forgets_oldest_first() {
+        let mut b: Bounded<u8, ()> = Bounded::new(2);
+        b.insert(1, ());
+        b.insert(2, ());
+        b.insert(3, ());
+        assert!(!b.contains(&1) && b.contains(&2) && b.contains(&3));
+        b.remove(&2);
+        b.insert(4, ());
+        assert!(b.contains(&3) && b.contains(&4));
+    }
+}

@@ -1,0 +1,133 @@
+//! The derived tables: latest-version views, flush to Parquet, reopen, orphan cleanup,
+//! retention and the class rules in the catalog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{FixedSizeBinaryArray, Int64Array, StringArray, TimestampNanosecondArray};
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::{now_ns, open};
+use crate::{DerivedConfig, DerivedStore, DerivedTable, Store};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("class", DataType::Utf8, false),
+        Field::new(
+            "start_time",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("version", DataType::Int64, false),
+    ]))
+}
+
+/// Rows of (trace id byte, class, start, version).
+fn batch(rows: &[(u8, &str, i64, i64)]) -> RecordBatch {
+    let ids = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|r| [r.0; 16])).unwrap();
+    let class = StringArray::from_iter_values(rows.iter().map(|r| r.1));
+    let start =
+        TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| r.2)).with_timezone("UTC");
+    let version = Int64Array::from_iter_values(rows.iter().map(|r| r.3));
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(ids),
+            Arc::new(class),
+            Arc::new(start),
+            Arc::new(version),
+        ],
+    )
+    .unwrap()
+}
+
+async fn derived(store: &Store, retention: Duration) -> DerivedStore {
+    let table = DerivedTable {
+        name: "traces".into(),
+        schema: schema(),
+    };
+    let cfg = DerivedConfig {
+        retention,
+        flush_max_age: Duration::from_secs(3600),
+        ..DerivedConfig::default()
+    };
+    DerivedStore::open(store, vec![table], cfg).await.unwrap()
+}
+
+async fn rows(store: &Store, sql: &str) -> Vec<String> {
+    let batches = store.sql(sql, 100, Duration::from_secs(10)).await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    text.lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[tokio::test]
+async fn latest_version_wins_in_buffer_and_parquet_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let d = derived(&store, Duration::from_secs(3600)).await;
+    let now = now_ns();
+    d.append("traces", batch(&[(1, "a", now, 10), (2, "b", now, 10)]))
+        .unwrap();
+    assert_eq!(d.flush().await.unwrap(), 1);
+    // A newer version of trace 1, still buffered, replaces the flushed one.
+    d.append("traces", batch(&[(1, "c", now, 20)])).unwrap();
+    let q = "SELECT class, version FROM traces ORDER BY class";
+    assert_eq!(rows(&store, q).await, ["| b | 10 |", "| c | 20 |"]);
+    let all = "SELECT count(*) FROM traces_versions";
+    assert_eq!(rows(&store, all).await, ["| 3 |"]);
+    let by_id = "SELECT class FROM traces WHERE trace_id = X'01010101010101010101010101010101'";
+    assert_eq!(rows(&store, by_id).await, ["| c |"]);
+    d.flush().await.unwrap();
+    assert_eq!(d.stats().segments, 2);
+    store.close().await;
+
+    let store = open(dir.path()).await;
+    let d = derived(&store, Duration::from_secs(3600)).await;
+    assert_eq!(d.segments("traces").unwrap().len(), 2);
+    assert!(d.segments("traces").unwrap()[0]
+        .path
+        .starts_with("derived/traces/date="));
+    assert_eq!(rows(&store, q).await, ["| b | 10 |", "| c | 20 |"]);
+    assert!(d.append("nope", batch(&[(1, "x", 0, 1)])).is_err());
+}
+
+#[tokio::test]
+async fn orphans_are_removed_and_retention_deletes_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let stray = dir.path().join("derived/traces/date=2020-01-01");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("seg-1.parquet"), b"junk").unwrap();
+    let d = derived(&store, Duration::from_secs(3600)).await;
+    assert!(!stray.join("seg-1.parquet").exists());
+    let old = now_ns() - 7_200_000_000_000;
+    d.append("traces", batch(&[(1, "old", old, 1)])).unwrap();
+    d.flush().await.unwrap();
+    d.append("traces", batch(&[(2, "new", now_ns(), 1)]))
+        .unwrap();
+    d.flush().await.unwrap();
+    assert_eq!(d.apply_retention().await.unwrap(), 1);
+    assert_eq!(rows(&store, "SELECT class FROM traces").await, ["| new |"]);
+    assert_eq!(d.stats().segments_deleted, 1);
+}
+
+#[tokio::test]
+async fn class_rules_are_replaced_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    assert!(store.class_rules().await.unwrap().is_empty());
+    let rules = vec!["{\"class\":\"b\"}".to_string(), "{\"class\":\"a\"}".into()];
+    store.set_class_rules(&rules).await.unwrap();
+    store.set_class_rules(&rules).await.unwrap();
+    assert_eq!(store.class_rules().await.unwrap(), rules);
+    store.set_class_rules(&[]).await.unwrap();
+    assert!(store.class_rules().await.unwrap().is_empty());
+}

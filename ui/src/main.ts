@@ -1,0 +1,97 @@
+// Entry point of the meshtrace dashboard: top bar, client-side routing between pages.
+
+import "./style.css";
+import { h } from "./dom";
+import { SearchPage } from "./search";
+import { TracePage } from "./trace";
+
+export interface Page {
+  el: HTMLElement;
+  dispose(): void;
+}
+
+export interface Router {
+  go(path: string): void;
+}
+
+const TRACE_ID_RE = /^[0-9a-fA-F]{1,32}$/;
+
+class App implements Router {
+  private page: Page | null = null;
+
+  constructor(
+    private readonly root: HTMLElement,
+    private readonly nav: HTMLElement,
+  ) {
+    window.addEventListener("popstate", () => this.route());
+    document.addEventListener("click", (e) => this.interceptLink(e));
+    this.buildNav();
+  }
+
+  go(path: string): void {
+    history.pushState(null, "", path);
+    this.route();
+    window.scrollTo({ top: 0 });
+  }
+
+  route(): void {
+    this.page?.dispose();
+    const path = location.pathname.replace(/\/+$/, "") || "/";
+    let page: Page;
+    const trace = /^\/trace\/([^/]+)$/.exec(path);
+    if (path === "/" || path === "/search") page = new SearchPage(this);
+    else if (trace) page = new TracePage(this, decodeURIComponent(trace[1]));
+    else page = notFound(path);
+    this.page = page;
+    this.root.replaceChildren(page.el);
+    for (const a of this.nav.querySelectorAll<HTMLAnchorElement>("a[data-section]")) {
+      a.classList.toggle("active", a.dataset.section === (trace ? "trace" : "search"));
+    }
+  }
+
+  private interceptLink(e: MouseEvent): void {
+    if (e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    const a = (e.target as Element | null)?.closest?.("a");
+    if (!a || a.target || a.hasAttribute("download")) return;
+    const url = new URL(a.href, location.href);
+    if (url.origin !== location.origin || url.pathname.startsWith("/api/")) return;
+    e.preventDefault();
+    this.go(url.pathname + url.search + url.hash);
+  }
+
+  private buildNav(): void {
+    const input = h("input", { placeholder: "Go to trace ID", "aria-label": "Trace ID", spellcheck: "false" });
+    const form = h(
+      "form",
+      {
+        class: "goto",
+        onsubmit: (e: Event) => {
+          e.preventDefault();
+          const id = input.value.trim();
+          if (TRACE_ID_RE.test(id)) this.go(`/trace/${id.toLowerCase()}`);
+          else input.setCustomValidity("want up to 32 hex characters");
+          input.reportValidity();
+        },
+      },
+      input,
+    );
+    input.addEventListener("input", () => input.setCustomValidity(""));
+    this.nav.replaceChildren(
+      h("a", { class: "brand", href: "/search" }, "meshtrace"),
+      h("a", { href: "/search", "data-section": "search" }, "Search"),
+      h("span", { class: "disabled", "aria-disabled": "true", title: "not available yet" }, "Service graph"),
+      h("span", { class: "spacer" }),
+      form,
+    );
+  }
+}
+
+function notFound(path: string): Page {
+  return {
+    el: h("div", { class: "message" }, h("h2", null, "Page not found"), h("p", null, path), h("a", { href: "/search" }, "Back to search")),
+    dispose() {},
+  };
+}
+
+const app = new App(document.getElementById("app")!, document.getElementById("topbar")!);
+app.route();
