@@ -51,6 +51,27 @@ pub struct IngestArgs {
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Also run once with trace assembly (provenance) off and print the ratio
+    #[arg(long)]
+    pub compare_assembly: bool,
+    /// Skip fsync in the write-ahead log (shows what durability costs; not durable)
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+/// What one load run measured.
+struct Run {
+    acked: u64,
+    secs: f64,
+    errors: u64,
+    hist: Histogram<u64>,
+    bytes_per_span: Option<f64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.acked as f64 / self.secs
+    }
 }
 
 const SERVICES: &[&str] = &[
@@ -227,9 +248,8 @@ async fn decode_only(args: &IngestArgs) -> anyhow::Result<f64> {
     Ok(total)
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Ingest(args) = args.what;
-    let decode_rate = decode_only(&args).await?;
+/// One timed load against the target, or against a server started for this run.
+async fn run_once(args: &IngestArgs, assembly: bool) -> anyhow::Result<Run> {
     let (endpoint, server, dir) = match &args.target {
         Some(t) => (
             format!("http://{}", t.trim_start_matches("http://")),
@@ -245,14 +265,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 otlp_http_listen: Some(free_addr()?),
                 zipkin_listen: Some(free_addr()?),
                 http_listen: Some(free_addr()?),
+                no_fsync: args.no_fsync,
                 ..Default::default()
             };
-            let config = Config::load(&serve)?;
+            let mut config = Config::load(&serve)?;
+            config.provenance.enabled = assembly;
             let running = crate::serve::start(&config).await?;
             (format!("http://{grpc}"), Some(running), Some(dir))
         }
     };
-    let (acked, secs, hist, errors) = load(endpoint, &args).await?;
+    let (acked, secs, hist, errors) = load(endpoint, args).await?;
     let mut bytes_per_span = None;
     if let Some(running) = server {
         let store = running.opened.store.clone();
@@ -263,30 +285,55 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     drop(dir);
-    let rate = acked as f64 / secs;
-    let (p50, p99) = (
-        hist.value_at_quantile(0.5) as f64 / 1000.0,
-        hist.value_at_quantile(0.99) as f64 / 1000.0,
-    );
+    Ok(Run {
+        acked,
+        secs,
+        errors,
+        hist,
+        bytes_per_span,
+    })
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let BenchWhat::Ingest(args) = args.what;
+    let decode_rate = decode_only(&args).await?;
+    let off = match args.compare_assembly && args.target.is_none() {
+        true => Some(run_once(&args, false).await?),
+        false => None,
+    };
+    let run = run_once(&args, true).await?;
+    let rate = run.rate();
+    let ms = |q| run.hist.value_at_quantile(q) as f64 / 1000.0;
+    let (p50, p99) = (ms(0.5), ms(0.99));
+    let off_rate = off.as_ref().map(Run::rate);
     if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "spans_acked": acked, "spans_per_s": rate, "decode_only_spans_per_s": decode_rate,
-                "ratio": rate / decode_rate, "bytes_per_span": bytes_per_span,
-                "p50_ms": p50, "p99_ms": p99, "errors": errors,
+                "spans_acked": run.acked, "spans_per_s": rate, "decode_only_spans_per_s": decode_rate,
+                "ratio": rate / decode_rate, "bytes_per_span": run.bytes_per_span,
+                "p50_ms": p50, "p99_ms": p99, "errors": run.errors,
+                "assembly_off_spans_per_s": off_rate,
+                "assembly_ratio": off_rate.map(|o| rate / o),
             })
         );
-    } else {
-        println!("acknowledged spans       {acked} in {secs:.1}s ({errors} failed exports)");
-        println!("durable spans/s          {rate:.0}");
-        println!("decode-only spans/s      {decode_rate:.0}   (ceiling, same run)");
-        println!("ratio                    {:.3}", rate / decode_rate);
-        match bytes_per_span {
-            Some(b) => println!("bytes/span on disk       {b:.1}"),
-            None => println!("bytes/span on disk       n/a (remote target)"),
-        }
-        println!("export latency p50/p99   {p50:.2} ms / {p99:.2} ms");
+        return Ok(());
     }
+    let (acked, secs, errors) = (run.acked, run.secs, run.errors);
+    println!("acknowledged spans       {acked} in {secs:.1}s ({errors} failed exports)");
+    println!("durable spans/s          {rate:.0}   (trace assembly on)");
+    println!("decode-only spans/s      {decode_rate:.0}   (ceiling, same run)");
+    println!("ratio                    {:.3}", rate / decode_rate);
+    if let Some(o) = off_rate {
+        println!(
+            "assembly off spans/s     {o:.0}   (on/off ratio {:.3})",
+            rate / o
+        );
+    }
+    match run.bytes_per_span {
+        Some(b) => println!("bytes/span on disk       {b:.1}"),
+        None => println!("bytes/span on disk       n/a (remote target)"),
+    }
+    println!("export latency p50/p99   {p50:.2} ms / {p99:.2} ms");
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use meshtrace_budget::Objective;
 use meshtrace_collector::receiver::ReceiverConfig;
 use meshtrace_provenance::{AssemblerConfig, ClassRule, GraphConfig};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ pub struct Config {
     pub wal: WalSettings,
     pub query: QueryConfig,
     pub provenance: ProvenanceSettings,
+    pub budgets: BudgetSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +73,8 @@ pub struct QueryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProvenanceSettings {
+    /// Build provenance (classes, critical paths, derived tables) as spans arrive.
+    pub enabled: bool,
     /// A trace without new spans for this long is complete.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
@@ -110,6 +114,7 @@ impl Default for ProvenanceSettings {
     fn default() -> Self {
         let a = AssemblerConfig::default();
         ProvenanceSettings {
+            enabled: true,
             idle: a.idle,
             max_age: a.max_age,
             late_window: a.late_window,
@@ -120,6 +125,53 @@ impl Default for ProvenanceSettings {
             flush_rows: 100_000,
             classes: Vec::new(),
             graph: GraphConfig::default(),
+        }
+    }
+}
+
+/// Latency budgets and priorities published to proxies (`[budgets]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// Sliding window of the latency observations.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The window slides, and budgets and priorities are updated, this often.
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    /// Priority levels (0 = highest).
+    pub levels: u8,
+    /// Consecutive updates a new level must be proposed in before it applies.
+    pub hysteresis_windows: u32,
+    /// A hop is at risk when its slack is under this fraction of its budget.
+    pub at_risk_slack_fraction: f64,
+    /// Request header and baggage key proxies recognise a class by.
+    pub class_header: String,
+    pub baggage_key: String,
+    /// Longest long poll of GET /api/v1/priorities (longer waits are clamped).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Versions kept per service in the priority history.
+    pub history_len: usize,
+    /// Objectives per class; those set with PUT /api/v1/classes/{class}/objective win.
+    pub objectives: std::collections::BTreeMap<String, Objective>,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        let p = meshtrace_budget::PriorityConfig::default();
+        let w = meshtrace_budget::WindowConfig::default();
+        BudgetSettings {
+            window: w.window,
+            step: w.step,
+            levels: p.levels,
+            hysteresis_windows: p.hysteresis_windows,
+            at_risk_slack_fraction: p.at_risk_slack_fraction,
+            class_header: p.class_header,
+            baggage_key: p.baggage_key,
+            max_wait: Duration::from_secs(60),
+            history_len: 64,
+            objectives: Default::default(),
         }
     }
 }
@@ -135,6 +187,7 @@ impl Default for Config {
             wal: WalSettings::default(),
             query: QueryConfig::default(),
             provenance: ProvenanceSettings::default(),
+            budgets: BudgetSettings::default(),
         }
     }
 }
@@ -233,6 +286,12 @@ pub struct ServeArgs {
     /// A trace is complete after this long without new spans, e.g. 5s [default: 5s]
     #[arg(long, env = "MESHTRACE_PROVENANCE_IDLE", value_parser = humantime::parse_duration)]
     pub provenance_idle: Option<Duration>,
+    /// Update budgets and priorities this often, e.g. 10s [default: 10s]
+    #[arg(long, env = "MESHTRACE_BUDGET_STEP", value_parser = humantime::parse_duration)]
+    pub budget_step: Option<Duration>,
+    /// Sliding window of budget observations, e.g. 60s [default: 60s]
+    #[arg(long, env = "MESHTRACE_BUDGET_WINDOW", value_parser = humantime::parse_duration)]
+    pub budget_window: Option<Duration>,
     /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
     #[arg(long, env = "MESHTRACE_NO_FSYNC")]
     pub no_fsync: bool,
@@ -283,6 +342,8 @@ impl Config {
         );
         set(&mut self.wal.queue_depth, &a.queue_depth);
         set(&mut self.provenance.idle, &a.provenance_idle);
+        set(&mut self.budgets.step, &a.budget_step);
+        set(&mut self.budgets.window, &a.budget_window);
         if a.no_fsync {
             self.wal.fsync = false;
         }

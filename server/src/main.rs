@@ -4,8 +4,11 @@
 mod api;
 mod bench;
 mod config;
+mod demo;
+mod experiment;
 mod import;
 mod pipeline;
+mod priorities;
 mod provenance;
 mod serve;
 
@@ -30,6 +33,10 @@ enum Command {
     Import(import::ImportArgs),
     /// Measure ingest throughput, durability cost and bytes per span
     Bench(bench::BenchArgs),
+    /// Run meshtrace with a simulated Bookinfo mesh whose sidecars apply its priorities
+    Demo(Box<demo::DemoArgs>),
+    /// Run experiments on a simulated mesh (`experiment priority`)
+    Experiment(experiment::ExperimentArgs),
 }
 
 fn init_tracing() {
@@ -56,6 +63,8 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Import(args) => import::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Demo(args) => demo::run(*args).await,
+            Command::Experiment(args) => experiment::run(args).await,
         }
     })
 }

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, PulledMetrics};
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::priorities::publish::WatchService;
+use crate::priorities::Priorities;
 use crate::provenance::Provenance;
 
 /// A running server: its store and log, for callers (demo, bench) that embed it.
@@ -38,13 +40,17 @@ pub struct Opened {
     pub wal: Wal,
     pub provenance: Provenance,
     next_seq: u64,
+    provenance_enabled: bool,
 }
 
 impl Opened {
     /// The sink that writes to this log and store.
     pub fn pipeline(&self) -> Pipeline {
-        Pipeline::new(self.wal.clone(), self.store.clone(), self.next_seq)
-            .with_provenance(self.provenance.feed())
+        let pipeline = Pipeline::new(self.wal.clone(), self.store.clone(), self.next_seq);
+        match self.provenance_enabled {
+            true => pipeline.with_provenance(self.provenance.feed()),
+            false => pipeline,
+        }
     }
 
     /// Drains the log, flushes the buffer to Parquet and truncates the log.
@@ -100,7 +106,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     for record in replayed.into_iter().filter(|r| r.seq > checkpoint) {
         store.append(record.seq, &record.spans)?;
         spans += record.spans.len();
-        provenance.replay(record.spans).await;
+        if config.provenance.enabled {
+            provenance.replay(record.spans).await;
+        }
     }
     tracing::info!(
         checkpoint,
@@ -114,6 +122,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         wal,
         provenance,
         next_seq,
+        provenance_enabled: config.provenance.enabled,
     })
 }
 
@@ -194,19 +203,30 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let ingest_metrics = IngestMetrics::register(&mut registry);
     let query_seconds = ApiState::query_histogram(&mut registry);
     let ingest = Ingest::new(Arc::new(pipeline), ingest_metrics, config.ingest.clone());
+    let shutdown = CancellationToken::new();
+    let priorities = Priorities::start(
+        &store,
+        &config.budgets,
+        &opened.provenance,
+        shutdown.child_token(),
+    )
+    .await?;
     let state = ApiState {
         store: store.clone(),
         registry: Arc::new(registry),
-        pulled: with_provenance_metrics(
-            pulled_metrics(store.clone(), wal.clone()),
-            opened.provenance.clone(),
+        pulled: crate::priorities::with_metrics(
+            with_provenance_metrics(
+                pulled_metrics(store.clone(), wal.clone()),
+                opened.provenance.clone(),
+            ),
+            priorities.clone(),
         ),
         provenance: opened.provenance.clone(),
+        priorities: priorities.clone(),
         ready: Arc::default(),
         query: config.query.clone(),
         query_seconds,
     };
-    let shutdown = CancellationToken::new();
     let l = &config.listen;
     let (grpc_l, otlp_l, zipkin_l, http_l) = (
         bind(l.otlp_grpc, "otlp grpc").await?,
@@ -220,6 +240,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(grpc_service)
+            .add_service(WatchService::server(priorities))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
                 token.cancelled_owned(),

@@ -178,6 +178,42 @@ function liveTrace() {
   return { traceId, body: otlp("live-svc", [span(traceId, hex(8), null, "tick", nowNs() - 2_000_000_000n, 3_000_000n)]) };
 }
 
+/**
+ * A two-service trace of class `klass` (explicit `mesh.class` on the entry span): the frontend
+ * serves the user, calls the cart (client/server pair) and a database (client span naming it).
+ */
+function classTrace(frontend, klass, cart = "shop-cart", db = "orders-db", peer = null) {
+  const traceId = hex(16);
+  const [root, cli, srv, dbSpan] = [hex(8), hex(8), hex(8), hex(8)];
+  const t0 = nowNs() - 10_000_000_000n;
+  const client = (id, name, start, dur, attributes) => ({ ...span(traceId, id, root, name, start, dur, attributes), kind: 3 });
+  const frontSpans = [
+    span(traceId, root, null, "POST /checkout", t0, 60_000_000n, [attr("mesh.class", klass), attr("http.route", "/checkout")]),
+    client(cli, "GET /cart", t0 + 5_000_000n, 30_000_000n, []),
+    client(dbSpan, "SELECT orders", t0 + 40_000_000n, 8_000_000n, [attr("db.system", "postgresql"), attr("db.name", db)]),
+  ];
+  if (peer) frontSpans.push(client(hex(8), "GET /peer", t0 + 50_000_000n, 5_000_000n, [attr("peer.service", peer)]));
+  return {
+    traceId,
+    body: {
+      resourceSpans: [
+        ...otlp(frontend, frontSpans).resourceSpans,
+        ...otlp(cart, [span(traceId, srv, cli, "GET /cart", t0 + 6_000_000n, 28_000_000n)]).resourceSpans,
+      ],
+    },
+  };
+}
+
+/** Fetches the service graph API; `ok` decides when it is what the caller waits for. */
+async function graphApi(klass, ok = () => true) {
+  const res = await fetch(`${base}/api/v1/graph?${klass ? `class=${encodeURIComponent(klass)}` : ""}`);
+  if (!res.ok) return null;
+  const g = await res.json();
+  return ok(g) ? g : null;
+}
+
+const hasNodes = (...names) => (g) => names.every((n) => g.nodes.some((x) => x.id === n));
+
 async function found(service, traceId) {
   const res = await fetch(`${base}/api/traces?service=${encodeURIComponent(service)}&lookback=6h&limit=100`);
   if (!res.ok) return false;
@@ -198,6 +234,9 @@ async function loadData() {
   Object.assign(ids, { big: big.traceId, bigFirst: big.first, bigLast: big.last });
   const live = liveTrace();
   await post(`${otlpUrl}/v1/traces`, live.body);
+  await post(`${otlpUrl}/v1/traces`, classTrace("shop-frontend", "checkout").body);
+  // Graph labels and class names are attacker-controlled too.
+  await post(`${otlpUrl}/v1/traces`, classTrace(HOSTILE.img, HOSTILE.script, "hostile-cart", "hostile-db", HOSTILE.rtl).body);
   for (const [svc, id] of [["example-service-1", null], ["yelp-main", null], ["hostile-svc", ids.hostile], ["big-svc", ids.big], ["live-svc", live.traceId]]) {
     await waitFor(() => found(svc, id), `${svc} to be queryable`);
   }
@@ -224,6 +263,7 @@ before(async () => {
       "--zipkin-listen", `127.0.0.1:${zipkin}`,
       "--flush-age", "1s",
       "--max-attribute-value-bytes", "200000",
+      "--provenance-idle", "1s",
     ],
     { stdio: ["ignore", log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" } },
   );
@@ -483,6 +523,227 @@ test("an unknown trace ID shows a not-found message", async () => {
   const page = await newPage();
   await page.goto(`${base}/trace/${"f".repeat(32)}`);
   await page.waitForSelector("text=Trace not found");
+  await page.close();
+});
+
+/** Waits until the graph page has laid out a graph (of `klass` when given) that `ok` accepts. */
+async function renderedGraph(page, klass = null, ok = () => true) {
+  return waitFor(async () => {
+    const g = await page.evaluate(() => window.__meshtraceGraph?.() ?? null);
+    return g && g.rendered && g.nodes.length && (klass === null || g.class === klass) && ok(g) ? g : null;
+  }, "the graph to be drawn", 25_000);
+}
+
+const YELP_NODES = ["user", "routing", "yelp-main", "mobile_api", "spectre", "memcache", "mysql", "coresrv", "bookie", "auth"];
+
+test("the service graph lays out the loaded traces' services with Cytoscape", async () => {
+  const api = await waitFor(() => graphApi(null, hasNodes(...YELP_NODES, "shop-frontend", "shop-cart", "orders-db")), "the provenance graph of the fixtures");
+  const page = await newPage();
+  await page.goto(`${base}/graph`);
+  const g = await renderedGraph(page);
+  assert.ok((await page.locator("[data-testid=graph] canvas").count()) > 0, "cytoscape drew on a canvas");
+  const ids = new Set(g.nodes.map((n) => n.id));
+  for (const n of YELP_NODES) assert.ok(ids.has(n), `node ${n} drawn`);
+  assert.equal(g.nodes.length, api.nodes.length, "every node of the API is drawn");
+  assert.equal(g.edges.length, api.edges.length, "every edge of the API is drawn");
+  const edge = (a, b) => g.edges.find((e) => e.source === a && e.target === b);
+  for (const [a, b] of [["user", "routing"], ["routing", "yelp-main"], ["yelp-main", "mobile_api"], ["yelp-main", "mysql"], ["mobile_api", "spectre"], ["shop-frontend", "orders-db"]]) {
+    assert.ok(edge(a, b), `edge ${a} -> ${b}`);
+    assert.match(edge(a, b).label, /^[\d.]+\/(s|min|h) · [\d.]+% err · p99 [\d.]+m?s$/);
+  }
+  const byId = Object.fromEntries(g.nodes.map((n) => [n.id, n]));
+  assert.equal(byId.user.kind, "user");
+  assert.equal(byId.mysql.virtual, true);
+  assert.equal(byId["orders-db"].kind, "database");
+  assert.equal(byId["yelp-main"].virtual, false);
+  assert.equal(byId["yelp-main"].kind, "service");
+  // The layout is layered (left to right, or top to bottom for a long chain): the user
+  // first, then the entry service, then what it calls.
+  const rank = (n) => (g.rankDir === "LR" ? byId[n].clientX : byId[n].clientY);
+  assert.ok(rank("user") < rank("routing") && rank("routing") < rank("yelp-main") && rank("yelp-main") < rank("mobile_api"), `layered ${g.rankDir}`);
+  assert.ok(rank("shop-frontend") < rank("shop-cart"));
+  assert.deepEqual(
+    [...new Set(g.nodes.map((n) => `${Math.round(n.clientX)},${Math.round(n.clientY)}`))].length,
+    g.nodes.length,
+    "no two nodes at the same place",
+  );
+  assert.match(await page.textContent(".status"), new RegExp(`^${api.nodes.length} nodes, ${api.edges.length} edges`));
+  assert.equal(await page.getAttribute("#topbar a.active", "href"), "/graph");
+
+  // Picking a class narrows the graph to that class's traces.
+  const options = await page.$$eval("[data-testid=graph-class] option", (os) => os.map((o) => o.value));
+  assert.ok(options.includes("") && options.includes("default") && options.includes("checkout"), options.join(","));
+  await page.selectOption("[data-testid=graph-class]", "checkout");
+  const checkout = await renderedGraph(page, "checkout");
+  assert.deepEqual(checkout.nodes.map((n) => n.id).sort(), ["orders-db", "shop-cart", "shop-frontend", "user"]);
+  assert.match(page.url(), /class=checkout/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "graph-checkout.png") });
+  await page.selectOption("[data-testid=graph-class]", "default");
+  const dflt = await renderedGraph(page, "default");
+  const dIds = new Set(dflt.nodes.map((n) => n.id));
+  for (const n of YELP_NODES) assert.ok(dIds.has(n), `default class has ${n}`);
+  assert.ok(!dIds.has("shop-frontend"), "checkout services are not in the default class");
+  await page.screenshot({ path: path.join(ARTIFACTS, "graph.png") });
+
+  // Clicking a service shows its details with a link to search its traces.
+  const ym = dflt.nodes.find((n) => n.id === "yelp-main");
+  await page.mouse.click(ym.clientX, ym.clientY);
+  await page.waitForSelector("[data-testid=graph-selected]");
+  assert.equal(await page.textContent("[data-testid=graph-selected]"), "yelp-main");
+  assert.match(await page.textContent("[data-testid=graph-details]"), /mobile_api/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "graph-selected.png") });
+  await page.click("[data-testid=graph-search-link]");
+  await page.waitForURL(/\/search\?service=yelp-main&lookback=1h$/);
+  await page.waitForSelector("[data-testid=result]");
+  // Double-clicking a service goes straight to its search.
+  await page.goBack();
+  const again = await renderedGraph(page, "default");
+  const routing = again.nodes.find((n) => n.id === "routing");
+  await page.mouse.dblclick(routing.clientX, routing.clientY);
+  await page.waitForURL(/\/search\?service=routing/);
+  await page.close();
+});
+
+test("the service graph refreshes live, keeping the selection and the viewport", async () => {
+  await waitFor(() => graphApi("checkout", hasNodes("shop-frontend")), "the checkout graph");
+  const page = await newPage();
+  await page.goto(`${base}/graph?class=checkout&live=1`);
+  const g = await renderedGraph(page, "checkout");
+  assert.equal(await page.isChecked("[data-testid=graph-live]"), true);
+  const cart = g.nodes.find((n) => n.id === "shop-cart");
+  await page.mouse.click(cart.clientX, cart.clientY);
+  await page.waitForSelector("[data-testid=graph-selected]");
+  // The user zooms in and pans.
+  await page.mouse.move(cart.clientX, cart.clientY);
+  await page.mouse.wheel(0, -300);
+  await page.waitForTimeout(300);
+  const canvas = await page.locator("[data-testid=graph]").boundingBox();
+  await page.mouse.move(canvas.x + 40, canvas.y + 40);
+  await page.mouse.down();
+  await page.mouse.move(canvas.x + 140, canvas.y + 90, { steps: 5 });
+  await page.mouse.up();
+  const before = await page.evaluate(() => window.__meshtraceGraph());
+  assert.notEqual(before.zoom, g.zoom, "the wheel zoomed");
+  assert.deepEqual(before.selected, ["shop-cart"]);
+  // A trace of the class reaching a new service appears without a reload.
+  await post(`${otlpUrl}/v1/traces`, classTrace("shop-frontend", "checkout", "shop-cart-v2").body);
+  const after = await renderedGraph(page, "checkout", (x) => x.nodes.some((n) => n.id === "shop-cart-v2"));
+  assert.deepEqual(after.selected, ["shop-cart"], "selection kept");
+  assert.equal(after.zoom, before.zoom, "zoom kept");
+  assert.deepEqual(after.pan, before.pan, "pan kept");
+  assert.equal(await page.textContent("[data-testid=graph-selected]"), "shop-cart");
+  assert.match(await page.textContent(".status"), /live, updated/);
+  await page.uncheck("[data-testid=graph-live]");
+  assert.doesNotMatch(page.url(), /live=1/);
+  assert.match(page.url(), /class=checkout/);
+  await page.close();
+});
+
+test("hostile service and class names in the graph stay text", async () => {
+  await waitFor(() => graphApi(HOSTILE.script, hasNodes(HOSTILE.img)), "the hostile class graph");
+  const page = await newPage();
+  await page.goto(`${base}/graph`);
+  await renderedGraph(page);
+  const labels = await page.$$eval("[data-testid=graph-class] option", (os) => os.map((o) => o.textContent));
+  assert.ok(labels.some((l) => l.includes(HOSTILE.script)), "class name shown literally");
+  await page.selectOption("[data-testid=graph-class]", HOSTILE.script);
+  const g = await renderedGraph(page, HOSTILE.script);
+  const node = g.nodes.find((n) => n.id === HOSTILE.img);
+  assert.ok(node.label.startsWith(HOSTILE.img), "label is the literal name");
+  const peer = g.nodes.find((n) => n.id === HOSTILE.rtl);
+  assert.ok(peer && peer.virtual && !/[\u202a-\u202e\u2066-\u2069\u200e\u200f]/.test(peer.label), "bidi controls stripped from the canvas label");
+  await page.mouse.click(node.clientX, node.clientY);
+  await page.waitForSelector("[data-testid=graph-selected]");
+  assert.equal(await page.textContent("[data-testid=graph-selected]"), HOSTILE.img);
+  assert.equal(await page.locator("img[src=x], [data-testid=graph-details] script").count(), 0);
+  await page.waitForTimeout(300);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  await page.screenshot({ path: path.join(ARTIFACTS, "graph-hostile.png") });
+  await page.close();
+});
+
+test("the classes page lists rules, traces per class and the learned mapping; budgets only when the API answers", async () => {
+  const put = await fetch(`${base}/api/v1/classes`, {
+    method: "PUT",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify([{ class: "gold", service: "no-such-service", route_prefix: "/vip" }]),
+  });
+  assert.equal(put.status, 200, await put.text());
+  await waitFor(async () => (await (await fetch(`${base}/api/v1/classes/mapping`)).json()).some((m) => m.class === "default"), "a learned mapping");
+  const budgetStatus = (await fetch(`${base}/api/v1/budgets`)).status;
+  const page = await newPage();
+  await page.goto(`${base}/graph`);
+  await page.click("#topbar a[href='/classes']");
+  await page.waitForURL(/\/classes$/);
+  await page.waitForSelector("[data-testid=class-count]");
+  const counts = await page.$$eval("[data-testid=class-count]", (rs) => rs.map((r) => r.textContent));
+  assert.ok(counts.some((t) => t.startsWith("default")), counts.join("|"));
+  assert.ok(counts.some((t) => t.startsWith("checkout")), counts.join("|"));
+  const rule = await page.textContent("[data-testid=class-rule]");
+  assert.match(rule, /gold/);
+  assert.match(rule, /no-such-service/);
+  assert.match(rule, /\/vip/);
+  assert.match(rule, /catalog/);
+  const mapping = await page.$$eval("[data-testid=mapping-row]", (rs) => rs.map((r) => [...r.cells].map((c) => c.textContent)));
+  assert.ok(mapping.some(([caller, callee, , klass]) => caller === "routing" && callee === "yelp-main" && klass === "default"), "yelp call learned as default");
+  assert.ok(mapping.some(([caller, callee, , klass, count, share]) => caller === "shop-frontend" && callee === "shop-cart" && klass === "checkout" && Number(count) >= 1 && share === "100%"));
+  assert.equal(await page.getAttribute("[data-testid=class-count] a", "href").then((h) => h.startsWith("/graph?class=")), true);
+  assert.equal(await page.getAttribute("#topbar a.active", "href"), "/classes");
+  if (budgetStatus === 404) assert.equal(await page.locator("[data-testid=class-budgets] *").count(), 0, "nothing shown without the budgets API");
+  await page.screenshot({ path: path.join(ARTIFACTS, "classes.png"), fullPage: true });
+  if (budgetStatus === 200) {
+    // The real budgets API: an objective for a class makes it listed, and the page shows it.
+    const res = await fetch(`${base}/api/v1/classes/checkout/objective`, {
+      method: "PUT",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ quantile: 0.95, latency_ms: 250, importance: 5 }),
+    });
+    assert.equal(res.status, 200, await res.text());
+    const listed = await waitFor(async () => {
+      const body = await (await fetch(`${base}/api/v1/budgets`)).json();
+      return (body.classes ?? body).find((b) => b.class === "checkout");
+    }, "the checkout class in the budgets API");
+    await page.reload();
+    const real = page.locator("[data-testid=budget-card][data-class=checkout]");
+    await real.waitFor();
+    assert.match(await real.textContent(), /p95 ≤ 250ms/);
+    assert.equal(await real.locator("tr[data-testid=budget-hop]").count(), listed.hops.length);
+    assert.equal(await real.locator("tr.at-risk").count(), listed.hops.filter((h) => h.at_risk).length);
+    await page.screenshot({ path: path.join(ARTIFACTS, "classes-real-budgets.png") });
+  }
+
+  // With an answering budgets API (mocked here), objectives and hops are shown, at-risk marked.
+  await page.route("**/api/v1/budgets", (route) =>
+    route.fulfill({
+      json: {
+        classes: [
+        {
+          class: "checkout",
+          objective: { quantile: 0.99, latency_ms: 200, importance: 10 },
+          observed_ms: 240.5,
+          attainment: 0.93,
+          samples: 120,
+          hops: [
+            { service: "shop-frontend", operation: "POST /checkout", parent: null, depth: 0, parallel: false, budget_ms: 80, subtree_budget_ms: 200, observed_ms: 60, slack_ms: 20, share: 0.3, rate_per_s: 2, load_share: 1, at_risk: false },
+            { service: "shop-cart", operation: "GET /cart", parent: "shop-frontend POST /checkout", depth: 1, parallel: false, budget_ms: 120, subtree_budget_ms: 120, observed_ms: 180.5, slack_ms: -60.5, share: 0.7, rate_per_s: 2, load_share: 0.5, at_risk: true },
+          ],
+          missing: true,
+        },
+        ],
+      },
+    }),
+  );
+  await page.reload();
+  const card = page.locator("[data-testid=budget-card][data-class=checkout]");
+  await card.waitFor();
+  const text = await card.textContent();
+  assert.match(text, /p99 ≤ 200ms/);
+  assert.match(text, /241ms/);
+  assert.match(text, /93%/);
+  assert.match(text, /objective missed/);
+  assert.equal(await card.locator("tr.at-risk").count(), 1);
+  assert.match(await card.locator("tr.at-risk").textContent(), /shop-cart.*-61ms.*at risk/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "classes-budgets.png"), fullPage: true });
   await page.close();
 });
 

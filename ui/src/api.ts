@@ -123,3 +123,145 @@ export async function provenance(traceId: string): Promise<Provenance | null> {
     return null;
   }
 }
+
+export interface GraphNode {
+  id: string;
+  rate: number;
+  error_rate: number;
+  virtual: boolean;
+  requests_in?: number;
+  requests_out?: number;
+  traces_rooted?: number;
+}
+
+export interface GraphEdge {
+  caller: string;
+  callee: string;
+  connection_type: string;
+  requests: number;
+  errors?: number;
+  rate_per_s: number;
+  error_rate: number;
+  p50_ms: number | null;
+  p90_ms: number | null;
+  p99_ms: number | null;
+}
+
+export interface GraphClass {
+  class: string;
+  traces: number;
+}
+
+export interface ServiceGraph {
+  class: string | null;
+  start: string;
+  end: string;
+  window_s: number;
+  classes: GraphClass[];
+  nodes: GraphNode[];
+  edges: GraphEdge[];
+}
+
+/** The service graph of one class (all classes when `klass` is empty); start/end in µs. */
+export async function graph(klass: string, startUs: number, endUs: number, signal?: AbortSignal): Promise<ServiceGraph> {
+  const q = new URLSearchParams();
+  if (klass) q.set("class", klass);
+  q.set("start", String(Math.trunc(startUs)));
+  q.set("end", String(Math.trunc(endUs)));
+  const body = (await getJson(`/api/v1/graph?${q.toString()}`, signal)) as Partial<ServiceGraph> | null;
+  return {
+    class: body?.class ?? null,
+    start: body?.start ?? "",
+    end: body?.end ?? "",
+    window_s: body?.window_s ?? 0,
+    classes: Array.isArray(body?.classes) ? body.classes : [],
+    nodes: Array.isArray(body?.nodes) ? body.nodes : [],
+    edges: Array.isArray(body?.edges) ? body.edges : [],
+  };
+}
+
+export interface ClassRule {
+  class: string;
+  service?: string | null;
+  route_prefix?: string | null;
+  operation?: string | null;
+  attribute?: [string, string] | null;
+  source?: string;
+}
+
+export interface MappingEntry {
+  caller: string;
+  callee: string;
+  operation: string;
+  class: string;
+  count: number;
+  share: number;
+}
+
+/** Every class rule in the order they apply, with where it comes from. */
+export async function classRules(): Promise<ClassRule[]> {
+  const body = await getJson("/api/v1/classes?effective=true");
+  return Array.isArray(body) ? (body as ClassRule[]) : [];
+}
+
+/** The learned (caller, callee, operation) → class mapping. */
+export async function classMapping(): Promise<MappingEntry[]> {
+  const body = await getJson("/api/v1/classes/mapping");
+  return Array.isArray(body) ? (body as MappingEntry[]) : [];
+}
+
+export interface Objective {
+  quantile: number;
+  latency_ms: number;
+  importance?: number;
+  min_share?: number | null;
+}
+
+export interface HopBudget {
+  service: string;
+  operation: string;
+  depth?: number;
+  parallel?: boolean;
+  budget_ms: number;
+  subtree_budget_ms?: number;
+  observed_ms: number;
+  slack_ms: number;
+  share?: number;
+  rate_per_s?: number;
+  load_share?: number;
+  at_risk?: boolean;
+}
+
+export interface ClassBudget {
+  class: string;
+  objective: Objective;
+  observed_ms: number | null;
+  attainment: number | null;
+  samples?: number;
+  missing?: boolean;
+  /** Where the objective comes from (`config`, `catalog`). */
+  source?: string | null;
+  hops: HopBudget[];
+}
+
+/**
+ * The per-class budgets, or null when that API does not exist (404). Accepts a bare list or
+ * a list under `budgets`, `classes` or `data`.
+ */
+export async function budgets(): Promise<ClassBudget[] | null> {
+  let body: unknown;
+  try {
+    body = await getJson("/api/v1/budgets");
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return null;
+    throw e;
+  }
+  const o = body as Record<string, unknown> | null;
+  const list = Array.isArray(body)
+    ? body
+    : [o?.budgets, o?.classes, o?.data].find((v) => Array.isArray(v));
+  if (!Array.isArray(list)) return [];
+  return list.filter(
+    (b): b is ClassBudget => !!b && typeof b === "object" && typeof (b as ClassBudget).class === "string",
+  );
+}

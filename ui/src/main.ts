@@ -4,6 +4,8 @@ import "./style.css";
 import { h } from "./dom";
 import { SearchPage } from "./search";
 import { TracePage } from "./trace";
+import { GraphPage } from "./graph";
+import { ClassesPage } from "./classes";
 
 export interface Page {
   el: HTMLElement;
@@ -41,11 +43,13 @@ class App implements Router {
     const trace = /^\/trace\/([^/]+)$/.exec(path);
     if (path === "/" || path === "/search") page = new SearchPage(this);
     else if (trace) page = new TracePage(this, decodeURIComponent(trace[1]));
+    else if (path === "/graph") page = new GraphPage(this);
+    else if (path === "/classes") page = new ClassesPage(this);
     else page = notFound(path);
     this.page = page;
     this.root.replaceChildren(page.el);
     for (const a of this.nav.querySelectorAll<HTMLAnchorElement>("a[data-section]")) {
-      a.classList.toggle("active", a.dataset.section === (trace ? "trace" : "search"));
+      a.classList.toggle("active", a.dataset.section === section(path));
     }
   }
 
@@ -79,11 +83,17 @@ class App implements Router {
     this.nav.replaceChildren(
       h("a", { class: "brand", href: "/search" }, "meshtrace"),
       h("a", { href: "/search", "data-section": "search" }, "Search"),
-      h("span", { class: "disabled", "aria-disabled": "true", title: "not available yet" }, "Service graph"),
+      h("a", { href: "/graph", "data-section": "graph" }, "Service graph"),
+      h("a", { href: "/classes", "data-section": "classes" }, "Classes"),
       h("span", { class: "spacer" }),
       form,
     );
   }
+}
+
+function section(path: string): string {
+  if (path === "/" || path === "/search") return "search";
+  return path.split("/")[1] ?? "";
 }
 
 function notFound(path: string): Page {

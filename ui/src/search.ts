@@ -45,12 +45,12 @@ export function parseTags(text: string): Record<string, string> {
   return out;
 }
 
-function toLocalInput(us: number): string {
+export function toLocalInput(us: number): string {
   const d = new Date(us / 1000 - new Date().getTimezoneOffset() * 60000);
   return d.toISOString().slice(0, 16);
 }
 
-function fromLocalInput(v: string): number | null {
+export function fromLocalInput(v: string): number | null {
   const ms = new Date(v).getTime();
   return Number.isNaN(ms) ? null : ms * 1000;
 }
@@ -80,6 +80,7 @@ export class SearchPage implements Page {
   private timer: number | undefined;
   private inflight: AbortController | null = null;
   private results: TraceSummary[] = [];
+  private disposed = false;
 
   constructor(router: Router) {
     this.scatter = new Scatter((id) => router.go(`/trace/${id}`));
@@ -105,6 +106,7 @@ export class SearchPage implements Page {
   }
 
   dispose(): void {
+    this.disposed = true;
     window.clearInterval(this.timer);
     this.inflight?.abort();
     this.scatter.destroy();
@@ -159,11 +161,12 @@ export class SearchPage implements Page {
       this.showError(e);
       return;
     }
+    if (this.disposed) return;
     if (q.get("live") === "1") this.live.checked = true;
     this.sort.value = SORTS.some(([v]) => v === q.get("sort")) ? q.get("sort")! : "recent";
     if (q.get("service")) await this.run();
     else this.status.textContent = "Choose a service and press Find traces.";
-    this.setLive();
+    if (!this.disposed) this.setLive();
   }
 
   private fillForm(q: URLSearchParams): void {
@@ -376,7 +379,7 @@ function shortId(id: string): string {
   return id.length === 32 && id.startsWith("0000000000000000") ? id.slice(16) : id.slice(0, 16);
 }
 
-function lookbackMicros(lb: string): number {
+export function lookbackMicros(lb: string): number {
   const m = /^(\d+)([mhd])$/.exec(lb);
   if (!m) return 3600e6;
   const unit = { m: 60e6, h: 3600e6, d: 86400e6 }[m[2] as "m" | "h" | "d"];

@@ -1,6 +1,7 @@
 //! The HTTP API on the query port (16686 by default): `/readyz`, `/metrics`, the Jaeger query
 //! API ([`jaeger`]), Jaeger api_v3 ([`v3`]) and read-only SQL ([`sql`]).
 
+pub mod budgets;
 pub mod jaeger;
 pub mod jaeger_json;
 pub mod params;
@@ -36,6 +37,7 @@ pub struct ApiState {
     pub query: QueryConfig,
     pub query_seconds: Histogram,
     pub provenance: crate::provenance::Provenance,
+    pub priorities: crate::priorities::Priorities,
 }
 
 impl ApiState {
@@ -85,6 +87,18 @@ pub fn router(state: ApiState) -> Router {
             get(provenance::get_classes).put(provenance::put_classes),
         )
         .route("/api/v1/classes/mapping", get(provenance::class_mapping))
+        .route(
+            "/api/v1/classes/{class}/objective",
+            get(budgets::get_objective).put(budgets::put_objective),
+        )
+        .route("/api/v1/budgets", get(budgets::budgets))
+        .route("/api/v1/priorities", get(budgets::priorities))
+        .route(
+            "/api/v1/priorities/overrides",
+            get(budgets::get_overrides).put(budgets::put_overrides),
+        )
+        .route("/api/v1/priorities/history", get(budgets::history))
+        .route("/api/v1/proxies", get(budgets::proxies))
         .fallback(ui::serve)
         .with_state(state)
 }

@@ -17,7 +17,7 @@ pub mod rows;
 mod task;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use anyhow::Context;
 use meshtrace_model::Span;
@@ -45,6 +45,8 @@ struct Shared {
     config_rules: Vec<ClassRule>,
     catalog_rules: RwLock<Vec<ClassRule>>,
     graph: GraphConfig,
+    /// Where completed traces are recorded for latency budgets, once set.
+    recorder: OnceLock<crate::priorities::Recorder>,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ impl Provenance {
             config_rules: settings.classes.clone(),
             catalog_rules: RwLock::new(parse_stored(stored)),
             graph: settings.graph.clone(),
+            recorder: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(settings.queue_depth.max(1));
         let stop = CancellationToken::new();
@@ -210,6 +213,13 @@ impl Provenance {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = rules;
         Ok(())
+    }
+
+    /// Records every trace completed from now on (once derived) for latency budgets.
+    pub fn set_recorder(&self, recorder: crate::priorities::Recorder) {
+        if self.feed.shared.recorder.set(recorder).is_err() {
+            tracing::warn!("budget recorder already set");
+        }
     }
 
     /// The learned signature→class mapping.

@@ -143,9 +143,16 @@ impl Engine {
         let rules = self.shared.rules();
         let graph = self.shared.graph.clone();
         let mut rows = Rows::default();
+        let recorder = self.shared.recorder.get().cloned();
+        let wall = crate::priorities::wall_ns();
         for c in done {
+            // A replacement (late spans) was recorded already; a WAL replay was not.
+            let first = !c.replaces;
             let c = self.with_all_spans(c).await;
             let derived = c.derive(&rules, &graph);
+            if let (Some(r), true) = (&recorder, first) {
+                r.record(&derived, &c.tree, wall);
+            }
             let version = self.next_version();
             self.learn(c.trace_id, &derived);
             rows.push(derived, &c.tree, version, c.reason);

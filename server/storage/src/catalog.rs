@@ -1,6 +1,7 @@
 //! The segment catalog in SQLite or PostgreSQL (sqlx): which Parquet segments are committed
 //! (span segments, and the segments of the derived provenance tables with their table name),
-//! the service and operation names seen, the WAL checkpoint and the trace-class rules.
+//! the service and operation names seen, the WAL checkpoint, the trace-class rules, and the
+//! latency objectives, priority overrides, published priority sets and proxies of budgets.
 //!
 //! A segment exists for readers only once its row is committed here; the Parquet file is
 //! written first (see [`crate::layout`] for the protocol). The schema lives in
@@ -51,6 +52,31 @@ pub struct DerivedSegment {
     pub row_count: i64,
     pub byte_size: i64,
     pub created_at_ns: i64,
+}
+
+/// A published priority assignment set of one service, as the catalog keeps it: the current
+/// one per service (`priority_sets`) and every one in `priority_history` with its reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPrioritySet {
+    pub service: String,
+    pub version: u64,
+    pub generated_at_ns: i64,
+    /// Why this version (which classes changed and why).
+    pub reason: String,
+    /// The set as JSON.
+    pub body: String,
+}
+
+/// A proxy that polled or watched its service's priorities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredProxy {
+    pub service: String,
+    pub node: String,
+    /// `http` (long poll) or `grpc` (WatchPriorities).
+    pub via: String,
+    pub last_seen_ns: i64,
+    /// The version the proxy holds.
+    pub version: u64,
 }
 
 /// The names to persist with a segment: services and (service, operation, kind) triples.
@@ -308,6 +334,180 @@ impl Catalog {
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// The stored class objectives: (class, objective JSON), by class.
+    pub async fn objectives(&self) -> Result<Vec<(String, String)>, StorageError> {
+        const SQL: &str = "SELECT class, objective FROM budget_objectives ORDER BY class";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                out.push((row.try_get("class")?, row.try_get("objective")?));
+            }
+        });
+        Ok(out)
+    }
+
+    /// Stores (or replaces) one class's objective.
+    pub async fn put_objective(
+        &self,
+        class: &str,
+        objective: &str,
+        now_ns: i64,
+    ) -> Result<(), StorageError> {
+        const SQL: &str = "INSERT INTO budget_objectives (class, objective, updated_at_ns) \
+             VALUES ($1, $2, $3) ON CONFLICT (class) DO UPDATE SET \
+             objective = excluded.objective, updated_at_ns = excluded.updated_at_ns";
+        on_pool!(self, pool => {
+            sqlx::query(SQL).bind(class).bind(objective).bind(now_ns).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Deletes one class's stored objective; returns whether there was one.
+    pub async fn delete_objective(&self, class: &str) -> Result<bool, StorageError> {
+        const SQL: &str = "DELETE FROM budget_objectives WHERE class = $1";
+        let n = on_pool!(self, pool => {
+            sqlx::query(SQL).bind(class).execute(pool).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// The operator's priority overrides: (class, level).
+    pub async fn priority_overrides(&self) -> Result<Vec<(String, i64)>, StorageError> {
+        const SQL: &str = "SELECT class, priority FROM priority_overrides ORDER BY class";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                out.push((row.try_get("class")?, row.try_get("priority")?));
+            }
+        });
+        Ok(out)
+    }
+
+    /// Replaces every priority override, in one transaction.
+    pub async fn replace_priority_overrides(
+        &self,
+        overrides: &[(String, i64)],
+    ) -> Result<(), StorageError> {
+        const DELETE: &str = "DELETE FROM priority_overrides";
+        const INSERT: &str = "INSERT INTO priority_overrides (class, priority) VALUES ($1, $2)";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(DELETE).execute(&mut *tx).await?;
+            for (class, level) in overrides {
+                sqlx::query(INSERT).bind(class).bind(level).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The current assignment set of every service (reason left empty).
+    pub async fn priority_sets(&self) -> Result<Vec<StoredPrioritySet>, StorageError> {
+        const SQL: &str =
+            "SELECT service, version, generated_at_ns, body FROM priority_sets ORDER BY service";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                out.push(StoredPrioritySet {
+                    service: row.try_get("service")?,
+                    version: to_u64(row.try_get("version")?, "priority_sets.version")?,
+                    generated_at_ns: row.try_get("generated_at_ns")?,
+                    reason: String::new(),
+                    body: row.try_get("body")?,
+                });
+            }
+        });
+        Ok(out)
+    }
+
+    /// Makes `set` its service's current set and appends it to the history, keeping the last
+    /// `keep` versions of the service there; one transaction.
+    pub async fn store_priority_set(
+        &self,
+        set: &StoredPrioritySet,
+        keep: usize,
+    ) -> Result<(), StorageError> {
+        const CURRENT: &str = "INSERT INTO priority_sets (service, version, generated_at_ns, body) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (service) DO UPDATE SET version = excluded.version, \
+             generated_at_ns = excluded.generated_at_ns, body = excluded.body";
+        const HISTORY: &str = "INSERT INTO priority_history \
+             (service, version, generated_at_ns, reason, body) VALUES ($1, $2, $3, $4, $5)";
+        const PRUNE: &str = "DELETE FROM priority_history WHERE service = $1 AND version <= $2";
+        let version = to_i64(set.version, "priority version")?;
+        let oldest_kept = version - i64::try_from(keep.max(1)).unwrap_or(i64::MAX);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(CURRENT).bind(&set.service).bind(version).bind(set.generated_at_ns)
+                .bind(&set.body).execute(&mut *tx).await?;
+            sqlx::query(HISTORY).bind(&set.service).bind(version).bind(set.generated_at_ns)
+                .bind(&set.reason).bind(&set.body).execute(&mut *tx).await?;
+            sqlx::query(PRUNE).bind(&set.service).bind(oldest_kept).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The stored versions of one service's set, oldest first.
+    pub async fn priority_history(
+        &self,
+        service: &str,
+    ) -> Result<Vec<StoredPrioritySet>, StorageError> {
+        const SQL: &str = "SELECT service, version, generated_at_ns, reason, body \
+             FROM priority_history WHERE service = $1 ORDER BY version, id";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).bind(service).fetch_all(pool).await? {
+                out.push(StoredPrioritySet {
+                    service: row.try_get("service")?,
+                    version: to_u64(row.try_get("version")?, "priority_history.version")?,
+                    generated_at_ns: row.try_get("generated_at_ns")?,
+                    reason: row.try_get("reason")?,
+                    body: row.try_get("body")?,
+                });
+            }
+        });
+        Ok(out)
+    }
+
+    /// Inserts or updates proxies, in one transaction.
+    pub async fn upsert_proxies(&self, proxies: &[StoredProxy]) -> Result<(), StorageError> {
+        const SQL: &str = "INSERT INTO proxies (service, node, via, last_seen_ns, version) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, node) DO UPDATE SET \
+             via = excluded.via, last_seen_ns = excluded.last_seen_ns, version = excluded.version";
+        if proxies.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for p in proxies {
+                let version = to_i64(p.version, "proxy version")?;
+                sqlx::query(SQL).bind(&p.service).bind(&p.node).bind(&p.via)
+                    .bind(p.last_seen_ns).bind(version).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Every proxy seen, by service and node.
+    pub async fn proxies(&self) -> Result<Vec<StoredProxy>, StorageError> {
+        const SQL: &str = "SELECT service, node, via, last_seen_ns, version FROM proxies \
+             ORDER BY service, node";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                out.push(StoredProxy {
+                    service: row.try_get("service")?,
+                    node: row.try_get("node")?,
+                    via: row.try_get("via")?,
+                    last_seen_ns: row.try_get("last_seen_ns")?,
+                    version: to_u64(row.try_get("version")?, "proxies.version")?,
+                });
+            }
+        });
+        Ok(out)
     }
 
     /// Closes the pool.

@@ -13,6 +13,7 @@ pub mod derived;
 pub mod error;
 pub mod layout;
 
+mod budget_store;
 mod buffer;
 mod object_reader;
 mod query;
@@ -25,7 +26,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use catalog::SegmentInfo;
+pub use catalog::{SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
 pub use store::Store;

@@ -15,6 +15,8 @@ pub struct Server {
     child: Child,
     pub http: String,
     pub otlp: String,
+    /// The OTLP gRPC address (also serving meshtrace.priorities.v1), as an http:// URL.
+    pub grpc: String,
     pub dir: PathBuf,
     args: Vec<String>,
 }
@@ -56,6 +58,7 @@ impl Server {
             child: spawn(&args),
             http: format!("http://{}", addr(ports[3])),
             otlp: format!("http://{}", addr(ports[1])),
+            grpc: format!("http://{}", addr(ports[0])),
             dir: dir.to_path_buf(),
             args,
         };

@@ -1,0 +1,414 @@
+//! Latency budgets and dynamic priorities in the running server.
+//!
+//! Completed traces (from provenance, through a [`Recorder`]) feed windowed
+//! [`Observations`]; every window step [`task`] computes the per-class budgets, updates the
+//! [`Prioritizer`] with the learned class mapping and the operator's overrides, stores every
+//! changed assignment set in the catalog (current and history) and publishes it on the
+//! service's watch channel ([`publish::Board`]) so HTTP long polls and gRPC streams wake at
+//! once. Objectives come from the configuration and the catalog (catalog wins); overrides and
+//! the proxies seen are kept in memory and in the catalog. Published versions continue from
+//! the catalog's after a restart, and the stored current sets are served until replaced.
+
+pub mod observe;
+pub mod publish;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use meshtrace_budget::{
+    compute_budgets, AssignmentSet, ClassBudget, Objective, Observations, Prioritizer,
+    PriorityConfig, WindowConfig,
+};
+use meshtrace_storage::{Store, StoredProxy};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub use observe::Recorder;
+use publish::{Board, SetJson};
+
+use crate::api::PulledMetrics;
+use crate::config::BudgetSettings;
+use crate::provenance::Provenance;
+
+/// Wall-clock unix nanoseconds.
+pub fn wall_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// A proxy that polled or watched its service's set.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyInfo {
+    pub service: String,
+    pub node: String,
+    /// `http` or `grpc`.
+    pub via: String,
+    pub last_seen: String,
+    #[serde(skip)]
+    pub last_seen_ns: i64,
+    /// The version it holds (last sent to it).
+    pub version: u64,
+}
+
+/// Where an objective comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Config,
+    Catalog,
+}
+
+struct Inner {
+    settings: BudgetSettings,
+    store: Store,
+    provenance: Provenance,
+    obs: Arc<Mutex<Observations>>,
+    catalog_objectives: RwLock<BTreeMap<String, Objective>>,
+    overrides: RwLock<BTreeMap<String, u8>>,
+    prioritizer: Mutex<Prioritizer>,
+    /// Stored version per service at start-up: published versions continue from it.
+    base_versions: BTreeMap<String, u64>,
+    board: Board,
+    proxies: Mutex<BTreeMap<(String, String), ProxyInfo>>,
+    dirty_proxies: Mutex<Vec<(String, String)>>,
+    wake: Notify,
+    stop: CancellationToken,
+    updates: AtomicU64,
+    published: AtomicU64,
+    watchers: AtomicI64,
+}
+
+/// The budgets and priorities engine's handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Priorities {
+    inner: Arc<Inner>,
+}
+
+fn priority_config(s: &BudgetSettings) -> PriorityConfig {
+    PriorityConfig {
+        levels: s.levels.max(1),
+        hysteresis_windows: s.hysteresis_windows,
+        at_risk_slack_fraction: s.at_risk_slack_fraction,
+        class_header: s.class_header.clone(),
+        baggage_key: s.baggage_key.clone(),
+        history_len: s.history_len.max(1),
+        ..PriorityConfig::default()
+    }
+}
+
+impl Priorities {
+    /// Loads objectives, overrides, published sets and proxies from the catalog, hooks the
+    /// recorder into provenance and starts the update task (stopped by `stop`).
+    pub async fn start(
+        store: &Store,
+        settings: &BudgetSettings,
+        provenance: &Provenance,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Priorities> {
+        for (class, o) in &settings.objectives {
+            o.validate()
+                .with_context(|| format!("budgets.objectives.{class}"))?;
+        }
+        let window = WindowConfig {
+            window: settings.window.max(Duration::from_millis(1)),
+            step: settings.step.max(Duration::from_millis(1)),
+        };
+        let mut catalog_objectives = BTreeMap::new();
+        for (class, json) in store.objectives().await.context("reading objectives")? {
+            match serde_json::from_str::<Objective>(&json) {
+                Ok(o) if o.validate().is_ok() => {
+                    catalog_objectives.insert(class, o);
+                }
+                _ => tracing::warn!(%class, objective = %json, "ignoring a bad stored objective"),
+            }
+        }
+        let overrides = store
+            .priority_overrides()
+            .await
+            .context("reading priority overrides")?
+            .into_iter()
+            .map(|(c, l)| (c, u8::try_from(l.clamp(0, 255)).unwrap_or(u8::MAX)))
+            .collect();
+        let board = Board::default();
+        let mut base_versions = BTreeMap::new();
+        for stored in store
+            .priority_sets()
+            .await
+            .context("reading priority sets")?
+        {
+            base_versions.insert(stored.service.clone(), stored.version);
+            match serde_json::from_str::<SetJson>(&stored.body) {
+                Ok(j) => board.publish(j.into_set(stored.generated_at_ns)),
+                Err(e) => tracing::warn!(service = %stored.service, error = %e, "bad stored set"),
+            }
+        }
+        let proxies = store
+            .proxies()
+            .await
+            .context("reading proxies")?
+            .into_iter()
+            .map(|p| {
+                let info = ProxyInfo {
+                    last_seen: publish::rfc3339(p.last_seen_ns),
+                    service: p.service,
+                    node: p.node,
+                    via: p.via,
+                    last_seen_ns: p.last_seen_ns,
+                    version: p.version,
+                };
+                ((info.service.clone(), info.node.clone()), info)
+            })
+            .collect();
+        let inner = Inner {
+            settings: settings.clone(),
+            store: store.clone(),
+            provenance: provenance.clone(),
+            obs: Arc::new(Mutex::new(Observations::new(window))),
+            catalog_objectives: RwLock::new(catalog_objectives),
+            overrides: RwLock::new(overrides),
+            prioritizer: Mutex::new(Prioritizer::new(priority_config(settings))),
+            base_versions,
+            board,
+            proxies: Mutex::new(proxies),
+            dirty_proxies: Mutex::default(),
+            wake: Notify::new(),
+            stop,
+            updates: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            watchers: AtomicI64::new(0),
+        };
+        let p = Priorities {
+            inner: Arc::new(inner),
+        };
+        provenance.set_recorder(p.recorder());
+        tokio::spawn(task::run(p.clone()));
+        Ok(p)
+    }
+
+    /// What provenance records completed traces through.
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
+            obs: self.inner.obs.clone(),
+        }
+    }
+
+    pub fn settings(&self) -> &BudgetSettings {
+        &self.inner.settings
+    }
+
+    /// Asks the task for an update now (after an objective or override change).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Cancelled when the server stops (long polls return at once).
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.inner.stop
+    }
+
+    /// Every objective in effect with its source: configuration, overridden by the catalog.
+    pub fn objectives(&self) -> BTreeMap<String, (Objective, Source)> {
+        let mut out: BTreeMap<String, (Objective, Source)> = self
+            .inner
+            .settings
+            .objectives
+            .iter()
+            .map(|(c, o)| (c.clone(), (o.clone(), Source::Config)))
+            .collect();
+        let catalog = self
+            .inner
+            .catalog_objectives
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (c, o) in catalog.iter() {
+            out.insert(c.clone(), (o.clone(), Source::Catalog));
+        }
+        out
+    }
+
+    /// Stores a (validated) objective in the catalog; it applies from the next update.
+    pub async fn set_objective(&self, class: &str, o: Objective) -> anyhow::Result<()> {
+        let json = serde_json::to_string(&o)?;
+        self.inner
+            .store
+            .put_objective(class, &json, wall_ns())
+            .await?;
+        self.inner
+            .catalog_objectives
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(class.to_string(), o);
+        self.wake();
+        Ok(())
+    }
+
+    /// The operator's overrides: class → level.
+    pub fn overrides(&self) -> BTreeMap<String, u8> {
+        self.inner
+            .overrides
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the overrides (catalog and memory) and triggers an update.
+    pub async fn set_overrides(&self, overrides: BTreeMap<String, u8>) -> anyhow::Result<()> {
+        let rows: Vec<(String, i64)> = overrides
+            .iter()
+            .map(|(c, l)| (c.clone(), i64::from(*l)))
+            .collect();
+        self.inner.store.set_priority_overrides(&rows).await?;
+        *self
+            .inner
+            .overrides
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = overrides;
+        self.wake();
+        Ok(())
+    }
+
+    /// Budgets of every class with an objective over the window ending now.
+    pub fn budgets(&self) -> Vec<ClassBudget> {
+        let objectives: BTreeMap<String, Objective> = self
+            .objectives()
+            .into_iter()
+            .map(|(c, (o, _))| (c, o))
+            .collect();
+        let obs = self
+            .inner
+            .obs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        compute_budgets(&obs, &objectives, wall_ns())
+    }
+
+    /// The current set of a service (version 0, empty, when unknown).
+    pub fn current(&self, service: &str) -> Arc<AssignmentSet> {
+        self.inner.board.current(service)
+    }
+
+    /// A receiver of a service's sets.
+    pub fn subscribe(&self, service: &str) -> watch::Receiver<Arc<AssignmentSet>> {
+        self.inner.board.subscribe(service)
+    }
+
+    /// Records that a proxy polled or watched (kept in memory, written to the catalog by the
+    /// task).
+    pub fn record_proxy(&self, service: &str, node: &str, via: &str, version: u64) {
+        let now = wall_ns();
+        let key = (service.to_string(), node.to_string());
+        let info = ProxyInfo {
+            service: service.to_string(),
+            node: node.to_string(),
+            via: via.to_string(),
+            last_seen: publish::rfc3339(now),
+            last_seen_ns: now,
+            version,
+        };
+        self.inner
+            .proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), info);
+        self.inner
+            .dirty_proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key);
+    }
+
+    /// Every proxy seen, by service and node.
+    pub fn proxies(&self) -> Vec<ProxyInfo> {
+        let proxies = self
+            .inner
+            .proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        proxies.values().cloned().collect()
+    }
+
+    /// Writes the dirty proxies to the catalog.
+    async fn persist_proxies(&self) {
+        let keys = std::mem::take(
+            &mut *self
+                .inner
+                .dirty_proxies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if keys.is_empty() {
+            return;
+        }
+        let rows: Vec<StoredProxy> = {
+            let proxies = self
+                .inner
+                .proxies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut keys = keys;
+            keys.sort();
+            keys.dedup();
+            keys.iter()
+                .filter_map(|k| proxies.get(k))
+                .map(|p| StoredProxy {
+                    service: p.service.clone(),
+                    node: p.node.clone(),
+                    via: p.via.clone(),
+                    last_seen_ns: p.last_seen_ns,
+                    version: p.version,
+                })
+                .collect()
+        };
+        if let Err(e) = self.inner.store.upsert_proxies(&rows).await {
+            tracing::warn!(error = %e, "could not store proxies");
+        }
+    }
+
+    /// Writes the `meshtrace_priority_*` and `meshtrace_budget_*` metrics.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let i = &self.inner;
+        let lines = [
+            (
+                "meshtrace_priority_versions_published",
+                "priority assignment set versions published",
+                "counter",
+                i.published.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshtrace_priority_watchers",
+                "open priority long polls and WatchPriorities streams",
+                "gauge",
+                i.watchers.load(Ordering::Relaxed),
+            ),
+            (
+                "meshtrace_budget_updates",
+                "budget and priority updates run",
+                "counter",
+                i.updates.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, help, kind, v) in lines {
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{suffix} {v}\n"
+            );
+        }
+    }
+}
+
+/// `base` followed by the priorities metrics.
+pub fn with_metrics(base: PulledMetrics, p: Priorities) -> PulledMetrics {
+    Arc::new(move |out: &mut String| {
+        base(out);
+        p.write_metrics(out);
+    })
+}

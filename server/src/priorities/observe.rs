@@ -1,0 +1,166 @@
+//! Feeding completed traces into the budget observations: a trace's class, its end-to-end
+//! duration and its critical-path hops with their self times, placed in the call tree (each
+//! hop's parent is its nearest ancestor on the critical path; a hop overlapping a sibling in
+//! time is a parallel branch of its parent's fan-out).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use meshtrace_budget::{HopSample, Observations};
+use meshtrace_provenance::{Derived, TraceTree};
+
+/// The handle provenance records completed traces through. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    pub(super) obs: Arc<Mutex<Observations>>,
+}
+
+impl Recorder {
+    /// Records one completed trace at wall-clock time `now_ns`.
+    pub fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
+        let hops = hop_samples(d, tree);
+        let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
+        obs.record_trace(&d.trace.class, d.trace.duration_ns, &hops, now_ns);
+    }
+}
+
+/// The node of a critical-path row: same span ID and service (Zipkin shared halves share IDs).
+fn node_of(tree: &TraceTree, span_id: &[u8; 8], service: &str) -> Option<usize> {
+    let mut fallback = None;
+    for (i, n) in tree.nodes.iter().enumerate() {
+        if n.span.span_id == *span_id {
+            if n.span.service_name == service {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+    }
+    fallback
+}
+
+/// Whether node `i` overlaps in time a sibling (a fan-out).
+fn overlaps_sibling(tree: &TraceTree, i: usize) -> bool {
+    let Some(p) = tree.nodes[i].parent else {
+        return false;
+    };
+    let me = &tree.nodes[i];
+    tree.nodes[p].children.iter().any(|&c| {
+        let o = &tree.nodes[c];
+        c != i && o.start_ns < me.end_ns && me.start_ns < o.end_ns
+    })
+}
+
+/// The critical-path rows of a trace as hop samples, parents first.
+pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
+    let order: HashMap<usize, usize> = tree
+        .preorder()
+        .into_iter()
+        .enumerate()
+        .map(|(pos, n)| (n, pos))
+        .collect();
+    let mut rows: Vec<(usize, Option<usize>, &meshtrace_provenance::CriticalPathRow)> = d
+        .critical_path
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let node = node_of(tree, &r.span_id, &r.service);
+            let pos = node.and_then(|n| order.get(&n).copied());
+            (
+                pos.unwrap_or(usize::MAX - d.critical_path.len() + k),
+                node,
+                r,
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    let mut sample_of: HashMap<usize, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (_, node, r) in rows {
+        let mut s = HopSample::new(&r.service, &r.operation, r.self_time_ns);
+        if let Some(n) = node {
+            let mut up = tree.nodes[n].parent;
+            let mut steps = 0;
+            while let Some(a) = up {
+                if let Some(&idx) = sample_of.get(&a) {
+                    s = s.child_of(idx);
+                    break;
+                }
+                up = tree.nodes[a].parent;
+                steps += 1;
+                if steps > tree.nodes.len() {
+                    break;
+                }
+            }
+            if s.parent.is_some() && overlaps_sibling(tree, n) {
+                s = s.parallel();
+            }
+            sample_of.insert(n, out.len());
+        }
+        out.push(s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtrace_model::{Span, SpanKind};
+    use meshtrace_provenance::{build_tree, derive};
+
+    fn span(id: u8, parent: Option<u8>, service: &str, start: i64, dur: i64) -> Span {
+        Span {
+            trace_id: [1; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            service_name: service.into(),
+            kind: SpanKind::Server,
+            name: format!("op{id}"),
+            start_unix_nano: start,
+            duration_nano: dur,
+            ..Span::default()
+        }
+    }
+
+    #[test]
+    fn critical_path_hops_form_a_tree_with_self_times() {
+        // frontend [0,100) -> reviews [10,90) -> ratings [20,60)
+        let spans = [
+            span(1, None, "frontend", 0, 100),
+            span(2, Some(1), "reviews", 10, 80),
+            span(3, Some(2), "ratings", 20, 40),
+        ];
+        let tree = build_tree(&spans);
+        let d = derive(&spans, &[]);
+        let got = hop_samples(&d, &tree);
+        let view: Vec<(&str, i64, Option<usize>, bool)> = got
+            .iter()
+            .map(|s| (s.hop.service.as_str(), s.self_time_ns, s.parent, s.parallel))
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                ("frontend", 20, None, false),
+                ("reviews", 40, Some(0), false),
+                ("ratings", 40, Some(1), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_branch_overlapping_its_sibling_is_parallel() {
+        let spans = [
+            span(1, None, "gw", 0, 100),
+            span(2, Some(1), "a", 10, 80),
+            span(3, Some(1), "b", 20, 30),
+        ];
+        let tree = build_tree(&spans);
+        let d = derive(&spans, &[]);
+        let got = hop_samples(&d, &tree);
+        let a = got.iter().find(|s| s.hop.service == "a").unwrap();
+        assert_eq!((a.parent, a.parallel), (Some(0), true));
+        assert!(
+            got.iter().all(|s| s.hop.service != "b"),
+            "b is off the path"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The update task: at every window step (aligned to the step on the wall clock, so an update
+//! follows the end of each bucket at once), or at once when an objective or override changes,
+//! compute the budgets, update the prioritizer, store each changed set in the catalog and
+//! publish it; then write the proxies seen since the last update.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use meshtrace_budget::{compute_budgets, AssignmentSet, MappingRow, Objective};
+use meshtrace_storage::StoredPrioritySet;
+
+use super::publish::SetJson;
+use super::{wall_ns, Priorities};
+
+/// Time until the next multiple of `step` on the wall clock (plus a little).
+fn until_next_step(step: Duration) -> Duration {
+    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
+    let now = wall_ns();
+    let next = (now.div_euclid(step_ns) + 1) * step_ns;
+    Duration::from_nanos(u64::try_from(next - now).unwrap_or(0)) + Duration::from_millis(5)
+}
+
+/// Runs updates until the server stops.
+pub(super) async fn run(p: Priorities) {
+    let step = p.inner.settings.step.max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = p.inner.stop.cancelled() => break,
+            _ = tokio::time::sleep(until_next_step(step)) => {}
+            _ = p.inner.wake.notified() => {}
+        }
+        update(&p).await;
+        p.persist_proxies().await;
+    }
+    p.persist_proxies().await;
+    tracing::debug!("budget task stopped");
+}
+
+/// Why a new version: the classes that changed, with their reasons.
+fn summarize(prev: &AssignmentSet, next: &AssignmentSet) -> String {
+    let before: BTreeMap<&str, _> = prev
+        .assignments
+        .iter()
+        .map(|a| (a.class.as_str(), a))
+        .collect();
+    let mut parts = Vec::new();
+    for a in &next.assignments {
+        match before.get(a.class.as_str()) {
+            None => parts.push(format!(
+                "{}: priority {} ({})",
+                a.class, a.priority, a.reason
+            )),
+            Some(b) if b.priority != a.priority => parts.push(format!(
+                "{}: priority {} -> {} ({})",
+                a.class, b.priority, a.priority, a.reason
+            )),
+            Some(b) if b.timeout_ms != a.timeout_ms => parts.push(format!(
+                "{}: timeout {:.1} -> {:.1} ms",
+                a.class, b.timeout_ms, a.timeout_ms
+            )),
+            Some(_) => {}
+        }
+    }
+    for a in &prev.assignments {
+        if !next.assignments.iter().any(|n| n.class == a.class) {
+            parts.push(format!("{}: removed (no traffic in the window)", a.class));
+        }
+    }
+    if parts.is_empty() {
+        "match rules updated".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// One update: budgets, priorities, store and publish.
+async fn update(p: &Priorities) {
+    let inner = &p.inner;
+    let now = wall_ns();
+    let objectives: BTreeMap<String, Objective> = p
+        .objectives()
+        .into_iter()
+        .map(|(c, (o, _))| (c, o))
+        .collect();
+    let budgets = {
+        let mut obs = inner.obs.lock().unwrap_or_else(PoisonError::into_inner);
+        obs.advance(now);
+        compute_budgets(&obs, &objectives, now)
+    };
+    let mapping: Vec<MappingRow> = inner
+        .provenance
+        .mapping()
+        .into_iter()
+        .map(|e| (e.caller, e.callee, e.operation, e.class, e.share))
+        .collect();
+    let overrides = p.overrides();
+    let changed = inner
+        .prioritizer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .update(&budgets, &mapping, &overrides, now);
+    inner.updates.fetch_add(1, Ordering::Relaxed);
+    for mut set in changed {
+        set.version += inner.base_versions.get(&set.service).copied().unwrap_or(0);
+        let prev = inner.board.current(&set.service);
+        let reason = summarize(&prev, &set);
+        let body = serde_json::to_string(&SetJson::from(&set)).unwrap_or_default();
+        let stored = StoredPrioritySet {
+            service: set.service.clone(),
+            version: set.version,
+            generated_at_ns: set.generated_at_ns,
+            reason: reason.clone(),
+            body,
+        };
+        if let Err(e) = inner
+            .store
+            .store_priority_set(&stored, inner.settings.history_len.max(1))
+            .await
+        {
+            tracing::warn!(service = %set.service, error = %e, "could not store a priority set");
+        }
+        tracing::info!(service = %set.service, version = set.version, %reason, "priorities published");
+        inner.board.publish(set);
+        inner.published.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtrace_budget::{Assignment, MatchRule};
+
+    fn set(levels: &[(&str, u8)]) -> AssignmentSet {
+        AssignmentSet {
+            version: 1,
+            service: "s".into(),
+            generated_at_ns: 0,
+            assignments: levels
+                .iter()
+                .map(|(c, l)| Assignment {
+                    class: c.to_string(),
+                    priority: *l,
+                    timeout_ms: 10.0,
+                    r#match: MatchRule {
+                        header: None,
+                        baggage: None,
+                        signatures: vec![],
+                    },
+                    reason: "why".into(),
+                    min_share: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn summary_names_changed_classes() {
+        let s = summarize(&set(&[("a", 1), ("b", 0)]), &set(&[("a", 0), ("c", 2)]));
+        assert_eq!(
+            s,
+            "a: priority 1 -> 0 (why); c: priority 2 (why); b: removed (no traffic in the window)"
+        );
+        assert_eq!(
+            summarize(&set(&[("a", 1)]), &set(&[("a", 1)])),
+            "match rules updated"
+        );
+    }
+
+    #[test]
+    fn steps_are_aligned() {
+        let d = until_next_step(Duration::from_secs(1));
+        assert!(d <= Duration::from_millis(1005) && d >= Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,213 @@
+//! The closed loop on a simulated mesh: the priority experiment through the real binary
+//! (static table and meshtrace's own priorities), and every sidecar span of the Bookinfo
+//! scenario arriving in meshtrace with complete provenance.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use meshtrace_mesh::scenario::Workload;
+use meshtrace_mesh::{experiment, Mesh, MeshConfig, PriorityMode, Scenario};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn bookinfo_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh/scenarios/bookinfo.toml")
+}
+
+/// The experiments measure latency: run them one at a time.
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `meshtrace experiment priority` and returns results.json.
+fn experiment_results(extra: &[&str]) -> Value {
+    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let scenario = bookinfo_path();
+    let mut args = vec![
+        "experiment",
+        "priority",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--duration",
+        "8s",
+        "--quiet",
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_meshtrace"))
+        .args(&args)
+        .env("MESHTRACE_LOG", "warn")
+        .status()
+        .expect("run meshtrace experiment");
+    assert!(status.success(), "experiment failed: {status}");
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("interactive"));
+    serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap()
+}
+
+fn class<'a>(results: &'a Value, priorities: bool, class: &str) -> &'a Value {
+    results["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["priorities"] == priorities)
+        .unwrap()["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == class)
+        .unwrap()
+}
+
+fn assert_priorities_help(results: &Value) {
+    let off = class(results, false, "interactive");
+    let on = class(results, true, "interactive");
+    let (p99_off, p99_on) = (
+        off["p99_ms"].as_f64().unwrap(),
+        on["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        p99_on < 0.8 * p99_off,
+        "interactive p99 on {p99_on} ms, off {p99_off} ms: {results:#}"
+    );
+    // The shared hop was saturated: batch really competed in both runs.
+    for p in [false, true] {
+        assert!(class(results, p, "batch")["achieved_rps"].as_f64().unwrap() > 10.0);
+        assert!(
+            class(results, p, "interactive")["achieved_rps"]
+                .as_f64()
+                .unwrap()
+                > 5.0
+        );
+    }
+    assert!(results["unloaded_p99_ms"]["interactive"].as_f64().unwrap() > 0.0);
+}
+
+/// The queueing effect alone: the "on" run's sidecars get a fixed table (the documented
+/// `--static-priorities` hook), interactive above batch.
+#[test]
+fn static_priorities_cut_interactive_p99() {
+    let results = experiment_results(&["--static-priorities"]);
+    assert_eq!(results["priority_source"], "static");
+    assert_priorities_help(&results);
+}
+
+/// The closed loop: objectives set through the API, sidecars long-polling meshtrace's
+/// priorities.
+#[test]
+fn meshtrace_priorities_cut_interactive_p99() {
+    let results = experiment_results(&[]);
+    assert_eq!(results["priority_source"], "meshtrace");
+    assert_priorities_help(&results);
+    assert!(
+        results["reaction_s"]["priorities_applied"].is_number(),
+        "{results:#}"
+    );
+}
+
+/// A lighter Bookinfo load for the span-completeness check.
+fn light_bookinfo() -> Scenario {
+    let mut s = Scenario::load(&bookinfo_path()).unwrap();
+    for c in &mut s.classes {
+        c.workload = match c.workload {
+            Workload::Open { .. } => Workload::Open {
+                rps: 10.0,
+                ramp_to_rps: None,
+            },
+            Workload::Closed { .. } => Workload::Closed {
+                concurrency: 2,
+                think_ms: 50.0,
+            },
+        };
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_sidecar_span_arrives_with_complete_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--provenance-idle", "1s"]).await;
+    let grpc = server.grpc.clone();
+    let scenario = light_bookinfo();
+    let mesh = Mesh::start(
+        &scenario,
+        MeshConfig {
+            priorities: PriorityMode::Off,
+            otlp_endpoint: Some(grpc),
+        },
+    )
+    .await
+    .unwrap();
+    let targets = experiment::targets(&mesh, &scenario, Duration::ZERO, true);
+    let load = meshtrace_mesh::workload::run(
+        targets,
+        Duration::from_secs(3),
+        Duration::ZERO,
+        CancellationToken::new(),
+    )
+    .await;
+    let stats = mesh.stop().await;
+    let (emitted, exported) = (
+        stats.emitted.load(Ordering::Relaxed),
+        stats.exported.load(Ordering::Relaxed),
+    );
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(emitted, exported);
+    let requests: u64 = load.values().map(|r| r.ok).sum();
+    assert!(requests > 20, "only {requests} requests answered");
+    // Interactive: 7 sidecar spans a request (3 hops, client and server, plus the entry);
+    // batch: 3 (reviews in, reviews -> ratings out, ratings in).
+    let want = load["interactive"].ok * 7 + load["batch"].ok * 3;
+    assert_eq!(exported, want);
+    server
+        .wait_count("SELECT count(*) FROM spans", exported as i64, 30)
+        .await;
+    let traces = server
+        .count("SELECT count(DISTINCT trace_id) FROM spans")
+        .await;
+    assert_eq!(traces as u64, requests);
+    // Every trace assembled, complete, one root, no orphan, with its class.
+    server
+        .wait_count(
+            "SELECT count(*) FROM traces WHERE complete = true AND roots = 1 AND orphans = 0",
+            traces,
+            30,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.count("SELECT count(*) FROM traces").await != traces {
+        assert!(Instant::now() < deadline, "extra trace rows");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let classes = server
+        .sql("SELECT class, count(*) FROM traces GROUP BY class ORDER BY class")
+        .await;
+    let by_class: Vec<(String, u64)> = classes
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        by_class,
+        vec![
+            ("batch".to_string(), load["batch"].ok),
+            ("interactive".to_string(), load["interactive"].ok)
+        ]
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("meshtrace_provenance_orphans_total 0"),
+        "{metrics}"
+    );
+    // The Envoy attributes were promoted into their columns.
+    let bad = server
+        .count(
+            "SELECT count(*) FROM spans WHERE component <> 'proxy' OR node_id IS NULL \
+             OR upstream_cluster IS NULL OR request_class IS NULL OR http_status_code <> 200",
+        )
+        .await;
+    assert_eq!(bad, 0);
+}
