@@ -1,6 +1,8 @@
 //! `meshtrace experiment priority`: the same simulated-mesh load twice, priorities off then
-//! on, against a meshtrace started in-process for the run (temporary data dir, free ports),
-//! after an unloaded baseline. Prints a table per class and writes `results.json` and
+//! on, after an unloaded baseline, against meshtrace servers started in-process (temporary
+//! data dir, free ports): one for the baseline and the "off" run, and a fresh one for the
+//! "on" run, so its sidecars start with no assignments and the loop must learn the classes
+//! and react to the burst. Prints a table per class and writes `results.json` and
 //! `latency.svg` to the output directory.
 
 use std::net::{SocketAddr, TcpListener};
@@ -10,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use meshtrace_mesh::experiment::{
-    priorities_api_available, run_priority_experiment, set_objectives, static_assignments, table,
+    assemble, priorities_api_available, run_step, set_objectives, static_assignments, steps, table,
 };
 use meshtrace_mesh::{Endpoints, PriorityMode, Scenario};
 
@@ -55,42 +57,97 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A meshtrace server started for part of the experiment, with its temporary data dir.
+struct Instance {
+    running: crate::serve::Running,
+    endpoints: Endpoints,
+    _dir: tempfile::TempDir,
+}
+
+impl Instance {
+    async fn start(budget_step: Duration) -> anyhow::Result<Instance> {
+        let dir = tempfile::tempdir()?;
+        let (grpc, http) = (free_addr()?, free_addr()?);
+        let serve = ServeArgs {
+            data_dir: Some(dir.path().to_path_buf()),
+            otlp_grpc_listen: Some(grpc),
+            otlp_http_listen: Some(free_addr()?),
+            zipkin_listen: Some(free_addr()?),
+            http_listen: Some(http),
+            provenance_idle: Some(Duration::from_secs(1)),
+            budget_step: Some(budget_step),
+            ..Default::default()
+        };
+        let config = Config::load(&serve)?;
+        let running = crate::serve::start(&config).await?;
+        let endpoints = Endpoints {
+            http: format!("http://{http}"),
+            otlp_grpc: format!("http://{grpc}"),
+        };
+        Ok(Instance {
+            running,
+            endpoints,
+            _dir: dir,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await
+    }
+}
+
 pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let ExperimentWhat::Priority(args) = args.what;
     let scenario = match &args.scenario {
         Some(p) => Scenario::load(p)?,
         None => Scenario::bookinfo(),
     };
-    let dir = tempfile::tempdir()?;
-    let (grpc, http) = (free_addr()?, free_addr()?);
-    let serve = ServeArgs {
-        data_dir: Some(dir.path().to_path_buf()),
-        otlp_grpc_listen: Some(grpc),
-        otlp_http_listen: Some(free_addr()?),
-        zipkin_listen: Some(free_addr()?),
-        http_listen: Some(http),
-        provenance_idle: Some(Duration::from_secs(1)),
-        budget_step: Some(args.budget_step),
-        ..Default::default()
-    };
-    let config = Config::load(&serve)?;
-    let running = crate::serve::start(&config).await?;
-    let endpoints = Endpoints {
-        http: format!("http://{http}"),
-        otlp_grpc: format!("http://{grpc}"),
-    };
-    let outcome = experiment(&args, &scenario, &endpoints).await;
-    running.stop().await?;
-    drop(dir);
-    outcome
+    let [baseline, off, on] = steps(args.duration, PriorityMode::Off);
+    let progress = !args.quiet;
+    // Baseline and "off" share one server; with priorities off nothing reads its sets.
+    let first = Instance::start(args.budget_step).await?;
+    let mut outcomes = Vec::new();
+    for step in [&baseline, &off] {
+        match run_step(&scenario, step, &first.endpoints, progress).await {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                first.stop().await?;
+                return Err(e);
+            }
+        }
+    }
+    first.stop().await?;
+    // A fresh server for "on": no learned classes, no published sets.
+    let fresh = Instance::start(args.budget_step).await?;
+    let outcome = run_on(&args, &scenario, on, &fresh.endpoints).await;
+    fresh.stop().await?;
+    let (on_mode, on_outcome) = outcome?;
+    outcomes.push(on_outcome);
+    let outcomes: [_; 3] = outcomes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("missing experiment runs"))?;
+    let results = assemble(&scenario, args.duration, &on_mode, &outcomes);
+    print!("{}", table(&results));
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let svg = args.out.join("latency.svg");
+    meshtrace_mesh::chart::draw(&svg, &scenario, &outcomes[1..])?;
+    println!("wrote {} and {}", json.display(), svg.display());
+    Ok(())
 }
 
-async fn experiment(
+/// The "on" run against `endpoints` (a fresh server): static table or meshtrace's
+/// priorities, with the scenario's objectives set first.
+async fn run_on(
     args: &PriorityArgs,
     scenario: &Scenario,
+    mut step: meshtrace_mesh::experiment::Step,
     endpoints: &Endpoints,
-) -> anyhow::Result<()> {
-    let on_mode = match args.static_priorities {
+) -> anyhow::Result<(PriorityMode, meshtrace_mesh::RunOutcome)> {
+    step.priorities = match args.static_priorities {
         true => PriorityMode::Static(static_assignments(scenario)),
         false => {
             if !priorities_api_available(&endpoints.http).await {
@@ -104,16 +161,6 @@ async fn experiment(
             }
         }
     };
-    let (results, outcomes) =
-        run_priority_experiment(scenario, args.duration, endpoints, on_mode, !args.quiet).await?;
-    print!("{}", table(&results));
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let json = args.out.join("results.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)
-        .with_context(|| format!("writing {}", json.display()))?;
-    let svg = args.out.join("latency.svg");
-    meshtrace_mesh::chart::draw(&svg, scenario, &outcomes[1..])?;
-    println!("wrote {} and {}", json.display(), svg.display());
-    Ok(())
+    let outcome = run_step(scenario, &step, endpoints, !args.quiet).await?;
+    Ok((step.priorities, outcome))
 }

@@ -1,30 +1,23 @@
 // Browser tests of the meshtrace dashboard: starts the real binary on free ports with a temp
 // data dir, loads fixture traces (timestamps shifted to now) plus generated ones, and drives
-// Debian's Chromium through playwright-core. Run with `node --test` (see run.sh).
+// Debian's Chromium through playwright-core (test data in traces.mjs). Run with `node --test`
+// (see run.sh).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { HOSTILE, bigTrace, classTrace, hostileTrace, liveTrace, sharedTrace, shiftedExampleTrace, shiftedZipkin } from "./traces.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "..", "..");
-const FIXTURES = path.join(REPO, "tests", "fixtures");
 const ARTIFACTS = path.join(HERE, "artifacts");
 const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
-
-const HOSTILE = {
-  script: "<script>window.__pwned=1</script>",
-  img: '"><img src=x onerror="window.__pwned=1">',
-  big: "A".repeat(100 * 1024),
-  rtl: "\u202Etxt.exe\u202C \u200Fnormal\u200E \u2067isolated\u2069",
-};
 
 let server;
 let base;
@@ -55,8 +48,6 @@ function freePort() {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const hex = (bytes) => randomBytes(bytes).toString("hex");
-const nowNs = () => BigInt(Date.now()) * 1_000_000n;
 
 async function waitFor(fn, what, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
@@ -78,130 +69,6 @@ async function post(url, body) {
   const text = await res.text();
   assert.ok(res.ok, `POST ${url} -> ${res.status} ${text}`);
   return text;
-}
-
-/** OTLP JSON for one service's spans. */
-function otlp(service, spans, resourceAttrs = []) {
-  return {
-    resourceSpans: [
-      {
-        resource: { attributes: [{ key: "service.name", value: { stringValue: service } }, ...resourceAttrs] },
-        scopeSpans: [{ scope: { name: "ui-test" }, spans }],
-      },
-    ],
-  };
-}
-
-const attr = (key, v) => ({ key, value: typeof v === "number" ? { intValue: String(v) } : { stringValue: v } });
-
-function span(traceId, spanId, parent, name, startNs, durNs, attributes = [], extra = {}) {
-  return {
-    traceId,
-    spanId,
-    ...(parent ? { parentSpanId: parent } : {}),
-    name,
-    kind: 2,
-    startTimeUnixNano: String(startNs),
-    endTimeUnixNano: String(startNs + durNs),
-    attributes,
-    status: {},
-    ...extra,
-  };
-}
-
-/** The Jaeger storage suite's example trace, moved to a minute ago. */
-function shiftedExampleTrace() {
-  const doc = JSON.parse(fs.readFileSync(path.join(FIXTURES, "jaeger-storage-suite/traces/example_trace.json"), "utf8"));
-  const all = doc.resourceSpans.flatMap((rs) => rs.scopeSpans.flatMap((ss) => ss.spans));
-  const min = all.reduce((m, s) => (BigInt(s.startTimeUnixNano) < m ? BigInt(s.startTimeUnixNano) : m), BigInt(all[0].startTimeUnixNano));
-  const delta = nowNs() - 60_000_000_000n - min;
-  const mv = (v) => String(BigInt(v) + delta);
-  for (const s of all) {
-    s.startTimeUnixNano = mv(s.startTimeUnixNano);
-    s.endTimeUnixNano = mv(s.endTimeUnixNano);
-    for (const e of s.events ?? []) if (e.timeUnixNano) e.timeUnixNano = mv(e.timeUnixNano);
-  }
-  return doc;
-}
-
-/** A Zipkin fixture with its µs timestamps moved so that it starts `agoSec` seconds ago. */
-function shiftedZipkin(name, agoSec) {
-  const spans = JSON.parse(fs.readFileSync(path.join(FIXTURES, "zipkin", name), "utf8"));
-  const min = Math.min(...spans.filter((s) => s.timestamp).map((s) => s.timestamp));
-  const delta = Date.now() * 1000 - agoSec * 1e6 - min;
-  for (const s of spans) {
-    if (s.timestamp) s.timestamp += delta;
-    for (const a of s.annotations ?? []) a.timestamp += delta;
-  }
-  return spans;
-}
-
-function hostileTrace() {
-  const traceId = hex(16);
-  const root = hex(8);
-  const t0 = nowNs() - 30_000_000_000n;
-  const attrs = [
-    attr("xss.script", HOSTILE.script),
-    attr("xss.img", HOSTILE.img),
-    attr("big.value", HOSTILE.big),
-    attr("rtl.value", HOSTILE.rtl),
-    attr(HOSTILE.img, "attribute key is hostile too"),
-    attr("request_class", HOSTILE.script),
-    attr("http.status_code", 500),
-  ];
-  const spans = [
-    span(traceId, root, null, `GET ${HOSTILE.img}`, t0, 80_000_000n, attrs, {
-      events: [{ timeUnixNano: String(t0 + 1_000_000n), name: "exception", attributes: [attr("exception.message", HOSTILE.script)] }],
-      status: { code: 2, message: HOSTILE.img },
-    }),
-    span(traceId, hex(8), root, HOSTILE.script, t0 + 5_000_000n, 20_000_000n, [attr("peer", HOSTILE.rtl)]),
-  ];
-  return { traceId, root, body: otlp("hostile-svc", spans, [attr("host.name", HOSTILE.img)]) };
-}
-
-/** A trace with `n` spans in a 4-ary tree, for the virtualized waterfall. */
-function bigTrace(n) {
-  const traceId = hex(16);
-  const t0 = nowNs() - 20_000_000_000n;
-  const idsList = Array.from({ length: n }, () => hex(8));
-  const spans = idsList.map((id, i) => {
-    const parent = i === 0 ? null : idsList[Math.floor((i - 1) / 4)];
-    const start = t0 + BigInt(i) * 100_000n;
-    const dur = i === 0 ? BigInt(n) * 100_000n + 1_000_000n : 900_000n;
-    return span(traceId, id, parent, `op-${i % 17}`, start, dur, [attr("index", i)]);
-  });
-  return { traceId, first: idsList[0], last: idsList[n - 1], body: otlp("big-svc", spans) };
-}
-
-function liveTrace() {
-  const traceId = hex(16);
-  return { traceId, body: otlp("live-svc", [span(traceId, hex(8), null, "tick", nowNs() - 2_000_000_000n, 3_000_000n)]) };
-}
-
-/**
- * A two-service trace of class `klass` (explicit `mesh.class` on the entry span): the frontend
- * serves the user, calls the cart (client/server pair) and a database (client span naming it).
- */
-function classTrace(frontend, klass, cart = "shop-cart", db = "orders-db", peer = null) {
-  const traceId = hex(16);
-  const [root, cli, srv, dbSpan] = [hex(8), hex(8), hex(8), hex(8)];
-  const t0 = nowNs() - 10_000_000_000n;
-  const client = (id, name, start, dur, attributes) => ({ ...span(traceId, id, root, name, start, dur, attributes), kind: 3 });
-  const frontSpans = [
-    span(traceId, root, null, "POST /checkout", t0, 60_000_000n, [attr("mesh.class", klass), attr("http.route", "/checkout")]),
-    client(cli, "GET /cart", t0 + 5_000_000n, 30_000_000n, []),
-    client(dbSpan, "SELECT orders", t0 + 40_000_000n, 8_000_000n, [attr("db.system", "postgresql"), attr("db.name", db)]),
-  ];
-  if (peer) frontSpans.push(client(hex(8), "GET /peer", t0 + 50_000_000n, 5_000_000n, [attr("peer.service", peer)]));
-  return {
-    traceId,
-    body: {
-      resourceSpans: [
-        ...otlp(frontend, frontSpans).resourceSpans,
-        ...otlp(cart, [span(traceId, srv, cli, "GET /cart", t0 + 6_000_000n, 28_000_000n)]).resourceSpans,
-      ],
-    },
-  };
 }
 
 /** Fetches the service graph API; `ok` decides when it is what the caller waits for. */
@@ -264,6 +131,7 @@ before(async () => {
       "--flush-age", "1s",
       "--max-attribute-value-bytes", "200000",
       "--provenance-idle", "1s",
+      "--budget-step", "1s",
     ],
     { stdio: ["ignore", log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" } },
   );
@@ -744,6 +612,116 @@ test("the classes page lists rules, traces per class and the learned mapping; bu
   assert.equal(await card.locator("tr.at-risk").count(), 1);
   assert.match(await card.locator("tr.at-risk").textContent(), /shop-cart.*-61ms.*at risk/);
   await page.screenshot({ path: path.join(ARTIFACTS, "classes-budgets.png"), fullPage: true });
+  await page.close();
+});
+
+async function putJson(url, body) {
+  const res = await fetch(url, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const text = await res.text();
+  assert.equal(res.status, 200, `PUT ${url} -> ${res.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/** The newest version in a service's priority history. */
+async function latestSet(service) {
+  const body = await (await fetch(`${base}/api/v1/priorities/history?service=${encodeURIComponent(service)}`)).json();
+  return body.versions.reduce((a, b) => (!a || b.version > a.version ? b : a), null);
+}
+
+test("the priorities page shows assignments, proxies, history and edits overrides; the classes page charts budgets", async () => {
+  const [shared, gold, bronze] = ["prio-shared", "prio-gold", "prio-bronze"];
+  await putJson(`${base}/api/v1/classes/${gold}/objective`, { quantile: 0.9, latency_ms: 100, importance: 5 });
+  await putJson(`${base}/api/v1/classes/${bronze}/objective`, { quantile: 0.9, latency_ms: 5000, importance: 5 });
+  for (let i = 0; i < 6; i++) {
+    await post(`${otlpUrl}/v1/traces`, sharedTrace("prio-front-gold", shared, gold, 400));
+    await post(`${otlpUrl}/v1/traces`, sharedTrace("prio-front-bronze", shared, bronze, 20));
+  }
+  // The gold class is slow at the shared service, so at risk there: it gets the higher level.
+  const level = (set, klass) => set?.assignments?.find((a) => a.class === klass)?.priority;
+  await waitFor(async () => {
+    const set = await latestSet(shared);
+    return level(set, gold) !== undefined && level(set, bronze) !== undefined && level(set, gold) < level(set, bronze);
+  }, "the shared service's assignments to rank the at-risk class first", 40_000);
+  const polled = await (await fetch(`${base}/api/v1/priorities?service=${shared}&node=test-proxy`)).json();
+  assert.ok(level(polled, gold) < level(polled, bronze), JSON.stringify(polled));
+
+  const page = await newPage();
+  await page.goto(`${base}/classes`);
+  await page.click("#topbar a[href='/priorities']");
+  await page.waitForURL(/\/priorities$/);
+  assert.equal(await page.getAttribute("#topbar a.active", "href"), "/priorities");
+  const card = page.locator(`[data-testid=priority-service][data-service=${shared}]`);
+  await card.waitFor();
+  assert.equal(await card.locator("[data-testid=service-version]").textContent(), `version ${polled.version}`);
+  const rows = await card.locator("tr[data-testid=assignment]").evaluateAll((rs) => rs.map((r) => ({ klass: r.dataset.class, cells: [...r.cells].map((c) => c.textContent) })));
+  const row = (k) => rows.find((r) => r.klass === k);
+  assert.ok(row(gold) && row(bronze), JSON.stringify(rows));
+  assert.equal(Number(row(gold).cells[1]), level(polled, gold));
+  assert.equal(Number(row(bronze).cells[1]), level(polled, bronze));
+  assert.ok(Number(row(gold).cells[1]) < Number(row(bronze).cells[1]));
+  assert.equal(rows[0].klass, gold, "sorted by level, highest first");
+  assert.match(row(gold).cells[4], /\S/, "a reason is shown");
+  assert.ok((await card.locator("tr[data-testid=history-row]").count()) >= 1);
+  assert.match(await card.locator("tr[data-testid=history-row]").first().textContent(), new RegExp(`v${polled.version}`));
+  const proxyRow = page.locator("tr[data-testid=proxy-row]", { hasText: "test-proxy" });
+  assert.equal(await proxyRow.count(), 1);
+  assert.match(await proxyRow.textContent(), new RegExp(`${shared}test-proxyhttp.*v${polled.version}current`));
+  // The page reads the current set from the history, so it is never listed as a proxy itself.
+  assert.ok(!requests.some((u) => /\/api\/v1\/priorities\?/.test(u)), "the dashboard did not poll as a proxy");
+
+  // An override set through the form applies at the next update with its reason; the proxy
+  // that polled before now holds an older version.
+  await page.check("[data-testid=priorities-live]");
+  assert.match(page.url(), /live=1/);
+  await page.fill("[data-testid=override-class]", bronze);
+  await page.fill("[data-testid=override-level]", "0");
+  await page.click("[data-testid=override-set]");
+  await page.locator("tr[data-testid=override-row]", { hasText: bronze }).waitFor();
+  assert.deepEqual(await (await fetch(`${base}/api/v1/priorities/overrides`)).json(), { [bronze]: 0 });
+  await page.waitForFunction(
+    ([svc, k]) => {
+      const r = document.querySelector(`[data-testid=priority-service][data-service="${svc}"] tr[data-class="${k}"]`);
+      return r && r.cells[1].textContent === "0" && /operator override/.test(r.cells[4].textContent);
+    },
+    [shared, bronze],
+    { timeout: 20_000 },
+  );
+  assert.match(await proxyRow.textContent(), /behind/);
+  // An opened history stays open across live refreshes, and lists the override's version.
+  await card.locator("details > summary").click();
+  const before = await page.textContent(".page-head .status");
+  await page.waitForFunction((t) => document.querySelector(".page-head .status")?.textContent !== t, before, { timeout: 15_000 });
+  assert.equal(await card.locator("details").evaluate((d) => d.open), true);
+  assert.match(await card.locator("tr[data-testid=history-row]").first().textContent(), /operator override/);
+
+  // A hostile class name typed into the form stays text.
+  await page.fill("[data-testid=override-class]", HOSTILE.img);
+  await page.fill("[data-testid=override-level]", "3");
+  await page.click("[data-testid=override-set]");
+  const hostileRow = page.locator("tr[data-testid=override-row]", { hasText: "onerror" });
+  await hostileRow.waitFor();
+  assert.equal(await hostileRow.locator("td").first().textContent(), HOSTILE.img);
+  assert.equal(await page.locator("[data-testid=overrides] img").count(), 0);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  // A bad level is refused by the server and the error shown.
+  await page.fill("[data-testid=override-class]", gold);
+  await page.fill("[data-testid=override-level]", "99");
+  await page.click("[data-testid=override-set]");
+  await page.waitForFunction(() => document.querySelector("[data-testid=override-status]")?.classList.contains("error"));
+  assert.match(await page.textContent("[data-testid=override-status]"), /level must be an integer/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "priorities.png"), fullPage: true });
+  await page.click("[data-testid=override-clear]");
+  await page.waitForFunction(() => /No overrides/.test(document.querySelector("[data-testid=overrides-list]")?.textContent ?? ""));
+  assert.deepEqual(await (await fetch(`${base}/api/v1/priorities/overrides`)).json(), {});
+
+  // The classes page charts each class's samples of the budgets API since it was opened.
+  await page.click("#topbar a[href='/classes']");
+  const chart = page.locator(`[data-testid=budget-card][data-class=${gold}] [data-testid=budget-chart]`);
+  await chart.locator("canvas").first().waitFor();
+  assert.ok(Number(await chart.getAttribute("data-samples")) >= 1);
+  assert.match(await chart.textContent(), /since this page was opened/);
+  await page.waitForFunction((k) => Number(document.querySelector(`[data-testid=budget-card][data-class="${k}"] [data-testid=budget-chart]`)?.dataset.samples) >= 2, gold, { timeout: 15_000 });
+  await page.locator(`[data-testid=budget-card][data-class=${gold}]`).screenshot({ path: path.join(ARTIFACTS, "classes-chart.png") });
   await page.close();
 });
 

@@ -265,3 +265,86 @@ export async function budgets(): Promise<ClassBudget[] | null> {
     (b): b is ClassBudget => !!b && typeof b === "object" && typeof (b as ClassBudget).class === "string",
   );
 }
+
+export interface NameValue {
+  name: string;
+  value: string;
+}
+
+export interface PriorityMatch {
+  header?: NameValue | null;
+  baggage?: { key: string; value: string } | null;
+  signatures?: { caller: string; operation: string; share: number }[] | null;
+}
+
+export interface Assignment {
+  class: string;
+  /** 0 is the highest priority. */
+  priority: number;
+  timeout_ms: number;
+  match?: PriorityMatch | null;
+  reason: string;
+  min_share?: number | null;
+}
+
+/** One published version of a service's assignment set, with why it changed. */
+export interface PriorityVersion {
+  version: number;
+  generated_at: string;
+  reason: string;
+  assignments: Assignment[];
+}
+
+export interface ProxyInfo {
+  service: string;
+  node: string;
+  /** `http` or `grpc`. */
+  via: string;
+  last_seen: string;
+  /** The version it holds (last sent to it). */
+  version: number;
+}
+
+/** The proxies that polled or watched their priorities. */
+export async function proxies(signal?: AbortSignal): Promise<ProxyInfo[]> {
+  const body = (await getJson("/api/v1/proxies", signal)) as { proxies?: unknown } | null;
+  return Array.isArray(body?.proxies) ? (body.proxies as ProxyInfo[]) : [];
+}
+
+/**
+ * A service's published versions, oldest first. The newest is the current set: the dashboard
+ * reads it from here rather than from `GET /api/v1/priorities`, which would list the
+ * dashboard itself as a proxy.
+ */
+export async function priorityHistory(service: string, signal?: AbortSignal): Promise<PriorityVersion[]> {
+  const body = (await getJson(`/api/v1/priorities/history?service=${encodeURIComponent(service)}`, signal)) as {
+    versions?: unknown;
+  } | null;
+  const list = Array.isArray(body?.versions) ? (body.versions as PriorityVersion[]) : [];
+  return list
+    .map((v) => ({ ...v, assignments: Array.isArray(v.assignments) ? v.assignments : [] }))
+    .sort((a, b) => a.version - b.version);
+}
+
+/** The operator overrides, class → level. */
+export async function priorityOverrides(signal?: AbortSignal): Promise<Record<string, number>> {
+  const body = await getJson("/api/v1/priorities/overrides", signal);
+  return body && typeof body === "object" && !Array.isArray(body) ? (body as Record<string, number>) : {};
+}
+
+/** Replaces every operator override (`{}` clears them); answers the stored overrides. */
+export async function setPriorityOverrides(overrides: Record<string, number>): Promise<Record<string, number>> {
+  const res = await fetch("/api/v1/priorities/overrides", {
+    method: "PUT",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify(overrides),
+  });
+  let body: unknown = null;
+  try {
+    body = await res.json();
+  } catch {
+    body = null;
+  }
+  if (!res.ok) throw new ApiError(errorMessage(body) ?? `${res.status} ${res.statusText}`, res.status);
+  return body && typeof body === "object" ? (body as Record<string, number>) : {};
+}

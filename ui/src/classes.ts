@@ -1,12 +1,16 @@
 // The classes page (`/classes`): the class rules in the order they apply, the traces per class
 // over the last hour, the learned (caller, callee, operation) → class mapping, and — when the
 // budgets API answers — each class's objective, attainment and per-hop budgets with the hops
-// at risk marked. Class, service and operation names are untrusted: text nodes only.
+// at risk marked. While the page is open it samples the budgets API every few seconds and
+// charts each class's attainment and observed quantile over the samples (`budgetchart.ts`).
+// Class, service and operation names are untrusted: text nodes only.
 
 import * as api from "./api";
 import { h, plainLabel, type Child } from "./dom";
 import { formatMs, formatPercent, formatRate } from "./graph";
 import type { Page, Router } from "./main";
+import { BudgetChart, BudgetHistory } from "./budgetchart";
+import { LIVE_INTERVAL_MS } from "./search";
 
 /** A hop is at risk when over budget or within this share of its budget. */
 export const AT_RISK_SLACK_SHARE = 0.1;
@@ -23,6 +27,10 @@ export class ClassesPage implements Page {
   private readonly counts = h("section", { class: "panel", "data-testid": "class-counts" });
   private readonly mapping = h("section", { class: "panel", "data-testid": "class-mapping" });
   private readonly budgets = h("div", { "data-testid": "class-budgets" });
+  private readonly history = new BudgetHistory();
+  private readonly charts = new Map<string, BudgetChart>();
+  private timer: number | undefined;
+  private sampling = false;
   private disposed = false;
 
   constructor(_router: Router) {
@@ -36,10 +44,30 @@ export class ClassesPage implements Page {
       this.mapping,
     );
     void this.load();
+    this.timer = window.setInterval(() => {
+      if (!document.hidden) void this.sample();
+    }, LIVE_INTERVAL_MS);
   }
 
   dispose(): void {
     this.disposed = true;
+    window.clearInterval(this.timer);
+    for (const c of this.charts.values()) c.destroy();
+    this.charts.clear();
+  }
+
+  /** Takes one budgets sample (the charts' data) and re-renders the budget cards. */
+  private async sample(): Promise<void> {
+    if (this.sampling) return;
+    this.sampling = true;
+    try {
+      const budgets = await api.budgets();
+      if (!this.disposed && budgets) this.showBudgets(budgets);
+    } catch {
+      // The next sample retries; the status line shows errors of the full load.
+    } finally {
+      this.sampling = false;
+    }
   }
 
   private async load(): Promise<void> {
@@ -112,7 +140,24 @@ export class ClassesPage implements Page {
   }
 
   private showBudgets(budgets: api.ClassBudget[]): void {
-    const cards = budgets.map((b) => budgetCard(b));
+    this.history.record(budgets);
+    for (const [klass, chart] of this.charts) {
+      if (budgets.some((b) => b.class === klass)) continue;
+      chart.destroy();
+      this.charts.delete(klass);
+    }
+    const width = Math.max(320, Math.min(1200, (this.el.clientWidth || 1000) - 90));
+    const cards = budgets.map((b) => {
+      let chart = this.charts.get(b.class);
+      if (!chart) {
+        chart = new BudgetChart(quantileLabel(b.objective.quantile), width);
+        this.charts.set(b.class, chart);
+      }
+      const card = budgetCard(b);
+      card.appendChild(chart.el);
+      chart.update(this.history.samples(b.class), LIVE_INTERVAL_MS / 1000);
+      return card;
+    });
     this.budgets.replaceChildren(
       h(
         "section",
@@ -126,7 +171,7 @@ export class ClassesPage implements Page {
 
 function budgetCard(b: api.ClassBudget): HTMLElement {
   const o = b.objective;
-  const q = `p${Number((o.quantile * 100).toFixed(2))}`;
+  const q = quantileLabel(o.quantile);
   const missing = b.missing ?? (b.observed_ms !== null && b.observed_ms > o.latency_ms);
   const rows = b.hops.map((hop) => {
     const risk = hopAtRisk(hop);
@@ -171,6 +216,10 @@ function budgetCard(b: api.ClassBudget): HTMLElement {
     ),
     b.hops.length ? t : h("p", { class: "none" }, "No hops observed yet."),
   );
+}
+
+function quantileLabel(quantile: number): string {
+  return `p${Number((quantile * 100).toFixed(2))}`;
 }
 
 function table(head: string[], rows: Child[][], rowTestId: string): HTMLTableElement {

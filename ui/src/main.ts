@@ -6,6 +6,7 @@ import { SearchPage } from "./search";
 import { TracePage } from "./trace";
 import { GraphPage } from "./graph";
 import { ClassesPage } from "./classes";
+import { PrioritiesPage } from "./priorities";
 
 export interface Page {
   el: HTMLElement;
@@ -45,6 +46,7 @@ class App implements Router {
     else if (trace) page = new TracePage(this, decodeURIComponent(trace[1]));
     else if (path === "/graph") page = new GraphPage(this);
     else if (path === "/classes") page = new ClassesPage(this);
+    else if (path === "/priorities") page = new PrioritiesPage(this);
     else page = notFound(path);
     this.page = page;
     this.root.replaceChildren(page.el);
@@ -85,6 +87,7 @@ class App implements Router {
       h("a", { href: "/search", "data-section": "search" }, "Search"),
       h("a", { href: "/graph", "data-section": "graph" }, "Service graph"),
       h("a", { href: "/classes", "data-section": "classes" }, "Classes"),
+      h("a", { href: "/priorities", "data-section": "priorities" }, "Priorities"),
       h("span", { class: "spacer" }),
       form,
     );

@@ -1,10 +1,10 @@
-//! The priority experiment: the same load twice against a meshtrace server, priorities off
-//! then on, after an unloaded baseline (the foreground classes alone). Each run starts with
-//! the foreground classes alone for a warm-up, then the background classes burst in; the
-//! measured window starts at the burst. The reaction time is measured in the run with
-//! priorities on: from the burst to every shared sidecar applying a set that ranks the
-//! foreground above the background, and to the foreground p99 (over 1 s windows) meeting
-//! its objective again.
+//! The priority experiment: the same load twice, priorities off then on, after an unloaded
+//! baseline (the foreground classes alone). Each loaded run starts with the foreground classes
+//! alone for a warm-up, then the background classes burst in; the measured window starts at
+//! the burst. The caller runs the steps ([`steps`], [`run_step`]) against meshtrace servers of
+//! its choice (the "on" run against a fresh one, so the loop has learned nothing yet) and
+//! assembles the results ([`assemble`]). The reaction and propagation times of the run with
+//! priorities on are measured in [`crate::reaction`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mesh::{Mesh, MeshConfig};
 use crate::priorities::PriorityMode;
+use crate::reaction::{applied_after, publish_latency, recovered_after, visible_latencies};
+pub use crate::reaction::{Propagation, Reaction};
 use crate::scenario::Scenario;
 use crate::workload::{self, ClassResult, Target};
 
@@ -34,15 +36,6 @@ pub struct RunResult {
     pub classes: Vec<ClassResult>,
 }
 
-/// Reaction to the background burst (priorities on).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Reaction {
-    /// Burst → every sidecar the classes share applies a set ranking foreground first.
-    pub priorities_applied: Option<f64>,
-    /// Burst → the foreground p99 over a 1 s window meets its objective.
-    pub p99_recovered: Option<f64>,
-}
-
 /// `results.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
@@ -50,6 +43,14 @@ pub struct Results {
     pub runs: Vec<RunResult>,
     pub unloaded_p99_ms: BTreeMap<String, f64>,
     pub reaction_s: Reaction,
+    /// Window step end → a changed set published by meshtrace, longest in the "on" run
+    /// (seconds).
+    pub publish_latency_s: Option<f64>,
+    /// Window step end → the changed set applied at the last sidecar, longest in the "on"
+    /// run (seconds).
+    pub visible_latency_s: Option<f64>,
+    /// Both, in more detail.
+    pub propagation: Propagation,
     /// How the priorities of the "on" run were obtained (`meshtrace` or `static`).
     pub priority_source: String,
     pub duration_s: f64,
@@ -63,6 +64,7 @@ pub struct RunOutcome {
     /// Per class: (seconds since the load started, latency ms).
     pub series: BTreeMap<String, Vec<(f64, f64)>>,
     pub reaction: Reaction,
+    pub propagation: Propagation,
     pub warmup: Duration,
 }
 
@@ -162,6 +164,7 @@ pub async fn run_experiment(
     background: bool,
 ) -> anyhow::Result<RunOutcome> {
     let on = !matches!(priorities, PriorityMode::Off);
+    let from_meshtrace = matches!(priorities, PriorityMode::Meshtrace { .. });
     let mesh = Mesh::start(
         scenario,
         MeshConfig {
@@ -190,9 +193,15 @@ pub async fn run_experiment(
         .filter_map(|c| load.get(&c.name).map(|r| r.result(c, window)))
         .collect();
     let mut reaction = Reaction::default();
+    let mut propagation = Propagation::default();
     if on && background {
         reaction.priorities_applied = applied_after(&mesh, scenario, burst_at);
         reaction.p99_recovered = recovered_after(scenario, &load, warmup);
+        let publish = match from_meshtrace {
+            true => publish_latency(&endpoints.http).await,
+            false => None,
+        };
+        propagation = Propagation::new(publish, visible_latencies(&mesh));
     }
     mesh.stop().await;
     Ok(RunOutcome {
@@ -202,124 +211,96 @@ pub async fn run_experiment(
         },
         series: load.into_iter().map(|(k, v)| (k, v.series)).collect(),
         reaction,
+        propagation,
         warmup,
     })
 }
 
-/// Seconds from the burst until every sidecar where both a foreground and a background
-/// class pass applies a set ranking every foreground class above every background one.
-fn applied_after(mesh: &Mesh, scenario: &Scenario, burst: Instant) -> Option<f64> {
-    let fg: Vec<&str> = scenario
-        .classes
-        .iter()
-        .filter(|c| !c.background)
-        .map(|c| c.name.as_str())
-        .collect();
-    let bg: Vec<&str> = scenario
-        .classes
-        .iter()
-        .filter(|c| c.background)
-        .map(|c| c.name.as_str())
-        .collect();
-    let lowest = scenario.levels.saturating_sub(1);
-    let mut worst = 0.0f64;
-    for sidecar in mesh.sidecars.values() {
-        let history = sidecar.table.history();
-        let good = history.iter().find(|a| {
-            let level = |c: &str| a.levels.get(c).copied().unwrap_or(lowest);
-            let top_bg = bg.iter().map(|c| level(c)).min().unwrap_or(lowest);
-            fg.iter().all(|c| level(c) < top_bg)
-        })?;
-        worst = worst.max(good.at.saturating_duration_since(burst).as_secs_f64());
-    }
-    Some(worst)
+/// One step of the experiment.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub label: &'static str,
+    pub duration: Duration,
+    pub priorities: PriorityMode,
+    /// Whether the background classes burst in after the warm-up.
+    pub background: bool,
 }
 
-/// Seconds from the burst to the first 1 s window whose foreground p99 meets the objective.
-fn recovered_after(
+/// The three steps: unloaded baseline, priorities off, priorities on (with `on_mode`).
+pub fn steps(duration: Duration, on_mode: PriorityMode) -> [Step; 3] {
+    let baseline = duration
+        .mul_f64(0.5)
+        .clamp(Duration::from_secs(2), Duration::from_secs(15));
+    let step = |label, duration, priorities, background| Step {
+        label,
+        duration,
+        priorities,
+        background,
+    };
+    [
+        step("unloaded baseline", baseline, PriorityMode::Off, false),
+        step("priorities off", duration, PriorityMode::Off, true),
+        step("priorities on", duration, on_mode, true),
+    ]
+}
+
+/// Runs one step against meshtrace at `endpoints`, with a progress bar if asked.
+pub async fn run_step(
     scenario: &Scenario,
-    load: &BTreeMap<String, workload::Recorded>,
-    warmup: Duration,
-) -> Option<f64> {
-    let mut worst = 0.0f64;
-    for c in scenario.classes.iter().filter(|c| !c.background) {
-        let series = &load.get(&c.name)?.series;
-        let start = warmup.as_secs_f64();
-        let end = series.iter().map(|p| p.0).fold(start, f64::max);
-        let mut t = start;
-        let found = loop {
-            if t >= end {
-                break None;
-            }
-            let mut w: Vec<f64> = series
-                .iter()
-                .filter(|p| p.0 >= t && p.0 < t + 1.0)
-                .map(|p| p.1)
-                .collect();
-            if w.len() >= 3 {
-                w.sort_by(f64::total_cmp);
-                let p99 = w[((w.len() as f64 * 0.99).ceil() as usize).clamp(1, w.len()) - 1];
-                if p99 <= c.objective.latency_ms {
-                    break Some(t - start);
-                }
-            }
-            t += 0.25;
-        };
-        worst = worst.max(found?);
+    step: &Step,
+    endpoints: &Endpoints,
+    progress: bool,
+) -> anyhow::Result<RunOutcome> {
+    let bar = progress.then(|| progress_bar(step.label, step.duration));
+    let run = run_experiment(
+        scenario,
+        step.duration,
+        endpoints,
+        step.priorities.clone(),
+        step.background,
+    );
+    let outcome = match &bar {
+        Some(b) => tick_while(b, run).await?,
+        None => run.await?,
+    };
+    if let Some(b) = bar {
+        b.finish_with_message("done");
     }
-    Some(worst)
+    Ok(outcome)
 }
 
-/// The whole experiment: baseline, off, on. `on_mode` is how the "on" run gets priorities.
-pub async fn run_priority_experiment(
+/// The results of the three steps' outcomes (baseline, off, on); `on_mode` is how the "on"
+/// run got its priorities.
+pub fn assemble(
     scenario: &Scenario,
     duration: Duration,
-    endpoints: &Endpoints,
-    on_mode: PriorityMode,
-    progress: bool,
-) -> anyhow::Result<(Results, Vec<RunOutcome>)> {
-    let source = match &on_mode {
+    on_mode: &PriorityMode,
+    outcomes: &[RunOutcome; 3],
+) -> Results {
+    let source = match on_mode {
         PriorityMode::Static(_) => "static",
         PriorityMode::Meshtrace { .. } => "meshtrace",
         PriorityMode::Off => "off",
     };
-    let baseline_d = duration
-        .mul_f64(0.5)
-        .clamp(Duration::from_secs(2), Duration::from_secs(15));
-    let steps: [(&str, Duration, PriorityMode, bool); 3] = [
-        ("unloaded baseline", baseline_d, PriorityMode::Off, false),
-        ("priorities off", duration, PriorityMode::Off, true),
-        ("priorities on", duration, on_mode, true),
-    ];
-    let mut outcomes = Vec::new();
-    for (label, d, mode, background) in steps {
-        let bar = progress.then(|| progress_bar(label, d));
-        let run = run_experiment(scenario, d, endpoints, mode, background);
-        let outcome = match &bar {
-            Some(b) => tick_while(b, run).await?,
-            None => run.await?,
-        };
-        if let Some(b) = bar {
-            b.finish_with_message("done");
-        }
-        outcomes.push(outcome);
-    }
     let unloaded_p99_ms = outcomes[0]
         .result
         .classes
         .iter()
         .map(|c| (c.class.clone(), c.p99_ms))
         .collect();
-    let results = Results {
+    let on = &outcomes[2];
+    Results {
         scenario: scenario.name.clone(),
-        runs: vec![outcomes[1].result.clone(), outcomes[2].result.clone()],
+        runs: vec![outcomes[1].result.clone(), on.result.clone()],
         unloaded_p99_ms,
-        reaction_s: outcomes[2].reaction.clone(),
+        reaction_s: on.reaction.clone(),
+        publish_latency_s: on.propagation.publish_max_s,
+        visible_latency_s: on.propagation.visible_max_s,
+        propagation: on.propagation,
         priority_source: source.to_string(),
         duration_s: duration.as_secs_f64(),
         warmup_s: warmup_for(duration).as_secs_f64(),
-    };
-    Ok((results, outcomes))
+    }
 }
 
 fn progress_bar(label: &str, d: Duration) -> indicatif::ProgressBar {
@@ -376,10 +357,25 @@ pub fn table(results: &Results) -> String {
     let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.1} s"));
     let _ = writeln!(
         out,
-        "reaction: priorities applied at every sidecar {}, p99 back within objective {} (source: {})",
+        "reaction to the burst: priorities applied at every shared sidecar {}, \
+         foreground p99 ({} s window) back within objective {} (source: {})",
         f(results.reaction_s.priorities_applied),
+        crate::reaction::P99_WINDOW.as_secs(),
         f(results.reaction_s.p99_recovered),
         results.priority_source
+    );
+    let ms = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.0} ms", v * 1000.0));
+    let p = &results.propagation;
+    let _ = writeln!(
+        out,
+        "window end -> published: max {} mean {} ({} sets); -> applied at the last sidecar: \
+         max {} p50 {} ({} versions)",
+        ms(p.publish_max_s),
+        ms(p.publish_mean_s),
+        p.published,
+        ms(p.visible_max_s),
+        ms(p.visible_p50_s),
+        p.applied_versions
     );
     out
 }

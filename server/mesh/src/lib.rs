@@ -13,11 +13,12 @@ pub mod mesh;
 pub mod priorities;
 pub mod proxy;
 pub mod queue;
+pub mod reaction;
 pub mod scenario;
 pub mod service;
 pub mod workload;
 
-pub use experiment::{run_experiment, run_priority_experiment, Endpoints, Results, RunOutcome};
+pub use experiment::{run_experiment, run_step, Endpoints, Results, RunOutcome};
 pub use mesh::{Mesh, MeshConfig};
 pub use priorities::PriorityMode;
 pub use scenario::Scenario;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,10 @@ pub struct ApiSet {
     pub version: u64,
     #[serde(default)]
     pub service: String,
+    /// When meshtrace generated the set (the end of its window step), unix ns; absent from
+    /// servers that only give the RFC 3339 `generated_at`.
+    #[serde(default)]
+    pub generated_at_ns: Option<i64>,
     #[serde(default)]
     pub assignments: Vec<ApiAssignment>,
 }
@@ -51,7 +55,20 @@ pub struct ApiSet {
 pub struct Applied {
     pub version: u64,
     pub at: Instant,
+    /// `at` on the wall clock (unix ns), comparable with the set's `generated_at_ns` when
+    /// meshtrace runs on the same host.
+    pub at_wall_ns: i64,
+    /// The set's `generated_at_ns`, when the server gave it.
+    pub generated_at_ns: Option<i64>,
     pub levels: BTreeMap<String, u8>,
+}
+
+/// Wall-clock unix nanoseconds.
+pub fn wall_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -79,6 +96,8 @@ impl PriorityTable {
             PriorityMode::Static(t) => vec![Applied {
                 version: 1,
                 at: Instant::now(),
+                at_wall_ns: wall_ns(),
+                generated_at_ns: None,
                 levels: t.clone(),
             }],
             _ => Vec::new(),
@@ -126,6 +145,8 @@ impl PriorityTable {
         inner.history.push(Applied {
             version: set.version,
             at: Instant::now(),
+            at_wall_ns: wall_ns(),
+            generated_at_ns: set.generated_at_ns.filter(|g| *g > 0),
             levels,
         });
     }
@@ -260,10 +281,23 @@ mod tests {
         let gate = Gate::new(1);
         t.apply(&set, &gate);
         assert_eq!(t.version(), 3);
+        let applied = &t.history()[0];
+        assert_eq!(applied.generated_at_ns, None);
+        assert!(applied.at_wall_ns > 1_700_000_000_000_000_000);
         assert_eq!(t.level_of(Some("interactive")), 0);
         assert_eq!(t.level_of(Some("batch")), 2);
         assert_eq!(t.level_of(Some("other")), 7);
         assert_eq!(t.level_of(None), 7);
+        let next: ApiSet = serde_json::from_value(serde_json::json!({
+            "version": 4, "generated_at_ns": 1_800_000_000_123_456_789i64, "assignments": []
+        }))
+        .unwrap();
+        t.apply(&next, &gate);
+        assert_eq!(
+            t.history()[1].generated_at_ns,
+            Some(1_800_000_000_123_456_789)
+        );
+        assert_eq!(t.level_of(Some("interactive")), 7);
         let off = PriorityTable::new(8, &PriorityMode::Off);
         assert_eq!(off.level_of(Some("batch")), 0);
         assert_eq!(off.level_of(None), 0);

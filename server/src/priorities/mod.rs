@@ -83,6 +83,15 @@ struct Inner {
     updates: AtomicU64,
     published: AtomicU64,
     watchers: AtomicI64,
+    publish_latency: Mutex<PublishLatency>,
+}
+
+/// Step end → published, over every published set.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PublishLatency {
+    pub count: u64,
+    pub sum_ns: i64,
+    pub max_ns: i64,
 }
 
 /// The budgets and priorities engine's handle. Cheap to clone.
@@ -183,6 +192,7 @@ impl Priorities {
             updates: AtomicU64::new(0),
             published: AtomicU64::new(0),
             watchers: AtomicI64::new(0),
+            publish_latency: Mutex::default(),
         };
         let p = Priorities {
             inner: Arc::new(inner),
@@ -371,6 +381,27 @@ impl Priorities {
         }
     }
 
+    /// Records the time from a step end to a set's publication.
+    fn record_publish_latency(&self, ns: i64) {
+        let mut l = self
+            .inner
+            .publish_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        l.count += 1;
+        l.sum_ns = l.sum_ns.saturating_add(ns);
+        l.max_ns = l.max_ns.max(ns);
+    }
+
+    /// Step end → published, over every set published since start.
+    pub fn publish_latency(&self) -> PublishLatency {
+        *self
+            .inner
+            .publish_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Writes the `meshtrace_priority_*` and `meshtrace_budget_*` metrics.
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
@@ -402,6 +433,20 @@ impl Priorities {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{suffix} {v}\n"
             );
         }
+        let l = self.publish_latency();
+        let secs = |ns: i64| ns as f64 / 1e9;
+        let name = "meshtrace_priority_publish_latency_seconds";
+        let max = "meshtrace_priority_publish_latency_max_seconds";
+        let _ = write!(
+            out,
+            "# HELP {name} window step end to a changed set published\n\
+             # TYPE {name} summary\n{name}_sum {}\n{name}_count {}\n\
+             # HELP {max} longest window step end to a changed set published\n\
+             # TYPE {max} gauge\n{max} {}\n",
+            secs(l.sum_ns),
+            l.count,
+            secs(l.max_ns)
+        );
     }
 }
 

@@ -104,6 +104,10 @@ pub struct SetJson {
     pub version: u64,
     pub service: String,
     pub generated_at: String,
+    /// `generated_at` in unix nanoseconds: the end of the window step the set was computed
+    /// for (or the objective/override change that triggered it), for latency measurements.
+    #[serde(default)]
+    pub generated_at_ns: i64,
     pub assignments: Vec<AssignmentJson>,
 }
 
@@ -113,6 +117,7 @@ impl From<&AssignmentSet> for SetJson {
             version: s.version,
             service: s.service.clone(),
             generated_at: rfc3339(s.generated_at_ns),
+            generated_at_ns: s.generated_at_ns,
             assignments: s.assignments.iter().map(assignment_json).collect(),
         }
     }

@@ -1,7 +1,9 @@
 //! The update task: at every window step (aligned to the step on the wall clock, so an update
 //! follows the end of each bucket at once), or at once when an objective or override changes,
 //! compute the budgets, update the prioritizer, store each changed set in the catalog and
-//! publish it; then write the proxies seen since the last update.
+//! publish it; then write the proxies seen since the last update. Each published set's
+//! `generated_at` is the step boundary that triggered it (or the instant of the change that
+//! woke the task), and the time from it to the publication is recorded as the publish latency.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,24 +16,29 @@ use meshtrace_storage::StoredPrioritySet;
 use super::publish::SetJson;
 use super::{wall_ns, Priorities};
 
-/// Time until the next multiple of `step` on the wall clock (plus a little).
-fn until_next_step(step: Duration) -> Duration {
+/// The next multiple of `step` on the wall clock (unix ns) after `now`.
+fn next_step(step: Duration, now: i64) -> i64 {
     let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX).max(1);
-    let now = wall_ns();
-    let next = (now.div_euclid(step_ns) + 1) * step_ns;
-    Duration::from_nanos(u64::try_from(next - now).unwrap_or(0)) + Duration::from_millis(5)
+    (now.div_euclid(step_ns) + 1) * step_ns
+}
+
+/// Time until `boundary` (unix ns) on the wall clock, plus a little.
+fn until(boundary: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(boundary - wall_ns()).unwrap_or(0))
+        + Duration::from_millis(5)
 }
 
 /// Runs updates until the server stops.
 pub(super) async fn run(p: Priorities) {
     let step = p.inner.settings.step.max(Duration::from_millis(10));
     loop {
-        tokio::select! {
+        let boundary = next_step(step, wall_ns());
+        let step_end = tokio::select! {
             _ = p.inner.stop.cancelled() => break,
-            _ = tokio::time::sleep(until_next_step(step)) => {}
-            _ = p.inner.wake.notified() => {}
-        }
-        update(&p).await;
+            _ = tokio::time::sleep(until(boundary)) => boundary,
+            _ = p.inner.wake.notified() => wall_ns(),
+        };
+        update(&p, step_end).await;
         p.persist_proxies().await;
     }
     p.persist_proxies().await;
@@ -75,8 +82,9 @@ fn summarize(prev: &AssignmentSet, next: &AssignmentSet) -> String {
     }
 }
 
-/// One update: budgets, priorities, store and publish.
-async fn update(p: &Priorities) {
+/// One update for the step ending at `step_end` (unix ns): budgets, priorities, store and
+/// publish.
+async fn update(p: &Priorities, step_end: i64) {
     let inner = &p.inner;
     let now = wall_ns();
     let objectives: BTreeMap<String, Objective> = p
@@ -104,6 +112,7 @@ async fn update(p: &Priorities) {
     inner.updates.fetch_add(1, Ordering::Relaxed);
     for mut set in changed {
         set.version += inner.base_versions.get(&set.service).copied().unwrap_or(0);
+        set.generated_at_ns = step_end;
         let prev = inner.board.current(&set.service);
         let reason = summarize(&prev, &set);
         let body = serde_json::to_string(&SetJson::from(&set)).unwrap_or_default();
@@ -121,8 +130,17 @@ async fn update(p: &Priorities) {
         {
             tracing::warn!(service = %set.service, error = %e, "could not store a priority set");
         }
-        tracing::info!(service = %set.service, version = set.version, %reason, "priorities published");
+        let (service, version) = (set.service.clone(), set.version);
         inner.board.publish(set);
+        let latency_ns = wall_ns().saturating_sub(step_end);
+        p.record_publish_latency(latency_ns);
+        tracing::info!(
+            %service,
+            version,
+            %reason,
+            publish_latency_ms = latency_ns as f64 / 1e6,
+            "priorities published"
+        );
         inner.published.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -170,7 +188,10 @@ mod tests {
 
     #[test]
     fn steps_are_aligned() {
-        let d = until_next_step(Duration::from_secs(1));
+        let d = until(next_step(Duration::from_secs(1), wall_ns()));
         assert!(d <= Duration::from_millis(1005) && d >= Duration::from_millis(5));
+        let s = Duration::from_secs(1);
+        assert_eq!(next_step(s, 2_500_000_000), 3_000_000_000);
+        assert_eq!(next_step(s, 3_000_000_000), 4_000_000_000);
     }
 }
