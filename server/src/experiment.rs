@@ -5,6 +5,7 @@
 //! and react to the burst. Prints a table per class and writes `results.json` and
 //! `latency.svg` to the output directory.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use meshtrace_mesh::experiment::{
-    assemble, priorities_api_available, run_step, set_objectives, static_assignments, steps, table,
+    assemble, background_rates, priorities_api_available, run_step, scaled, set_objectives,
+    static_assignments, steps, table, SweepPoint,
 };
 use meshtrace_mesh::{Endpoints, PriorityMode, Scenario};
 
@@ -51,6 +53,12 @@ pub struct PriorityArgs {
     /// No progress bars
     #[arg(long)]
     pub quiet: bool,
+    /// Also run the background load at these levels, priorities off and on, and report the
+    /// shared services' utilization and the foreground p99 per level, e.g.
+    /// `--sweep 0.5,0.7,0.85,1.0`: a closed background class becomes open arrivals at the
+    /// level's share of its saturated rate in the "off" run; open classes scale their rates
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<f64>,
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -98,6 +106,9 @@ impl Instance {
 
 pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let ExperimentWhat::Priority(args) = args.what;
+    if let Some(bad) = args.sweep.iter().find(|l| !(l.is_finite() && **l > 0.0)) {
+        anyhow::bail!("sweep level {bad} is not a positive number");
+    }
     let scenario = match &args.scenario {
         Some(p) => Scenario::load(p)?,
         None => Scenario::bookinfo(),
@@ -126,7 +137,13 @@ pub async fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let outcomes: [_; 3] = outcomes
         .try_into()
         .map_err(|_| anyhow::anyhow!("missing experiment runs"))?;
-    let results = assemble(&scenario, args.duration, &on_mode, &outcomes);
+    let mut results = assemble(&scenario, args.duration, &on_mode, &outcomes);
+    // Levels are shares of the background classes' saturated rates of the "off" run.
+    let saturated = background_rates(&scenario, &outcomes[1].result);
+    for level in &args.sweep {
+        let point = sweep_point(&args, &scenario, *level, &saturated).await?;
+        results.sweep.push(point);
+    }
     print!("{}", table(&results));
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -163,4 +180,32 @@ async fn run_on(
     };
     let outcome = run_step(scenario, &step, endpoints, !args.quiet).await?;
     Ok((step.priorities, outcome))
+}
+
+/// One level of the load sweep: the background load scaled, off against one server and on
+/// against a fresh one.
+async fn sweep_point(
+    args: &PriorityArgs,
+    scenario: &Scenario,
+    level: f64,
+    saturated: &BTreeMap<String, f64>,
+) -> anyhow::Result<SweepPoint> {
+    let scenario = scaled(scenario, level, saturated);
+    let [_, off, on] = steps(args.duration, PriorityMode::Off);
+    let progress = !args.quiet;
+    let first = Instance::start(args.budget_step).await?;
+    let off_outcome = run_step(&scenario, &off, &first.endpoints, progress).await;
+    first.stop().await?;
+    let off_outcome = off_outcome?;
+    let fresh = Instance::start(args.budget_step).await?;
+    let on_outcome = run_on(args, &scenario, on, &fresh.endpoints).await;
+    fresh.stop().await?;
+    let (_, on_outcome) = on_outcome?;
+    tracing::info!(level, "sweep level done");
+    Ok(SweepPoint::new(
+        level,
+        &scenario,
+        &off_outcome.result,
+        &on_outcome.result,
+    ))
 }

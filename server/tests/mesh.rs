@@ -1,6 +1,7 @@
 //! The closed loop on a simulated mesh: the priority experiment through the real binary
-//! (static table and meshtrace's own priorities), and every sidecar span of the Bookinfo
-//! scenario arriving in meshtrace with complete provenance.
+//! (static table and meshtrace's own priorities), and every sidecar span of each shipped
+//! scenario (Bookinfo, Online Boutique, TrainTicket) arriving in meshtrace with complete
+//! provenance.
 
 mod common;
 
@@ -14,10 +15,6 @@ use meshtrace_mesh::{experiment, Mesh, MeshConfig, PriorityMode, Scenario};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-fn bookinfo_path() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh/scenarios/bookinfo.toml")
-}
-
 /// The experiments measure latency: run them one at a time.
 static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -26,7 +23,7 @@ static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn experiment_results(extra: &[&str]) -> Value {
     let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
-    let scenario = bookinfo_path();
+    let scenario = scenario_path("bookinfo");
     let mut args = vec![
         "experiment",
         "priority",
@@ -104,6 +101,17 @@ fn assert_priorities_help(results: &Value) {
         );
     }
     assert!(results["unloaded_p99_ms"]["interactive"].as_f64().unwrap() > 0.0);
+    // The shared services' measured utilization: high under the burst, never above 1.
+    for run in results["runs"].as_array().unwrap() {
+        let u = run["utilization"].as_object().unwrap();
+        let names: Vec<&str> = u.keys().map(String::as_str).collect();
+        assert_eq!(names, ["ratings", "reviews"], "{results:#}");
+        let u: Vec<f64> = u.values().map(|v| v.as_f64().unwrap()).collect();
+        assert!(u.iter().all(|v| *v > 0.0 && *v <= 1.001), "{results:#}");
+        // The batch load saturates reviews.
+        assert!(u.iter().any(|v| *v > 0.8), "{results:#}");
+    }
+    assert_eq!(results["sweep"].as_array().map(Vec::len), Some(0));
 }
 
 /// The queueing effect alone: the "on" run's sidecars get a fixed table (the documented
@@ -138,9 +146,13 @@ fn meshtrace_priorities_cut_interactive_p99() {
     assert!(results["propagation"]["applied_versions"].as_u64().unwrap() > 0);
 }
 
-/// A lighter Bookinfo load for the span-completeness check.
-fn light_bookinfo() -> Scenario {
-    let mut s = Scenario::load(&bookinfo_path()).unwrap();
+fn scenario_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("mesh/scenarios/{name}.toml"))
+}
+
+/// A lighter load of a shipped scenario for the span-completeness check.
+fn light(name: &str) -> Scenario {
+    let mut s = Scenario::load(&scenario_path(name)).unwrap();
     for c in &mut s.classes {
         c.workload = match c.workload {
             Workload::Open { .. } => Workload::Open {
@@ -157,11 +169,33 @@ fn light_bookinfo() -> Scenario {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_sidecar_span_arrives_with_complete_provenance() {
+async fn every_bookinfo_sidecar_span_arrives_with_complete_provenance() {
+    // Bookinfo calls every hop: interactive has 7 sidecar spans a request (3 hops, client
+    // and server, plus the entry); batch 3 (reviews in, reviews -> ratings out, ratings in).
+    every_sidecar_span_arrives("bookinfo", Some(&[("interactive", 7), ("batch", 3)])).await;
+}
+
+/// Boutique and TrainTicket have probabilistic calls: the span count per request varies,
+/// every other check is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_boutique_sidecar_span_arrives_with_complete_provenance() {
+    every_sidecar_span_arrives("boutique", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_trainticket_sidecar_span_arrives_with_complete_provenance() {
+    every_sidecar_span_arrives("trainticket", None).await;
+}
+
+/// Runs a light load of a shipped scenario for 3 s against a fresh meshtrace and checks
+/// that every span the sidecars emitted was exported and stored, and that every trace is
+/// assembled complete with one root, no orphan and its class. `spans_per_request`, when
+/// every call is certain, gives the exact number of sidecar spans per request of a class.
+async fn every_sidecar_span_arrives(name: &str, spans_per_request: Option<&[(&str, u64)]>) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--provenance-idle", "1s"]).await;
     let grpc = server.grpc.clone();
-    let scenario = light_bookinfo();
+    let scenario = light(name);
     let mesh = Mesh::start(
         &scenario,
         MeshConfig {
@@ -187,11 +221,19 @@ async fn every_sidecar_span_arrives_with_complete_provenance() {
     assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
     assert_eq!(emitted, exported);
     let requests: u64 = load.values().map(|r| r.ok).sum();
-    assert!(requests > 20, "only {requests} requests answered");
-    // Interactive: 7 sidecar spans a request (3 hops, client and server, plus the entry);
-    // batch: 3 (reviews in, reviews -> ratings out, ratings in).
-    let want = load["interactive"].ok * 7 + load["batch"].ok * 3;
-    assert_eq!(exported, want);
+    assert!(requests > 20, "{name}: only {requests} requests answered");
+    assert!(
+        load.values().all(|r| r.ok > 0),
+        "{name}: a class got no answer"
+    );
+    if let Some(per) = spans_per_request {
+        let want: u64 = per.iter().map(|(c, n)| load[*c].ok * n).sum();
+        assert_eq!(exported, want);
+    } else {
+        // Every entry service makes at least one certain call: the entry's SERVER span, then
+        // a CLIENT and a SERVER span for the call.
+        assert!(exported >= 3 * requests, "{name}: {exported} spans");
+    }
     server
         .wait_count("SELECT count(*) FROM spans", exported as i64, 30)
         .await;
@@ -219,13 +261,8 @@ async fn every_sidecar_span_arrives_with_complete_provenance() {
         .iter()
         .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap()))
         .collect();
-    assert_eq!(
-        by_class,
-        vec![
-            ("batch".to_string(), load["batch"].ok),
-            ("interactive".to_string(), load["interactive"].ok)
-        ]
-    );
+    let want: Vec<(String, u64)> = load.iter().map(|(c, r)| (c.clone(), r.ok)).collect();
+    assert_eq!(by_class, want, "{name}");
     let metrics = server.metrics().await;
     assert!(
         metrics.contains("meshtrace_provenance_orphans_total 0"),

@@ -323,6 +323,58 @@ async fn interactive_is_raised_above_batch_at_the_shared_hop() {
     }
     assert!(reviews["slack_ms"].as_f64().unwrap() < 0.0);
 
+    // Budget history: every update step recorded per class, filtered by class and `since`.
+    let t = Instant::now();
+    let points = loop {
+        let (status, h) = server
+            .get("/api/v1/budgets/history?class=interactive")
+            .await;
+        assert_eq!(status, 200, "{h}");
+        let list = h.as_array().unwrap();
+        assert!(list.iter().all(|c| c["class"] == "interactive"), "{h}");
+        let points = list
+            .first()
+            .map(|c| c["points"].as_array().unwrap().clone())
+            .unwrap_or_default();
+        if points.len() >= 2 && points.iter().any(|p| p["samples"] == 20) {
+            break points;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no history: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ts: Vec<i64> = points.iter().map(|p| p["t"].as_i64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+    let full = points.iter().rev().find(|p| p["samples"] == 20).unwrap();
+    assert_eq!(full["objective_ms"], 50.0, "{full}");
+    assert_eq!(full["attainment"], 0.0, "{full}");
+    assert!(full["observed_ms"].as_f64().unwrap() > 100.0, "{full}");
+    let last = ts[ts.len() - 1];
+    let (_, h) = server
+        .get(&format!("/api/v1/budgets/history?since={last}"))
+        .await;
+    let classes: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["class"].as_str().unwrap())
+        .collect();
+    assert!(
+        classes.contains(&"batch") && classes.contains(&"interactive"),
+        "{h}"
+    );
+    for c in h.as_array().unwrap() {
+        assert!(
+            c["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["t"].as_i64().unwrap() >= last),
+            "{h}"
+        );
+    }
+    let (status, e) = server.get("/api/v1/budgets/history?since=soon").await;
+    assert_eq!((status, e["field"].as_str()), (400, Some("since")), "{e}");
+
     // Operator override: applied at once with its reason, and kept in the history.
     let (status, o) = server
         .put(

@@ -714,13 +714,31 @@ test("the priorities page shows assignments, proxies, history and edits override
   await page.waitForFunction(() => /No overrides/.test(document.querySelector("[data-testid=overrides-list]")?.textContent ?? ""));
   assert.deepEqual(await (await fetch(`${base}/api/v1/priorities/overrides`)).json(), {});
 
-  // The classes page charts each class's samples of the budgets API since it was opened.
+  // The server records each class's budgets at every update step (--budget-step 1s): the
+  // history API has points from before the classes page is opened...
+  const hist = await (await fetch(`${base}/api/v1/budgets/history?class=${gold}`)).json();
+  assert.equal(hist.length, 1);
+  assert.equal(hist[0].class, gold);
+  assert.ok(hist[0].points.length >= 2, JSON.stringify(hist));
+  for (const p of hist[0].points) {
+    assert.equal(typeof p.t, "number");
+    assert.equal(p.objective_ms, 100);
+    assert.equal(typeof p.samples, "number");
+  }
+  // ...so the chart has >= 2 points right after opening the page, then appends live samples.
   await page.click("#topbar a[href='/classes']");
   const chart = page.locator(`[data-testid=budget-card][data-class=${gold}] [data-testid=budget-chart]`);
   await chart.locator("canvas").first().waitFor();
-  assert.ok(Number(await chart.getAttribute("data-samples")) >= 1);
+  const first = Number(await chart.getAttribute("data-samples"));
+  assert.ok(first >= 2, `chart points right after opening: ${first}`);
+  assert.ok(Number(await chart.getAttribute("data-history")) >= 2);
+  assert.match(await chart.textContent(), /from the server's budget history/);
   assert.match(await chart.textContent(), /since this page was opened/);
-  await page.waitForFunction((k) => Number(document.querySelector(`[data-testid=budget-card][data-class="${k}"] [data-testid=budget-chart]`)?.dataset.samples) >= 2, gold, { timeout: 15_000 });
+  await page.waitForFunction(
+    ([k, n]) => Number(document.querySelector(`[data-testid=budget-card][data-class="${k}"] [data-testid=budget-chart]`)?.dataset.samples) > n,
+    [gold, first],
+    { timeout: 15_000 },
+  );
   await page.locator(`[data-testid=budget-card][data-class=${gold}]`).screenshot({ path: path.join(ARTIFACTS, "classes-chart.png") });
   await page.close();
 });

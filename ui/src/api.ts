@@ -266,6 +266,43 @@ export async function budgets(): Promise<ClassBudget[] | null> {
   );
 }
 
+export interface BudgetHistoryPoint {
+  /** Unix milliseconds (or an RFC 3339 string) of the budget update step. */
+  t: number | string;
+  observed_ms: number | null;
+  attainment: number | null;
+  samples?: number;
+  objective_ms: number;
+}
+
+export interface ClassBudgetHistory {
+  class: string;
+  points: BudgetHistoryPoint[];
+}
+
+/**
+ * The server's per-class budget history (the recent update steps, oldest first), or null when
+ * that API does not exist (404).
+ */
+export async function budgetHistory(klass?: string, sinceMs?: number): Promise<ClassBudgetHistory[] | null> {
+  const q = new URLSearchParams();
+  if (klass) q.set("class", klass);
+  if (sinceMs !== undefined) q.set("since", String(Math.floor(sinceMs)));
+  const qs = q.toString();
+  let body: unknown;
+  try {
+    body = await getJson(`/api/v1/budgets/history${qs ? `?${qs}` : ""}`);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return null;
+    throw e;
+  }
+  if (!Array.isArray(body)) return [];
+  return body.filter(
+    (c): c is ClassBudgetHistory =>
+      !!c && typeof c === "object" && typeof (c as ClassBudgetHistory).class === "string" && Array.isArray((c as ClassBudgetHistory).points),
+  );
+}
+
 export interface NameValue {
   name: string;
   value: string;

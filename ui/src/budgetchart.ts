@@ -1,7 +1,10 @@
-// Budget attainment over time on the classes page. The server keeps no history of budgets, so
-// the page samples `GET /api/v1/budgets` while it is open and keeps the samples per class in a
-// client-side ring buffer; each class gets a uPlot chart of its observed end-to-end quantile
-// (ms, left axis, with the objective as a dashed line) and its attainment (%, right axis).
+// Budget attainment over time on the classes page. The server records each class's observed
+// end-to-end quantile, attainment and objective at every budget update step in an in-memory
+// ring (`GET /api/v1/budgets/history`); the page loads that history first, so the chart starts
+// with data from before it was opened, then appends a sample of `GET /api/v1/budgets` every few
+// seconds while it is open, per class in a client-side ring buffer. Each class gets a uPlot
+// chart of its observed end-to-end quantile (ms, left axis, with the objective as a dashed
+// line) and its attainment (%, right axis).
 
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
@@ -45,26 +48,51 @@ export interface BudgetSample {
   objectiveMs: number;
 }
 
-/** Per class the samples taken since the page was opened. */
+/** Per class the server's recorded history, then the samples taken since the page was opened. */
 export class BudgetHistory {
   private readonly byClass = new Map<string, RingBuffer<BudgetSample>>();
+  private readonly seeded = new Map<string, number>();
 
   constructor(private readonly capacity = MAX_SAMPLES) {}
 
+  private ring(klass: string): RingBuffer<BudgetSample> {
+    let ring = this.byClass.get(klass);
+    if (!ring) {
+      ring = new RingBuffer<BudgetSample>(this.capacity);
+      this.byClass.set(klass, ring);
+    }
+    return ring;
+  }
+
+  /** Loads the server's history (oldest first); call before the first `record`. */
+  seed(history: api.ClassBudgetHistory[]): void {
+    for (const c of history) {
+      const ring = this.ring(c.class);
+      let n = 0;
+      for (const p of c.points) {
+        const ms = typeof p.t === "number" ? p.t : Date.parse(p.t);
+        if (!Number.isFinite(ms) || typeof p.objective_ms !== "number") continue;
+        ring.push({ t: ms / 1000, observedMs: finite(p.observed_ms), attainment: finite(p.attainment), objectiveMs: p.objective_ms });
+        n++;
+      }
+      this.seeded.set(c.class, n);
+    }
+  }
+
   record(budgets: api.ClassBudget[], nowMs = Date.now()): void {
     for (const b of budgets) {
-      let ring = this.byClass.get(b.class);
-      if (!ring) {
-        ring = new RingBuffer<BudgetSample>(this.capacity);
-        this.byClass.set(b.class, ring);
-      }
-      ring.push({
+      this.ring(b.class).push({
         t: nowMs / 1000,
         observedMs: finite(b.observed_ms),
         attainment: finite(b.attainment),
         objectiveMs: b.objective.latency_ms,
       });
     }
+  }
+
+  /** How many of a class's samples came from the server's history. */
+  fromServer(klass: string): number {
+    return this.seeded.get(klass) ?? 0;
   }
 
   samples(klass: string): BudgetSample[] {
@@ -96,12 +124,16 @@ export class BudgetChart {
     this.el = h("div", { class: "budget-chart", "data-testid": "budget-chart" }, this.note, this.box);
   }
 
-  update(samples: BudgetSample[], intervalS: number): void {
+  /** `fromServer` of the samples (the oldest) came from the server's budget history. */
+  update(samples: BudgetSample[], intervalS: number, fromServer = 0): void {
     const n = samples.length;
+    const live = Math.max(0, n - fromServer);
     this.el.dataset.samples = String(n);
+    this.el.dataset.history = String(fromServer);
     this.note.textContent =
-      `Observed ${this.quantileLabel} and attainment over time: ${n} sample${n === 1 ? "" : "s"} taken every ${intervalS} s since this page was opened ` +
-      "(the server keeps no budget history).";
+      `Observed ${this.quantileLabel} and attainment over time: ${n} point${n === 1 ? "" : "s"} — ` +
+      `${fromServer} from the server's budget history (one per budget update step, kept in server memory only), ` +
+      `then ${live} sampled every ${intervalS} s since this page was opened.`;
     const data: uPlot.AlignedData = [
       samples.map((s) => s.t),
       samples.map((s) => s.observedMs),

@@ -1,8 +1,10 @@
 // The classes page (`/classes`): the class rules in the order they apply, the traces per class
 // over the last hour, the learned (caller, callee, operation) → class mapping, and — when the
 // budgets API answers — each class's objective, attainment and per-hop budgets with the hops
-// at risk marked. While the page is open it samples the budgets API every few seconds and
-// charts each class's attainment and observed quantile over the samples (`budgetchart.ts`).
+// at risk marked. Each class's attainment and observed quantile are charted over time
+// (`budgetchart.ts`): first the server's budget history (recorded at every update step, so
+// the chart has data from before the page was opened), then a sample of the budgets API
+// every few seconds while the page is open.
 // Class, service and operation names are untrusted: text nodes only.
 
 import * as api from "./api";
@@ -72,13 +74,16 @@ export class ClassesPage implements Page {
 
   private async load(): Promise<void> {
     const end = Date.now() * 1000;
-    const [rules, mapping, graph, budgets] = await Promise.allSettled([
+    const [rules, mapping, graph, budgets, history] = await Promise.allSettled([
       api.classRules(),
       api.classMapping(),
       api.graph("", end - 3600e6, end),
       api.budgets(),
+      api.budgetHistory(),
     ]);
     if (this.disposed) return;
+    // An older server without the history API (or a failed load): the chart starts empty.
+    if (history.status === "fulfilled" && history.value) this.history.seed(history.value);
     const failed = [rules, mapping, graph, budgets].filter((r) => r.status === "rejected") as PromiseRejectedResult[];
     this.status.classList.toggle("error", failed.length > 0);
     this.status.textContent = failed.length ? failed.map((f) => errText(f.reason)).join("; ") : "";
@@ -155,7 +160,7 @@ export class ClassesPage implements Page {
       }
       const card = budgetCard(b);
       card.appendChild(chart.el);
-      chart.update(this.history.samples(b.class), LIVE_INTERVAL_MS / 1000);
+      chart.update(this.history.samples(b.class), LIVE_INTERVAL_MS / 1000, this.history.fromServer(b.class));
       return card;
     });
     this.budgets.replaceChildren(

@@ -6,7 +6,7 @@
 //! assembles the results ([`assemble`]). The reaction and propagation times of the run with
 //! priorities on are measured in [`crate::reaction`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mesh::{Mesh, MeshConfig};
 use crate::priorities::PriorityMode;
-use crate::reaction::{applied_after, publish_latency, recovered_after, visible_latencies};
+use crate::reaction::{
+    applied_after, publish_latency, recovered_after, shared_services, visible_latencies,
+};
 pub use crate::reaction::{Propagation, Reaction};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Workload};
 use crate::workload::{self, ClassResult, Target};
 
 /// Where meshtrace is.
@@ -34,6 +36,51 @@ pub struct Endpoints {
 pub struct RunResult {
     pub priorities: bool,
     pub classes: Vec<ClassResult>,
+    /// Measured utilization of each shared service over the measured window: slot-time held
+    /// at its sidecar's gate over `slots × wall time`.
+    pub utilization: BTreeMap<String, f64>,
+}
+
+/// Busy slot-time readings of some sidecars' gates at one instant.
+#[derive(Debug, Clone)]
+pub struct BusyReading {
+    at: Instant,
+    busy: BTreeMap<String, Duration>,
+}
+
+impl BusyReading {
+    /// Reads the gates of `services` now.
+    pub fn take(mesh: &Mesh, services: &BTreeSet<String>) -> BusyReading {
+        let busy = services
+            .iter()
+            .filter_map(|s| Some((s.clone(), mesh.sidecars.get(s)?.gate.busy())))
+            .collect();
+        BusyReading {
+            at: Instant::now(),
+            busy,
+        }
+    }
+
+    /// Utilization per service between this reading and a later one.
+    pub fn utilization(&self, later: &BusyReading, mesh: &Mesh) -> BTreeMap<String, f64> {
+        let wall = later.at.saturating_duration_since(self.at).as_secs_f64();
+        self.busy
+            .iter()
+            .filter_map(|(s, b0)| {
+                let b1 = later.busy.get(s)?;
+                let slots = mesh.sidecars.get(s)?.gate.slots() as f64;
+                let used = b1.saturating_sub(*b0).as_secs_f64();
+                Some((
+                    s.clone(),
+                    if wall > 0.0 {
+                        used / (slots * wall)
+                    } else {
+                        0.0
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 /// `results.json`.
@@ -55,6 +102,95 @@ pub struct Results {
     pub priority_source: String,
     pub duration_s: f64,
     pub warmup_s: f64,
+    /// The load sweep (`--sweep`), empty when not asked for.
+    pub sweep: Vec<SweepPoint>,
+}
+
+/// One level of the load sweep: the background load scaled by `level`, run with priorities
+/// off and on.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub level: f64,
+    /// Measured utilization of the shared services, per run.
+    pub utilization_off: BTreeMap<String, f64>,
+    pub utilization_on: BTreeMap<String, f64>,
+    /// p99 of the foreground classes, per run.
+    pub p99_ms_off: BTreeMap<String, f64>,
+    pub p99_ms_on: BTreeMap<String, f64>,
+}
+
+impl SweepPoint {
+    /// The point of `level` from its "off" and "on" runs of `scenario`.
+    pub fn new(level: f64, scenario: &Scenario, off: &RunResult, on: &RunResult) -> SweepPoint {
+        let foreground = |r: &RunResult| {
+            r.classes
+                .iter()
+                .filter(|c| {
+                    scenario
+                        .classes
+                        .iter()
+                        .any(|s| s.name == c.class && !s.background)
+                })
+                .map(|c| (c.class.clone(), c.p99_ms))
+                .collect()
+        };
+        SweepPoint {
+            level,
+            utilization_off: off.utilization.clone(),
+            utilization_on: on.utilization.clone(),
+            p99_ms_off: foreground(off),
+            p99_ms_on: foreground(on),
+        }
+    }
+}
+
+/// The scenario with its background load scaled by `level`. A closed class with a measured
+/// saturated throughput in `saturated_rps` (its achieved rate in the loaded "off" run, where
+/// it holds the shared hop at capacity) becomes open Poisson arrivals at `level ×` that rate,
+/// so the level sets the shared service's utilization (a closed loop with more clients than
+/// slots saturates it at any concurrency); one without scales its concurrency (rounded, at
+/// least 1). Open classes scale their rates.
+pub fn scaled(scenario: &Scenario, level: f64, saturated_rps: &BTreeMap<String, f64>) -> Scenario {
+    let mut s = scenario.clone();
+    for c in s.classes.iter_mut().filter(|c| c.background) {
+        let saturated = saturated_rps.get(&c.name).copied().filter(|r| *r > 0.0);
+        c.workload = match (c.workload.clone(), saturated) {
+            (Workload::Closed { .. }, Some(rps)) => Workload::Open {
+                rps: rps * level,
+                ramp_to_rps: None,
+            },
+            (
+                Workload::Closed {
+                    concurrency,
+                    think_ms,
+                },
+                None,
+            ) => Workload::Closed {
+                concurrency: ((concurrency as f64 * level).round() as usize).max(1),
+                think_ms,
+            },
+            (Workload::Open { rps, ramp_to_rps }, _) => Workload::Open {
+                rps: rps * level,
+                ramp_to_rps: ramp_to_rps.map(|r| r * level),
+            },
+        };
+    }
+    s
+}
+
+/// The achieved rate of each background class in a run: its saturated throughput when the
+/// run is the loaded "off" one.
+pub fn background_rates(scenario: &Scenario, run: &RunResult) -> BTreeMap<String, f64> {
+    run.classes
+        .iter()
+        .filter(|c| {
+            scenario
+                .classes
+                .iter()
+                .any(|s| s.name == c.class && s.background)
+        })
+        .map(|c| (c.class.clone(), c.achieved_rps))
+        .collect()
 }
 
 /// A run with its raw latency series, for the chart.
@@ -179,13 +315,23 @@ pub async fn run_experiment(
         Duration::ZERO
     };
     let burst_at = Instant::now() + warmup;
-    let load = workload::run(
-        targets(&mesh, scenario, warmup, background),
-        duration,
-        warmup,
-        CancellationToken::new(),
-    )
-    .await;
+    let shared = shared_services(scenario);
+    let end_at = burst_at + duration.saturating_sub(warmup);
+    let (load, (start, end)) = tokio::join!(
+        workload::run(
+            targets(&mesh, scenario, warmup, background),
+            duration,
+            warmup,
+            CancellationToken::new(),
+        ),
+        async {
+            tokio::time::sleep_until(burst_at.into()).await;
+            let start = BusyReading::take(&mesh, &shared);
+            tokio::time::sleep_until(end_at.into()).await;
+            (start, BusyReading::take(&mesh, &shared))
+        }
+    );
+    let utilization = start.utilization(&end, &mesh);
     let window = (duration - warmup).as_secs_f64();
     let classes = scenario
         .classes
@@ -208,6 +354,7 @@ pub async fn run_experiment(
         result: RunResult {
             priorities: on,
             classes,
+            utilization,
         },
         series: load.into_iter().map(|(k, v)| (k, v.series)).collect(),
         reaction,
@@ -300,6 +447,7 @@ pub fn assemble(
         priority_source: source.to_string(),
         duration_s: duration.as_secs_f64(),
         warmup_s: warmup_for(duration).as_secs_f64(),
+        sweep: Vec::new(),
     }
 }
 
@@ -364,6 +512,14 @@ pub fn table(results: &Results) -> String {
         f(results.reaction_s.p99_recovered),
         results.priority_source
     );
+    for run in &results.runs {
+        let _ = writeln!(
+            out,
+            "shared-service utilization, priorities {}: {}",
+            if run.priorities { "on" } else { "off" },
+            fractions(&run.utilization)
+        );
+    }
     let ms = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.0} ms", v * 1000.0));
     let p = &results.propagation;
     let _ = writeln!(
@@ -377,5 +533,72 @@ pub fn table(results: &Results) -> String {
         ms(p.visible_p50_s),
         p.applied_versions
     );
+    for pt in &results.sweep {
+        let _ = writeln!(
+            out,
+            "sweep level {:.2}: utilization off {} on {}; p99 ms off {} on {}",
+            pt.level,
+            fractions(&pt.utilization_off),
+            fractions(&pt.utilization_on),
+            millis(&pt.p99_ms_off),
+            millis(&pt.p99_ms_on)
+        );
+    }
     out
+}
+
+fn fractions(m: &BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}%", v * 100.0))
+        .collect();
+    parts.join(", ")
+}
+
+fn millis(m: &BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_changes_only_the_background_load() {
+        let s = Scenario::bookinfo();
+        // Without a measured rate, a closed class scales its concurrency.
+        let half = scaled(&s, 0.5, &BTreeMap::new());
+        for (a, b) in s.classes.iter().zip(&half.classes) {
+            match (&a.workload, &b.workload, a.background) {
+                (
+                    Workload::Closed { concurrency: x, .. },
+                    Workload::Closed { concurrency: y, .. },
+                    true,
+                ) => assert_eq!(*y, (*x as f64 * 0.5).round() as usize),
+                (Workload::Open { rps: x, .. }, Workload::Open { rps: y, .. }, false) => {
+                    assert_eq!(x, y)
+                }
+                other => panic!("unexpected bookinfo workloads {other:?}"),
+            }
+        }
+        let tiny = scaled(&s, 0.01, &BTreeMap::new());
+        assert!(tiny.classes.iter().all(|c| match c.workload {
+            Workload::Closed { concurrency, .. } => concurrency == 1,
+            Workload::Open { .. } => true,
+        }));
+        // With its saturated rate, it becomes open arrivals at the level's share of it.
+        let rates = BTreeMap::from([("batch".to_string(), 60.0)]);
+        let at = scaled(&s, 0.85, &rates);
+        let batch = at.classes.iter().find(|c| c.name == "batch").unwrap();
+        match batch.workload {
+            Workload::Open { rps, ramp_to_rps } => {
+                assert!((rps - 51.0).abs() < 1e-9);
+                assert!(ramp_to_rps.is_none());
+            }
+            ref w => panic!("batch stayed {w:?}"),
+        }
+        let interactive = at.classes.iter().find(|c| c.name == "interactive").unwrap();
+        assert!(matches!(interactive.workload, Workload::Open { rps, .. } if rps == 15.0));
+    }
 }

@@ -4,10 +4,13 @@
 //! Waiting requests are ordered by level (0 = highest), first in first out within a level.
 //! A level may carry a minimum share: while its share of the recent grants is below it and it
 //! has waiters, it is served before higher levels, so a throughput class is never starved.
-//! With a single level (priorities off) the gate is a plain FIFO.
+//! With a single level (priorities off) the gate is a plain FIFO. The gate also accounts
+//! the time its slots are held ([`Gate::busy`]), from which the experiment measures the
+//! service's utilization.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -97,12 +100,20 @@ impl<T> PriorityQueue<T> {
 #[derive(Debug)]
 pub struct Gate {
     inner: Mutex<GateInner>,
+    slots: usize,
+    /// Origin of the nanosecond clock of the busy accounting.
+    origin: Instant,
 }
 
 #[derive(Debug)]
 struct GateInner {
     free: usize,
     queue: PriorityQueue<oneshot::Sender<Permit>>,
+    /// Slot-time of the permits already released (ns).
+    busy_done_ns: u128,
+    /// Permits held now, and the sum of their acquisition times (ns since `origin`).
+    held: u128,
+    held_since_sum_ns: u128,
 }
 
 /// A held slot; dropping it hands the slot to the next waiter.
@@ -110,12 +121,14 @@ struct GateInner {
 pub struct Permit {
     gate: Arc<Gate>,
     armed: bool,
+    /// When it was granted (ns since the gate's origin).
+    since_ns: u128,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.armed {
-            self.gate.release();
+            self.gate.release(self.since_ns);
         }
     }
 }
@@ -126,8 +139,52 @@ impl Gate {
             inner: Mutex::new(GateInner {
                 free: slots.max(1),
                 queue: PriorityQueue::new(),
+                busy_done_ns: 0,
+                held: 0,
+                held_since_sum_ns: 0,
             }),
+            slots: slots.max(1),
+            origin: Instant::now(),
         })
+    }
+
+    /// The number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn now_ns(&self) -> u128 {
+        self.origin.elapsed().as_nanos()
+    }
+
+    /// Total slot-time held since the gate was created, including the permits held now.
+    /// Utilization over a window is the difference of two readings over `slots × wall time`.
+    pub fn busy(&self) -> Duration {
+        let now = self.now_ns();
+        let inner = self.lock();
+        let ns = inner.busy_done_ns + inner.held * now - inner.held_since_sum_ns;
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
+    /// A new armed permit granted now, counted as held.
+    fn grant(self: &Arc<Self>, inner: &mut GateInner) -> Permit {
+        let since_ns = self.now_ns();
+        inner.held += 1;
+        inner.held_since_sum_ns += since_ns;
+        Permit {
+            gate: self.clone(),
+            armed: true,
+            since_ns,
+        }
+    }
+
+    /// Stops counting a permit as held, adding its slot-time to the busy total if `used`.
+    fn ungrant(&self, inner: &mut GateInner, since_ns: u128, used: bool) {
+        inner.held -= 1;
+        inner.held_since_sum_ns -= since_ns;
+        if used {
+            inner.busy_done_ns += self.now_ns().saturating_sub(since_ns);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, GateInner> {
@@ -150,10 +207,7 @@ impl Gate {
             let mut inner = self.lock();
             if inner.free > 0 && inner.queue.is_empty() {
                 inner.free -= 1;
-                return Permit {
-                    gate: self.clone(),
-                    armed: true,
-                };
+                return self.grant(&mut inner);
             }
             let (tx, rx) = oneshot::channel();
             inner.queue.push(level, tx);
@@ -165,13 +219,16 @@ impl Gate {
             Err(_) => Permit {
                 gate: self.clone(),
                 armed: false,
+                since_ns: 0,
             },
         }
     }
 
-    /// Hands a freed slot to the next live waiter, or returns it to the pool.
-    fn release(self: &Arc<Self>) {
+    /// Hands a freed slot (held since `since_ns`) to the next live waiter, or returns it to
+    /// the pool.
+    fn release(self: &Arc<Self>, since_ns: u128) {
         let mut inner = self.lock();
+        self.ungrant(&mut inner, since_ns, true);
         loop {
             match inner.queue.pop() {
                 None => {
@@ -179,14 +236,14 @@ impl Gate {
                     return;
                 }
                 Some((_, tx)) => {
-                    let permit = Permit {
-                        gate: self.clone(),
-                        armed: true,
-                    };
+                    let permit = self.grant(&mut inner);
                     match tx.send(permit) {
                         Ok(()) => return,
                         // The waiter went away: disarm so that dropping does not re-enter.
-                        Err(mut p) => p.armed = false,
+                        Err(mut p) => {
+                            p.armed = false;
+                            self.ungrant(&mut inner, p.since_ns, false);
+                        }
                     }
                 }
             }
@@ -262,6 +319,49 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), ["i1", "i2", "b1", "b2"]);
         assert_eq!(gate.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn busy_time_counts_the_time_permits_are_held() {
+        let gate = Gate::new(2);
+        assert_eq!(gate.slots(), 2);
+        let before = gate.busy();
+        assert!(before.is_zero());
+        let started = Instant::now();
+        let a = gate.acquire(0).await;
+        let b = gate.acquire(0).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Held permits count while still held.
+        let mid = gate.busy();
+        assert!(mid >= Duration::from_millis(200), "{mid:?}");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(b);
+        let wall = started.elapsed();
+        // Idle time adds nothing.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let busy = gate.busy();
+        assert_eq!(busy, gate.busy());
+        // One slot for ~100 ms, the other for ~200 ms: at least 300 ms, at most both slots
+        // for the whole wall time.
+        assert!(busy >= Duration::from_millis(300), "{busy:?}");
+        assert!(busy <= wall * 2, "{busy:?} over {wall:?}");
+        // A permit handed to a waiter keeps counting; a cancelled waiter adds nothing.
+        let held = gate.acquire(0).await;
+        let _other = gate.acquire(0).await;
+        let waiter = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.acquire(0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        waiter.abort();
+        let _ = waiter.await;
+        let t0 = (Instant::now(), gate.busy());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        let grown = gate.busy() - t0.1;
+        assert!(grown >= Duration::from_millis(100), "{grown:?}");
+        assert!(grown <= t0.0.elapsed() * 2, "{grown:?}");
     }
 
     #[tokio::test]

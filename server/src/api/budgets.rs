@@ -6,6 +6,10 @@
 //!   the catalog, where it overrides the configuration's;
 //! - `GET /api/v1/budgets?class=`: per class the objective, observed end-to-end quantile,
 //!   attainment, samples, and per hop its budget, observation, slack, share, rate and risk;
+//! - `GET /api/v1/budgets/history?class=&since=`: per class the end-to-end observation at each
+//!   recent update step, `[{"class", "points": [{"t" (unix ms), "observed_ms", "attainment",
+//!   "samples", "objective_ms"}]}]`, oldest first; `since` is unix ms or RFC 3339. Kept in
+//!   memory only (the newest steps per class), so it starts empty after a restart;
 //! - `GET /api/v1/priorities?service=&node=&wait=&version=`: a service's assignment set with a
 //!   strong `ETag: "<version>"`; `If-None-Match` with the current version gives 304; `wait`
 //!   (e.g. `30s`, clamped to `[budgets] max_wait`, minus up to 10% jitter) long-polls until the
@@ -162,6 +166,38 @@ pub async fn budgets(State(state): State<ApiState>, RawQuery(q): RawQuery) -> Re
         return error(StatusCode::NOT_FOUND, format!("no objective for class {c}"));
     }
     Json(json!({ "classes": classes })).into_response()
+}
+
+/// `since` as unix milliseconds (an integer) or an RFC 3339 timestamp.
+fn parse_since(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// `GET /api/v1/budgets/history?class=&since=`.
+pub async fn budget_history(State(state): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let pairs = query_pairs(&q);
+    let class = param(&pairs, "class");
+    if let Some(r) = class.and_then(|c| check_name("class", c)) {
+        return r;
+    }
+    let since = match param(&pairs, "since") {
+        None => None,
+        Some(s) => match parse_since(s) {
+            Some(ms) => Some(ms),
+            None => {
+                return field_error(
+                    "since",
+                    format!("invalid since {s:?}: must be unix milliseconds or RFC 3339"),
+                )
+            }
+        },
+    };
+    Json(state.priorities.budget_history(class, since)).into_response()
 }
 
 /// A Go-style or humantime duration (`30s`, `1m`), or plain seconds.
@@ -325,6 +361,16 @@ pub async fn proxies(State(state): State<ApiState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_unix_ms_or_rfc3339() {
+        assert_eq!(parse_since("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_since("yesterday"), None);
+    }
 
     #[test]
     fn objective_errors_name_the_field() {

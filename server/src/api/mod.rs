@@ -92,6 +92,7 @@ pub fn router(state: ApiState) -> Router {
             get(budgets::get_objective).put(budgets::put_objective),
         )
         .route("/api/v1/budgets", get(budgets::budgets))
+        .route("/api/v1/budgets/history", get(budgets::budget_history))
         .route("/api/v1/priorities", get(budgets::priorities))
         .route(
             "/api/v1/priorities/overrides",

@@ -9,6 +9,7 @@
 //! the proxies seen are kept in memory and in the catalog. Published versions continue from
 //! the catalog's after a restart, and the stored current sets are served until replaced.
 
+pub mod history;
 pub mod observe;
 pub mod publish;
 mod task;
@@ -28,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use history::{BudgetHistory, ClassHistory};
 pub use observe::Recorder;
 use publish::{Board, SetJson};
 
@@ -84,6 +86,8 @@ struct Inner {
     published: AtomicU64,
     watchers: AtomicI64,
     publish_latency: Mutex<PublishLatency>,
+    /// Per class the newest update steps' end-to-end observations (memory only).
+    history: BudgetHistory,
 }
 
 /// Step end → published, over every published set.
@@ -193,6 +197,7 @@ impl Priorities {
             published: AtomicU64::new(0),
             watchers: AtomicI64::new(0),
             publish_latency: Mutex::default(),
+            history: BudgetHistory::default(),
         };
         let p = Priorities {
             inner: Arc::new(inner),
@@ -297,6 +302,13 @@ impl Priorities {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         compute_budgets(&obs, &objectives, wall_ns())
+    }
+
+    /// Per class (all, or only `class`) the recorded update steps at or after `since_ms`
+    /// (unix ms), oldest first; kept in memory only, for the newest
+    /// [`history::HISTORY_STEPS`] steps.
+    pub fn budget_history(&self, class: Option<&str>, since_ms: Option<i64>) -> Vec<ClassHistory> {
+        self.inner.history.query(class, since_ms)
     }
 
     /// The current set of a service (version 0, empty, when unknown).

@@ -1,7 +1,8 @@
 //! The update task: at every window step (aligned to the step on the wall clock, so an update
 //! follows the end of each bucket at once), or at once when an objective or override changes,
 //! compute the budgets, update the prioritizer, store each changed set in the catalog and
-//! publish it; then write the proxies seen since the last update. Each published set's
+//! publish it, and record each class's end-to-end observation in the in-memory budget
+//! history; then write the proxies seen since the last update. Each published set's
 //! `generated_at` is the step boundary that triggered it (or the instant of the change that
 //! woke the task), and the time from it to the publication is recorded as the publish latency.
 
@@ -97,6 +98,7 @@ async fn update(p: &Priorities, step_end: i64) {
         obs.advance(now);
         compute_budgets(&obs, &objectives, now)
     };
+    inner.history.record(&budgets, step_end);
     let mapping: Vec<MappingRow> = inner
         .provenance
         .mapping()
