@@ -22,6 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meshtrace_provenance::{build_tree, critical_path, ClassRule, TraceTree};
+use meshtrace_storage::ScalarValue;
 use serde_json::{json, Map, Value};
 
 use super::jaeger::query_pairs;
@@ -56,11 +57,6 @@ fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Quotes a string as an SQL literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// The rows of a derived table whose `start_time` is within `[start, end)`, keeping per trace
 /// only its latest version among them. Filtering `<table>_versions` by time before the
 /// de-duplication (the `<table>` view does it after) lets Parquet statistics skip segments.
@@ -81,10 +77,19 @@ fn respond(f: Failure) -> Response {
 
 /// Runs SQL on the store and returns its rows as JSON objects.
 async fn rows(state: &ApiState, sql: &str) -> Result<Vec<Map<String, Value>>, Failure> {
+    rows_with(state, sql, Vec::new()).await
+}
+
+/// [`rows`] with values bound to `$1`, `$2`, ... (request values never go into SQL text).
+async fn rows_with(
+    state: &ApiState,
+    sql: &str,
+    params: Vec<ScalarValue>,
+) -> Result<Vec<Map<String, Value>>, Failure> {
     let max = state.query.sql_max_rows;
     let batches = state
         .store
-        .sql(sql, max, state.query.sql_timeout)
+        .sql_with_params(sql, params, max, state.query.sql_timeout)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, sql, "provenance query failed");
@@ -203,9 +208,15 @@ pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
         return bad_request("parameter 'start' must be before 'end'");
     }
     let class = param(&pairs, "class");
-    let class_filter = class
-        .map(|c| format!(" WHERE class = {}", literal(c)))
-        .unwrap_or_default();
+    let class_filter = if class.is_some() {
+        " WHERE class = $1"
+    } else {
+        ""
+    };
+    let params: Vec<ScalarValue> = class
+        .map(|c| ScalarValue::Utf8(Some(c.to_string())))
+        .into_iter()
+        .collect();
     let (edges_in, traces_in) = (
         latest_in_window("edges", start, end),
         latest_in_window("traces", start, end),
@@ -230,7 +241,7 @@ pub async fn graph(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Re
     );
     let started = Instant::now();
     let (edges, roots) = match (
-        rows(&state, &edges_sql).await,
+        rows_with(&state, &edges_sql, params).await,
         rows(&state, &roots_sql).await,
     ) {
         (Ok(e), Ok(r)) => (e, r),
@@ -375,11 +386,10 @@ pub async fn trace_provenance(State(state): State<ApiState>, Path(id): Path<Stri
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let hex_id = hex::encode(trace_id);
-    let sql = format!(
-        "SELECT class, complete, completion, version FROM traces_versions \
-         WHERE trace_id = X'{hex_id}' ORDER BY version DESC LIMIT 1"
-    );
-    let derived = match rows(&state, &sql).await {
+    let sql = "SELECT class, complete, completion, version FROM traces_versions \
+               WHERE trace_id = $1 ORDER BY version DESC LIMIT 1";
+    let id_param = ScalarValue::FixedSizeBinary(16, Some(trace_id.to_vec()));
+    let derived = match rows_with(&state, sql, vec![id_param]).await {
         Ok(r) => r.into_iter().next(),
         Err(f) => return respond(f),
     };

@@ -34,6 +34,7 @@ pub use store::Store;
 /// Re-exported so callers name the same types as the store's API.
 pub use arrow_array::RecordBatch;
 pub use datafusion::catalog::TableProvider;
+pub use datafusion::scalar::ScalarValue;
 pub use meshtrace_model::{Span, SpanKind, TraceId};
 
 /// How the store is set up.

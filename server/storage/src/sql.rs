@@ -184,6 +184,19 @@ impl Store {
         max_rows: usize,
         timeout: Duration,
     ) -> Result<Vec<RecordBatch>, StorageError> {
+        self.sql_with_params(sql, Vec::new(), max_rows, timeout)
+            .await
+    }
+
+    /// [`Store::sql`] with values bound to the placeholders `$1`, `$2`, ...: the way to put
+    /// request values into a query without building SQL text from them.
+    pub async fn sql_with_params(
+        &self,
+        sql: &str,
+        params: Vec<datafusion::scalar::ScalarValue>,
+        max_rows: usize,
+        timeout: Duration,
+    ) -> Result<Vec<RecordBatch>, StorageError> {
         check_read_only(sql)?;
         let ctx = self.session().await?;
         let options = SQLOptions::new()
@@ -198,6 +211,10 @@ impl Store {
                     e.into()
                 }
             })?;
+            let df = match params.is_empty() {
+                true => df,
+                false => df.with_param_values(params)?,
+            };
             let mut stream = df.execute_stream().await?;
             let mut out = Vec::new();
             let mut rows = 0;
