@@ -11,7 +11,7 @@ use meshtrace_model::SpanKind;
 use meshtrace_storage::{StorageError, TraceQuery};
 use serde_json::{json, Value};
 
-use super::jaeger_json::{envelope, error_envelope, trace};
+use super::jaeger_json::{envelope, error_envelope, operations_json, trace};
 use super::params::{parse_go_duration, parse_trace_id};
 use super::ApiState;
 
@@ -95,17 +95,7 @@ pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
     };
     match state.store.operations(service, kind).await {
         Ok(ops) => {
-            let data: Vec<Value> = ops
-                .iter()
-                .map(|(name, kind)| {
-                    let k = if *kind == SpanKind::Unspecified {
-                        ""
-                    } else {
-                        kind.as_str()
-                    };
-                    json!({"name": name, "spanKind": k})
-                })
-                .collect();
+            let data = operations_json(&ops);
             let n = data.len();
             Json(envelope(json!(data), n)).into_response()
         }

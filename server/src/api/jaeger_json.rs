@@ -143,6 +143,20 @@ pub fn trace(spans: &[Span]) -> Value {
     })
 }
 
+/// Operations as `[{"name", "spanKind"}]` (an unspecified kind is `""`), as both the Jaeger
+/// API and api_v3 list them.
+pub fn operations_json(ops: &[(String, SpanKind)]) -> Vec<Value> {
+    ops.iter()
+        .map(|(name, kind)| {
+            let k = match kind {
+                SpanKind::Unspecified => "",
+                other => other.as_str(),
+            };
+            json!({"name": name, "spanKind": k})
+        })
+        .collect()
+}
+
 /// The Jaeger API envelope around `data`.
 pub fn envelope(data: Value, total: usize) -> Value {
     json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null})

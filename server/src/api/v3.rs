@@ -14,6 +14,7 @@ use meshtrace_storage::{StorageError, TraceQuery};
 use serde_json::json;
 
 use super::jaeger::query_pairs;
+use super::jaeger_json::operations_json;
 use super::params::{parse_go_duration, parse_rfc3339, parse_trace_id};
 use super::ApiState;
 
@@ -69,17 +70,7 @@ pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) 
     };
     match state.store.operations(service, kind).await {
         Ok(ops) => {
-            let list: Vec<_> = ops
-                .iter()
-                .map(|(name, kind)| {
-                    let k = if *kind == SpanKind::Unspecified {
-                        ""
-                    } else {
-                        kind.as_str()
-                    };
-                    json!({"name": name, "spanKind": k})
-                })
-                .collect();
+            let list = operations_json(&ops);
             Json(json!({"operations": list})).into_response()
         }
         Err(e) => storage_error(&e),
