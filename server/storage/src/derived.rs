@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::concat_batches;
 use arrow::compute::{max as arrow_max, min as arrow_min};
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampNanosecondType;
@@ -64,6 +64,7 @@ use parquet::schema::types::ColumnPath;
 
 pub use crate::catalog::DerivedSegment;
 use crate::error::StorageError;
+use crate::layout::sort_by;
 use crate::sql::STORE_URL;
 use crate::store::Store;
 
@@ -516,24 +517,7 @@ fn encode(
     batches: &[RecordBatch],
     row_group_rows: usize,
 ) -> Result<Encoded, StorageError> {
-    let batch = concat_batches(schema, batches)?;
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))
-    };
-    let keys = [
-        SortColumn {
-            values: column("trace_id")?,
-            options: None,
-        },
-        SortColumn {
-            values: column("version")?,
-            options: None,
-        },
-    ];
-    let batch = take_record_batch(&batch, &lexsort_to_indices(&keys, None)?)?;
+    let batch = sort_by(&concat_batches(schema, batches)?, &["trace_id", "version"])?;
     let start = batch
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())

@@ -164,24 +164,21 @@ pub(crate) struct EncodedSegment {
     pub services: Vec<String>,
 }
 
-/// Sorts a batch by `(trace_id, start_time)`.
-pub(crate) fn sort_batch(batch: &RecordBatch) -> Result<RecordBatch, StorageError> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))
-    };
-    let keys = [
-        SortColumn {
-            values: column("trace_id")?,
-            options: None,
-        },
-        SortColumn {
-            values: column("start_time")?,
-            options: None,
-        },
-    ];
+/// Sorts a batch by the named columns, ascending, in order.
+pub(crate) fn sort_by(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBatch, StorageError> {
+    let keys = columns
+        .iter()
+        .map(|name| {
+            let values = batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| ArrowError::SchemaError(format!("missing column {name}")))?;
+            Ok(SortColumn {
+                values,
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
     let indices = lexsort_to_indices(&keys, None)?;
     Ok(take_record_batch(batch, &indices)?)
 }
@@ -192,7 +189,10 @@ pub(crate) fn encode_segment(
     row_group_rows: usize,
 ) -> Result<EncodedSegment, StorageError> {
     let schema = spans_schema();
-    let batch = sort_batch(&concat_batches(&schema, batches)?)?;
+    let batch = sort_by(
+        &concat_batches(&schema, batches)?,
+        &["trace_id", "start_time"],
+    )?;
     let start = batch
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
