@@ -309,6 +309,26 @@ async fn class_rules_put_applies_to_new_traces() {
     let class = |id: &str| format!("SELECT class FROM traces WHERE trace_id = X'{id}'");
     assert_eq!(server.sql(&class(a)).await[0][0], "checkout");
     assert_eq!(server.sql(&class(b)).await[0][0], "default");
+
+    // The batch lookup the search page uses: rule-assigned classes, unknown IDs left out, and
+    // a trace still open classified on the fly.
+    let c = "44444444444444444444444444444444";
+    server
+        .send_otlp_json(&trace_spans(c, "checkout-svc", 0..1, now_ns()))
+        .await;
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let path =
+        format!("/api/v1/traces/classes?traceID={a}&traceID={b}&traceID={c}&traceID={unknown}");
+    let (status, got) = server.get(&path).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["classes"][a]["class"], "checkout", "{got}");
+    assert_eq!(got["classes"][a]["derived"], true, "{got}");
+    assert_eq!(got["classes"][b]["class"], "default", "{got}");
+    assert_eq!(got["classes"][c]["class"], "checkout", "{got}");
+    assert!(got["classes"].get(unknown).is_none(), "{got}");
+    let (status, err) = server.get("/api/v1/traces/classes?traceID=zz").await;
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("traceID"), "{err}");
 }
 
 #[tokio::test]

@@ -84,7 +84,7 @@ export function hostileTrace() {
     attr("big.value", HOSTILE.big),
     attr("rtl.value", HOSTILE.rtl),
     attr(HOSTILE.img, "attribute key is hostile too"),
-    attr("request_class", HOSTILE.script),
+    attr("mesh.class", HOSTILE.script),
     attr("http.status_code", 500),
   ];
   const spans = [

@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { HOSTILE, bigTrace, classTrace, hostileTrace, liveTrace, sharedTrace, shiftedExampleTrace, shiftedZipkin } from "./traces.mjs";
+import { HOSTILE, bigTrace, classTrace, hex, hostileTrace, liveTrace, nowNs, otlp, sharedTrace, shiftedExampleTrace, shiftedZipkin, span } from "./traces.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "..", "..");
@@ -260,6 +260,28 @@ test("search by tag narrows the results and the URL reloads the same search", as
   assert.equal(await count(`lookback=custom&start=${nowUs - 600e6}&end=${nowUs}`), 1);
   assert.equal(await page.inputValue("[data-testid=lookback]"), "custom");
   assert.equal(await count(`lookback=custom&start=${nowUs - 7200e6}&end=${nowUs - 3600e6}`), 0);
+  await page.close();
+});
+
+test("search results show the class the server's rules assigned, not only span attributes", async () => {
+  // A catalog rule classifies every trace entering at `ruled-svc`; its spans carry no class.
+  const put = await fetch(`${base}/api/v1/classes`, {
+    method: "PUT",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify([{ class: "ruled-gold", service: "ruled-svc" }]),
+  });
+  assert.equal(put.status, 200, await put.text());
+  const traceId = hex(16);
+  const root = hex(8);
+  const t0 = nowNs() - 5_000_000_000n;
+  await post(`${otlpUrl}/v1/traces`, otlp("ruled-svc", [span(traceId, root, null, "GET /vip", t0, 12_000_000n), span(traceId, hex(8), root, "SELECT", t0 + 1_000_000n, 4_000_000n)]));
+  await waitFor(() => found("ruled-svc", traceId), "ruled-svc to be queryable");
+  const page = await newPage();
+  await search(page, "ruled-svc");
+  const row = page.locator(`[data-testid=result][data-trace-id="${traceId}"]`);
+  await row.waitFor();
+  assert.equal((await row.locator(".class").textContent()).trim(), "ruled-gold");
+  assert.match(await page.textContent("[data-testid=results] .result.head"), /Class/);
   await page.close();
 });
 

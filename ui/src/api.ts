@@ -100,6 +100,29 @@ export async function findTraces(params: URLSearchParams, signal?: AbortSignal):
   return dataOf<Trace[]>(await getJson(`/api/traces?${params.toString()}`, signal));
 }
 
+/**
+ * The class the server's rules assigned to each trace (trace ID → class); traces it does not
+ * know are missing. Empty when the lookup fails: the caller falls back to span attributes.
+ */
+export async function traceClasses(traceIds: string[], signal?: AbortSignal): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  if (!traceIds.length) return out;
+  const q = new URLSearchParams();
+  for (const id of traceIds) q.append("traceID", id);
+  try {
+    const body = (await getJson(`/api/v1/traces/classes?${q.toString()}`, signal)) as { classes?: unknown } | null;
+    const classes = body?.classes;
+    if (classes && typeof classes === "object") {
+      for (const [id, v] of Object.entries(classes as Record<string, { class?: unknown }>)) {
+        if (typeof v?.class === "string" && v.class) out.set(id, v.class);
+      }
+    }
+  } catch (e) {
+    if (signal?.aborted) throw e;
+  }
+  return out;
+}
+
 export function traceUrl(traceId: string): string {
   return `/api/traces/${encodeURIComponent(traceId)}`;
 }

@@ -27,7 +27,8 @@ export function parentId(span: Span, ids: Set<string>): string | null {
   return (pick("CHILD_OF") ?? pick("FOLLOWS_FROM"))?.spanID ?? null;
 }
 
-const CLASS_KEYS = ["request_class", "mesh.class", "meshtrace.class"];
+// The keys the server's class rules read first (fallback when its class lookup fails).
+const CLASS_KEYS = ["mesh.class", "request.class"];
 
 export interface TraceSummary {
   traceID: string;

@@ -277,7 +277,13 @@ export class SearchPage implements Page {
       const aq = SearchPage.apiQuery(q);
       const traces = await api.findTraces(aq, ctl.signal);
       this.scatter.window = [Number(aq.get("start")) / 1e6, Number(aq.get("end")) / 1e6];
-      this.results = traces.map(summarize);
+      const results = traces.map(summarize);
+      const classes = await api.traceClasses(
+        results.map((r) => r.traceID),
+        ctl.signal,
+      );
+      for (const r of results) r.requestClass = classes.get(r.traceID) ?? r.requestClass;
+      this.results = results;
       this.status.classList.remove("error");
       const n = this.results.length;
       this.status.textContent = `${n} trace${n === 1 ? "" : "s"}` + (this.live.checked ? ` · live, updated ${formatTime(Date.now() * 1000).slice(11, 19)}` : "");

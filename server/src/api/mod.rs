@@ -78,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sql", post(sql::query))
         .route("/api/dependencies", get(provenance::dependencies))
         .route("/api/v1/graph", get(provenance::graph))
+        .route("/api/v1/traces/classes", get(provenance::trace_classes))
         .route(
             "/api/v1/traces/{trace_id}/provenance",
             get(provenance::trace_provenance),

@@ -11,6 +11,8 @@
 //!   uninstrumented peer or database named by a client span);
 //! - `GET /api/v1/traces/{id}/provenance`: call tree and critical path of one trace, class and
 //!   completeness from its `traces` row, or derived on the fly while the trace is still open;
+//! - `GET /api/v1/traces/classes?traceID=..`: the rule-assigned class of many traces at once
+//!   (the search result list);
 //! - `GET /api/v1/classes` (`?effective=true`: with the configuration rules), `PUT
 //!   /api/v1/classes` (replaces the catalog rules), `GET /api/v1/classes/mapping`.
 
@@ -417,6 +419,73 @@ pub async fn trace_provenance(State(state): State<ApiState>, Path(id): Path<Stri
     });
     state.observe(started);
     Json(body).into_response()
+}
+
+/// Most trace IDs one `GET /api/v1/traces/classes` may ask for.
+const MAX_CLASS_LOOKUP: usize = 1000;
+/// Of those, most traces without a `traces` row whose class is derived on the fly.
+const MAX_OPEN_DERIVE: usize = 100;
+
+/// `GET /api/v1/traces/classes?traceID=..&traceID=..`: the class of each trace as the rules
+/// assigned it (its latest `traces` row; derived on the fly while the trace is still open), so
+/// a search result list can show it. Unknown IDs are left out of the answer.
+pub async fn trace_classes(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let started = Instant::now();
+    let pairs = query_pairs(&raw);
+    let mut ids = Vec::new();
+    for (_, v) in pairs.iter().filter(|(k, _)| k == "traceID") {
+        match parse_trace_id(v) {
+            Ok(id) if !ids.contains(&id) => ids.push(id),
+            Ok(_) => {}
+            Err(e) => return bad_request(format!("traceID: {e}")),
+        }
+    }
+    if ids.len() > MAX_CLASS_LOOKUP {
+        return bad_request(format!("at most {MAX_CLASS_LOOKUP} traceID values"));
+    }
+    let mut out = Map::new();
+    if !ids.is_empty() {
+        let holders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT trace_id, class, complete, version FROM traces_versions \
+             WHERE trace_id IN ({}) ORDER BY version",
+            holders.join(", ")
+        );
+        let params = ids
+            .iter()
+            .map(|id| ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))
+            .collect();
+        // Ordered by version: a later row of the same trace replaces the earlier one.
+        let rows = match rows_with(&state, &sql, params).await {
+            Ok(r) => r,
+            Err(f) => return respond(f),
+        };
+        for row in rows {
+            let id = text(&row, "trace_id").to_string();
+            let complete = row.get("complete").and_then(Value::as_bool);
+            let class = text(&row, "class");
+            out.insert(
+                id,
+                json!({"class": class, "complete": complete, "derived": true}),
+            );
+        }
+    }
+    let open: Vec<_> = ids
+        .iter()
+        .filter(|id| !out.contains_key(&hex::encode(id)))
+        .take(MAX_OPEN_DERIVE)
+        .collect();
+    for id in open {
+        if let Ok(spans) = state.store.trace(*id).await {
+            if !spans.is_empty() {
+                let class = state.provenance.derive_open(&spans).trace.class;
+                let entry = json!({"class": class, "complete": false, "derived": false});
+                out.insert(hex::encode(id), entry);
+            }
+        }
+    }
+    state.observe(started);
+    Json(json!({ "classes": out })).into_response()
 }
 
 /// `GET /api/v1/classes`: the catalog rules; with `effective=true` every rule in the order
