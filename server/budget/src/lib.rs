@@ -12,6 +12,7 @@
 pub mod budget;
 pub mod objective;
 pub mod observe;
+pub mod positions;
 pub mod priority;
 pub mod sketch;
 

@@ -9,13 +9,15 @@
 //! at the same position are combined: summed when sequential, the maximum when parallel.
 //!
 //! Buckets are keyed by `timestamp.div_euclid(step)`; merging two [`Observations`] merges
-//! bucket by bucket, so windows, and several nodes, merge exactly.
+//! bucket by bucket, so windows, and several nodes, merge exactly. Positions are interned
+//! ([`crate::positions`]) so that recording a deep trace stays linear in its depth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::positions::{Positions, TOP};
 use crate::sketch::Sketch;
 
 /// The sliding window over which quantiles, rates and attainment are computed.
@@ -157,22 +159,24 @@ pub struct ClassStats {
     pub hops: BTreeMap<HopPath, HopStats>,
 }
 
-impl ClassStats {
-    fn merge(&mut self, other: &ClassStats) {
-        self.e2e.merge(&other.e2e);
-        for (path, h) in &other.hops {
-            self.hops.entry(path.clone()).or_default().merge(h);
-        }
-    }
+/// [`ClassStats`] of one bucket, keyed by interned position.
+#[derive(Clone, Debug, Default)]
+struct BucketStats {
+    e2e: Sketch,
+    hops: HashMap<u32, HopStats>,
 }
 
-type Bucket = BTreeMap<String, ClassStats>;
+type Bucket = BTreeMap<String, BucketStats>;
+
+/// Interned positions are rebuilt from the live buckets once this many more exist than live.
+const COMPACT_SLACK: usize = 4096;
 
 /// Windowed observations of every class.
 #[derive(Clone, Debug)]
 pub struct Observations {
     cfg: WindowConfig,
     buckets: BTreeMap<i64, Bucket>,
+    positions: Positions,
     /// The newest bucket seen (by recording or advancing).
     latest: Option<i64>,
     /// Traces refused because they fell before the window.
@@ -184,6 +188,7 @@ impl Observations {
         Observations {
             cfg,
             buckets: BTreeMap::new(),
+            positions: Positions::default(),
             latest: None,
             late: 0,
         }
@@ -214,15 +219,17 @@ impl Observations {
             tracing::debug!(class, now_ns, "trace older than the budget window dropped");
             return false;
         }
-        let stats = self
-            .buckets
-            .entry(b)
-            .or_default()
-            .entry(class.to_string())
-            .or_default();
+        let combined = combine(&mut self.positions, hops);
+        let bucket = self.buckets.entry(b).or_default();
+        if !bucket.contains_key(class) {
+            bucket.insert(class.to_string(), BucketStats::default());
+        }
+        let Some(stats) = bucket.get_mut(class) else {
+            return false;
+        };
         stats.e2e.add(e2e_ns);
-        for (path, (ns, parallel)) in combine(hops) {
-            let h = stats.hops.entry(path).or_default();
+        for (position, (ns, parallel)) in combined {
+            let h = stats.hops.entry(position).or_default();
             h.self_time.add(ns);
             h.parallel_visits += u64::from(parallel);
         }
@@ -235,7 +242,42 @@ impl Observations {
         let latest = self.latest.map_or(b, |l| l.max(b));
         self.latest = Some(latest);
         let oldest_kept = latest - self.cfg.buckets() + 1;
-        self.buckets = self.buckets.split_off(&oldest_kept);
+        if self
+            .buckets
+            .first_key_value()
+            .is_some_and(|(k, _)| *k < oldest_kept)
+        {
+            self.buckets = self.buckets.split_off(&oldest_kept);
+            self.compact();
+        }
+    }
+
+    /// Rebuilds the interned positions from the live buckets when many are no longer used.
+    fn compact(&mut self) {
+        let live: usize = self
+            .buckets
+            .values()
+            .flat_map(|b| b.values())
+            .map(|s| s.hops.len())
+            .sum();
+        if self.positions.len() <= live.saturating_mul(4) + COMPACT_SLACK {
+            return;
+        }
+        let mut fresh = Positions::default();
+        for bucket in self.buckets.values_mut() {
+            for stats in bucket.values_mut() {
+                stats.hops = std::mem::take(&mut stats.hops)
+                    .into_iter()
+                    .map(|(id, h)| (fresh.intern_path(&self.positions.path(id)), h))
+                    .collect();
+            }
+        }
+        tracing::debug!(
+            before = self.positions.len(),
+            after = fresh.len(),
+            "hop positions compacted"
+        );
+        self.positions = fresh;
     }
 
     /// Adds another node's (or window's) observations, bucket by bucket. Both must use the
@@ -244,7 +286,12 @@ impl Observations {
         for (b, classes) in &other.buckets {
             let bucket = self.buckets.entry(*b).or_default();
             for (class, stats) in classes {
-                bucket.entry(class.clone()).or_default().merge(stats);
+                let mine = bucket.entry(class.clone()).or_default();
+                mine.e2e.merge(&stats.e2e);
+                for (id, h) in &stats.hops {
+                    let position = self.positions.intern_path(&other.positions.path(*id));
+                    mine.hops.entry(position).or_default().merge(h);
+                }
             }
         }
         self.late += other.late;
@@ -257,39 +304,59 @@ impl Observations {
     pub fn window(&self, now_ns: i64) -> BTreeMap<String, ClassStats> {
         let end = self.cfg.bucket_of(now_ns);
         let start = end - self.cfg.buckets() + 1;
-        let mut out: BTreeMap<String, ClassStats> = BTreeMap::new();
+        let mut merged: BTreeMap<&str, BucketStats> = BTreeMap::new();
         for (_, bucket) in self.buckets.range(start..=end) {
             for (class, stats) in bucket {
-                out.entry(class.clone()).or_default().merge(stats);
+                let m = merged.entry(class).or_default();
+                m.e2e.merge(&stats.e2e);
+                for (id, h) in &stats.hops {
+                    m.hops.entry(*id).or_default().merge(h);
+                }
             }
         }
-        out
+        merged
+            .into_iter()
+            .map(|(class, m)| {
+                let hops = m
+                    .hops
+                    .into_iter()
+                    .map(|(id, h)| (self.positions.path(id), h))
+                    .collect();
+                (class.to_string(), ClassStats { e2e: m.e2e, hops })
+            })
+            .collect()
     }
 }
 
 /// One trace's samples by position: (self time, parallel), summed when sequential, max when
 /// parallel. A sample whose parent index is not before it is taken as top-level.
-fn combine(hops: &[HopSample]) -> BTreeMap<HopPath, (i64, bool)> {
-    let mut paths: Vec<HopPath> = Vec::with_capacity(hops.len());
-    let mut out: BTreeMap<HopPath, (i64, bool)> = BTreeMap::new();
+fn combine(positions: &mut Positions, hops: &[HopSample]) -> Vec<(u32, (i64, bool))> {
+    let mut ids: Vec<u32> = Vec::with_capacity(hops.len());
+    let mut out: Vec<(u32, (i64, bool))> = Vec::with_capacity(hops.len());
+    let mut at: HashMap<u32, usize> = HashMap::with_capacity(hops.len());
     for (i, s) in hops.iter().enumerate() {
-        let mut path = match s.parent {
-            Some(p) if p < i => paths[p].clone(),
+        let parent = match s.parent {
+            Some(p) if p < i => ids[p],
             Some(p) => {
                 tracing::debug!(index = i, parent = p, "hop parent not before it; top-level");
-                Vec::new()
+                TOP
             }
-            None => Vec::new(),
+            None => TOP,
         };
-        path.push(s.hop.clone());
-        paths.push(path.clone());
+        let id = positions.intern(parent, &s.hop);
+        ids.push(id);
         let ns = s.self_time_ns.max(0);
-        out.entry(path)
-            .and_modify(|(t, par)| {
+        match at.get(&id) {
+            Some(&k) => {
+                let (t, par) = &mut out[k].1;
                 *t = if s.parallel { (*t).max(ns) } else { *t + ns };
                 *par = *par && s.parallel;
-            })
-            .or_insert((ns, s.parallel));
+            }
+            None => {
+                at.insert(id, out.len());
+                out.push((id, (ns, s.parallel)));
+            }
+        }
     }
     out
 }
@@ -326,7 +393,11 @@ mod tests {
             HopSample::new("db", "query", 1),
             HopSample::new("x", "y", 1).child_of(9),
         ];
-        let got = combine(&hops);
+        let mut positions = Positions::default();
+        let got: BTreeMap<HopPath, (i64, bool)> = combine(&mut positions, &hops)
+            .into_iter()
+            .map(|(id, v)| (positions.path(id), v))
+            .collect();
         let gw = HopKey::new("gw", "GET /");
         let db = HopKey::new("db", "query");
         let shard = HopKey::new("shard", "get");
