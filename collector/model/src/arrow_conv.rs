@@ -38,7 +38,10 @@ fn append_map<'a>(
     let mut types = BTreeMap::new();
     for kv in attrs {
         builder.keys().append_value(&kv.key);
-        builder.values().append_value(kv.value.to_display());
+        match &kv.value {
+            AttrValue::Str(v) => builder.values().append_value(v),
+            other => builder.values().append_value(other.to_display()),
+        }
         if !matches!(kv.value, AttrValue::Str(_)) {
             types.insert(kv.key.clone(), kv.value.type_name());
         }
@@ -57,6 +60,10 @@ fn promoted_index(kv: &KeyValue) -> Option<usize> {
                 _ => false,
             }
     })
+}
+
+fn non_empty(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
 }
 
 /// Builds one record batch of the `spans` schema from spans.
@@ -79,6 +86,7 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
     let mut events_col = StringBuilder::new();
     let mut links_col = StringBuilder::new();
 
+    let mut rest: Vec<&KeyValue> = Vec::new();
     for s in spans {
         trace_id.append_value(s.trace_id)?;
         span_id.append_value(s.span_id)?;
@@ -86,19 +94,18 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
             Some(p) => parent.append_value(p)?,
             None => parent.append_null(),
         }
-        let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
-        strings[0].append_option(opt(&s.trace_state));
+        strings[0].append_option(non_empty(&s.trace_state));
         strings[1].append_value(&s.service_name);
         strings[2].append_value(&s.name);
         strings[3].append_value(s.kind.as_str());
         strings[4].append_value(s.status_code.as_str());
-        strings[5].append_option(opt(&s.status_message));
-        strings[6].append_option(opt(&s.scope_name));
+        strings[5].append_option(non_empty(&s.status_message));
+        strings[6].append_option(non_empty(&s.scope_name));
         start.push(s.start_unix_nano);
         duration.append_value(s.duration_nano);
 
-        let mut promoted: Vec<Option<&AttrValue>> = vec![None; PROMOTED.len()];
-        let mut rest = Vec::with_capacity(s.attributes.len());
+        let mut promoted: [Option<&AttrValue>; PROMOTED.len()] = [None; PROMOTED.len()];
+        rest.clear();
         for kv in &s.attributes {
             match promoted_index(kv) {
                 Some(i) if promoted[i].is_none() => promoted[i] = Some(&kv.value),
@@ -113,7 +120,7 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
                 (_, false) => promoted_str[i].append_null(),
             }
         }
-        let a = append_map(&mut attrs, rest.into_iter())?;
+        let a = append_map(&mut attrs, rest.iter().copied())?;
         let r = append_map(&mut resource, s.resource_attributes.iter())?;
         let sc = append_map(&mut scope, s.scope_attributes.iter())?;
         if a.is_empty() && r.is_empty() && sc.is_empty() {

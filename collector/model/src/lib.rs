@@ -7,7 +7,10 @@
 
 pub mod arrow_conv;
 pub mod schema;
+pub mod shared;
 pub mod span;
+
+pub use shared::SpanRef;
 
 pub use span::{
     AttrValue, Event, KeyValue, Link, Span, SpanId, SpanKind, StatusCode, TraceId, PROMOTED,

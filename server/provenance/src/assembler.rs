@@ -15,15 +15,17 @@
 //! arriving after the late window start a new trace.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
-use meshtrace_model::{Span, SpanId, SpanKind, TraceId};
+use meshtrace_model::{Span, SpanId, SpanKind, SpanRef, TraceId};
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassRule;
 use crate::derive::{derive_tree, Derived};
 use crate::graph::GraphConfig;
-use crate::tree::{build_tree, TraceTree};
+use crate::tree::{build_tree_shared, TraceTree};
 
 /// Assembler limits and windows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,15 +112,18 @@ pub struct AssemblerStats {
     pub duplicate_spans: u64,
 }
 
-type SpanKey = (SpanId, SpanKind, i64, String);
+/// What makes a span a duplicate: ID, kind, start and (a hash of) the service.
+type SpanKey = (SpanId, SpanKind, i64, u64);
 
 fn key_of(s: &Span) -> SpanKey {
-    (s.span_id, s.kind, s.start_unix_nano, s.service_name.clone())
+    let mut h = std::hash::DefaultHasher::new();
+    s.service_name.hash(&mut h);
+    (s.span_id, s.kind, s.start_unix_nano, h.finish())
 }
 
 #[derive(Debug)]
 struct Open {
-    spans: Vec<Span>,
+    spans: Vec<SpanRef>,
     seen: HashSet<SpanKey>,
     /// (first seen, sequence): the key in `Assembler::order`.
     order_key: (i64, u64),
@@ -136,7 +141,7 @@ pub struct Assembler {
     seq: u64,
     pending: Vec<CompletedTrace>,
     /// Completed traces kept for late spans: spans, completion time, dropped count.
-    retained: HashMap<TraceId, (Vec<Span>, i64, u64)>,
+    retained: HashMap<TraceId, (Vec<SpanRef>, i64, u64)>,
     retained_order: VecDeque<(i64, TraceId)>,
     stats: AssemblerStats,
 }
@@ -166,23 +171,28 @@ impl Assembler {
         self.open.len()
     }
 
-    /// Adds spans (of any traces) received at `now`.
+    /// Adds spans (of any traces) received at `now`, copying them; see [`Assembler::add_shared`].
     pub fn add(&mut self, spans: &[Span], now: i64) {
+        self.add_shared(&Arc::new(spans.to_vec()), now);
+    }
+
+    /// [`Assembler::add`] keeping references into the shared batch instead of copies.
+    pub fn add_shared(&mut self, spans: &Arc<Vec<Span>>, now: i64) {
         self.expire_retained(now);
-        for span in spans {
+        for span in SpanRef::all(spans) {
             if !self.open.contains_key(&span.trace_id) {
                 self.open_trace(span.trace_id, now);
             }
             let max = self.config.max_spans_per_trace;
             let open = self.open.get_mut(&span.trace_id).expect("opened above");
             open.last_seen = now;
-            if !open.seen.insert(key_of(span)) {
+            if !open.seen.insert(key_of(&span)) {
                 self.stats.duplicate_spans += 1;
             } else if open.spans.len() >= max {
                 open.dropped += 1;
                 self.stats.dropped_spans += 1;
             } else {
-                open.spans.push(span.clone());
+                open.spans.push(span);
             }
         }
     }
@@ -210,7 +220,7 @@ impl Assembler {
         self.seq += 1;
         let order_key = (now, self.seq);
         self.order.insert(order_key, id);
-        let seen = spans.iter().map(key_of).collect();
+        let seen = spans.iter().map(|s| key_of(s)).collect();
         self.open.insert(
             id,
             Open {
@@ -259,7 +269,7 @@ impl Assembler {
         reason: CompletionReason,
         now: i64,
     ) -> CompletedTrace {
-        let tree = build_tree(&open.spans);
+        let tree = build_tree_shared(open.spans.clone());
         let c = tree.counters;
         self.stats.completed += 1;
         self.stats.replacements += u64::from(open.replaces);

@@ -27,4 +27,4 @@ pub use graph::{
     service_edges, service_graph, ConnectionType, EdgeKey, EdgeStats, GraphConfig, ServiceGraph,
 };
 pub use mapping::{ClassMapping, MappingEntry};
-pub use tree::{build_tree, TraceTree, TreeCounters};
+pub use tree::{build_tree, build_tree_shared, TraceTree, TreeCounters};

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use meshtrace_model::{AttrValue, Span, SpanId, SpanKind};
+use meshtrace_model::{AttrValue, Span, SpanId, SpanKind, SpanRef};
 use serde::Serialize;
 
 /// The attribute the Zipkin decoder sets on the SERVER half of a shared RPC.
@@ -33,7 +33,7 @@ pub const ZIPKIN_SHARED: &str = "zipkin.shared";
 /// One span in the tree.
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub span: Span,
+    pub span: SpanRef,
     /// Index of the parent node, if it was found.
     pub parent: Option<usize>,
     /// Child node indices, in input order.
@@ -130,16 +130,22 @@ pub fn is_shared(span: &Span) -> bool {
 }
 
 /// Builds the tree of one trace's spans (the caller groups spans by trace).
+/// Copies the spans; [`build_tree_shared`] builds it from shared spans without copying.
 pub fn build_tree(spans: &[Span]) -> TraceTree {
+    build_tree_shared(SpanRef::from_spans(spans.to_vec()))
+}
+
+/// [`build_tree`] from spans that stay in their shared batches.
+pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
     let mut nodes: Vec<Node> = spans
-        .iter()
+        .into_iter()
         .map(|s| Node {
-            span: s.clone(),
             parent: None,
             children: Vec::new(),
             start_ns: s.start_unix_nano,
             end_ns: s.end_unix_nano(),
-            shared: is_shared(s),
+            shared: is_shared(&s),
+            span: s,
         })
         .collect();
     let mut by_id: HashMap<SpanId, Vec<usize>> = HashMap::new();

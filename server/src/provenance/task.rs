@@ -116,10 +116,10 @@ impl Engine {
     fn add(&mut self, msg: Msg) {
         let now = self.now();
         match msg {
-            Msg::Live(spans) => self.assembler.add(&spans, now),
+            Msg::Live(spans) => self.assembler.add_shared(&spans, now),
             Msg::Replay(spans) => {
                 self.replayed.extend(spans.iter().map(|s| s.trace_id));
-                self.assembler.add(&spans, now);
+                self.assembler.add_shared(&spans, now);
             }
         }
     }
