@@ -197,11 +197,12 @@ pub(crate) fn encode_segment(
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
         .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?;
-    let services: BTreeSet<String> = batch
+    let services: BTreeSet<&str> = batch
         .column_by_name("service_name")
         .and_then(|c| c.as_string_opt::<i32>())
-        .map(|a| a.iter().flatten().map(str::to_string).collect())
+        .map(|a| a.iter().flatten().collect())
         .unwrap_or_default();
+    let services: Vec<String> = services.into_iter().map(str::to_string).collect();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 8);
     let mut writer =
         ArrowWriter::try_new(&mut buf, schema, Some(writer_properties(row_group_rows)))?;
@@ -212,7 +213,7 @@ pub(crate) fn encode_segment(
         rows: batch.num_rows(),
         min_start_ns: arrow_min(start).unwrap_or_default(),
         max_start_ns: arrow_max(start).unwrap_or_default(),
-        services: services.into_iter().collect(),
+        services,
     })
 }
 
