@@ -2,7 +2,10 @@
 //! gRPC on several concurrent streams for a fixed time and reports durable (acknowledged)
 //! spans per second, export latency, bytes per span on disk, and, measured in the same run, the
 //! spans per second of decoding the same payloads alone: the ceiling, so the ratio is
-//! meaningful on a noisy machine.
+//! meaningful on a noisy machine. The generator sends pre-encoded payloads ([`payload`]) so
+//! that it takes little of the CPU it shares with the server.
+
+mod payload;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +18,9 @@ use hdrhistogram::Histogram;
 use meshtrace_collector::decode::otlp;
 use meshtrace_collector::Limits;
 use meshtrace_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 
@@ -42,8 +46,9 @@ pub struct IngestArgs {
     /// How long to send
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Concurrent export streams
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent export streams (connections), as many sidecars would open; each waits for
+    /// its export to be acknowledged before sending the next
+    #[arg(long, default_value_t = 16)]
     pub streams: usize,
     /// Traces per export request
     #[arg(long, default_value_t = 25)]
@@ -54,6 +59,11 @@ pub struct IngestArgs {
     /// Also run once with trace assembly (provenance) off and print the ratio
     #[arg(long)]
     pub compare_assembly: bool,
+    /// Distinct requests per stream, encoded before the timed run and sent again and again
+    /// with new trace IDs. The default gives more distinct spans than a Parquet segment holds,
+    /// so repeats do not flatter the bytes per span
+    #[arg(long, default_value_t = 64)]
+    pub pool: usize,
     /// Skip fsync in the write-ahead log (shows what durability costs; not durable)
     #[arg(long)]
     pub no_fsync: bool,
@@ -158,29 +168,75 @@ struct Totals {
     errors: AtomicU64,
 }
 
+/// An export client that sends pre-encoded requests.
+async fn raw_client(
+    endpoint: &str,
+) -> anyhow::Result<tonic::client::Grpc<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20))
+}
+
+async fn export(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: bytes::Bytes,
+) -> Result<(), tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    client
+        .unary::<_, ExportTraceServiceResponse, _>(
+            tonic::Request::new(body),
+            path,
+            payload::RawCodec,
+        )
+        .await
+        .map(|_| ())
+}
+
 async fn load(
     endpoint: String,
     args: &IngestArgs,
 ) -> anyhow::Result<(u64, f64, Histogram<u64>, u64)> {
     let totals = Arc::new(Totals::default());
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let t_pool = Instant::now();
+    let mut pools = Vec::new();
+    for _ in 0..args.streams {
+        let (n, traces) = (args.pool.max(1), args.traces_per_request);
+        pools.push(tokio::task::spawn_blocking(move || {
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            (0..n)
+                .map(|_| payload::Payload::new(&request(&mut rng, traces).0))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut streams = Vec::new();
+    for pool in pools {
+        streams.push((raw_client(&endpoint).await?, pool.await?));
+    }
+    tracing::info!(took = ?t_pool.elapsed(), "payloads encoded");
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.streams {
-        let mut client = TraceServiceClient::connect(endpoint.clone())
-            .await
-            .with_context(|| format!("connecting to {endpoint}"))?
-            .max_encoding_message_size(64 << 20);
-        let (totals, hist, traces) = (totals.clone(), hist.clone(), args.traces_per_request);
+    for (stream, (mut client, pool)) in streams.into_iter().enumerate() {
+        let (totals, hist) = (totals.clone(), hist.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::from_entropy();
+            let mut sent = 0u64;
             while Instant::now() < deadline {
-                let (req, n) = request(&mut rng, traces);
+                let p = &pool[sent as usize % pool.len()];
+                sent += 1;
+                let body = p.render(((stream as u64) << 40) | sent);
                 let t0 = Instant::now();
-                match client.export(req).await {
-                    Ok(_) => {
-                        totals.spans.fetch_add(n as u64, Ordering::Relaxed);
+                match export(&mut client, body).await {
+                    Ok(()) => {
+                        totals.spans.fetch_add(p.spans as u64, Ordering::Relaxed);
                         let us = t0.elapsed().as_micros() as u64;
                         let _ = hist.lock().map(|mut h| h.record(us.max(1)));
                     }
