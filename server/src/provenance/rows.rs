@@ -199,14 +199,15 @@ impl Rows {
         let int = |g: &dyn Fn(&(&Entry, &meshtrace_provenance::TraceRow)) -> i64| -> ArrayRef {
             Arc::new(Int64Array::from_iter_values(t.iter().map(g)))
         };
-        let text = |g: &dyn Fn(&(&Entry, &meshtrace_provenance::TraceRow)) -> String| -> ArrayRef {
+        type T<'a> = (&'a Entry, &'a meshtrace_provenance::TraceRow);
+        let text = |g: &dyn for<'a> Fn(&'a T<'a>) -> &'a str| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(t.iter().map(g)))
         };
         let columns: Vec<ArrayRef> = vec![
             ids16(t.iter().map(|(_, r)| r.trace_id))?,
-            text(&|(_, r)| r.class.clone()),
-            text(&|(_, r)| r.root_service.clone()),
-            text(&|(_, r)| r.root_operation.clone()),
+            text(&|(_, r)| r.class.as_str()),
+            text(&|(_, r)| r.root_service.as_str()),
+            text(&|(_, r)| r.root_operation.as_str()),
             times(t.iter().map(|(_, r)| r.start_ns)),
             int(&|(_, r)| r.duration_ns),
             int(&|(_, r)| r.span_count as i64),
@@ -220,7 +221,7 @@ impl Rows {
             )),
             int(&|(e, _)| e.derived.counters.roots as i64),
             int(&|(e, _)| e.derived.counters.orphans as i64),
-            text(&|(e, _)| reason_name(e.reason).to_string()),
+            text(&|(e, _)| reason_name(e.reason)),
             int(&|(e, _)| e.version),
         ];
         RecordBatch::try_new(traces_schema(), columns)
@@ -238,7 +239,7 @@ impl Rows {
                     .map(move |(r, s)| (e, r, *s))
             })
             .collect();
-        let text = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> String| -> ArrayRef {
+        let text = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> &str| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(r.1))))
         };
         let opt_int = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> Option<i64>| -> ArrayRef {
@@ -246,17 +247,17 @@ impl Rows {
         };
         let columns: Vec<ArrayRef> = vec![
             ids16(rows.iter().map(|r| r.1.trace_id))?,
-            text(&|r| r.class.clone()),
-            text(&|r| r.caller_service.clone()),
-            text(&|r| r.callee_service.clone()),
-            text(&|r| r.operation.clone()),
-            text(&|r| connection_name(r.connection_type).to_string()),
+            text(&|r| r.class.as_str()),
+            text(&|r| r.caller_service.as_str()),
+            text(&|r| r.callee_service.as_str()),
+            text(&|r| r.operation.as_str()),
+            text(&|r| connection_name(r.connection_type)),
             opt_ids8(rows.iter().map(|r| r.1.client_span_id))?,
             opt_ids8(rows.iter().map(|r| r.1.server_span_id))?,
             opt_int(&|r| r.client_duration_ns),
             opt_int(&|r| r.server_duration_ns),
             opt_int(&|r| r.overhead_ns),
-            text(&|r| r.status.as_str().to_string()),
+            text(&|r| r.status.as_str()),
             times(rows.iter().map(|r| r.2)),
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.0.version),
@@ -271,15 +272,15 @@ impl Rows {
             .iter()
             .flat_map(|e| e.derived.critical_path.iter().map(move |r| (e, r)))
             .collect();
-        let text = |g: &dyn Fn(&meshtrace_provenance::CriticalPathRow) -> String| -> ArrayRef {
+        let text = |g: &dyn Fn(&meshtrace_provenance::CriticalPathRow) -> &str| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(r.1))))
         };
         let columns: Vec<ArrayRef> = vec![
             ids16(rows.iter().map(|r| r.1.trace_id))?,
-            text(&|r| r.class.clone()),
+            text(&|r| r.class.as_str()),
             opt_ids8(rows.iter().map(|r| Some(r.1.span_id)))?,
-            text(&|r| r.service.clone()),
-            text(&|r| r.operation.clone()),
+            text(&|r| r.service.as_str()),
+            text(&|r| r.operation.as_str()),
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.1.self_time_ns),
             )),
