@@ -8,11 +8,13 @@
 //! (later ones are dropped and counted in `dropped_spans`). Exact duplicate spans (same ID,
 //! kind, service and start, as sent again by an at-least-once sender) are ignored and counted.
 //!
-//! Late spans: a completed trace's spans are kept for [`AssemblerConfig::late_window`] (at most
-//! `max_open_traces` of them). A span arriving for such a trace reopens it with all its earlier
-//! spans (`late_merges`); when it completes again it comes out whole with `replaces = true`,
-//! and the caller replaces the rows it derived before instead of adding new ones. Spans
-//! arriving after the late window start a new trace.
+//! Late spans: a completed trace is remembered (its ID, not its spans) for
+//! [`AssemblerConfig::late_window`] (at most `max_open_traces` of them). A span arriving for
+//! such a trace reopens it (`late_merges`); when it completes again it comes out with
+//! `replaces = true` and only the spans that arrived since: the caller rebuilds it from the
+//! stored spans (which hold the earlier ones) and replaces the rows it derived before instead
+//! of adding new ones. Not keeping completed traces' spans is what lets a batch's memory go
+//! as soon as its traces complete. Spans arriving after the late window start a new trace.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -50,7 +52,7 @@ impl Default for AssemblerConfig {
             idle: Duration::from_secs(5),
             max_age: Duration::from_secs(60),
             late_window: Duration::from_secs(60),
-            max_open_traces: 10_000,
+            max_open_traces: 100_000,
             max_spans_per_trace: 10_000,
         }
     }
@@ -72,7 +74,8 @@ pub struct CompletedTrace {
     pub trace_id: TraceId,
     pub tree: TraceTree,
     pub reason: CompletionReason,
-    /// This trace was handed out before; its earlier derived rows must be replaced.
+    /// This trace was handed out before; its earlier derived rows must be replaced, and `tree`
+    /// holds only the spans that arrived since (rebuild it from the stored spans).
     pub replaces: bool,
     /// Spans of this trace dropped by the per-trace limit.
     pub dropped_spans: u64,
@@ -121,6 +124,19 @@ fn key_of(s: &Span) -> SpanKey {
     (s.span_id, s.kind, s.start_unix_nano, h.finish())
 }
 
+/// The spans without exact duplicates (same ID, kind, start and service: an at-least-once
+/// sender's retries), first copy kept, and how many were dropped.
+pub fn unique_spans(spans: Vec<Span>) -> (Vec<Span>, usize) {
+    let mut seen = HashSet::with_capacity(spans.len());
+    let before = spans.len();
+    let kept: Vec<Span> = spans
+        .into_iter()
+        .filter(|s| seen.insert(key_of(s)))
+        .collect();
+    let dropped = before - kept.len();
+    (kept, dropped)
+}
+
 #[derive(Debug)]
 struct Open {
     spans: Vec<SpanRef>,
@@ -141,7 +157,7 @@ pub struct Assembler {
     seq: u64,
     pending: Vec<CompletedTrace>,
     /// Completed traces kept for late spans: spans, completion time, dropped count.
-    retained: HashMap<TraceId, (Vec<SpanRef>, i64, u64)>,
+    retained: HashMap<TraceId, (i64, u64)>,
     retained_order: VecDeque<(i64, TraceId)>,
     stats: AssemblerStats,
 }
@@ -210,22 +226,21 @@ impl Assembler {
                 self.pending.push(done);
             }
         }
-        let (spans, replaces, dropped) = match self.retained.remove(&id) {
-            Some((spans, _, dropped)) => {
+        let (replaces, dropped) = match self.retained.remove(&id) {
+            Some((_, dropped)) => {
                 self.stats.late_merges += 1;
-                (spans, true, dropped)
+                (true, dropped)
             }
-            None => (Vec::new(), false, 0),
+            None => (false, 0),
         };
         self.seq += 1;
         let order_key = (now, self.seq);
         self.order.insert(order_key, id);
-        let seen = spans.iter().map(|s| key_of(s)).collect();
         self.open.insert(
             id,
             Open {
-                spans,
-                seen,
+                spans: Vec::new(),
+                seen: HashSet::new(),
                 order_key,
                 last_seen: now,
                 replaces,
@@ -269,15 +284,18 @@ impl Assembler {
         reason: CompletionReason,
         now: i64,
     ) -> CompletedTrace {
-        let tree = build_tree_shared(open.spans.clone());
+        let tree = build_tree_shared(open.spans);
         let c = tree.counters;
         self.stats.completed += 1;
         self.stats.replacements += u64::from(open.replaces);
-        self.stats.orphans += c.orphans as u64;
-        self.stats.multi_root += u64::from(c.roots > 1);
-        self.stats.skew += c.skew_adjusted as u64;
-        self.stats.shared += c.shared_merged as u64;
-        self.retained.insert(id, (open.spans, now, open.dropped));
+        // A replacement's tree holds only its late spans; its shape was counted the first time.
+        if !open.replaces {
+            self.stats.orphans += c.orphans as u64;
+            self.stats.multi_root += u64::from(c.roots > 1);
+            self.stats.skew += c.skew_adjusted as u64;
+            self.stats.shared += c.shared_merged as u64;
+        }
+        self.retained.insert(id, (now, open.dropped));
         self.retained_order.push_back((now, id));
         CompletedTrace {
             trace_id: id,
@@ -298,7 +316,7 @@ impl Assembler {
             }
             self.retained_order.pop_front();
             // Only drop the entry this queue item stands for (a reopened trace is re-queued).
-            if self.retained.get(&id).is_some_and(|(_, t, _)| *t == at) {
+            if self.retained.get(&id).is_some_and(|(t, _)| *t == at) {
                 self.retained.remove(&id);
             }
         }

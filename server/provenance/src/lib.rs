@@ -19,12 +19,14 @@ pub mod graph;
 pub mod mapping;
 pub mod tree;
 
-pub use assembler::{Assembler, AssemblerConfig, AssemblerStats, CompletedTrace, CompletionReason};
+pub use assembler::{
+    unique_spans, Assembler, AssemblerConfig, AssemblerStats, CompletedTrace, CompletionReason,
+};
 pub use classes::{classify, ClassRule, DEFAULT_CLASS};
 pub use critical_path::{critical_path, self_times, Section};
 pub use derive::{derive, derive_tree, CriticalPathRow, Derived, EdgeRow, TraceRow};
 pub use graph::{
     service_edges, service_graph, ConnectionType, EdgeKey, EdgeStats, GraphConfig, ServiceGraph,
 };
-pub use mapping::{ClassMapping, MappingEntry};
+pub use mapping::{ClassMapping, Learned, MappingEntry};
 pub use tree::{build_tree, build_tree_shared, TraceTree, TreeCounters};

@@ -28,6 +28,13 @@ pub struct MappingEntry {
     pub share: f64,
 }
 
+/// What one trace taught the mapping: its class and its call signatures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Learned {
+    class: String,
+    signatures: BTreeSet<Signature>,
+}
+
 /// Learned signature → class counts.
 #[derive(Clone, Debug, Default)]
 pub struct ClassMapping {
@@ -53,38 +60,45 @@ impl ClassMapping {
         ClassMapping::default()
     }
 
-    /// Learns from one trace's rows; returns false (and learns nothing) for a partial trace.
-    pub fn learn(&mut self, d: &Derived) -> bool {
+    /// Learns from one trace's rows; returns what it learned (to [`ClassMapping::forget`] it
+    /// if the trace is replaced), or None (learning nothing) for a partial trace.
+    pub fn learn(&mut self, d: &Derived) -> Option<Learned> {
         if !d.trace.complete {
-            return false;
+            return None;
         }
-        for sig in signatures(d) {
-            *self
-                .counts
-                .entry(sig)
-                .or_default()
-                .entry(d.trace.class.clone())
-                .or_default() += 1;
+        let learned = Learned {
+            class: d.trace.class.clone(),
+            signatures: signatures(d),
+        };
+        for sig in &learned.signatures {
+            if !self.counts.contains_key(sig) {
+                self.counts.insert(sig.clone(), BTreeMap::new());
+            }
+            if let Some(classes) = self.counts.get_mut(sig) {
+                match classes.get_mut(&learned.class) {
+                    Some(n) => *n += 1,
+                    None => {
+                        classes.insert(learned.class.clone(), 1);
+                    }
+                }
+            }
         }
         self.traces += 1;
-        true
+        Some(learned)
     }
 
-    /// Undoes an earlier [`ClassMapping::learn`] of the same rows.
-    pub fn forget(&mut self, d: &Derived) {
-        if !d.trace.complete {
-            return;
-        }
-        for sig in signatures(d) {
-            if let Some(classes) = self.counts.get_mut(&sig) {
-                if let Some(n) = classes.get_mut(&d.trace.class) {
+    /// Undoes an earlier [`ClassMapping::learn`].
+    pub fn forget(&mut self, learned: &Learned) {
+        for sig in &learned.signatures {
+            if let Some(classes) = self.counts.get_mut(sig) {
+                if let Some(n) = classes.get_mut(&learned.class) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        classes.remove(&d.trace.class);
+                        classes.remove(&learned.class);
                     }
                 }
                 if classes.is_empty() {
-                    self.counts.remove(&sig);
+                    self.counts.remove(sig);
                 }
             }
         }

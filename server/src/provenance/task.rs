@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshtrace_model::TraceId;
-use meshtrace_provenance::{build_tree, Assembler, CompletedTrace, Derived};
+use meshtrace_provenance::{build_tree, unique_spans, Assembler, CompletedTrace, Derived, Learned};
 use meshtrace_storage::{DerivedStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ pub(super) struct Engine {
     max_spans: usize,
     replayed: HashSet<TraceId>,
     /// Rows learned into the mapping, per recent trace, to forget on replacement.
-    recent: Bounded<TraceId, Derived>,
+    recent: Bounded<TraceId, Learned>,
     /// Completed trace IDs, to detect spans later than the assembler remembers.
     seen: Bounded<TraceId, ()>,
     last_version: i64,
@@ -174,11 +174,12 @@ impl Engine {
     async fn with_all_spans(&mut self, mut c: CompletedTrace) -> CompletedTrace {
         let replayed = self.replayed.remove(&c.trace_id);
         let forgotten = !c.replaces && self.seen.contains(&c.trace_id);
-        if !(replayed || forgotten) {
+        // A replacement carries only the spans that arrived after the trace was handed out.
+        if !(replayed || forgotten || c.replaces) {
             return c;
         }
-        match self.store.trace(c.trace_id).await {
-            Ok(mut spans) if spans.len() > c.tree.nodes.len() => {
+        match self.store.trace(c.trace_id).await.map(unique_spans) {
+            Ok((mut spans, _)) if spans.len() > c.tree.nodes.len() => {
                 if spans.len() > self.max_spans {
                     c.dropped_spans += (spans.len() - self.max_spans) as u64;
                     spans.truncate(self.max_spans);
@@ -208,8 +209,8 @@ impl Engine {
         if let Some(old) = self.recent.remove(&id) {
             mapping.forget(&old);
         }
-        if mapping.learn(d) {
-            self.recent.insert(id, d.clone());
+        if let Some(learned) = mapping.learn(d) {
+            self.recent.insert(id, learned);
         }
         drop(mapping);
         self.seen.insert(id, ());
