@@ -64,7 +64,11 @@ export class ApiError extends Error {
 }
 
 async function getJson(path: string, signal?: AbortSignal): Promise<unknown> {
-  const res = await fetch(path, { signal, headers: { Accept: "application/json" } });
+  return readJson(await fetch(path, { signal, headers: { Accept: "application/json" } }));
+}
+
+/** The JSON body of a response (null when it is not JSON); throws ApiError when not ok. */
+async function readJson(res: Response): Promise<unknown> {
   let body: unknown = null;
   try {
     body = await res.json();
@@ -399,12 +403,6 @@ export async function setPriorityOverrides(overrides: Record<string, number>): P
     headers: { "Content-Type": "application/json", Accept: "application/json" },
     body: JSON.stringify(overrides),
   });
-  let body: unknown = null;
-  try {
-    body = await res.json();
-  } catch {
-    body = null;
-  }
-  if (!res.ok) throw new ApiError(errorMessage(body) ?? `${res.status} ${res.statusText}`, res.status);
+  const body = await readJson(res);
   return body && typeof body === "object" ? (body as Record<string, number>) : {};
 }

@@ -166,6 +166,16 @@ struct BucketStats {
     hops: HashMap<u32, HopStats>,
 }
 
+impl BucketStats {
+    /// Adds `other`'s statistics, its positions mapped to this one's by `position`.
+    fn merge(&mut self, other: &BucketStats, mut position: impl FnMut(u32) -> u32) {
+        self.e2e.merge(&other.e2e);
+        for (id, h) in &other.hops {
+            self.hops.entry(position(*id)).or_default().merge(h);
+        }
+    }
+}
+
 type Bucket = BTreeMap<String, BucketStats>;
 
 /// Interned positions are rebuilt from the live buckets once this many more exist than live.
@@ -286,12 +296,11 @@ impl Observations {
         for (b, classes) in &other.buckets {
             let bucket = self.buckets.entry(*b).or_default();
             for (class, stats) in classes {
-                let mine = bucket.entry(class.clone()).or_default();
-                mine.e2e.merge(&stats.e2e);
-                for (id, h) in &stats.hops {
-                    let position = self.positions.intern_path(&other.positions.path(*id));
-                    mine.hops.entry(position).or_default().merge(h);
-                }
+                let positions = &mut self.positions;
+                bucket
+                    .entry(class.clone())
+                    .or_default()
+                    .merge(stats, |id| positions.intern_path(&other.positions.path(id)));
             }
         }
         self.late += other.late;
@@ -307,11 +316,7 @@ impl Observations {
         let mut merged: BTreeMap<&str, BucketStats> = BTreeMap::new();
         for (_, bucket) in self.buckets.range(start..=end) {
             for (class, stats) in bucket {
-                let m = merged.entry(class).or_default();
-                m.e2e.merge(&stats.e2e);
-                for (id, h) in &stats.hops {
-                    m.hops.entry(*id).or_default().merge(h);
-                }
+                merged.entry(class).or_default().merge(stats, |id| id);
             }
         }
         merged
