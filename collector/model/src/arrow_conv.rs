@@ -10,13 +10,14 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampNanosecondType};
 use arrow_array::{Array, ArrayRef, MapArray, RecordBatch, TimestampNanosecondArray};
 
+use crate::arrow_nested::{events_array, links_array, Nested};
 use crate::schema::spans_schema;
-use crate::span::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode, PROMOTED};
+use crate::span::{AttrValue, KeyValue, Span, SpanKind, StatusCode, PROMOTED};
 use crate::ModelError;
 
-type StringMapBuilder = MapBuilder<StringBuilder, StringBuilder>;
+pub(crate) type StringMapBuilder = MapBuilder<StringBuilder, StringBuilder>;
 
-fn map_builder(capacity: usize) -> StringMapBuilder {
+pub(crate) fn map_builder(capacity: usize) -> StringMapBuilder {
     let names = MapFieldNames {
         entry: "entries".into(),
         key: "keys".into(),
@@ -31,7 +32,7 @@ fn map_builder(capacity: usize) -> StringMapBuilder {
 }
 
 /// Appends one attribute map and returns the types of its non-string values.
-fn append_map<'a>(
+pub(crate) fn append_map<'a>(
     builder: &mut StringMapBuilder,
     attrs: impl Iterator<Item = &'a KeyValue>,
 ) -> Result<BTreeMap<String, &'static str>, ModelError> {
@@ -83,8 +84,6 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
     let mut resource = map_builder(n);
     let mut scope = map_builder(n);
     let mut types_col = StringBuilder::new();
-    let mut events_col = StringBuilder::new();
-    let mut links_col = StringBuilder::new();
 
     let mut rest: Vec<&KeyValue> = Vec::new();
     for s in spans {
@@ -129,8 +128,6 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
             let v = serde_json::json!({"a": a, "r": r, "s": sc});
             types_col.append_value(v.to_string());
         }
-        append_json(&mut events_col, &s.events);
-        append_json(&mut links_col, &s.links);
     }
     let mut scope_version = StringBuilder::new();
     for s in spans {
@@ -164,24 +161,16 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
     columns.push(Arc::new(resource.finish()));
     columns.push(Arc::new(scope.finish()));
     columns.push(Arc::new(types_col.finish()));
-    columns.push(Arc::new(events_col.finish()));
-    columns.push(Arc::new(links_col.finish()));
+    columns.push(events_array(spans)?);
+    columns.push(links_array(spans)?);
     Ok(RecordBatch::try_new(spans_schema(), columns)?)
 }
 
-fn append_json<T: serde::Serialize>(builder: &mut StringBuilder, items: &[T]) {
-    if items.is_empty() {
-        builder.append_null();
-    } else {
-        builder.append_value(serde_json::to_string(items).unwrap_or_default());
-    }
-}
-
 /// Reads a string column that may be `Utf8` or `Utf8View` (DataFusion may produce either).
-struct Strings<'a>(&'a dyn Array);
+pub(crate) struct Strings<'a>(pub(crate) &'a dyn Array);
 
-impl Strings<'_> {
-    fn get(&self, i: usize) -> Option<&str> {
+impl<'a> Strings<'a> {
+    pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
         if self.0.is_null(i) {
             return None;
         }
@@ -200,7 +189,11 @@ fn strings<'a>(batch: &'a RecordBatch, name: &'static str) -> Result<Strings<'a>
     Ok(Strings(column(batch, name)?.as_ref()))
 }
 
-fn read_map(map: &MapArray, row: usize, types: Option<&serde_json::Value>) -> Vec<KeyValue> {
+pub(crate) fn read_map(
+    map: &MapArray,
+    row: usize,
+    types: Option<&serde_json::Value>,
+) -> Vec<KeyValue> {
     if map.is_null(row) {
         return Vec::new();
     }
@@ -218,20 +211,6 @@ fn read_map(map: &MapArray, row: usize, types: Option<&serde_json::Value>) -> Ve
             KeyValue { key, value }
         })
         .collect()
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(
-    col: &Strings<'_>,
-    row: usize,
-    name: &'static str,
-) -> Result<Vec<T>, ModelError> {
-    match col.get(row) {
-        None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(text).map_err(|source| ModelError::Json {
-            column: name,
-            source,
-        }),
-    }
 }
 
 /// Rebuilds spans from a record batch holding every column of [`spans_schema`].
@@ -271,11 +250,9 @@ pub fn batch_to_spans(batch: &RecordBatch) -> Result<Vec<Span>, ModelError> {
         map("resource_attributes")?,
         map("scope_attributes")?,
     );
-    let (types, events, links) = (
-        strings(batch, "attribute_types")?,
-        strings(batch, "events")?,
-        strings(batch, "links")?,
-    );
+    let types = strings(batch, "attribute_types")?;
+    let events = Nested::new(column(batch, "events")?, "events")?;
+    let links = Nested::new(column(batch, "links")?, "links")?;
     let promoted: Vec<&ArrayRef> = PROMOTED
         .iter()
         .map(|(c, _, _)| column(batch, c))
@@ -333,8 +310,8 @@ pub fn batch_to_spans(batch: &RecordBatch) -> Result<Vec<Span>, ModelError> {
             scope_version: scope_version.get(row).unwrap_or_default().to_string(),
             scope_attributes: read_map(scope, row, tj.and_then(|t| t.get("s"))),
             attributes,
-            events: read_json::<Event>(&events, row, "events")?,
-            links: read_json::<Link>(&links, row, "links")?,
+            events: events.events(row)?,
+            links: links.links(row)?,
         });
     }
     Ok(out)
@@ -343,6 +320,7 @@ pub fn batch_to_spans(batch: &RecordBatch) -> Result<Vec<Span>, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::{Event, Link};
 
     fn sample() -> Span {
         Span {

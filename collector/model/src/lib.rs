@@ -6,6 +6,7 @@
 //! so analysis code (provenance, budgets) can depend on it without pulling in storage.
 
 pub mod arrow_conv;
+mod arrow_nested;
 pub mod schema;
 pub mod shared;
 pub mod span;
@@ -23,9 +24,4 @@ pub enum ModelError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("column {0} is missing or has the wrong type")]
     Column(&'static str),
-    #[error("invalid json in column {column}: {source}")]
-    Json {
-        column: &'static str,
-        source: serde_json::Error,
-    },
 }

@@ -150,4 +150,35 @@ mod tests {
         assert_eq!(v["truncated"], json!(true));
         let _ = Array::len(&Int64Array::from(vec![1]));
     }
+
+    #[test]
+    fn renders_whole_span_rows_with_events_and_links() {
+        use meshtrace_model::{Event, KeyValue, Link, Span};
+        let span = Span {
+            name: "GET /".into(),
+            events: vec![Event {
+                time_unix_nano: 1_000,
+                name: "retry".into(),
+                attributes: vec![KeyValue::string("reason", "reset")],
+            }],
+            links: vec![Link {
+                trace_id: [0xab; 16],
+                span_id: [0xcd; 8],
+                trace_state: String::new(),
+                attributes: vec![],
+            }],
+            ..Span::default()
+        };
+        let batch = meshtrace_model::arrow_conv::spans_to_batch(&[span]).unwrap();
+        let v = render(&[batch], 10).unwrap();
+        let col = |name: &str| {
+            let columns = v["columns"].as_array().unwrap();
+            let i = columns.iter().position(|c| c == name).unwrap();
+            v["rows"][0][i].clone()
+        };
+        assert_eq!(col("name"), json!("GET /"));
+        assert_eq!(col("events")[0]["name"], json!("retry"));
+        assert_eq!(col("events")[0]["attributes"], json!({"reason": "reset"}));
+        assert_eq!(col("links")[0]["span_id"], json!("cdcdcdcdcdcdcdcd"));
+    }
 }

@@ -8,7 +8,7 @@ use arrow::array::{FixedSizeBinaryArray, Int64Array, StringArray, TimestampNanos
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::{now_ns, open};
+use super::{now_ns, open, rows};
 use crate::{DerivedConfig, DerivedStore, DerivedTable, Store};
 
 fn schema() -> SchemaRef {
@@ -54,18 +54,6 @@ async fn derived(store: &Store, retention: Duration) -> DerivedStore {
         ..DerivedConfig::default()
     };
     DerivedStore::open(store, vec![table], cfg).await.unwrap()
-}
-
-async fn rows(store: &Store, sql: &str) -> Vec<String> {
-    let batches = store.sql(sql, 100, Duration::from_secs(10)).await.unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
-    text.lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
 }
 
 #[tokio::test]

@@ -45,3 +45,16 @@ pub fn now_ns() -> i64 {
         .timestamp_nanos_opt()
         .expect("time in range")
 }
+
+/// The rows of a SQL answer as text, cells separated by single spaces (Arrow's table format).
+pub async fn rows(store: &Store, sql: &str) -> Vec<String> {
+    let batches = store.sql(sql, 100, Duration::from_secs(10)).await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    text.lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}

@@ -3,7 +3,7 @@
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span};
 
 use super::gen::span;
-use super::{now_ns, open};
+use super::{now_ns, open, rows};
 use crate::{Store, TraceQuery};
 
 const MS: i64 = 1_000_000;
@@ -169,6 +169,20 @@ async fn check_semantics(store: &Store, t0: i64) {
     );
 }
 
+/// Events and links are nested columns SQL can reach into, in Parquet and in the buffer.
+async fn check_nested_sql(store: &Store) {
+    let events = "SELECT name, events[1]['name'] AS event, \
+                  events[1]['attributes']['retry.reason'] AS reason \
+                  FROM spans WHERE events IS NOT NULL";
+    assert_eq!(
+        rows(store, events).await,
+        vec!["| query | retry | timeout |"]
+    );
+    let links = "SELECT name, array_length(links) AS n, l['attributes']['link.kind'] AS kind \
+                 FROM (SELECT name, links, unnest(links) AS l FROM spans)";
+    assert_eq!(rows(store, links).await, vec!["| x | 1 | follows |"]);
+}
+
 #[tokio::test]
 async fn find_traces_follows_jaeger_semantics_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,8 +201,10 @@ async fn find_traces_follows_jaeger_semantics_everywhere() {
     store.flush().await.unwrap();
     store.append(2, &second).unwrap();
     check_semantics(&store, t0).await; // segment + buffer
+    check_nested_sql(&store).await;
     store.flush().await.unwrap();
     check_semantics(&store, t0).await; // two segments
+    check_nested_sql(&store).await;
     let before = store.stats();
     assert_eq!(ids(&store, q(Some("other"))).await, vec![4]);
     let late = TraceQuery {
