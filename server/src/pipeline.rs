@@ -19,7 +19,8 @@ use meshtrace_storage::Store;
 
 use crate::provenance::Feed;
 
-/// A durable batch waiting for its turn: the spans and their Arrow form.
+/// A durable batch waiting for its turn: the spans (slim copies when provenance is on) and
+/// their Arrow form.
 type Ready = (Arc<Vec<Span>>, RecordBatch);
 
 struct Reorder {
@@ -94,16 +95,25 @@ impl SpanSink for Pipeline {
         let this = self.clone();
         let spans = Arc::new(spans);
         let task = tokio::spawn(async move {
-            // Build the Arrow batch while the log writes and syncs, off the ordered path.
+            // Build the Arrow batch (and provenance's slim copies) while the log writes and
+            // syncs, off the ordered path; the received spans are freed once both are done.
             let for_arrow = spans.clone();
-            let convert = tokio::task::spawn_blocking(move || spans_to_batch(&for_arrow));
-            let seq = this.wal.append(spans.clone()).await?;
-            let batch = convert
+            let feed = this.provenance.clone();
+            let convert = tokio::task::spawn_blocking(move || {
+                let batch = spans_to_batch(&for_arrow)?;
+                let kept = match feed {
+                    Some(feed) => Arc::new(feed.slim(&for_arrow)),
+                    None => for_arrow,
+                };
+                Ok::<_, meshtrace_model::ModelError>((kept, batch))
+            });
+            let seq = this.wal.append(spans).await?;
+            let converted = convert
                 .await
                 .map_err(|e| Error::Wal(format!("conversion task failed: {e}")))?
                 .map_err(|e| Error::Wal(format!("arrow conversion failed: {e}")));
-            match batch {
-                Ok(batch) => this.deliver(seq, (spans, batch)),
+            match converted {
+                Ok(ready) => this.deliver(seq, ready),
                 Err(e) => {
                     // The record is durable; it must still take its turn or later ones stall.
                     tracing::error!(error = %e, seq, "could not convert a durable batch");

@@ -1,11 +1,10 @@
 //! [`SpanRef`]: one span of a batch that several owners share.
 //!
-//! After the write-ahead log, a received batch is read by the store's buffer and by trace
-//! assembly at the same time. Assembly groups spans by trace and keeps them until the trace is
-//! complete (and a while after, for late spans); holding a reference into the shared batch
-//! instead of a copy of each span saves two deep copies per span on the ingest path. A batch
-//! stays in memory while any of its spans is referenced, which assembly bounds by its limits
-//! on open and retained traces.
+//! After the write-ahead log, trace assembly receives each batch (as slim copies holding only
+//! what provenance reads) and keeps its spans until their trace is complete. Holding a
+//! reference into the shared batch instead of a copy of each span saves a copy per span; a
+//! batch stays in memory while any of its spans is referenced, which assembly bounds by its
+//! limit on open traces.
 
 use std::fmt;
 use std::ops::Deref;

@@ -137,10 +137,38 @@ pub fn unique_spans(spans: Vec<Span>) -> (Vec<Span>, usize) {
     (kept, dropped)
 }
 
+/// [`unique_spans`] for the spans of an open trace: only spans sharing an ID are compared in
+/// full, so the usual trace without duplicates costs one sort of its span IDs.
+fn unique_refs(spans: Vec<SpanRef>) -> (Vec<SpanRef>, usize) {
+    let mut by_id: Vec<(SpanId, usize)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.span_id, i))
+        .collect();
+    by_id.sort_unstable();
+    let mut duplicate = vec![false; spans.len()];
+    for group in by_id.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        let mut seen = HashSet::with_capacity(group.len());
+        for &(_, i) in group {
+            duplicate[i] = !seen.insert(key_of(&spans[i]));
+        }
+    }
+    let dropped = duplicate.iter().filter(|d| **d).count();
+    if dropped == 0 {
+        return (spans, 0);
+    }
+    let kept = spans
+        .into_iter()
+        .zip(duplicate)
+        .filter_map(|(s, d)| (!d).then_some(s))
+        .collect();
+    (kept, dropped)
+}
+
 #[derive(Debug)]
 struct Open {
+    /// Spans as they came, duplicates included (they are removed when the trace completes).
     spans: Vec<SpanRef>,
-    seen: HashSet<SpanKey>,
     /// (first seen, sequence): the key in `Assembler::order`.
     order_key: (i64, u64),
     last_seen: i64,
@@ -154,6 +182,9 @@ pub struct Assembler {
     config: AssemblerConfig,
     open: HashMap<TraceId, Open>,
     order: BTreeMap<(i64, u64), TraceId>,
+    /// (time a batch touched the trace, trace) in time order; an entry is current while it
+    /// equals the trace's `last_seen`, so finding idle traces never scans every open one.
+    touched: VecDeque<(i64, TraceId)>,
     seq: u64,
     pending: Vec<CompletedTrace>,
     /// Completed traces kept for late spans: spans, completion time, dropped count.
@@ -201,10 +232,11 @@ impl Assembler {
             }
             let max = self.config.max_spans_per_trace;
             let open = self.open.get_mut(&span.trace_id).expect("opened above");
-            open.last_seen = now;
-            if !open.seen.insert(key_of(&span)) {
-                self.stats.duplicate_spans += 1;
-            } else if open.spans.len() >= max {
+            if open.last_seen != now {
+                open.last_seen = now;
+                self.touched.push_back((now, span.trace_id));
+            }
+            if open.spans.len() >= max {
                 open.dropped += 1;
                 self.stats.dropped_spans += 1;
             } else {
@@ -236,11 +268,11 @@ impl Assembler {
         self.seq += 1;
         let order_key = (now, self.seq);
         self.order.insert(order_key, id);
+        self.touched.push_back((now, id));
         self.open.insert(
             id,
             Open {
                 spans: Vec::new(),
-                seen: HashSet::new(),
                 order_key,
                 last_seen: now,
                 replaces,
@@ -252,19 +284,22 @@ impl Assembler {
     /// Hands out every trace that is complete at `now`, and those forced out since the last call.
     pub fn poll_complete(&mut self, now: i64) -> Vec<CompletedTrace> {
         let (idle, max_age) = (nanos(self.config.idle), nanos(self.config.max_age));
-        let due: Vec<(TraceId, CompletionReason)> = self
-            .open
-            .iter()
-            .filter_map(|(id, o)| {
-                if now.saturating_sub(o.last_seen) >= idle {
-                    Some((*id, CompletionReason::Idle))
-                } else if now.saturating_sub(o.order_key.0) >= max_age {
-                    Some((*id, CompletionReason::MaxAge))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let mut due: Vec<(TraceId, CompletionReason)> = Vec::new();
+        while let Some(&(at, id)) = self.touched.front() {
+            if now.saturating_sub(at) < idle {
+                break;
+            }
+            self.touched.pop_front();
+            if self.open.get(&id).is_some_and(|o| o.last_seen == at) {
+                due.push((id, CompletionReason::Idle));
+            }
+        }
+        for (&(first, _), &id) in &self.order {
+            if now.saturating_sub(first) < max_age {
+                break;
+            }
+            due.push((id, CompletionReason::MaxAge));
+        }
         let mut out = std::mem::take(&mut self.pending);
         for (id, reason) in due {
             if let Some(open) = self.open.remove(&id) {
@@ -284,7 +319,9 @@ impl Assembler {
         reason: CompletionReason,
         now: i64,
     ) -> CompletedTrace {
-        let tree = build_tree_shared(open.spans);
+        let (spans, duplicates) = unique_refs(open.spans);
+        self.stats.duplicate_spans += duplicates as u64;
+        let tree = build_tree_shared(spans);
         let c = tree.counters;
         self.stats.completed += 1;
         self.stats.replacements += u64::from(open.replaces);

@@ -9,7 +9,8 @@
 //! - [`graph`]: calls and the OpenTelemetry-style service graph;
 //! - [`derive`]: the `traces`, `edges` and `critical_path` rows of one trace;
 //! - [`assembler`]: grouping arriving spans into complete traces, with bounded memory;
-//! - [`mapping`]: learning (caller, callee, operation) → class shares.
+//! - [`mapping`]: learning (caller, callee, operation) → class shares;
+//! - [`slim`]: the part of a span assembly keeps.
 
 pub mod assembler;
 pub mod classes;
@@ -17,6 +18,7 @@ pub mod critical_path;
 pub mod derive;
 pub mod graph;
 pub mod mapping;
+pub mod slim;
 pub mod tree;
 
 pub use assembler::{
@@ -29,4 +31,5 @@ pub use graph::{
     service_edges, service_graph, ConnectionType, EdgeKey, EdgeStats, GraphConfig, ServiceGraph,
 };
 pub use mapping::{ClassMapping, Learned, MappingEntry};
+pub use slim::Slimmer;
 pub use tree::{build_tree, build_tree_shared, TraceTree, TreeCounters};

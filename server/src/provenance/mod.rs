@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use anyhow::Context;
 use meshtrace_model::Span;
-use meshtrace_provenance::{AssemblerStats, ClassMapping, ClassRule, GraphConfig, MappingEntry};
+use meshtrace_provenance::{
+    AssemblerStats, ClassMapping, ClassRule, GraphConfig, MappingEntry, Slimmer,
+};
 use meshtrace_storage::{DerivedConfig, DerivedStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +47,8 @@ struct Shared {
     config_rules: Vec<ClassRule>,
     catalog_rules: RwLock<Vec<ClassRule>>,
     graph: GraphConfig,
+    /// What assembly keeps of a span, for the current rules.
+    slimmer: RwLock<Arc<Slimmer>>,
     /// Where completed traces are recorded for latency budgets, once set.
     recorder: OnceLock<crate::priorities::Recorder>,
 }
@@ -62,6 +66,16 @@ impl Shared {
             .cloned()
             .collect()
     }
+
+    fn slimmer(&self) -> Arc<Slimmer> {
+        let s = self.slimmer.read().unwrap_or_else(PoisonError::into_inner);
+        s.clone()
+    }
+
+    fn update_slimmer(&self) {
+        let slimmer = Arc::new(Slimmer::new(&self.rules(), &self.graph));
+        *self.slimmer.write().unwrap_or_else(PoisonError::into_inner) = slimmer;
+    }
 }
 
 /// The sending side used by the ingest pipeline: never waits.
@@ -72,6 +86,12 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// The part of these spans that provenance keeps (see [`Slimmer`]): what to offer, so
+    /// that the received spans can be freed once stored.
+    pub fn slim(&self, spans: &[Span]) -> Vec<Span> {
+        self.shared.slimmer().slim_all(spans)
+    }
+
     /// Offers durable, buffered spans; counts them as dropped when the queue is full.
     pub fn offer(&self, spans: &Arc<Vec<Span>>) {
         if spans.is_empty() {
@@ -135,8 +155,10 @@ impl Provenance {
             config_rules: settings.classes.clone(),
             catalog_rules: RwLock::new(parse_stored(stored)),
             graph: settings.graph.clone(),
+            slimmer: RwLock::default(),
             recorder: OnceLock::new(),
         });
+        shared.update_slimmer();
         let (tx, rx) = mpsc::channel(settings.queue_depth.max(1));
         let stop = CancellationToken::new();
         let engine = task::Engine::new(settings, shared.clone(), derived.clone(), store.clone());
@@ -160,6 +182,7 @@ impl Provenance {
         if spans.is_empty() {
             return;
         }
+        let spans = self.feed.slim(&spans);
         if self
             .feed
             .tx
@@ -212,6 +235,7 @@ impl Provenance {
             .catalog_rules
             .write()
             .unwrap_or_else(PoisonError::into_inner) = rules;
+        shared.update_slimmer();
         Ok(())
     }
 

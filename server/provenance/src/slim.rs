@@ -1,0 +1,150 @@
+//! What trace assembly keeps of a span: [`Slimmer`] copies the fields provenance reads — IDs,
+//! times, kind, status, service, name — and only the attributes something here looks at: the
+//! class keys and the route keys ([`crate::classes`]), `baggage`, the Zipkin shared-span
+//! marker ([`crate::tree`]), the peer, database and dimension keys of the [`GraphConfig`], and
+//! the attribute of every class rule.
+//!
+//! Assembly holds each span for the idle window (5 s by default), hundreds of thousands of
+//! them under load. Holding a slim copy instead of the received span lets the full batch go
+//! as soon as it is stored, so the memory of a full span is reused while it is still hot
+//! instead of piling up, and what is held is a fraction of its size. When the class rules
+//! change, a new slimmer with their keys applies to spans received from then on.
+
+use std::collections::HashSet;
+
+use meshtrace_model::{KeyValue, Span};
+
+use crate::classes::{ClassRule, CLASS_KEYS, ROUTE_KEYS};
+use crate::graph::GraphConfig;
+use crate::tree::ZIPKIN_SHARED;
+
+/// Copies the part of spans that provenance reads (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct Slimmer {
+    span_keys: HashSet<String>,
+    resource_keys: HashSet<String>,
+}
+
+impl Slimmer {
+    /// A slimmer keeping what these rules and this graph configuration read.
+    pub fn new(rules: &[ClassRule], graph: &GraphConfig) -> Slimmer {
+        let fixed = CLASS_KEYS
+            .iter()
+            .chain(ROUTE_KEYS)
+            .chain(&["baggage", ZIPKIN_SHARED])
+            .map(|k| k.to_string());
+        let rule_keys = rules.iter().filter_map(|r| r.attribute.as_ref());
+        let span_keys = fixed
+            .chain(graph.peer_attributes.iter().cloned())
+            .chain(graph.database_name_attributes.iter().cloned())
+            .chain(graph.dimensions.iter().cloned())
+            .chain(rule_keys.map(|(k, _)| k.clone()))
+            .collect();
+        let resource_keys = CLASS_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .chain(graph.dimensions.iter().cloned())
+            .collect();
+        Slimmer {
+            span_keys,
+            resource_keys,
+        }
+    }
+
+    /// The slim copy of one span.
+    pub fn slim(&self, s: &Span) -> Span {
+        Span {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            name: s.name.clone(),
+            kind: s.kind,
+            start_unix_nano: s.start_unix_nano,
+            duration_nano: s.duration_nano,
+            status_code: s.status_code,
+            service_name: s.service_name.clone(),
+            resource_attributes: keep(&s.resource_attributes, &self.resource_keys),
+            attributes: keep(&s.attributes, &self.span_keys),
+            ..Span::default()
+        }
+    }
+
+    /// The slim copies of a batch.
+    pub fn slim_all(&self, spans: &[Span]) -> Vec<Span> {
+        spans.iter().map(|s| self.slim(s)).collect()
+    }
+}
+
+fn keep(attrs: &[KeyValue], keys: &HashSet<String>) -> Vec<KeyValue> {
+    attrs
+        .iter()
+        .filter(|kv| keys.contains(kv.key.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use meshtrace_model::{AttrValue, SpanKind};
+
+    use super::*;
+    use crate::derive::derive_tree;
+    use crate::tree::build_tree;
+
+    #[test]
+    fn slim_spans_derive_the_same_rows() {
+        let rule = ClassRule {
+            class: "gold".into(),
+            attribute: Some(("tenant".into(), "acme".into())),
+            ..ClassRule::default()
+        };
+        let graph = GraphConfig {
+            dimensions: vec!["zone".into()],
+            ..GraphConfig::default()
+        };
+        let mut root = Span {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            name: "GET /".into(),
+            kind: SpanKind::Server,
+            duration_nano: 100,
+            service_name: "front".into(),
+            ..Span::default()
+        };
+        root.attributes = vec![
+            KeyValue::string("tenant", "acme"),
+            KeyValue::string("http.route", "/"),
+            KeyValue::string("node_id", "sidecar~10.0.0.1"),
+        ];
+        root.resource_attributes = vec![KeyValue::string("zone", "b")];
+        let client = Span {
+            span_id: [2; 8],
+            parent_span_id: Some([1; 8]),
+            name: "query".into(),
+            kind: SpanKind::Client,
+            start_unix_nano: 10,
+            duration_nano: 50,
+            attributes: vec![
+                KeyValue::string("db.system", "redis"),
+                KeyValue::new("http.status_code", AttrValue::Int(200)),
+            ],
+            ..root.clone()
+        };
+        let spans = vec![root, client];
+        let slimmer = Slimmer::new(std::slice::from_ref(&rule), &graph);
+        let slim = slimmer.slim_all(&spans);
+        assert_eq!(
+            slim[0].attributes,
+            [
+                KeyValue::string("tenant", "acme"),
+                KeyValue::string("http.route", "/")
+            ]
+        );
+        assert_eq!(slim[0].resource_attributes, spans[0].resource_attributes);
+        assert_eq!(slim[1].attributes, [KeyValue::string("db.system", "redis")]);
+        let full = derive_tree(&build_tree(&spans), std::slice::from_ref(&rule), &graph);
+        let from_slim = derive_tree(&build_tree(&slim), &[rule], &graph);
+        assert_eq!(full, from_slim);
+        assert_eq!(from_slim.trace.class, "gold");
+    }
+}
