@@ -42,13 +42,7 @@ impl Payload {
         }
         let trace_id_offsets = ids
             .iter()
-            .map(|id| {
-                body.windows(id.len())
-                    .enumerate()
-                    .filter(|(_, w)| w == id)
-                    .map(|(i, _)| i)
-                    .collect()
-            })
+            .map(|id| memchr::memmem::find_iter(&body, id).collect())
             .collect();
         Payload {
             body,
