@@ -10,8 +10,6 @@
 //! instead of piling up, and what is held is a fraction of its size. When the class rules
 //! change, a new slimmer with their keys applies to spans received from then on.
 
-use std::collections::HashSet;
-
 use meshtrace_model::{KeyValue, Span};
 
 use crate::classes::{ClassRule, CLASS_KEYS, ROUTE_KEYS};
@@ -21,8 +19,36 @@ use crate::tree::ZIPKIN_SHARED;
 /// Copies the part of spans that provenance reads (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Slimmer {
-    span_keys: HashSet<String>,
-    resource_keys: HashSet<String>,
+    span_keys: Keys,
+    resource_keys: Keys,
+}
+
+/// A small set of attribute keys grouped by length: most keys of a span are ruled out by
+/// their length alone, without hashing them.
+#[derive(Clone, Debug, Default)]
+struct Keys(Vec<Vec<String>>);
+
+impl FromIterator<String> for Keys {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Keys {
+        let mut by_len: Vec<Vec<String>> = Vec::new();
+        for key in iter {
+            if by_len.len() <= key.len() {
+                by_len.resize(key.len() + 1, Vec::new());
+            }
+            if !by_len[key.len()].contains(&key) {
+                by_len[key.len()].push(key);
+            }
+        }
+        Keys(by_len)
+    }
+}
+
+impl Keys {
+    fn contains(&self, key: &str) -> bool {
+        self.0
+            .get(key.len())
+            .is_some_and(|same_len| same_len.iter().any(|k| k == key))
+    }
 }
 
 impl Slimmer {
@@ -75,10 +101,10 @@ impl Slimmer {
     }
 }
 
-fn keep(attrs: &[KeyValue], keys: &HashSet<String>) -> Vec<KeyValue> {
+fn keep(attrs: &[KeyValue], keys: &Keys) -> Vec<KeyValue> {
     attrs
         .iter()
-        .filter(|kv| keys.contains(kv.key.as_str()))
+        .filter(|kv| keys.contains(&kv.key))
         .cloned()
         .collect()
 }
