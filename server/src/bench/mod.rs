@@ -67,6 +67,10 @@ pub struct IngestArgs {
     /// Skip fsync in the write-ahead log (shows what durability costs; not durable)
     #[arg(long)]
     pub no_fsync: bool,
+    /// With --compare-assembly: alternate off and on runs this many times and sum them, so a
+    /// slow spell of a shared machine falls on both sides
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// What one load run measured.
@@ -81,6 +85,19 @@ struct Run {
 impl Run {
     fn rate(&self) -> f64 {
         self.acked as f64 / self.secs
+    }
+
+    /// Two runs as one: spans and seconds added, latencies merged, the latest size kept.
+    fn sum(total: Option<Run>, next: Run) -> Run {
+        let Some(mut t) = total else { return next };
+        t.acked += next.acked;
+        t.secs += next.secs;
+        t.errors += next.errors;
+        if let Err(e) = t.hist.add(&next.hist) {
+            tracing::warn!(error = %e, "could not merge latency histograms");
+        }
+        t.bytes_per_span = next.bytes_per_span.or(t.bytes_per_span);
+        t
     }
 }
 
@@ -353,11 +370,26 @@ async fn run_once(args: &IngestArgs, assembly: bool) -> anyhow::Result<Run> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let BenchWhat::Ingest(args) = args.what;
     let decode_rate = decode_only(&args).await?;
-    let off = match args.compare_assembly && args.target.is_none() {
-        true => Some(run_once(&args, false).await?),
-        false => None,
-    };
-    let run = run_once(&args, true).await?;
+    let compare = args.compare_assembly && args.target.is_none();
+    let (mut off, mut on): (Option<Run>, Option<Run>) = (None, None);
+    for round in 1..=if compare { args.rounds.max(1) } else { 1 } {
+        if compare {
+            let o = run_once(&args, false).await?;
+            let n = run_once(&args, true).await?;
+            if !args.json {
+                let (a, b) = (o.rate(), n.rate());
+                println!(
+                    "round {round}: assembly off {a:.0}/s, on {b:.0}/s, ratio {:.3}",
+                    b / a
+                );
+            }
+            off = Some(Run::sum(off, o));
+            on = Some(Run::sum(on, n));
+        } else {
+            on = Some(run_once(&args, true).await?);
+        }
+    }
+    let run = on.context("no run")?;
     let rate = run.rate();
     let ms = |q| run.hist.value_at_quantile(q) as f64 / 1000.0;
     let (p50, p99) = (ms(0.5), ms(0.99));
