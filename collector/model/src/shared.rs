@@ -6,6 +6,7 @@
 //! batch stays in memory while any of its spans is referenced, which assembly bounds by its
 //! limit on open traces.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -40,6 +41,12 @@ impl Deref for SpanRef {
 
     fn deref(&self) -> &Span {
         &self.batch[self.index]
+    }
+}
+
+impl Borrow<Span> for SpanRef {
+    fn borrow(&self) -> &Span {
+        self
     }
 }
 

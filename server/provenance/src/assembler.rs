@@ -16,6 +16,7 @@
 //! of adding new ones. Not keeping completed traces' spans is what lets a batch's memory go
 //! as soon as its traces complete. Spans arriving after the late window start a new trace.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -125,32 +126,21 @@ fn key_of(s: &Span) -> SpanKey {
 }
 
 /// The spans without exact duplicates (same ID, kind, start and service: an at-least-once
-/// sender's retries), first copy kept, and how many were dropped.
-pub fn unique_spans(spans: Vec<Span>) -> (Vec<Span>, usize) {
-    let mut seen = HashSet::with_capacity(spans.len());
-    let before = spans.len();
-    let kept: Vec<Span> = spans
-        .into_iter()
-        .filter(|s| seen.insert(key_of(s)))
-        .collect();
-    let dropped = before - kept.len();
-    (kept, dropped)
-}
-
-/// [`unique_spans`] for the spans of an open trace: only spans sharing an ID are compared in
-/// full, so the usual trace without duplicates costs one sort of its span IDs.
-fn unique_refs(spans: Vec<SpanRef>) -> (Vec<SpanRef>, usize) {
+/// sender's retries), first copy kept, and how many were dropped. Owned spans or references
+/// into shared batches alike; only spans sharing an ID are compared in full, so the usual
+/// trace without duplicates costs one sort of its span IDs.
+pub fn unique_spans<S: Borrow<Span>>(spans: Vec<S>) -> (Vec<S>, usize) {
     let mut by_id: Vec<(SpanId, usize)> = spans
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.span_id, i))
+        .map(|(i, s)| (s.borrow().span_id, i))
         .collect();
     by_id.sort_unstable();
     let mut duplicate = vec![false; spans.len()];
     for group in by_id.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
         let mut seen = HashSet::with_capacity(group.len());
         for &(_, i) in group {
-            duplicate[i] = !seen.insert(key_of(&spans[i]));
+            duplicate[i] = !seen.insert(key_of(spans[i].borrow()));
         }
     }
     let dropped = duplicate.iter().filter(|d| **d).count();
@@ -319,7 +309,7 @@ impl Assembler {
         reason: CompletionReason,
         now: i64,
     ) -> CompletedTrace {
-        let (spans, duplicates) = unique_refs(open.spans);
+        let (spans, duplicates) = unique_spans(open.spans);
         self.stats.duplicate_spans += duplicates as u64;
         let tree = build_tree_shared(spans);
         let c = tree.counters;
