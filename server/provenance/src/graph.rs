@@ -132,16 +132,13 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
     for (i, n) in tree.nodes.iter().enumerate() {
         let Some(p) = n.parent else { continue };
         let parent = &tree.nodes[p];
-        let (caller, callee) = (
-            parent.span.service_name.clone(),
-            n.span.service_name.clone(),
-        );
+        let (caller, callee) = (&parent.span.service_name, &n.span.service_name);
         let call = if let Some(connection) = is_paired(parent.span.kind, n.span.kind) {
             let call = Call {
                 client: Some(p),
                 server: Some(i),
-                caller,
-                callee,
+                caller: caller.clone(),
+                callee: callee.clone(),
                 connection,
                 virtual_side: None,
                 graphable: true,
@@ -153,8 +150,8 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
             Some(Call {
                 client,
                 server: Some(i),
-                caller,
-                callee,
+                caller: caller.clone(),
+                callee: callee.clone(),
                 connection,
                 virtual_side: None,
                 graphable: false,

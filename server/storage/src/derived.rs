@@ -531,6 +531,13 @@ fn encode(
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+        // Sized for a row group of distinct traces (the `traces` table); with the default
+        // (a million distinct values) every row group allocated and folded a filter of 1 MB.
+        .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
+        .set_column_bloom_filter_max_ndv(
+            ColumnPath::from("trace_id"),
+            row_group_rows.max(16) as u64,
+        )
         .build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
