@@ -80,6 +80,8 @@ struct Run {
     errors: u64,
     hist: Histogram<u64>,
     bytes_per_span: Option<f64>,
+    /// CPU time of this whole process (server and load generator) during the timed window.
+    cpu_secs: f64,
 }
 
 impl Run {
@@ -87,11 +89,17 @@ impl Run {
         self.acked as f64 / self.secs
     }
 
+    /// CPU microseconds spent per acknowledged span, load generator included.
+    fn cpu_us_per_span(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.acked.max(1) as f64
+    }
+
     /// Two runs as one: spans and seconds added, latencies merged, the latest size kept.
     fn sum(total: Option<Run>, next: Run) -> Run {
         let Some(mut t) = total else { return next };
         t.acked += next.acked;
         t.secs += next.secs;
+        t.cpu_secs += next.cpu_secs;
         t.errors += next.errors;
         if let Err(e) = t.hist.add(&next.hist) {
             tracing::warn!(error = %e, "could not merge latency histograms");
@@ -217,10 +225,7 @@ async fn export(
         .map(|_| ())
 }
 
-async fn load(
-    endpoint: String,
-    args: &IngestArgs,
-) -> anyhow::Result<(u64, f64, Histogram<u64>, u64)> {
+async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
     let totals = Arc::new(Totals::default());
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let t_pool = Instant::now();
@@ -241,6 +246,7 @@ async fn load(
     tracing::info!(took = ?t_pool.elapsed(), "payloads encoded");
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
+    let cpu_at_start = process_cpu_secs();
     let mut tasks = Vec::new();
     for (stream, (mut client, pool)) in streams.into_iter().enumerate() {
         let (totals, hist) = (totals.clone(), hist.clone());
@@ -271,16 +277,37 @@ async fn load(
         t.await?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = process_cpu_secs() - cpu_at_start;
     let h = hist
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
-    Ok((
-        totals.spans.load(Ordering::Relaxed),
+    Ok(Run {
+        acked: totals.spans.load(Ordering::Relaxed),
         secs,
-        h,
-        totals.errors.load(Ordering::Relaxed),
-    ))
+        errors: totals.errors.load(Ordering::Relaxed),
+        hist: h,
+        bytes_per_span: None,
+        cpu_secs,
+    })
+}
+
+/// User plus system CPU seconds of this process so far, from `/proc/self/stat` (0 where there
+/// is none). Linux reports them in clock ticks of 1/100 s.
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3, the state.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15, so 11 and 12 after the state.
+    ticks(11)
+        .zip(ticks(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
 }
 
 /// Spans per second of decoding the same kind of payloads, on as many threads as streams.
@@ -347,24 +374,17 @@ async fn run_once(args: &IngestArgs, assembly: bool) -> anyhow::Result<Run> {
             (format!("http://{grpc}"), Some(running), Some(dir))
         }
     };
-    let (acked, secs, hist, errors) = load(endpoint, args).await?;
-    let mut bytes_per_span = None;
+    let mut run = load(endpoint, args).await?;
     if let Some(running) = server {
         let store = running.opened.store.clone();
         running.stop().await?;
         let stats = store.stats();
         if stats.rows_written > 0 {
-            bytes_per_span = Some(stats.bytes_written as f64 / stats.rows_written as f64);
+            run.bytes_per_span = Some(stats.bytes_written as f64 / stats.rows_written as f64);
         }
     }
     drop(dir);
-    Ok(Run {
-        acked,
-        secs,
-        errors,
-        hist,
-        bytes_per_span,
-    })
+    Ok(run)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -378,9 +398,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let n = run_once(&args, true).await?;
             if !args.json {
                 let (a, b) = (o.rate(), n.rate());
+                let (ca, cb) = (o.cpu_us_per_span(), n.cpu_us_per_span());
                 println!(
-                    "round {round}: assembly off {a:.0}/s, on {b:.0}/s, ratio {:.3}",
-                    b / a
+                    "round {round}: assembly off {a:.0}/s, on {b:.0}/s, ratio {:.3}; \
+                     CPU µs/span off {ca:.2}, on {cb:.2}, ratio {:.3}",
+                    b / a,
+                    ca / cb
                 );
             }
             off = Some(Run::sum(off, o));
@@ -403,6 +426,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "p50_ms": p50, "p99_ms": p99, "errors": run.errors,
                 "assembly_off_spans_per_s": off_rate,
                 "assembly_ratio": off_rate.map(|o| rate / o),
+                "cpu_us_per_span": run.cpu_us_per_span(),
+                "assembly_off_cpu_us_per_span": off.as_ref().map(Run::cpu_us_per_span),
             })
         );
         return Ok(());
@@ -412,10 +437,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("durable spans/s          {rate:.0}   (trace assembly on)");
     println!("decode-only spans/s      {decode_rate:.0}   (ceiling, same run)");
     println!("ratio                    {:.3}", rate / decode_rate);
-    if let Some(o) = off_rate {
+    let cpu = run.cpu_us_per_span();
+    println!("CPU µs/span              {cpu:.2}   (server and load generator)");
+    if let Some(o) = &off {
         println!(
-            "assembly off spans/s     {o:.0}   (on/off ratio {:.3})",
-            rate / o
+            "assembly off spans/s     {:.0}   (on/off ratio {:.3})",
+            o.rate(),
+            rate / o.rate()
+        );
+        println!(
+            "assembly off CPU µs/span {:.2}   (off/on ratio {:.3})",
+            o.cpu_us_per_span(),
+            o.cpu_us_per_span() / cpu
         );
     }
     match run.bytes_per_span {
