@@ -15,7 +15,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 /// Ingest allocates and frees many small strings per span; mimalloc does that with less
-/// CPU than the system allocator and keeps freed pages instead of faulting them in again.
+/// CPU than the system allocator (see [`disable_transparent_huge_pages`] for its one trap).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

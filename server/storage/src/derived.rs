@@ -60,11 +60,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 
 pub use crate::catalog::DerivedSegment;
 use crate::error::StorageError;
-use crate::layout::sort_by;
+use crate::layout::{sort_by, trace_id_bloom_filter};
 use crate::sql::STORE_URL;
 use crate::store::Store;
 
@@ -529,16 +528,9 @@ fn encode(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
-        // Sized for a row group of distinct traces (the `traces` table); with the default
-        // (a million distinct values) every row group allocated and folded a filter of 1 MB.
-        .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
-        .set_column_bloom_filter_max_ndv(
-            ColumnPath::from("trace_id"),
-            row_group_rows.max(16) as u64,
-        )
-        .build();
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)));
+    // Sized for a row group of distinct traces (the `traces` table has one row per trace).
+    let props = trace_id_bloom_filter(props, row_group_rows.max(16)).build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
     writer.write(&batch)?;

@@ -107,7 +107,9 @@ use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMas
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::RowGroupMetaData;
-use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::file::properties::{
+    EnabledStatistics, WriterProperties, WriterPropertiesBuilder, WriterVersion,
+};
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 
@@ -129,10 +131,9 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_column_bloom_filter_enabled(col("trace_id"), true)
-        .set_column_bloom_filter_fpp(col("trace_id"), 0.01)
-        .set_column_bloom_filter_max_ndv(col("trace_id"), (row_group_rows.max(16) / 4) as u64);
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)));
+    // A trace has several spans: a row group holds at most a quarter as many traces as rows.
+    b = trace_id_bloom_filter(b, row_group_rows.max(16) / 4);
     for id in ["span_id", "parent_span_id"] {
         b = b.set_column_dictionary_enabled(col(id), false);
     }
@@ -142,6 +143,19 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
             .set_column_encoding(col(int), Encoding::BYTE_STREAM_SPLIT);
     }
     b.build()
+}
+
+/// Adds the split-block bloom filter on `trace_id` (1 % false positives), sized for
+/// `distinct_ids` trace IDs per row group. Sizing matters: parquet's default of a million
+/// allocates and folds a 1 MB filter for every row group.
+pub(crate) fn trace_id_bloom_filter(
+    b: WriterPropertiesBuilder,
+    distinct_ids: usize,
+) -> WriterPropertiesBuilder {
+    let col = || ColumnPath::from("trace_id");
+    b.set_column_bloom_filter_enabled(col(), true)
+        .set_column_bloom_filter_fpp(col(), 0.01)
+        .set_column_bloom_filter_max_ndv(col(), distinct_ids as u64)
 }
 
 /// The object path of a segment.
