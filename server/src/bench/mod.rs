@@ -43,9 +43,14 @@ pub struct IngestArgs {
     /// Load a running server's OTLP gRPC port instead of starting one
     #[arg(long)]
     pub target: Option<String>,
-    /// How long to send
+    /// How long to measure, after the warm-up
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// How long to send before measuring. Longer than the idle window after which trace
+    /// assembly completes a trace (5 s by default), so that the measured window pays for
+    /// completing traces at the rate they arrive, as a server under steady load does
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
     /// Concurrent export streams (connections), as many sidecars would open; each waits for
     /// its export to be acknowledged before sending the next
     #[arg(long, default_value_t = 16)]
@@ -244,9 +249,8 @@ async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
         streams.push((raw_client(&endpoint).await?, pool.await?));
     }
     tracing::info!(took = ?t_pool.elapsed(), "payloads encoded");
-    let deadline = Instant::now() + args.duration;
-    let started = Instant::now();
-    let cpu_at_start = process_cpu_secs();
+    let measure_from = tokio::time::Instant::now() + args.warmup;
+    let deadline = (measure_from + args.duration).into_std();
     let mut tasks = Vec::new();
     for (stream, (mut client, pool)) in streams.into_iter().enumerate() {
         let (totals, hist) = (totals.clone(), hist.clone());
@@ -273,6 +277,15 @@ async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
             }
         }));
     }
+    // What the warm-up did is not counted: spans, errors, latencies and CPU count from here.
+    tokio::time::sleep_until(measure_from).await;
+    let started = Instant::now();
+    let cpu_at_start = process_cpu_secs();
+    let acked_before = totals.spans.load(Ordering::Relaxed);
+    let errors_before = totals.errors.load(Ordering::Relaxed);
+    if let Ok(mut h) = hist.lock() {
+        h.reset();
+    }
     for t in tasks {
         t.await?;
     }
@@ -283,9 +296,9 @@ async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
         .map(|h| h.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
     Ok(Run {
-        acked: totals.spans.load(Ordering::Relaxed),
+        acked: totals.spans.load(Ordering::Relaxed) - acked_before,
         secs,
-        errors: totals.errors.load(Ordering::Relaxed),
+        errors: totals.errors.load(Ordering::Relaxed) - errors_before,
         hist: h,
         bytes_per_span: None,
         cpu_secs,
