@@ -81,6 +81,19 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// What the buffer keeps of a durable batch once its Arrow form is built: provenance's
+    /// slim spans when it is on (moved out of the received spans, which are then freed),
+    /// else nothing.
+    fn kept(&self, spans: Arc<Vec<Span>>) -> Arc<Vec<Span>> {
+        match &self.provenance {
+            Some(feed) => Arc::new(match Arc::try_unwrap(spans) {
+                Ok(owned) => feed.slim_owned(owned),
+                Err(shared) => feed.slim(&shared),
+            }),
+            None => spans,
+        }
+    }
+
     /// Lets the sequence move past a record that could not be buffered (it stays in the log).
     fn skip(&self, seq: u64) {
         let empty = spans_to_batch(&[]);
@@ -95,23 +108,15 @@ impl SpanSink for Pipeline {
         let this = self.clone();
         let spans = Arc::new(spans);
         let task = tokio::spawn(async move {
-            // Build the Arrow batch (and provenance's slim copies) while the log writes and
-            // syncs, off the ordered path; the received spans are freed once both are done.
+            // Build the Arrow batch while the log writes and syncs, off the ordered path.
             let for_arrow = spans.clone();
-            let feed = this.provenance.clone();
-            let convert = tokio::task::spawn_blocking(move || {
-                let batch = spans_to_batch(&for_arrow)?;
-                let kept = match feed {
-                    Some(feed) => Arc::new(feed.slim(&for_arrow)),
-                    None => for_arrow,
-                };
-                Ok::<_, meshtrace_model::ModelError>((kept, batch))
-            });
-            let seq = this.wal.append(spans).await?;
+            let convert = tokio::task::spawn_blocking(move || spans_to_batch(&for_arrow));
+            let seq = this.wal.append(spans.clone()).await?;
             let converted = convert
                 .await
                 .map_err(|e| Error::Wal(format!("conversion task failed: {e}")))?
-                .map_err(|e| Error::Wal(format!("arrow conversion failed: {e}")));
+                .map_err(|e| Error::Wal(format!("arrow conversion failed: {e}")))
+                .map(|batch| (this.kept(spans), batch));
             match converted {
                 Ok(ready) => this.deliver(seq, ready),
                 Err(e) => {

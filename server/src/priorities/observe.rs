@@ -3,7 +3,6 @@
 //! hop's parent is its nearest ancestor on the critical path; a hop overlapping a sibling in
 //! time is a parallel branch of its parent's fan-out).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use meshtrace_budget::{HopSample, Observations};
@@ -52,19 +51,18 @@ fn overlaps_sibling(tree: &TraceTree, i: usize) -> bool {
 
 /// The critical-path rows of a trace as hop samples, parents first.
 pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
-    let order: HashMap<usize, usize> = tree
-        .preorder()
-        .into_iter()
-        .enumerate()
-        .map(|(pos, n)| (n, pos))
-        .collect();
+    // Each node's position in preorder (usize::MAX for a node not reached from a top).
+    let mut order = vec![usize::MAX; tree.nodes.len()];
+    for (pos, n) in tree.preorder().into_iter().enumerate() {
+        order[n] = pos;
+    }
     let mut rows: Vec<(usize, Option<usize>, &meshtrace_provenance::CriticalPathRow)> = d
         .critical_path
         .iter()
         .enumerate()
         .map(|(k, r)| {
             let node = node_of(tree, &r.span_id, &r.service);
-            let pos = node.and_then(|n| order.get(&n).copied());
+            let pos = node.map(|n| order[n]).filter(|&p| p != usize::MAX);
             (
                 pos.unwrap_or(usize::MAX - d.critical_path.len() + k),
                 node,
@@ -73,7 +71,8 @@ pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
         })
         .collect();
     rows.sort_by_key(|r| r.0);
-    let mut sample_of: HashMap<usize, usize> = HashMap::new();
+    // Per node, the index of its sample in `out`.
+    let mut sample_of: Vec<Option<usize>> = vec![None; tree.nodes.len()];
     let mut out = Vec::with_capacity(rows.len());
     for (_, node, r) in rows {
         let mut s = HopSample::new(&r.service, &r.operation, r.self_time_ns);
@@ -81,7 +80,7 @@ pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
             let mut up = tree.nodes[n].parent;
             let mut steps = 0;
             while let Some(a) = up {
-                if let Some(&idx) = sample_of.get(&a) {
+                if let Some(idx) = sample_of[a] {
                     s = s.child_of(idx);
                     break;
                 }
@@ -94,7 +93,7 @@ pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
             if s.parent.is_some() && overlaps_sibling(tree, n) {
                 s = s.parallel();
             }
-            sample_of.insert(n, out.len());
+            sample_of[n] = Some(out.len());
         }
         out.push(s);
     }

@@ -92,6 +92,11 @@ impl Feed {
         self.shared.slimmer().slim_all(spans)
     }
 
+    /// [`Feed::slim`] for spans owned here: the kept parts are moved, not copied.
+    pub fn slim_owned(&self, spans: Vec<Span>) -> Vec<Span> {
+        self.shared.slimmer().slim_all_owned(spans)
+    }
+
     /// Offers durable, buffered spans; counts them as dropped when the queue is full.
     pub fn offer(&self, spans: &Arc<Vec<Span>>) {
         if spans.is_empty() {
@@ -182,7 +187,7 @@ impl Provenance {
         if spans.is_empty() {
             return;
         }
-        let spans = self.feed.slim(&spans);
+        let spans = self.feed.slim_owned(spans);
         if self
             .feed
             .tx
