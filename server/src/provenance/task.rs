@@ -135,29 +135,19 @@ impl Engine {
 
     /// Derives and stores every trace complete at `now` (monotonic ns since the task began).
     async fn complete(&mut self, now: i64) {
-        let done = self.assembler.poll_complete(now);
+        let done = off_worker(|| self.assembler.poll_complete(now));
         self.publish_stats();
         if done.is_empty() {
             return;
         }
-        let rules = self.shared.rules();
-        let graph = self.shared.graph.clone();
-        let mut rows = Rows::default();
-        let recorder = self.shared.recorder.get().cloned();
-        let wall = crate::priorities::wall_ns();
+        let mut ready = Vec::with_capacity(done.len());
         for c in done {
             // A replacement (late spans) was recorded already; a WAL replay was not.
             let first = !c.replaces;
-            let c = self.with_all_spans(c).await;
-            let derived = c.derive(&rules, &graph);
-            if let (Some(r), true) = (&recorder, first) {
-                r.record(&derived, &c.tree, wall);
-            }
-            let version = self.next_version();
-            self.learn(c.trace_id, &derived);
-            rows.push(derived, &c.tree, version, c.reason);
+            ready.push((first, self.with_all_spans(c).await));
         }
-        match rows.into_batches() {
+        let batches = off_worker(|| self.derive_rows(ready));
+        match batches {
             Ok(batches) => {
                 for (table, batch) in batches {
                     if let Err(e) = self.derived.append(table, batch) {
@@ -167,6 +157,29 @@ impl Engine {
             }
             Err(e) => tracing::error!(error = %e, "could not build derived rows"),
         }
+    }
+
+    /// Derives the rows of completed traces, records them for budgets and learns their
+    /// signatures; `first` says whether a trace is recorded for budgets.
+    fn derive_rows(
+        &mut self,
+        done: Vec<(bool, CompletedTrace)>,
+    ) -> Result<Vec<(&'static str, arrow::array::RecordBatch)>, arrow::error::ArrowError> {
+        let rules = self.shared.rules();
+        let graph = self.shared.graph.clone();
+        let mut rows = Rows::default();
+        let recorder = self.shared.recorder.get().cloned();
+        let wall = crate::priorities::wall_ns();
+        for (first, c) in done {
+            let derived = c.derive(&rules, &graph);
+            if let (Some(r), true) = (&recorder, first) {
+                r.record(&derived, &c.tree, wall);
+            }
+            let version = self.next_version();
+            self.learn(c.trace_id, &derived);
+            rows.push(derived, &c.tree, version, c.reason);
+        }
+        rows.into_batches()
     }
 
     /// Replaces the assembled spans with every stored span of the trace when the assembler
@@ -226,6 +239,18 @@ impl Engine {
             self.assembler.open_traces() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+}
+
+/// Runs CPU-heavy work of the task without holding up the runtime worker it runs on: on a
+/// multi-threaded runtime, the worker's other tasks (ingest) move to another thread meanwhile.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
