@@ -7,8 +7,11 @@
 //! Assembly holds each span for the idle window (5 s by default), hundreds of thousands of
 //! them under load. Holding a slim copy instead of the received span lets the full batch go
 //! as soon as it is stored, so the memory of a full span is reused while it is still hot
-//! instead of piling up, and what is held is a fraction of its size. When the class rules
-//! change, a new slimmer with their keys applies to spans received from then on.
+//! instead of piling up, and what is held is a fraction of its size. Where the received spans
+//! are owned (the ingest pipeline, once a batch is durable and converted to Arrow),
+//! [`Slimmer::slim_owned`] moves the kept strings and attributes out instead of copying them.
+//! When the class rules change, a new slimmer with their keys applies to spans received from
+//! then on.
 
 use meshtrace_model::{KeyValue, Span};
 
