@@ -530,7 +530,16 @@ fn encode(
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)));
     // Sized for a row group of distinct traces (the `traces` table has one row per trace).
-    let props = trace_id_bloom_filter(props, row_group_rows.max(16)).build();
+    let mut props = trace_id_bloom_filter(props, row_group_rows.max(16));
+    // A dictionary pays for the names (classes, services, operations: few distinct values);
+    // IDs, times, durations and versions are mostly distinct, so for them it would only cost
+    // a hash and a lookup per value.
+    for field in schema.fields() {
+        if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
+            props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
+        }
+    }
+    let props = props.build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
     writer.write(&batch)?;
