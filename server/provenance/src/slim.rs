@@ -83,18 +83,11 @@ impl Slimmer {
     /// The slim copy of one span.
     pub fn slim(&self, s: &Span) -> Span {
         Span {
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
             name: s.name.clone(),
-            kind: s.kind,
-            start_unix_nano: s.start_unix_nano,
-            duration_nano: s.duration_nano,
-            status_code: s.status_code,
             service_name: s.service_name.clone(),
             resource_attributes: keep(&s.resource_attributes, &self.resource_keys),
             attributes: keep(&s.attributes, &self.span_keys),
-            ..Span::default()
+            ..scalars(s)
         }
     }
 
@@ -107,24 +100,31 @@ impl Slimmer {
     /// copied, and the rest is freed.
     pub fn slim_owned(&self, mut s: Span) -> Span {
         Span {
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
             name: std::mem::take(&mut s.name),
-            kind: s.kind,
-            start_unix_nano: s.start_unix_nano,
-            duration_nano: s.duration_nano,
-            status_code: s.status_code,
             service_name: std::mem::take(&mut s.service_name),
             resource_attributes: keep_owned(&mut s.resource_attributes, &self.resource_keys),
             attributes: keep_owned(&mut s.attributes, &self.span_keys),
-            ..Span::default()
+            ..scalars(&s)
         }
     }
 
     /// The slim forms of a batch owned here.
     pub fn slim_all_owned(&self, spans: Vec<Span>) -> Vec<Span> {
         spans.into_iter().map(|s| self.slim_owned(s)).collect()
+    }
+}
+
+/// A span with only the IDs, times, kind and status of `s`.
+fn scalars(s: &Span) -> Span {
+    Span {
+        trace_id: s.trace_id,
+        span_id: s.span_id,
+        parent_span_id: s.parent_span_id,
+        kind: s.kind,
+        start_unix_nano: s.start_unix_nano,
+        duration_nano: s.duration_nano,
+        status_code: s.status_code,
+        ..Span::default()
     }
 }
 
