@@ -5,6 +5,7 @@
 //! meaningful on a noisy machine. The generator sends pre-encoded payloads ([`payload`]) so
 //! that it takes little of the CPU it shares with the server.
 
+mod assembly;
 mod payload;
 
 use std::net::{SocketAddr, TcpListener};
@@ -36,6 +37,8 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Ingest throughput end to end (acknowledged = durable)
     Ingest(IngestArgs),
+    /// CPU per span of each trace-assembly stage, on one thread, against decoding
+    Assembly(assembly::AssemblyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -401,7 +404,10 @@ async fn run_once(args: &IngestArgs, assembly: bool) -> anyhow::Result<Run> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchWhat::Ingest(args) = args.what;
+    let args = match args.what {
+        BenchWhat::Ingest(args) => args,
+        BenchWhat::Assembly(args) => return tokio::task::block_in_place(|| assembly::run(args)),
+    };
     let decode_rate = decode_only(&args).await?;
     let compare = args.compare_assembly && args.target.is_none();
     let (mut off, mut on): (Option<Run>, Option<Run>) = (None, None);

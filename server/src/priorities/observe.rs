@@ -15,6 +15,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder into observations of its own (the budgets engine shares its observations
+    /// through [`super::Priorities::recorder`]).
+    pub fn new(window: meshtrace_budget::WindowConfig) -> Recorder {
+        Recorder {
+            obs: Arc::new(Mutex::new(Observations::new(window))),
+        }
+    }
+
     /// Records one completed trace at wall-clock time `now_ns`.
     pub fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
         let hops = hop_samples(d, tree);

@@ -510,6 +510,16 @@ struct Encoded {
     max_start_ns: i64,
 }
 
+/// The bytes of the segment a flush would write for these batches (`meshtrace bench
+/// assembly` times it).
+pub fn encoded_size(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    row_group_rows: usize,
+) -> Result<usize, StorageError> {
+    Ok(encode(schema, batches, row_group_rows)?.bytes.len())
+}
+
 /// Concatenates, sorts by `(trace_id, version)` and encodes one segment.
 fn encode(
     schema: &SchemaRef,
