@@ -8,8 +8,6 @@
 //! truncated traces partial). An edge's `overhead_ns` is client duration minus server
 //! duration, the time spent in the network and proxies, when both sides exist.
 
-use std::collections::BTreeSet;
-
 use meshtrace_model::{Span, SpanId, StatusCode, TraceId};
 use serde::Serialize;
 
@@ -97,11 +95,13 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
     let sections = critical_path(tree);
     let start_ns = tree.nodes.iter().map(|n| n.start_ns).min().unwrap_or(0);
     let end_ns = tree.nodes.iter().map(|n| n.end_ns).max().unwrap_or(0);
-    let services: BTreeSet<&str> = tree
+    let mut services: Vec<&str> = tree
         .nodes
         .iter()
         .map(|n| n.span.service_name.as_str())
         .collect();
+    services.sort_unstable();
+    services.dedup();
     let root_span = root.map(|r| &tree.nodes[r].span);
     let trace = TraceRow {
         trace_id,

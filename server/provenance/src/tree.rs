@@ -22,8 +22,6 @@
 //! correction does; every other span keeps its parent's shift. The raw span times stay in
 //! [`Node::span`]; the adjusted ones are [`Node::start_ns`] and [`Node::end_ns`].
 
-use std::collections::HashMap;
-
 use meshtrace_model::{AttrValue, Span, SpanId, SpanKind, SpanRef};
 use serde::Serialize;
 
@@ -148,10 +146,7 @@ pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
             span: s,
         })
         .collect();
-    let mut by_id: HashMap<SpanId, Vec<usize>> = HashMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        by_id.entry(n.span.span_id).or_default().push(i);
-    }
+    let by_id = ById::new(&nodes);
     let mut tree = TraceTree::default();
     for i in 0..nodes.len() {
         match resolve_parent(&nodes, &by_id, i) {
@@ -178,22 +173,42 @@ pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
     tree
 }
 
+/// Node indices by span ID: (ID, index) pairs sorted, so the nodes sharing an ID are one run
+/// in input order. No allocation per span, unlike a map to lists.
+struct ById(Vec<(SpanId, usize)>);
+
+impl ById {
+    fn new(nodes: &[Node]) -> ById {
+        let mut pairs: Vec<(SpanId, usize)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.span.span_id, i))
+            .collect();
+        pairs.sort_unstable();
+        ById(pairs)
+    }
+
+    /// The nodes with this span ID, in input order.
+    fn get(&self, id: SpanId) -> impl Iterator<Item = usize> + Clone + '_ {
+        let from = self.0.partition_point(|(k, _)| *k < id);
+        self.0[from..]
+            .iter()
+            .take_while(move |(k, _)| *k == id)
+            .map(|&(_, i)| i)
+    }
+}
+
 enum Resolved {
     Parent(usize),
     Root,
     Orphan,
 }
 
-fn resolve_parent(nodes: &[Node], by_id: &HashMap<SpanId, Vec<usize>>, i: usize) -> Resolved {
+fn resolve_parent(nodes: &[Node], by_id: &ById, i: usize) -> Resolved {
     let me = &nodes[i];
     if me.shared {
-        let halves = by_id
-            .get(&me.span.span_id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let client = halves
-            .iter()
-            .copied()
+        let client = by_id
+            .get(me.span.span_id)
             .filter(|&j| j != i && !nodes[j].shared)
             .min_by_key(|&j| (nodes[j].span.kind != SpanKind::Client, j));
         if let Some(c) = client {
@@ -204,9 +219,9 @@ fn resolve_parent(nodes: &[Node], by_id: &HashMap<SpanId, Vec<usize>>, i: usize)
         Some(p) if p != [0; 8] => p,
         _ => return Resolved::Root,
     };
-    let candidates = by_id.get(&parent_id).map(Vec::as_slice).unwrap_or_default();
+    let candidates = by_id.get(parent_id);
     let same_service = |j: usize| nodes[j].span.service_name == me.span.service_name;
-    let usable = || candidates.iter().copied().filter(|&j| j != i);
+    let usable = || candidates.clone().filter(|&j| j != i);
     let pick = usable()
         .find(|&j| nodes[j].shared && same_service(j))
         .or_else(|| {

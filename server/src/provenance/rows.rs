@@ -6,7 +6,6 @@
 //! the start of its client span, else its server span) and the `version` of the derivation
 //! (its completion time in ns): the SQL tables show only the latest version per trace.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
@@ -158,13 +157,22 @@ impl Rows {
         version: i64,
         reason: CompletionReason,
     ) {
-        let mut starts: HashMap<SpanId, i64> = HashMap::new();
-        for n in &tree.nodes {
-            // The CLIENT half of a Zipkin shared span comes first and keeps its start.
-            if !n.shared || !starts.contains_key(&n.span.span_id) {
-                starts.entry(n.span.span_id).or_insert(n.start_ns);
-            }
-        }
+        // The start of the first node with each span ID (the CLIENT half of a Zipkin shared
+        // span comes first and keeps its start): sorted by (ID, node), first of each run.
+        let mut starts: Vec<(SpanId, usize, i64)> = tree
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.span.span_id, i, n.start_ns))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup_by_key(|s| s.0);
+        let start_of = |id: SpanId| {
+            starts
+                .binary_search_by(|s| s.0.cmp(&id))
+                .ok()
+                .map(|k| starts[k].2)
+        };
         let trace_start = derived.trace.start_ns;
         let edge_starts = derived
             .edges
@@ -172,7 +180,7 @@ impl Rows {
             .map(|e| {
                 e.client_span_id
                     .or(e.server_span_id)
-                    .and_then(|id| starts.get(&id).copied())
+                    .and_then(start_of)
                     .unwrap_or(trace_start)
             })
             .collect();
@@ -312,6 +320,8 @@ fn times(t: impl Iterator<Item = i64>) -> ArrayRef {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use meshtrace_model::{Span, SpanKind};
     use meshtrace_provenance::{build_tree, derive};
