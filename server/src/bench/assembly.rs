@@ -52,6 +52,8 @@ struct Times {
     stages: [Duration; STAGES.len()],
     decode: Duration,
     spans: u64,
+    /// Bytes of the encoded derived segments.
+    derived_bytes: u64,
 }
 
 impl Times {
@@ -123,13 +125,14 @@ fn round(
             .filter(|(name, _)| *name == table.name)
             .map(|(_, b)| b.clone())
             .collect();
-        times.time(7, || {
+        let bytes = times.time(7, || {
             meshtrace_storage::derived::encoded_size(
                 &table.schema,
                 &of_table,
                 config.row_group_rows,
             )
         })?;
+        times.derived_bytes += bytes as u64;
     }
     Ok(())
 }
@@ -145,6 +148,7 @@ pub fn run(args: AssemblyArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let per = |d| times.us_per_span(d);
     let (total, decode) = (per(times.total()), per(times.decode));
+    let derived_bytes = times.derived_bytes as f64 / times.spans.max(1) as f64;
     if args.json {
         let stages: serde_json::Map<String, serde_json::Value> = STAGES
             .iter()
@@ -156,6 +160,7 @@ pub fn run(args: AssemblyArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "spans": times.spans, "us_per_span": total, "decode_us_per_span": decode,
                 "ratio_to_decode": total / decode, "stages_us_per_span": stages,
+                "derived_bytes_per_span": derived_bytes,
             })
         );
         return Ok(());
@@ -170,6 +175,7 @@ pub fn run(args: AssemblyArgs) -> anyhow::Result<()> {
     );
     println!("decode-only baseline   {decode:.3} µs/span (OTLP protobuf, same run)");
     println!("assembly / decode      {:.2}", total / decode);
+    println!("derived bytes/span     {derived_bytes:.1} (the three derived tables' segments)");
     Ok(())
 }
 
@@ -193,5 +199,6 @@ mod tests {
             assert!(d > Duration::ZERO, "stage {name} was not timed");
         }
         assert!(times.decode > Duration::ZERO);
+        assert!(times.derived_bytes > 0, "the derived segments were encoded");
     }
 }
