@@ -7,6 +7,12 @@
 //! when it has exactly one root and no orphans (the assembler also marks force-completed or
 //! truncated traces partial). An edge's `overhead_ns` is client duration minus server
 //! duration, the time spent in the network and proxies, when both sides exist.
+//!
+//! Names (class, services, operations) are shared strings ([`Name`]): a trace's rows repeat the
+//! same few names, so each distinct one is copied once per trace ([`Names`]) and the rows hold
+//! references to it.
+
+use std::sync::Arc;
 
 use meshtrace_model::{Span, SpanId, StatusCode, TraceId};
 use serde::Serialize;
@@ -16,13 +22,35 @@ use crate::critical_path::{critical_path, path_length};
 use crate::graph::{calls, ConnectionType, GraphConfig};
 use crate::tree::{build_tree, TraceTree, TreeCounters};
 
+/// A class, service or operation name in a derived row, shared by the rows that repeat it.
+pub type Name = Arc<str>;
+
+/// One trace's distinct names: each is copied into a [`Name`] the first time it is asked for.
+/// A trace has few distinct names, so a list scanned by length and bytes beats hashing.
+#[derive(Default)]
+struct Names<'a>(Vec<(&'a str, Name)>);
+
+impl<'a> Names<'a> {
+    fn get(&mut self, s: &'a str) -> Name {
+        if let Some((_, n)) = self.0.iter().find(|(k, _)| *k == s) {
+            return n.clone();
+        }
+        let n: Name = Arc::from(s);
+        // Past a few dozen names a trace is unusual; stop remembering rather than scan more.
+        if self.0.len() < 64 {
+            self.0.push((s, n.clone()));
+        }
+        n
+    }
+}
+
 /// One row of the `traces` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TraceRow {
     pub trace_id: TraceId,
-    pub class: String,
-    pub root_service: String,
-    pub root_operation: String,
+    pub class: Name,
+    pub root_service: Name,
+    pub root_operation: Name,
     /// Earliest span start (ns).
     pub start_ns: i64,
     /// Latest span end minus earliest start (ns).
@@ -40,11 +68,11 @@ pub struct TraceRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EdgeRow {
     pub trace_id: TraceId,
-    pub class: String,
-    pub caller_service: String,
-    pub callee_service: String,
+    pub class: Name,
+    pub caller_service: Name,
+    pub callee_service: Name,
     /// The server span's name, else the client span's.
-    pub operation: String,
+    pub operation: Name,
     pub connection_type: ConnectionType,
     pub client_span_id: Option<SpanId>,
     pub server_span_id: Option<SpanId>,
@@ -60,10 +88,10 @@ pub struct EdgeRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CriticalPathRow {
     pub trace_id: TraceId,
-    pub class: String,
+    pub class: Name,
     pub span_id: SpanId,
-    pub service: String,
-    pub operation: String,
+    pub service: Name,
+    pub operation: Name,
     pub self_time_ns: i64,
 }
 
@@ -84,9 +112,11 @@ pub fn derive(spans: &[Span], rules: &[ClassRule]) -> Derived {
 /// Derives the rows of an already built tree.
 pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -> Derived {
     let root = tree.primary_root();
-    let class = root
+    let class: Name = root
         .map(|r| classify(&tree.nodes[r].span, rules))
-        .unwrap_or_else(|| DEFAULT_CLASS.to_string());
+        .unwrap_or_else(|| DEFAULT_CLASS.to_string())
+        .into();
+    let mut names = Names::default();
     let trace_id = tree
         .nodes
         .first()
@@ -106,10 +136,8 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
     let trace = TraceRow {
         trace_id,
         class: class.clone(),
-        root_service: root_span
-            .map(|s| s.service_name.clone())
-            .unwrap_or_default(),
-        root_operation: root_span.map(|s| s.name.clone()).unwrap_or_default(),
+        root_service: names.get(root_span.map_or("", |s| s.service_name.as_str())),
+        root_operation: names.get(root_span.map_or("", |s| s.name.as_str())),
         start_ns,
         duration_ns: end_ns - start_ns,
         span_count: tree.nodes.len(),
@@ -121,7 +149,7 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
         critical_path_ns: path_length(&sections),
         complete: tree.roots.len() == 1 && tree.orphans.is_empty(),
     };
-    let edges = edge_rows(tree, graph, trace_id, &class);
+    let edges = edge_rows(tree, graph, trace_id, &class, &mut names);
     // Per node, not per span ID: the two halves of a Zipkin shared span are separate rows.
     let mut per_node: Vec<(usize, i64)> = Vec::new();
     for sec in &sections {
@@ -138,8 +166,8 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
                 trace_id,
                 class: class.clone(),
                 span_id: span.span_id,
-                service: span.service_name.clone(),
-                operation: span.name.clone(),
+                service: names.get(&span.service_name),
+                operation: names.get(&span.name),
                 self_time_ns,
             }
         })
@@ -152,11 +180,12 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
     }
 }
 
-fn edge_rows(
-    tree: &TraceTree,
+fn edge_rows<'a>(
+    tree: &'a TraceTree,
     graph: &GraphConfig,
     trace_id: TraceId,
-    class: &str,
+    class: &Name,
+    names: &mut Names<'a>,
 ) -> Vec<EdgeRow> {
     calls(tree, graph)
         .into_iter()
@@ -165,27 +194,20 @@ fn edge_rows(
             let server = c.server.map(|i| &tree.nodes[i]);
             let client_duration_ns = client.map(|n| n.duration_ns());
             let server_duration_ns = server.map(|n| n.duration_ns());
-            let statuses: Vec<StatusCode> = [client, server]
-                .iter()
-                .flatten()
-                .map(|n| n.span.status_code)
-                .collect();
-            let status = if statuses.contains(&StatusCode::Error) {
+            let statuses = [client, server].map(|n| n.map(|n| n.span.status_code));
+            let status = if statuses.contains(&Some(StatusCode::Error)) {
                 StatusCode::Error
-            } else if statuses.contains(&StatusCode::Ok) {
+            } else if statuses.contains(&Some(StatusCode::Ok)) {
                 StatusCode::Ok
             } else {
                 StatusCode::Unset
             };
             EdgeRow {
                 trace_id,
-                class: class.to_string(),
-                caller_service: c.caller,
-                callee_service: c.callee,
-                operation: server
-                    .or(client)
-                    .map(|n| n.span.name.clone())
-                    .unwrap_or_default(),
+                class: class.clone(),
+                caller_service: name_of(names, c.caller),
+                callee_service: name_of(names, c.callee),
+                operation: names.get(server.or(client).map_or("", |n| n.span.name.as_str())),
                 connection_type: c.connection,
                 client_span_id: client.map(|n| n.span.span_id),
                 server_span_id: server.map(|n| n.span.span_id),
@@ -198,4 +220,12 @@ fn edge_rows(
             }
         })
         .collect()
+}
+
+/// The shared name of a call's side: through the trace's names when it borrows from a span.
+fn name_of<'a>(names: &mut Names<'a>, s: std::borrow::Cow<'a, str>) -> Name {
+    match s {
+        std::borrow::Cow::Borrowed(b) => names.get(b),
+        std::borrow::Cow::Owned(o) => o.into(),
+    }
 }

@@ -19,6 +19,7 @@
 //! virtual contributes 0 latency, as the connector does since its fix of issue #32689.
 //! [`service_edges`] is the simpler "parent→child service edge" relation of the fixtures README.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshtrace_model::{SpanKind, StatusCode};
@@ -60,15 +61,15 @@ pub enum VirtualSide {
     Server,
 }
 
-/// One caller→callee call in a trace.
+/// One caller→callee call in a trace; service names borrow from the tree's spans.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Call {
+pub struct Call<'a> {
     /// The client-side node, if any.
     pub client: Option<usize>,
     /// The server-side node, if any.
     pub server: Option<usize>,
-    pub caller: String,
-    pub callee: String,
+    pub caller: Cow<'a, str>,
+    pub callee: Cow<'a, str>,
     pub connection: ConnectionType,
     pub virtual_side: Option<VirtualSide>,
     /// Whether the connector would pair this call (see the module docs).
@@ -126,19 +127,22 @@ fn is_caller_kind(k: SpanKind) -> bool {
 }
 
 /// Every call in one trace (see the module docs), in node order.
-pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
+pub fn calls<'a>(tree: &'a TraceTree, config: &GraphConfig) -> Vec<Call<'a>> {
     let mut out = Vec::new();
     let mut answered = vec![false; tree.nodes.len()];
     for (i, n) in tree.nodes.iter().enumerate() {
         let Some(p) = n.parent else { continue };
         let parent = &tree.nodes[p];
-        let (caller, callee) = (&parent.span.service_name, &n.span.service_name);
+        let (caller, callee) = (
+            parent.span.service_name.as_str(),
+            n.span.service_name.as_str(),
+        );
         let call = if let Some(connection) = is_paired(parent.span.kind, n.span.kind) {
             let call = Call {
                 client: Some(p),
                 server: Some(i),
-                caller: caller.clone(),
-                callee: callee.clone(),
+                caller: caller.into(),
+                callee: callee.into(),
                 connection,
                 virtual_side: None,
                 graphable: true,
@@ -150,8 +154,8 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
             Some(Call {
                 client,
                 server: Some(i),
-                caller: caller.clone(),
-                callee: callee.clone(),
+                caller: caller.into(),
+                callee: callee.into(),
                 connection,
                 virtual_side: None,
                 graphable: false,
@@ -179,8 +183,8 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
             out.push(Call {
                 client: None,
                 server: Some(i),
-                caller: VIRTUAL_USER.to_string(),
-                callee: span.service_name.clone(),
+                caller: VIRTUAL_USER.into(),
+                callee: span.service_name.as_str().into(),
                 connection: ConnectionType::VirtualNode,
                 virtual_side: Some(VirtualSide::Client),
                 graphable: true,
@@ -190,7 +194,7 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
     out
 }
 
-fn unanswered(tree: &TraceTree, i: usize, config: &GraphConfig) -> Call {
+fn unanswered<'a>(tree: &'a TraceTree, i: usize, config: &GraphConfig) -> Call<'a> {
     let span = &tree.nodes[i].span;
     let find = |keys: &[String]| {
         keys.iter().find_map(|k| {
@@ -200,9 +204,9 @@ fn unanswered(tree: &TraceTree, i: usize, config: &GraphConfig) -> Call {
         })
     };
     let (callee, connection, virtual_side) = match find(&config.database_name_attributes) {
-        Some(db) => (db, ConnectionType::Database, None),
+        Some(db) => (Cow::Owned(db), ConnectionType::Database, None),
         None => (
-            find(&config.peer_attributes).unwrap_or_else(|| VIRTUAL_UNKNOWN.to_string()),
+            find(&config.peer_attributes).map_or(VIRTUAL_UNKNOWN.into(), Cow::Owned),
             ConnectionType::VirtualNode,
             Some(VirtualSide::Server),
         ),
@@ -210,7 +214,7 @@ fn unanswered(tree: &TraceTree, i: usize, config: &GraphConfig) -> Call {
     Call {
         client: Some(i),
         server: None,
-        caller: span.service_name.clone(),
+        caller: span.service_name.as_str().into(),
         callee,
         connection,
         virtual_side,
@@ -294,8 +298,8 @@ impl ServiceGraph {
                 }
             }
             let key = EdgeKey {
-                client: call.caller,
-                server: call.callee,
+                client: call.caller.into_owned(),
+                server: call.callee.into_owned(),
                 connection_type: call.connection,
                 failed,
                 virtual_node: call.virtual_side.filter(|_| self.config.virtual_node_label),

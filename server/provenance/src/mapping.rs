@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::derive::Derived;
+use crate::derive::{Derived, Name};
 
 /// A call signature: (caller service, callee service, operation).
-pub type Signature = (String, String, String);
+pub type Signature = (Name, Name, Name);
 
 /// One row of the learned mapping.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -31,14 +31,14 @@ pub struct MappingEntry {
 /// What one trace taught the mapping: its class and its call signatures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Learned {
-    class: String,
+    class: Name,
     signatures: BTreeSet<Signature>,
 }
 
 /// Learned signature → class counts.
 #[derive(Clone, Debug, Default)]
 pub struct ClassMapping {
-    counts: BTreeMap<Signature, BTreeMap<String, u64>>,
+    counts: BTreeMap<Signature, BTreeMap<Name, u64>>,
     traces: u64,
 }
 
@@ -117,10 +117,10 @@ impl ClassMapping {
             .flat_map(|((caller, callee, operation), classes)| {
                 let total: u64 = classes.values().sum();
                 classes.iter().map(move |(class, &count)| MappingEntry {
-                    caller: caller.clone(),
-                    callee: callee.clone(),
-                    operation: operation.clone(),
-                    class: class.clone(),
+                    caller: caller.to_string(),
+                    callee: callee.to_string(),
+                    operation: operation.to_string(),
+                    class: class.to_string(),
                     count,
                     share: count as f64 / total.max(1) as f64,
                 })
@@ -130,18 +130,14 @@ impl ClassMapping {
 
     /// The classes seen on one signature with their shares, most frequent first.
     pub fn classes_for(&self, caller: &str, callee: &str, operation: &str) -> Vec<(String, f64)> {
-        let key = (
-            caller.to_string(),
-            callee.to_string(),
-            operation.to_string(),
-        );
+        let key: Signature = (caller.into(), callee.into(), operation.into());
         let Some(classes) = self.counts.get(&key) else {
             return Vec::new();
         };
         let total: u64 = classes.values().sum();
         let mut out: Vec<(String, f64)> = classes
             .iter()
-            .map(|(c, &n)| (c.clone(), n as f64 / total.max(1) as f64))
+            .map(|(c, &n)| (c.to_string(), n as f64 / total.max(1) as f64))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out

@@ -210,7 +210,7 @@ mod tests {
         let full = derive_tree(&build_tree(&spans), std::slice::from_ref(&rule), &graph);
         let from_slim = derive_tree(&build_tree(&slim), &[rule], &graph);
         assert_eq!(full, from_slim);
-        assert_eq!(from_slim.trace.class, "gold");
+        assert_eq!(&*from_slim.trace.class, "gold");
         assert_eq!(
             slimmer.slim_all_owned(spans),
             slim,

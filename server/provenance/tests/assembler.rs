@@ -93,7 +93,7 @@ fn late_span_gives_exactly_one_replacement() {
     let pairs = |d: &meshtrace_provenance::Derived| -> Vec<(String, String)> {
         d.edges
             .iter()
-            .map(|e| (e.caller_service.clone(), e.callee_service.clone()))
+            .map(|e| (e.caller_service.to_string(), e.callee_service.to_string()))
             .collect()
     };
     let p = |a: &str, b: &str| (a.to_string(), b.to_string());

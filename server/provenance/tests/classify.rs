@@ -100,11 +100,11 @@ fn every_span_row_inherits_the_class() {
     child.parent_span_id = Some(root.span_id);
     child.duration_nano = 5;
     let d = derive(&[root, child], &rules());
-    assert_eq!(d.trace.class, "checkout");
+    assert_eq!(&*d.trace.class, "checkout");
     assert_eq!(d.edges.len(), 1);
-    assert_eq!(d.edges[0].class, "checkout");
+    assert_eq!(&*d.edges[0].class, "checkout");
     assert_eq!(d.critical_path.len(), 2);
-    assert!(d.critical_path.iter().all(|r| r.class == "checkout"));
+    assert!(d.critical_path.iter().all(|r| &*r.class == "checkout"));
 }
 
 #[test]

@@ -44,7 +44,7 @@ fn istio_bookinfo_trace() {
     let rows: BTreeSet<(String, String)> = d
         .edges
         .iter()
-        .map(|e| (e.caller_service.clone(), e.callee_service.clone()))
+        .map(|e| (e.caller_service.to_string(), e.callee_service.to_string()))
         .collect();
     assert_eq!(rows, want);
     assert!(d.trace.complete);
@@ -87,7 +87,7 @@ fn check_nezha(
             d.critical_path.iter().map(|r| r.self_time_ns).sum::<i64>(),
             d.trace.critical_path_ns
         );
-        classes.push(d.trace.class);
+        classes.push(d.trace.class.to_string());
     }
     assert_eq!(all_services.len(), services, "{rel} services");
     assert_eq!(all_edges.len(), edges, "{rel} edges");

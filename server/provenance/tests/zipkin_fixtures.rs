@@ -192,12 +192,12 @@ fn zipkin_derived_rows_pair_shared_halves() {
     let e = d
         .edges
         .iter()
-        .find(|e| e.caller_service == "servicea" && e.callee_service == "serviceb")
+        .find(|e| &*e.caller_service == "servicea" && &*e.callee_service == "serviceb")
         .unwrap();
     assert_eq!(e.client_duration_ns, Some(94_539_000));
     assert_eq!(e.server_duration_ns, Some(93_577_000));
     assert_eq!(e.overhead_ns, Some(962_000));
-    assert_eq!(d.trace.class, "default");
+    assert_eq!(&*d.trace.class, "default");
     assert!(d.trace.complete);
     assert_eq!((d.trace.span_count, d.trace.service_count), (4, 2));
 }

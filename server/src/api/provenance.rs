@@ -404,7 +404,7 @@ pub async fn trace_provenance(State(state): State<ApiState>, Path(id): Path<Stri
             Value::from(text(row, "completion")),
         ),
         None => (
-            state.provenance.derive_open(&spans).trace.class,
+            state.provenance.derive_open(&spans).trace.class.to_string(),
             false,
             Value::Null,
         ),

@@ -213,9 +213,9 @@ impl Rows {
         };
         let columns: Vec<ArrayRef> = vec![
             ids16(t.iter().map(|(_, r)| r.trace_id))?,
-            text(&|(_, r)| r.class.as_str()),
-            text(&|(_, r)| r.root_service.as_str()),
-            text(&|(_, r)| r.root_operation.as_str()),
+            text(&|(_, r)| &r.class),
+            text(&|(_, r)| &r.root_service),
+            text(&|(_, r)| &r.root_operation),
             times(t.iter().map(|(_, r)| r.start_ns)),
             int(&|(_, r)| r.duration_ns),
             int(&|(_, r)| r.span_count as i64),
@@ -255,10 +255,10 @@ impl Rows {
         };
         let columns: Vec<ArrayRef> = vec![
             ids16(rows.iter().map(|r| r.1.trace_id))?,
-            text(&|r| r.class.as_str()),
-            text(&|r| r.caller_service.as_str()),
-            text(&|r| r.callee_service.as_str()),
-            text(&|r| r.operation.as_str()),
+            text(&|r| &r.class),
+            text(&|r| &r.caller_service),
+            text(&|r| &r.callee_service),
+            text(&|r| &r.operation),
             text(&|r| connection_name(r.connection_type)),
             opt_ids8(rows.iter().map(|r| r.1.client_span_id))?,
             opt_ids8(rows.iter().map(|r| r.1.server_span_id))?,
@@ -285,10 +285,10 @@ impl Rows {
         };
         let columns: Vec<ArrayRef> = vec![
             ids16(rows.iter().map(|r| r.1.trace_id))?,
-            text(&|r| r.class.as_str()),
+            text(&|r| &r.class),
             opt_ids8(rows.iter().map(|r| Some(r.1.span_id)))?,
-            text(&|r| r.service.as_str()),
-            text(&|r| r.operation.as_str()),
+            text(&|r| &r.service),
+            text(&|r| &r.operation),
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.1.self_time_ns),
             )),
