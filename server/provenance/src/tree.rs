@@ -74,6 +74,7 @@ pub struct TraceTree {
     /// Nodes whose parent is missing, in input order.
     pub orphans: Vec<usize>,
     pub counters: TreeCounters,
+    by_id: ById,
 }
 
 impl TraceTree {
@@ -103,6 +104,11 @@ impl TraceTree {
             .iter()
             .map(|n| n.span.service_name.as_str())
             .collect()
+    }
+
+    /// The nodes with this span ID, in input order (two for a Zipkin shared span).
+    pub fn nodes_with_span_id(&self, id: SpanId) -> impl Iterator<Item = usize> + Clone + '_ {
+        self.by_id.get(id)
     }
 
     /// Nodes in depth-first pre-order from every top (cycle-free by construction).
@@ -167,6 +173,7 @@ pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
         }
     }
     tree.nodes = nodes;
+    tree.by_id = by_id;
     tree.counters.roots = tree.roots.len();
     tree.counters.orphans = tree.orphans.len();
     tree.counters.skew_adjusted = adjust_skew(&mut tree);
@@ -175,6 +182,7 @@ pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
 
 /// Node indices by span ID: (ID, index) pairs sorted, so the nodes sharing an ID are one run
 /// in input order. No allocation per span, unlike a map to lists.
+#[derive(Clone, Debug, Default)]
 struct ById(Vec<(SpanId, usize)>);
 
 impl ById {

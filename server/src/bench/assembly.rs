@@ -17,7 +17,6 @@ use clap::Args;
 use meshtrace_budget::WindowConfig;
 use meshtrace_collector::decode::otlp;
 use meshtrace_collector::Limits;
-use meshtrace_model::Span;
 use meshtrace_provenance::{Assembler, AssemblerConfig, ClassMapping, GraphConfig, Slimmer};
 use prost::Message;
 use rand::SeedableRng;
@@ -83,10 +82,7 @@ fn round(
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
     let per = args.traces_per_request.max(1);
     let bodies: Vec<Vec<u8>> = (0..args.traces.div_ceil(per))
-        .map(|_| {
-            let spans: Vec<Span> = (0..per).flat_map(|_| super::mesh_trace(rng, now)).collect();
-            otlp::to_request(&spans).encode_to_vec()
-        })
+        .map(|_| super::request(rng, per).0.encode_to_vec())
         .collect();
     let limits = Limits::default();
     let t = Instant::now();

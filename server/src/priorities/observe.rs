@@ -33,16 +33,11 @@ impl Recorder {
 
 /// The node of a critical-path row: same span ID and service (Zipkin shared halves share IDs).
 fn node_of(tree: &TraceTree, span_id: &[u8; 8], service: &str) -> Option<usize> {
-    let mut fallback = None;
-    for (i, n) in tree.nodes.iter().enumerate() {
-        if n.span.span_id == *span_id {
-            if n.span.service_name == service {
-                return Some(i);
-            }
-            fallback.get_or_insert(i);
-        }
-    }
-    fallback
+    let same_id = tree.nodes_with_span_id(*span_id);
+    same_id
+        .clone()
+        .find(|&i| tree.nodes[i].span.service_name == service)
+        .or_else(|| same_id.clone().next())
 }
 
 /// Whether node `i` overlaps in time a sibling (a fan-out).

@@ -157,21 +157,12 @@ impl Rows {
         version: i64,
         reason: CompletionReason,
     ) {
-        // The start of the first node with each span ID (the CLIENT half of a Zipkin shared
-        // span comes first and keeps its start): sorted by (ID, node), first of each run.
-        let mut starts: Vec<(SpanId, usize, i64)> = tree
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.span.span_id, i, n.start_ns))
-            .collect();
-        starts.sort_unstable();
-        starts.dedup_by_key(|s| s.0);
+        // The start of the first node with the span ID (the CLIENT half of a Zipkin shared
+        // span comes first and keeps its start).
         let start_of = |id: SpanId| {
-            starts
-                .binary_search_by(|s| s.0.cmp(&id))
-                .ok()
-                .map(|k| starts[k].2)
+            tree.nodes_with_span_id(id)
+                .next()
+                .map(|i| tree.nodes[i].start_ns)
         };
         let trace_start = derived.trace.start_ns;
         let edge_starts = derived
