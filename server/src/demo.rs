@@ -76,7 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop.clone(),
     ));
     print_guide(&scenario, &args, config.listen.http.port());
-    let _ = tokio::signal::ctrl_c().await;
+    crate::serve::wait_for_signal().await;
     println!("stopping the load, the mesh and meshtrace ...");
     stop.cancel();
     let _ = load.await;
@@ -127,5 +127,5 @@ fn print_guide(scenario: &Scenario, args: &DemoArgs, port: u16) {
     println!("latency budgets     {base}/api/v1/budgets");
     println!("priorities          {base}/api/v1/priorities?service=reviews");
     println!();
-    println!("press Ctrl-C to stop");
+    println!("press Ctrl-C (or send SIGTERM) to stop");
 }

@@ -334,7 +334,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     running.stop().await
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -85,7 +85,8 @@ class ServerError(AssertionError):
 
 
 class Server:
-    """One `meshtrace serve` process with its own data dir, log file and four loopback ports.
+    """One `meshtrace serve` (or `demo`, which takes the same flags) process with its own data
+    dir, log file and four loopback ports.
 
     The ports stay the same across `restart()` so clients can keep their URLs.
     """
@@ -99,8 +100,10 @@ class Server:
         data_dir: Path | None = None,
         catalog_url: str | None = None,
         flush_age: str = "1s",
+        subcommand: str = "serve",
     ) -> None:
         self.binary = Path(binary)
+        self.subcommand = subcommand
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -144,7 +147,7 @@ class Server:
     def command(self) -> list[str]:
         cmd = [
             str(self.binary),
-            "serve",
+            self.subcommand,
             "--data-dir",
             str(self.data_dir),
             "--otlp-grpc-listen",
