@@ -153,6 +153,9 @@ pub struct BudgetSettings {
     pub max_wait: Duration,
     /// Versions kept per service in the priority history.
     pub history_len: usize,
+    /// Hop positions (paths from the entry) kept per class in each step; samples at further
+    /// new positions count towards their nearest kept ancestor.
+    pub max_positions_per_class: usize,
     /// Objectives per class; those set with PUT /api/v1/classes/{class}/objective win.
     pub objectives: std::collections::BTreeMap<String, Objective>,
 }
@@ -171,6 +174,7 @@ impl Default for BudgetSettings {
             baggage_key: p.baggage_key,
             max_wait: Duration::from_secs(60),
             history_len: 64,
+            max_positions_per_class: w.max_positions,
             objectives: Default::default(),
         }
     }

@@ -125,15 +125,18 @@ struct Tree<'a> {
 impl<'a> Tree<'a> {
     fn build(stats: &'a ClassStats, q: f64) -> Tree<'a> {
         let paths: Vec<&HopPath> = stats.hops.keys().collect();
-        let index: BTreeMap<&HopPath, usize> =
-            paths.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+        let index: BTreeMap<&[HopKey], usize> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_slice(), i))
+            .collect();
         let n = paths.len();
         let mut children = vec![Vec::new(); n + 1];
         for (i, p) in paths.iter().enumerate() {
             // The nearest recorded ancestor, else the entry.
             let parent = (1..p.len())
                 .rev()
-                .find_map(|k| index.get(&p[..k].to_vec()).copied())
+                .find_map(|k| index.get(&p[..k]).copied())
                 .unwrap_or(n);
             children[parent].push(i);
         }
@@ -238,6 +241,13 @@ fn class_budget(
     let mut order = Vec::new();
     tree.preorder(entry, 0, &mut order);
     let hop_stats: Vec<_> = stats.hops.values().collect();
+    // This class's critical-path time per (service, operation), over all its positions.
+    let mut mine: BTreeMap<&HopKey, f64> = BTreeMap::new();
+    for (path, h) in &stats.hops {
+        if let Some(k) = path.last() {
+            *mine.entry(k).or_default() += h.self_time.sum();
+        }
+    }
     let hops = order
         .into_iter()
         .map(|(i, depth)| {
@@ -245,12 +255,7 @@ fn class_budget(
             let key = path.last().cloned().unwrap_or_else(|| HopKey::new("", ""));
             let observed = tree.observed[i];
             let (budget, subtree) = budgets[i];
-            let mine: f64 = stats
-                .hops
-                .iter()
-                .filter(|(p, _)| p.last() == Some(&key))
-                .map(|(_, h)| h.self_time.sum())
-                .sum();
+            let mine = mine.get(&key).copied().unwrap_or(0.0);
             let all: f64 = load.get(&key).copied().unwrap_or(0.0);
             HopBudget {
                 parent: path.len().checked_sub(2).map(|k| path[k].clone()),
@@ -263,8 +268,8 @@ fn class_budget(
                 share: if total > 0.0 { observed / total } else { 0.0 },
                 rate_per_s: hop_stats[i].visits() as f64 / window_secs,
                 load_share: if all > 0.0 { mine / all } else { 0.0 },
-                service: key.service,
-                operation: key.operation,
+                service: key.service.to_string(),
+                operation: key.operation.to_string(),
             }
         })
         .collect();

@@ -8,11 +8,21 @@
 //! ran as a parallel branch of a fan-out (majority of its visits). Within one trace, samples
 //! at the same position are combined: summed when sequential, the maximum when parallel.
 //!
+//! A class keeps at most `max_positions` positions in each step. A high-cardinality
+//! application (or a client making up routes) would otherwise grow memory and the cost of
+//! every budget update without bound, and a position seen that rarely has no usable quantile
+//! anyway. A sample at a position its class has no room for is folded, with everything below
+//! it, into its nearest kept ancestor: its time counts as the ancestor's own, so the
+//! ancestor's subtree time, and the budgets above it, stay whole. A top-level sample with no
+//! room is dropped. Positions are admitted first come, so the frequent ones are in early;
+//! folded samples are counted.
+//!
 //! Buckets are keyed by `timestamp.div_euclid(step)`; merging two [`Observations`] merges
 //! bucket by bucket, so windows, and several nodes, merge exactly. Positions are interned
 //! ([`crate::positions`]) so that recording a deep trace stays linear in its depth.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +39,13 @@ pub struct WindowConfig {
     /// Granularity: the window slides in steps of this (default 10 s).
     #[serde(with = "humantime_serde")]
     pub step: Duration,
+    /// Hop positions kept per class in each step (default 1000); see [`Observations`].
+    #[serde(default = "default_max_positions")]
+    pub max_positions: usize,
+}
+
+fn default_max_positions() -> usize {
+    1000
 }
 
 impl Default for WindowConfig {
@@ -36,6 +53,7 @@ impl Default for WindowConfig {
         WindowConfig {
             window: Duration::from_secs(60),
             step: Duration::from_secs(10),
+            max_positions: default_max_positions(),
         }
     }
 }
@@ -62,15 +80,16 @@ impl WindowConfig {
     }
 }
 
-/// A (service, operation) pair.
+/// A (service, operation) pair. The names are shared: a trace's derived rows hand theirs over
+/// without copying them.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HopKey {
-    pub service: String,
-    pub operation: String,
+    pub service: Arc<str>,
+    pub operation: Arc<str>,
 }
 
 impl HopKey {
-    pub fn new(service: impl Into<String>, operation: impl Into<String>) -> Self {
+    pub fn new(service: impl Into<Arc<str>>, operation: impl Into<Arc<str>>) -> Self {
         HopKey {
             service: service.into(),
             operation: operation.into(),
@@ -101,7 +120,11 @@ pub struct HopSample {
 
 impl HopSample {
     /// A sequential top-level hop.
-    pub fn new(service: &str, operation: &str, self_time_ns: i64) -> Self {
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        operation: impl Into<Arc<str>>,
+        self_time_ns: i64,
+    ) -> Self {
         HopSample {
             hop: HopKey::new(service, operation),
             self_time_ns,
@@ -191,6 +214,8 @@ pub struct Observations {
     latest: Option<i64>,
     /// Traces refused because they fell before the window.
     late: u64,
+    /// Hop samples folded into an ancestor (or dropped) for want of room for their position.
+    folded: u64,
 }
 
 impl Observations {
@@ -201,6 +226,7 @@ impl Observations {
             positions: Positions::default(),
             latest: None,
             late: 0,
+            folded: 0,
         }
     }
 
@@ -211,6 +237,12 @@ impl Observations {
     /// Traces dropped because their time was already out of the window.
     pub fn late_traces(&self) -> u64 {
         self.late
+    }
+
+    /// Hop samples folded into an ancestor position (or dropped, at the top) because their
+    /// class had `max_positions` positions in the step already.
+    pub fn folded_samples(&self) -> u64 {
+        self.folded
     }
 
     /// Records one trace of `class` ending (or seen) at `now_ns`; returns false when it is too
@@ -229,7 +261,6 @@ impl Observations {
             tracing::debug!(class, now_ns, "trace older than the budget window dropped");
             return false;
         }
-        let combined = combine(&mut self.positions, hops);
         let bucket = self.buckets.entry(b).or_default();
         if !bucket.contains_key(class) {
             bucket.insert(class.to_string(), BucketStats::default());
@@ -237,6 +268,13 @@ impl Observations {
         let Some(stats) = bucket.get_mut(class) else {
             return false;
         };
+        let (combined, folded) = combine(
+            &mut self.positions,
+            hops,
+            &stats.hops,
+            self.cfg.max_positions,
+        );
+        self.folded += folded;
         stats.e2e.add(e2e_ns);
         for (position, (ns, parallel)) in combined {
             let h = stats.hops.entry(position).or_default();
@@ -304,6 +342,7 @@ impl Observations {
             }
         }
         self.late += other.late;
+        self.folded += other.folded;
         if let Some(l) = other.latest {
             self.advance(l * self.cfg.step_ns());
         }
@@ -333,37 +372,78 @@ impl Observations {
     }
 }
 
+/// One trace's positions with (self time, parallel).
+type Combined = Vec<(u32, (i64, bool))>;
+
+/// Where one sample of a trace went.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Its own position ([`TOP`] stands for the entry, as a parent).
+    Own(u32),
+    /// Folded, with everything below it, into this ancestor position ([`TOP`]: dropped).
+    Folded(u32),
+}
+
 /// One trace's samples by position: (self time, parallel), summed when sequential, max when
-/// parallel. A sample whose parent index is not before it is taken as top-level.
-fn combine(positions: &mut Positions, hops: &[HopSample]) -> Vec<(u32, (i64, bool))> {
-    let mut ids: Vec<u32> = Vec::with_capacity(hops.len());
-    let mut out: Vec<(u32, (i64, bool))> = Vec::with_capacity(hops.len());
+/// parallel. A sample whose parent index is not before it is taken as top-level. `known` are
+/// the positions the class already has in the bucket, and at most `max` positions in all are
+/// kept: a sample at a new position past that is folded into its nearest kept ancestor (its
+/// time added to the ancestor's own) with all its descendants. Returns the positions and the
+/// number of samples folded.
+fn combine(
+    positions: &mut Positions,
+    hops: &[HopSample],
+    known: &HashMap<u32, HopStats>,
+    max: usize,
+) -> (Combined, u64) {
+    let mut room = max.saturating_sub(known.len());
+    let mut slots: Vec<Slot> = Vec::with_capacity(hops.len());
+    let mut out: Combined = Vec::with_capacity(hops.len());
     let mut at: HashMap<u32, usize> = HashMap::with_capacity(hops.len());
+    let mut folded = 0;
     for (i, s) in hops.iter().enumerate() {
         let parent = match s.parent {
-            Some(p) if p < i => ids[p],
+            Some(p) if p < i => slots[p],
             Some(p) => {
                 tracing::debug!(index = i, parent = p, "hop parent not before it; top-level");
-                TOP
+                Slot::Own(TOP)
             }
-            None => TOP,
+            None => Slot::Own(TOP),
         };
-        let id = positions.intern(parent, &s.hop);
-        ids.push(id);
+        let slot = match parent {
+            Slot::Folded(a) => Slot::Folded(a),
+            Slot::Own(p) => match positions.get(p, &s.hop) {
+                Some(id) if at.contains_key(&id) || known.contains_key(&id) => Slot::Own(id),
+                _ if room == 0 => Slot::Folded(p),
+                found => {
+                    room -= 1;
+                    Slot::Own(found.unwrap_or_else(|| positions.intern(p, &s.hop)))
+                }
+            },
+        };
+        slots.push(slot);
         let ns = s.self_time_ns.max(0);
-        match at.get(&id) {
-            Some(&k) => {
-                let (t, par) = &mut out[k].1;
-                *t = if s.parallel { (*t).max(ns) } else { *t + ns };
-                *par = *par && s.parallel;
-            }
-            None => {
-                at.insert(id, out.len());
-                out.push((id, (ns, s.parallel)));
+        match slot {
+            Slot::Own(id) => match at.get(&id) {
+                Some(&k) => {
+                    let (t, par) = &mut out[k].1;
+                    *t = if s.parallel { (*t).max(ns) } else { *t + ns };
+                    *par = *par && s.parallel;
+                }
+                None => {
+                    at.insert(id, out.len());
+                    out.push((id, (ns, s.parallel)));
+                }
+            },
+            Slot::Folded(a) => {
+                folded += 1;
+                if let Some(&k) = at.get(&a) {
+                    out[k].1 .0 += ns;
+                }
             }
         }
     }
-    out
+    (out, folded)
 }
 
 #[cfg(test)]
@@ -399,7 +479,9 @@ mod tests {
             HopSample::new("x", "y", 1).child_of(9),
         ];
         let mut positions = Positions::default();
-        let got: BTreeMap<HopPath, (i64, bool)> = combine(&mut positions, &hops)
+        let (combined, folded) = combine(&mut positions, &hops, &HashMap::new(), 100);
+        assert_eq!(folded, 0);
+        let got: BTreeMap<HopPath, (i64, bool)> = combined
             .into_iter()
             .map(|(id, v)| (positions.path(id), v))
             .collect();
@@ -411,6 +493,56 @@ mod tests {
         assert_eq!(got[&vec![db]], (1, false));
         assert_eq!(got[&vec![HopKey::new("x", "y")]], (1, false));
         assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn positions_past_the_limit_fold_into_their_ancestor() {
+        let cfg = WindowConfig {
+            max_positions: 3,
+            ..WindowConfig::default()
+        };
+        let mut o = Observations::new(cfg);
+        let chain = |names: &[&str], ns: i64| -> Vec<HopSample> {
+            let mut v: Vec<HopSample> = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                let s = HopSample::new(*n, "op", ns);
+                v.push(if i == 0 { s } else { s.child_of(i - 1) });
+            }
+            v
+        };
+        assert!(o.record_trace("web", 30, &chain(&["gw", "a", "b"], 10), S));
+        // gw -> a -> b -> e: e is new and folds into b; gw -> c -> d: c and d fold into gw.
+        assert!(o.record_trace("web", 40, &chain(&["gw", "a", "b", "e"], 10), S));
+        let mut fan = chain(&["gw", "c", "d"], 5);
+        fan[0].self_time_ns = 10;
+        assert!(o.record_trace("web", 20, &fan, S));
+        // A new top-level hop has no ancestor: dropped.
+        assert!(o.record_trace("web", 5, &chain(&["x"], 5), S));
+        assert_eq!(o.folded_samples(), 4);
+        // Another class has room of its own.
+        assert!(o.record_trace("batch", 5, &chain(&["x"], 5), S));
+        assert_eq!(o.folded_samples(), 4);
+
+        let w = o.window(S);
+        let web = &w["web"];
+        assert_eq!(web.e2e.count(), 4, "every trace still counts end to end");
+        let key =
+            |names: &[&str]| -> HopPath { names.iter().map(|n| HopKey::new(*n, "op")).collect() };
+        assert_eq!(web.hops.len(), 3);
+        let gw = &web.hops[&key(&["gw"])].self_time;
+        assert_eq!(gw.count(), 3);
+        // The gw -> c -> d trace's gw sample holds 10 + 5 + 5.
+        assert!(
+            (gw.quantile(1.0).unwrap_or(0.0) - 20.0).abs() < 0.5,
+            "{:?}",
+            gw.quantile(1.0)
+        );
+        let b = &web.hops[&key(&["gw", "a", "b"])].self_time;
+        assert!(
+            (b.quantile(1.0).unwrap_or(0.0) - 20.0).abs() < 0.5,
+            "b holds e's time"
+        );
+        assert_eq!(w["batch"].hops.len(), 1);
     }
 
     #[test]

@@ -32,9 +32,14 @@ impl Positions {
         self.nodes.is_empty()
     }
 
+    /// The ID of `hop` under `parent` ([`TOP`] for a top-level hop), if interned.
+    pub fn get(&self, parent: u32, hop: &HopKey) -> Option<u32> {
+        self.ids.get(hop).and_then(|m| m.get(&parent)).copied()
+    }
+
     /// The ID of `hop` under `parent` ([`TOP`] for a top-level hop), interning it if new.
     pub fn intern(&mut self, parent: u32, hop: &HopKey) -> u32 {
-        if let Some(&id) = self.ids.get(hop).and_then(|m| m.get(&parent)) {
+        if let Some(id) = self.get(parent, hop) {
             return id;
         }
         let id = u32::try_from(self.nodes.len()).unwrap_or(TOP - 1);

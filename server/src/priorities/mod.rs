@@ -132,6 +132,7 @@ impl Priorities {
         let window = WindowConfig {
             window: settings.window.max(Duration::from_millis(1)),
             step: settings.step.max(Duration::from_millis(1)),
+            max_positions: settings.max_positions_per_class.max(1),
         };
         let mut catalog_objectives = BTreeMap::new();
         for (class, json) in store.objectives().await.context("reading objectives")? {
@@ -418,6 +419,10 @@ impl Priorities {
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let i = &self.inner;
+        let (late, folded) = {
+            let obs = i.obs.lock().unwrap_or_else(PoisonError::into_inner);
+            (obs.late_traces(), obs.folded_samples())
+        };
         let lines = [
             (
                 "meshtrace_priority_versions_published",
@@ -436,6 +441,19 @@ impl Priorities {
                 "budget and priority updates run",
                 "counter",
                 i.updates.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshtrace_budget_late_traces",
+                "completed traces too old for the budget window",
+                "counter",
+                late as i64,
+            ),
+            (
+                "meshtrace_budget_folded_hop_samples",
+                "hop samples counted towards an ancestor position: their class had \
+                 max_positions_per_class positions in the step",
+                "counter",
+                folded as i64,
             ),
         ];
         for (name, help, kind, v) in lines {

@@ -78,7 +78,7 @@ pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
     let mut sample_of: Vec<Option<usize>> = vec![None; tree.nodes.len()];
     let mut out = Vec::with_capacity(rows.len());
     for (_, node, r) in rows {
-        let mut s = HopSample::new(&r.service, &r.operation, r.self_time_ns);
+        let mut s = HopSample::new(r.service.clone(), r.operation.clone(), r.self_time_ns);
         if let Some(n) = node {
             let mut up = tree.nodes[n].parent;
             let mut steps = 0;
@@ -136,7 +136,7 @@ mod tests {
         let got = hop_samples(&d, &tree);
         let view: Vec<(&str, i64, Option<usize>, bool)> = got
             .iter()
-            .map(|s| (s.hop.service.as_str(), s.self_time_ns, s.parent, s.parallel))
+            .map(|s| (&*s.hop.service, s.self_time_ns, s.parent, s.parallel))
             .collect();
         assert_eq!(
             view,
@@ -158,10 +158,10 @@ mod tests {
         let tree = build_tree(&spans);
         let d = derive(&spans, &[]);
         let got = hop_samples(&d, &tree);
-        let a = got.iter().find(|s| s.hop.service == "a").unwrap();
+        let a = got.iter().find(|s| &*s.hop.service == "a").unwrap();
         assert_eq!((a.parent, a.parallel), (Some(0), true));
         assert!(
-            got.iter().all(|s| s.hop.service != "b"),
+            got.iter().all(|s| &*s.hop.service != "b"),
             "b is off the path"
         );
     }
