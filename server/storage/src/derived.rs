@@ -63,7 +63,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use crate::catalog::DerivedSegment;
 use crate::error::StorageError;
-use crate::layout::{sort_by, trace_id_bloom_filter};
+use crate::layout::{sort_by_trace, trace_id_bloom_filter};
 use crate::sql::STORE_URL;
 use crate::store::Store;
 
@@ -526,7 +526,7 @@ fn encode(
     batches: &[RecordBatch],
     row_group_rows: usize,
 ) -> Result<Encoded, StorageError> {
-    let batch = sort_by(&concat_batches(schema, batches)?, &["trace_id", "version"])?;
+    let batch = sort_by_trace(&concat_batches(schema, batches)?, "version")?;
     let start = batch
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())

@@ -23,7 +23,7 @@
 //!
 //! The schema is [`meshtrace_model::schema::spans_schema`], the same in memory, in Parquet and
 //! in SQL. Within a segment rows are sorted by `(trace_id, start_time)`
-//! (`lexsort_to_indices` + `take`), so that:
+//! (keys read into integers and sorted, then `take`), so that:
 //!
 //! - the spans of one trace are contiguous, and row-group min/max statistics on `trace_id` are
 //!   tight, non-overlapping ranges: a lookup by trace ID touches at most one or two row groups;
@@ -91,8 +91,8 @@ use std::sync::{Arc, Mutex};
 use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
 use arrow::compute::{max as arrow_max, min as arrow_min, SortColumn};
 use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampNanosecondType;
-use arrow_array::{BooleanArray, RecordBatch};
+use arrow_array::types::{Int64Type, TimestampNanosecondType};
+use arrow_array::{Array, BooleanArray, RecordBatch, UInt32Array};
 use arrow_schema::ArrowError;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -197,16 +197,45 @@ pub(crate) fn sort_by(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBat
     Ok(take_record_batch(batch, &indices)?)
 }
 
+/// Sorts a batch by `trace_id` (16-byte binary), then by `then` (a 64-bit integer or
+/// timestamp column). Both keys are read once into a `(u128, i64)` per row and sorted as
+/// integers, which is several times cheaper than [`sort_by`]'s comparisons of byte slices;
+/// other column types fall back to [`sort_by`].
+pub(crate) fn sort_by_trace(batch: &RecordBatch, then: &str) -> Result<RecordBatch, StorageError> {
+    let ids = batch
+        .column_by_name("trace_id")
+        .and_then(|c| c.as_fixed_size_binary_opt())
+        .filter(|a| a.value_length() == 16 && a.null_count() == 0);
+    let second = batch.column_by_name(then).and_then(|c| {
+        c.as_primitive_opt::<TimestampNanosecondType>()
+            .map(|a| a.values().clone())
+            .or_else(|| {
+                c.as_primitive_opt::<Int64Type>()
+                    .map(|a| a.values().clone())
+            })
+            .filter(|_| c.null_count() == 0)
+    });
+    let (Some(ids), Some(second), Ok(rows)) = (ids, second, u32::try_from(batch.num_rows())) else {
+        return sort_by(batch, &["trace_id", then]);
+    };
+    let mut keys: Vec<(u128, i64, u32)> = (0..rows)
+        .map(|i| {
+            let id = <[u8; 16]>::try_from(ids.value(i as usize)).unwrap_or_default();
+            (u128::from_be_bytes(id), second[i as usize], i)
+        })
+        .collect();
+    keys.sort_unstable();
+    let indices = UInt32Array::from_iter_values(keys.into_iter().map(|k| k.2));
+    Ok(take_record_batch(batch, &indices)?)
+}
+
 /// Concatenates, sorts and encodes batches of the spans schema into one Parquet file.
 pub(crate) fn encode_segment(
     batches: &[RecordBatch],
     row_group_rows: usize,
 ) -> Result<EncodedSegment, StorageError> {
     let schema = spans_schema();
-    let batch = sort_by(
-        &concat_batches(&schema, batches)?,
-        &["trace_id", "start_time"],
-    )?;
+    let batch = sort_by_trace(&concat_batches(&schema, batches)?, "start_time")?;
     let start = batch
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
@@ -444,5 +473,52 @@ fn int_range(rg: &RowGroupMetaData, col: usize) -> Option<(i64, i64)> {
     match rg.column(col).statistics()? {
         Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ArrayRef, FixedSizeBinaryArray, Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    #[test]
+    fn sorting_by_trace_matches_the_general_sort() {
+        // Few distinct trace IDs (ties broken by the second key), IDs differing only in the
+        // last byte or only in the first, and negative second keys.
+        let ids: Vec<[u8; 16]> = (0..200u32)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[(i % 2) as usize * 15] = (i * 37 % 11) as u8;
+                id
+            })
+            .collect();
+        let then: Vec<i64> = (0..200i64).map(|i| (i * 7919 % 101) - 50).collect();
+        let tag: Vec<String> = (0..200).map(|i| format!("row{i}")).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+            Field::new("version", DataType::Int64, false),
+            Field::new("tag", DataType::Utf8, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(FixedSizeBinaryArray::try_from_iter(ids.iter()).unwrap()),
+            Arc::new(Int64Array::from(then)),
+            Arc::new(StringArray::from(tag)),
+        ];
+        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        let fast = sort_by_trace(&batch, "version").unwrap();
+        let general = sort_by(&batch, &["trace_id", "version"]).unwrap();
+        let keys = |b: &RecordBatch| -> Vec<(Vec<u8>, i64)> {
+            let ids = b.column(0).as_fixed_size_binary();
+            let v = b.column(1).as_primitive::<Int64Type>();
+            (0..b.num_rows())
+                .map(|i| (ids.value(i).to_vec(), v.value(i)))
+                .collect()
+        };
+        assert_eq!(keys(&fast), keys(&general));
+        let mut sorted = keys(&fast);
+        sorted.sort();
+        assert_eq!(keys(&fast), sorted);
+        assert_eq!(fast.num_rows(), 200);
     }
 }
