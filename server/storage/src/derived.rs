@@ -546,9 +546,14 @@ fn encode(
     // A dictionary pays for the names (classes, services, operations: few distinct values);
     // IDs, times, durations and versions are mostly distinct, so for them it would only cost
     // a hash and a lookup per value.
+    // Min/max statistics of the names prune nothing (rows are sorted by trace, so every row
+    // group spans nearly all classes and services) and cost two comparisons per value.
     for field in schema.fields() {
-        if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
-            props = props.set_column_dictionary_enabled(field.name().as_str().into(), false);
+        let column = || field.name().as_str().into();
+        if matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
+            props = props.set_column_statistics_enabled(column(), EnabledStatistics::None);
+        } else {
+            props = props.set_column_dictionary_enabled(column(), false);
         }
     }
     let props = props.build();
