@@ -21,13 +21,13 @@
 //! bucket by bucket, so windows, and several nodes, merge exactly. Positions are interned
 //! ([`crate::positions`]) so that recording a deep trace stays linear in its depth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::positions::{Positions, TOP};
+use crate::positions::{Map, Positions, TOP};
 use crate::sketch::Sketch;
 
 /// The sliding window over which quantiles, rates and attainment are computed.
@@ -186,7 +186,7 @@ pub struct ClassStats {
 #[derive(Clone, Debug, Default)]
 struct BucketStats {
     e2e: Sketch,
-    hops: HashMap<u32, HopStats>,
+    hops: Map<u32, HopStats>,
 }
 
 impl BucketStats {
@@ -393,13 +393,13 @@ enum Slot {
 fn combine(
     positions: &mut Positions,
     hops: &[HopSample],
-    known: &HashMap<u32, HopStats>,
+    known: &Map<u32, HopStats>,
     max: usize,
 ) -> (Combined, u64) {
     let mut room = max.saturating_sub(known.len());
     let mut slots: Vec<Slot> = Vec::with_capacity(hops.len());
     let mut out: Combined = Vec::with_capacity(hops.len());
-    let mut at: HashMap<u32, usize> = HashMap::with_capacity(hops.len());
+    let mut at: Map<u32, usize> = Map::with_capacity_and_hasher(hops.len(), Default::default());
     let mut folded = 0;
     for (i, s) in hops.iter().enumerate() {
         let parent = match s.parent {
@@ -479,7 +479,7 @@ mod tests {
             HopSample::new("x", "y", 1).child_of(9),
         ];
         let mut positions = Positions::default();
-        let (combined, folded) = combine(&mut positions, &hops, &HashMap::new(), 100);
+        let (combined, folded) = combine(&mut positions, &hops, &Map::default(), 100);
         assert_eq!(folded, 0);
         let got: BTreeMap<HopPath, (i64, bool)> = combined
             .into_iter()

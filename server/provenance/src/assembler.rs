@@ -155,6 +155,11 @@ pub fn unique_spans<S: Borrow<Span>>(spans: Vec<S>) -> (Vec<S>, usize) {
     (kept, dropped)
 }
 
+/// A map keyed by trace ID, hashed with foldhash: trace IDs come from clients, so the hash is
+/// seeded per process, and it is several times cheaper than the default SipHash on 16 bytes,
+/// looked up for every span received.
+type TraceMap<V> = HashMap<TraceId, V, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct Open {
     /// Spans as they came, duplicates included (they are removed when the trace completes).
@@ -170,7 +175,7 @@ struct Open {
 #[derive(Debug, Default)]
 pub struct Assembler {
     config: AssemblerConfig,
-    open: HashMap<TraceId, Open>,
+    open: TraceMap<Open>,
     order: BTreeMap<(i64, u64), TraceId>,
     /// (time a batch touched the trace, trace) in time order; an entry is current while it
     /// equals the trace's `last_seen`, so finding idle traces never scans every open one.
@@ -178,7 +183,7 @@ pub struct Assembler {
     seq: u64,
     pending: Vec<CompletedTrace>,
     /// Completed traces kept for late spans: spans, completion time, dropped count.
-    retained: HashMap<TraceId, (i64, u64)>,
+    retained: TraceMap<(i64, u64)>,
     retained_order: VecDeque<(i64, TraceId)>,
     stats: AssemblerStats,
 }
