@@ -103,10 +103,19 @@ pub fn compute_budgets(
 fn load_totals(window: &BTreeMap<String, ClassStats>) -> BTreeMap<HopKey, f64> {
     let mut out: BTreeMap<HopKey, f64> = BTreeMap::new();
     for stats in window.values() {
-        for (path, h) in &stats.hops {
-            if let Some(k) = path.last() {
-                *out.entry(k.clone()).or_default() += h.self_time.sum();
-            }
+        for (k, t) in hop_time(stats) {
+            *out.entry(k.clone()).or_default() += t;
+        }
+    }
+    out
+}
+
+/// One class's critical-path time per (service, operation), over all its positions.
+fn hop_time(stats: &ClassStats) -> BTreeMap<&HopKey, f64> {
+    let mut out: BTreeMap<&HopKey, f64> = BTreeMap::new();
+    for (path, h) in &stats.hops {
+        if let Some(k) = path.last() {
+            *out.entry(k).or_default() += h.self_time.sum();
         }
     }
     out
@@ -241,13 +250,7 @@ fn class_budget(
     let mut order = Vec::new();
     tree.preorder(entry, 0, &mut order);
     let hop_stats: Vec<_> = stats.hops.values().collect();
-    // This class's critical-path time per (service, operation), over all its positions.
-    let mut mine: BTreeMap<&HopKey, f64> = BTreeMap::new();
-    for (path, h) in &stats.hops {
-        if let Some(k) = path.last() {
-            *mine.entry(k).or_default() += h.self_time.sum();
-        }
-    }
+    let mine = hop_time(stats);
     let hops = order
         .into_iter()
         .map(|(i, depth)| {
