@@ -13,15 +13,38 @@ use futures::future::BoxFuture;
 use meshtrace_collector::wal::Wal;
 use meshtrace_collector::{Error, SpanSink};
 use meshtrace_model::arrow_conv::spans_to_batch;
-use meshtrace_model::Span;
+use meshtrace_model::{Span, SpanKind};
+use meshtrace_provenance::SlimSpan;
 use meshtrace_storage::RecordBatch;
 use meshtrace_storage::Store;
 
 use crate::provenance::Feed;
 
-/// A durable batch waiting for its turn: the spans (slim copies when provenance is on) and
-/// their Arrow form.
-type Ready = (Arc<Vec<Span>>, RecordBatch);
+/// A durable batch waiting for its turn: what is kept of its spans and their Arrow form.
+type Ready = (Kept, RecordBatch);
+
+/// What the pipeline keeps of a durable batch once its Arrow form is built: provenance's slim
+/// spans when it is on (the received spans are then freed), else the received spans.
+enum Kept {
+    Spans(Arc<Vec<Span>>),
+    Slim(Arc<Vec<SlimSpan>>),
+}
+
+impl Kept {
+    /// (service, operation, kind) of every span, for the catalog's names.
+    fn names(&self) -> Box<dyn Iterator<Item = (&str, &str, SpanKind)> + '_> {
+        match self {
+            Kept::Spans(spans) => Box::new(
+                spans
+                    .iter()
+                    .map(|s| (s.service_name.as_str(), s.name.as_str(), s.kind)),
+            ),
+            Kept::Slim(spans) => {
+                Box::new(spans.iter().map(|s| (&*s.service_name, &*s.name, s.kind)))
+            }
+        }
+    }
+}
 
 struct Reorder {
     next: u64,
@@ -60,15 +83,15 @@ impl Pipeline {
     fn deliver(&self, seq: u64, ready: Ready) {
         let mut r = self.reorder.lock().unwrap_or_else(|e| e.into_inner());
         r.waiting.insert(seq, ready);
-        while let Some((spans, batch)) = {
+        while let Some((kept, batch)) = {
             let next = r.next;
             r.waiting.remove(&next)
         } {
             let next = r.next;
-            match self.store.append_converted(next, &spans, batch) {
+            match self.store.append_converted(next, kept.names(), batch) {
                 Ok(()) => {
-                    if let Some(feed) = &self.provenance {
-                        feed.offer(&spans);
+                    if let (Some(feed), Kept::Slim(spans)) = (&self.provenance, &kept) {
+                        feed.offer(spans);
                     }
                 }
                 Err(e) => {
@@ -81,16 +104,14 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// What the buffer keeps of a durable batch once its Arrow form is built: provenance's
-    /// slim spans when it is on (moved out of the received spans, which are then freed),
-    /// else nothing.
-    fn kept(&self, spans: Arc<Vec<Span>>) -> Arc<Vec<Span>> {
+    /// What is kept of a durable batch once its Arrow form is built (see [`Kept`]).
+    fn kept(&self, spans: Arc<Vec<Span>>) -> Kept {
         match &self.provenance {
-            Some(feed) => Arc::new(match Arc::try_unwrap(spans) {
+            Some(feed) => Kept::Slim(Arc::new(match Arc::try_unwrap(spans) {
                 Ok(owned) => feed.slim_owned(owned),
                 Err(shared) => feed.slim(&shared),
-            }),
-            None => spans,
+            })),
+            None => Kept::Spans(spans),
         }
     }
 
@@ -98,7 +119,7 @@ impl Pipeline {
     fn skip(&self, seq: u64) {
         let empty = spans_to_batch(&[]);
         if let Ok(batch) = empty {
-            self.deliver(seq, (Arc::new(Vec::new()), batch));
+            self.deliver(seq, (Kept::Spans(Arc::new(Vec::new())), batch));
         }
     }
 }

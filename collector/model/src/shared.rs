@@ -13,16 +13,25 @@ use std::sync::Arc;
 
 use crate::Span;
 
-/// A span inside a shared batch; cloning it copies a reference, not the span.
-#[derive(Clone)]
-pub struct SpanRef {
-    batch: Arc<Vec<Span>>,
+/// A span inside a shared batch; cloning it copies a reference, not the span. Generic over
+/// the span type: trace assembly holds its slim spans this way.
+pub struct SpanRef<T = Span> {
+    batch: Arc<Vec<T>>,
     index: usize,
 }
 
-impl SpanRef {
+impl<T> Clone for SpanRef<T> {
+    fn clone(&self) -> Self {
+        SpanRef {
+            batch: self.batch.clone(),
+            index: self.index,
+        }
+    }
+}
+
+impl<T> SpanRef<T> {
     /// References to every span of a batch, in order.
-    pub fn all(batch: &Arc<Vec<Span>>) -> impl Iterator<Item = SpanRef> + '_ {
+    pub fn all(batch: &Arc<Vec<T>>) -> impl Iterator<Item = SpanRef<T>> + '_ {
         (0..batch.len()).map(|index| SpanRef {
             batch: batch.clone(),
             index,
@@ -30,29 +39,29 @@ impl SpanRef {
     }
 
     /// References to spans owned by no one else (tests, APIs that read a trace back).
-    pub fn from_spans(spans: Vec<Span>) -> Vec<SpanRef> {
+    pub fn from_spans(spans: Vec<T>) -> Vec<SpanRef<T>> {
         let batch = Arc::new(spans);
         SpanRef::all(&batch).collect()
     }
 }
 
-impl Deref for SpanRef {
-    type Target = Span;
+impl<T> Deref for SpanRef<T> {
+    type Target = T;
 
-    fn deref(&self) -> &Span {
+    fn deref(&self) -> &T {
         &self.batch[self.index]
     }
 }
 
-impl Borrow<Span> for SpanRef {
-    fn borrow(&self) -> &Span {
+impl<T> Borrow<T> for SpanRef<T> {
+    fn borrow(&self) -> &T {
         self
     }
 }
 
-impl fmt::Debug for SpanRef {
+impl<T: fmt::Debug> fmt::Debug for SpanRef<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Span::fmt(self, f)
+        T::fmt(self, f)
     }
 }
 

@@ -17,6 +17,7 @@
 //! as soon as its traces complete. Spans arriving after the late window start a new trace.
 
 use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::classes::ClassRule;
 use crate::derive::{derive_tree, Derived};
 use crate::graph::GraphConfig;
+use crate::slim::SlimSpan;
 use crate::tree::{build_tree_shared, TraceTree};
 
 /// Assembler limits and windows.
@@ -119,7 +121,7 @@ pub struct AssemblerStats {
 /// What makes a span a duplicate: ID, kind, start and (a hash of) the service.
 type SpanKey = (SpanId, SpanKind, i64, u64);
 
-fn key_of(s: &Span) -> SpanKey {
+fn key_of(s: &SlimSpan) -> SpanKey {
     let mut h = std::hash::DefaultHasher::new();
     s.service_name.hash(&mut h);
     (s.span_id, s.kind, s.start_unix_nano, h.finish())
@@ -129,7 +131,7 @@ fn key_of(s: &Span) -> SpanKey {
 /// sender's retries), first copy kept, and how many were dropped. Owned spans or references
 /// into shared batches alike; only spans sharing an ID are compared in full, so the usual
 /// trace without duplicates costs one sort of its span IDs.
-pub fn unique_spans<S: Borrow<Span>>(spans: Vec<S>) -> (Vec<S>, usize) {
+pub fn unique_spans<S: Borrow<SlimSpan>>(spans: Vec<S>) -> (Vec<S>, usize) {
     let mut by_id: Vec<(SpanId, usize)> = spans
         .iter()
         .enumerate()
@@ -163,7 +165,7 @@ type TraceMap<V> = HashMap<TraceId, V, foldhash::fast::RandomState>;
 #[derive(Debug)]
 struct Open {
     /// Spans as they came, duplicates included (they are removed when the trace completes).
-    spans: Vec<SpanRef>,
+    spans: Vec<SpanRef<SlimSpan>>,
     /// (first seen, sequence): the key in `Assembler::order`.
     order_key: (i64, u64),
     last_seen: i64,
@@ -213,23 +215,49 @@ impl Assembler {
         self.open.len()
     }
 
-    /// Adds spans (of any traces) received at `now`, copying them; see [`Assembler::add_shared`].
+    /// Adds spans (of any traces) received at `now`, as slim copies with every attribute;
+    /// see [`Assembler::add_shared`].
     pub fn add(&mut self, spans: &[Span], now: i64) {
-        self.add_shared(&Arc::new(spans.to_vec()), now);
+        self.add_shared(&Arc::new(spans.iter().map(SlimSpan::from).collect()), now);
     }
 
-    /// [`Assembler::add`] keeping references into the shared batch instead of copies.
-    pub fn add_shared(&mut self, spans: &Arc<Vec<Span>>, now: i64) {
+    /// Adds slim spans (of any traces) received at `now`, keeping references into the shared
+    /// batch. One map lookup per span of an open trace.
+    pub fn add_shared(&mut self, spans: &Arc<Vec<SlimSpan>>, now: i64) {
         self.expire_retained(now);
+        let max = self.config.max_spans_per_trace;
+        let cap = self.config.max_open_traces.max(1);
         for span in SpanRef::all(spans) {
-            if !self.open.contains_key(&span.trace_id) {
-                self.open_trace(span.trace_id, now);
+            let id = span.trace_id;
+            if self.open.len() >= cap && !self.open.contains_key(&id) {
+                self.make_room(cap, now);
             }
-            let max = self.config.max_spans_per_trace;
-            let open = self.open.get_mut(&span.trace_id).expect("opened above");
+            let open = match self.open.entry(id) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    // Reopened from the retained traces when a late span arrives.
+                    let (replaces, dropped) = match self.retained.remove(&id) {
+                        Some((_, dropped)) => {
+                            self.stats.late_merges += 1;
+                            (true, dropped)
+                        }
+                        None => (false, 0),
+                    };
+                    self.seq += 1;
+                    let order_key = (now, self.seq);
+                    self.order.insert(order_key, id);
+                    v.insert(Open {
+                        spans: Vec::new(),
+                        order_key,
+                        last_seen: i64::MIN,
+                        replaces,
+                        dropped,
+                    })
+                }
+            };
             if open.last_seen != now {
                 open.last_seen = now;
-                self.touched.push_back((now, span.trace_id));
+                self.touched.push_back((now, id));
             }
             if open.spans.len() >= max {
                 open.dropped += 1;
@@ -240,9 +268,9 @@ impl Assembler {
         }
     }
 
-    /// Opens a trace, reopening it from the retained ones when a late span arrives.
-    fn open_trace(&mut self, id: TraceId, now: i64) {
-        while self.open.len() >= self.config.max_open_traces.max(1) {
+    /// Forces the oldest open traces out until a new one fits under `cap`.
+    fn make_room(&mut self, cap: usize, now: i64) {
+        while self.open.len() >= cap {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
             };
@@ -253,27 +281,6 @@ impl Assembler {
                 self.pending.push(done);
             }
         }
-        let (replaces, dropped) = match self.retained.remove(&id) {
-            Some((_, dropped)) => {
-                self.stats.late_merges += 1;
-                (true, dropped)
-            }
-            None => (false, 0),
-        };
-        self.seq += 1;
-        let order_key = (now, self.seq);
-        self.order.insert(order_key, id);
-        self.touched.push_back((now, id));
-        self.open.insert(
-            id,
-            Open {
-                spans: Vec::new(),
-                order_key,
-                last_seen: now,
-                replaces,
-                dropped,
-            },
-        );
     }
 
     /// Hands out every trace that is complete at `now`, and those forced out since the last call.

@@ -10,8 +10,10 @@
 //!    name;
 //! 3. else [`DEFAULT_CLASS`].
 
-use meshtrace_model::{KeyValue, Span};
+use meshtrace_model::KeyValue;
 use serde::{Deserialize, Serialize};
+
+use crate::slim::SlimSpan;
 
 /// The class of traces that match no rule.
 pub const DEFAULT_CLASS: &str = "default";
@@ -41,16 +43,16 @@ pub struct ClassRule {
 
 impl ClassRule {
     /// Whether the rule matches this entry span.
-    pub fn matches(&self, root: &Span) -> bool {
+    pub fn matches(&self, root: &SlimSpan) -> bool {
         let service_ok = self
             .service
             .as_deref()
-            .is_none_or(|s| s == root.service_name);
+            .is_none_or(|s| s == &*root.service_name);
         let route_ok = self
             .route_prefix
             .as_deref()
             .is_none_or(|p| route_of(root).starts_with(p));
-        let op_ok = self.operation.as_deref().is_none_or(|o| o == root.name);
+        let op_ok = self.operation.as_deref().is_none_or(|o| o == &*root.name);
         let attr_ok = self
             .attribute
             .as_ref()
@@ -60,15 +62,15 @@ impl ClassRule {
 }
 
 /// The route of a span: the first of [`ROUTE_KEYS`] present, else the span name.
-pub fn route_of(span: &Span) -> String {
+pub fn route_of(span: &SlimSpan) -> String {
     ROUTE_KEYS
         .iter()
         .find_map(|k| span.attribute(k).map(|v| v.to_display()))
-        .unwrap_or_else(|| span.name.clone())
+        .unwrap_or_else(|| span.name.to_string())
 }
 
 /// The class carried explicitly by a span, if any (see the module docs).
-pub fn explicit_class(span: &Span) -> Option<String> {
+pub fn explicit_class(span: &SlimSpan) -> Option<String> {
     let in_list = |attrs: &[KeyValue]| {
         CLASS_KEYS.iter().find_map(|k| {
             attrs
@@ -108,7 +110,7 @@ fn from_baggage(baggage: &str) -> Option<String> {
 }
 
 /// The class of a trace whose entry span is `root`.
-pub fn classify(root: &Span, rules: &[ClassRule]) -> String {
+pub fn classify(root: &SlimSpan, rules: &[ClassRule]) -> String {
     if let Some(c) = explicit_class(root) {
         return c;
     }

@@ -36,13 +36,20 @@ impl Section {
     }
 }
 
-/// A node of the sanitised tree: clipped interval, parent, and children by end time desc.
+/// A node of the sanitised tree: clipped interval, parent, and where its children (by end
+/// time, latest first) are in [`Sanitized::kids`].
 #[derive(Clone, Debug)]
 struct Work {
     start: i64,
     end: i64,
     parent: Option<usize>,
-    children: Vec<usize>,
+    children: std::ops::Range<usize>,
+}
+
+/// The sanitised tree: a [`Work`] per kept node, and every kept node's children in one list.
+struct Sanitized {
+    work: Vec<Option<Work>>,
+    kids: Vec<usize>,
 }
 
 /// The critical path from the trace's entry span ([`TraceTree::primary_root`]).
@@ -55,7 +62,7 @@ pub fn critical_path(tree: &TraceTree) -> Vec<Section> {
 
 /// The critical path under one node, taken as the root.
 pub fn critical_path_from(tree: &TraceTree, root: usize) -> Vec<Section> {
-    let work = sanitize(tree, root);
+    let Sanitized { work, kids } = sanitize(tree, root);
     let mut out = Vec::new();
     let mut push = |node: usize, start: i64, end: i64| {
         if start != end {
@@ -75,8 +82,11 @@ pub fn critical_path_from(tree: &TraceTree, root: usize) -> Vec<Section> {
             .expect("walk stays in the sanitised tree");
         let end = returning.unwrap_or(w.end);
         let lfc = match returning {
-            None => w.children.first().copied(),
-            Some(t) => w.children.iter().copied().find(|&c| end_of(&work, c) < t),
+            None => kids[w.children.clone()].first().copied(),
+            Some(t) => kids[w.children.clone()]
+                .iter()
+                .copied()
+                .find(|&c| end_of(&work, c) < t),
         };
         match lfc {
             Some(c) => {
@@ -104,14 +114,15 @@ fn end_of(work: &[Option<Work>], i: usize) -> i64 {
 }
 
 /// Applies the pruning, dropping and clipping rules top-down from `root`.
-fn sanitize(tree: &TraceTree, root: usize) -> Vec<Option<Work>> {
+fn sanitize(tree: &TraceTree, root: usize) -> Sanitized {
     let mut work: Vec<Option<Work>> = vec![None; tree.nodes.len()];
+    let mut kids = Vec::new();
     let r = &tree.nodes[root];
     work[root] = Some(Work {
         start: r.start_ns,
         end: r.end_ns.max(r.start_ns),
         parent: None,
-        children: Vec::new(),
+        children: 0..0,
     });
     let mut queue = std::collections::VecDeque::from([root]);
     while let Some(p) = queue.pop_front() {
@@ -120,8 +131,8 @@ fn sanitize(tree: &TraceTree, root: usize) -> Vec<Option<Work>> {
             .map(|w| (w.start, w.end))
             .expect("queued nodes are kept");
         let parent_kind = tree.nodes[p].span.kind;
-        let mut kept = Vec::new();
-        for &c in &tree.nodes[p].children {
+        let first = kids.len();
+        for &c in tree.children(p) {
             let child = &tree.nodes[c];
             if parent_kind == SpanKind::Producer && child.span.kind == SpanKind::Consumer {
                 continue;
@@ -134,18 +145,18 @@ fn sanitize(tree: &TraceTree, root: usize) -> Vec<Option<Work>> {
                 start: cs.max(ps),
                 end: ce.min(pe),
                 parent: Some(p),
-                children: Vec::new(),
+                children: 0..0,
             });
-            kept.push(c);
+            kids.push(c);
             queue.push_back(c);
         }
         // Stable: among equal ends the input order is kept.
-        kept.sort_by_key(|&c| std::cmp::Reverse(end_of(&work, c)));
+        kids[first..].sort_by_key(|&c| std::cmp::Reverse(end_of(&work, c)));
         if let Some(w) = work[p].as_mut() {
-            w.children = kept;
+            w.children = first..kids.len();
         }
     }
-    work
+    Sanitized { work, kids }
 }
 
 /// Each span's total time on the critical path, in order of first appearance.

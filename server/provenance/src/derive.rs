@@ -8,11 +8,8 @@
 //! truncated traces partial). An edge's `overhead_ns` is client duration minus server
 //! duration, the time spent in the network and proxies, when both sides exist.
 //!
-//! Names (class, services, operations) are shared strings ([`Name`]): a trace's rows repeat the
-//! same few names, so each distinct one is copied once per trace ([`Names`]) and the rows hold
-//! references to it.
-
-use std::sync::Arc;
+//! Names (class, services, operations) are shared strings ([`Name`]): the rows hold the names
+//! interned by [`crate::slim`], so a row repeating a service or operation name copies nothing.
 
 use meshtrace_model::{Span, SpanId, StatusCode, TraceId};
 use serde::Serialize;
@@ -20,29 +17,8 @@ use serde::Serialize;
 use crate::classes::{classify, ClassRule, DEFAULT_CLASS};
 use crate::critical_path::{critical_path, path_length};
 use crate::graph::{calls, ConnectionType, GraphConfig};
+pub use crate::slim::Name;
 use crate::tree::{build_tree, TraceTree, TreeCounters};
-
-/// A class, service or operation name in a derived row, shared by the rows that repeat it.
-pub type Name = Arc<str>;
-
-/// One trace's distinct names: each is copied into a [`Name`] the first time it is asked for.
-/// A trace has few distinct names, so a list scanned by length and bytes beats hashing.
-#[derive(Default)]
-struct Names<'a>(Vec<(&'a str, Name)>);
-
-impl<'a> Names<'a> {
-    fn get(&mut self, s: &'a str) -> Name {
-        if let Some((_, n)) = self.0.iter().find(|(k, _)| *k == s) {
-            return n.clone();
-        }
-        let n: Name = Arc::from(s);
-        // Past a few dozen names a trace is unusual; stop remembering rather than scan more.
-        if self.0.len() < 64 {
-            self.0.push((s, n.clone()));
-        }
-        n
-    }
-}
 
 /// One row of the `traces` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -116,7 +92,6 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
         .map(|r| classify(&tree.nodes[r].span, rules))
         .unwrap_or_else(|| DEFAULT_CLASS.to_string())
         .into();
-    let mut names = Names::default();
     let trace_id = tree
         .nodes
         .first()
@@ -125,19 +100,15 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
     let sections = critical_path(tree);
     let start_ns = tree.nodes.iter().map(|n| n.start_ns).min().unwrap_or(0);
     let end_ns = tree.nodes.iter().map(|n| n.end_ns).max().unwrap_or(0);
-    let mut services: Vec<&str> = tree
-        .nodes
-        .iter()
-        .map(|n| n.span.service_name.as_str())
-        .collect();
+    let mut services: Vec<&str> = tree.nodes.iter().map(|n| &*n.span.service_name).collect();
     services.sort_unstable();
     services.dedup();
     let root_span = root.map(|r| &tree.nodes[r].span);
     let trace = TraceRow {
         trace_id,
         class: class.clone(),
-        root_service: names.get(root_span.map_or("", |s| s.service_name.as_str())),
-        root_operation: names.get(root_span.map_or("", |s| s.name.as_str())),
+        root_service: root_span.map_or_else(Name::default, |s| s.service_name.clone()),
+        root_operation: root_span.map_or_else(Name::default, |s| s.name.clone()),
         start_ns,
         duration_ns: end_ns - start_ns,
         span_count: tree.nodes.len(),
@@ -149,7 +120,7 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
         critical_path_ns: path_length(&sections),
         complete: tree.roots.len() == 1 && tree.orphans.is_empty(),
     };
-    let edges = edge_rows(tree, graph, trace_id, &class, &mut names);
+    let edges = edge_rows(tree, graph, trace_id, &class);
     // Per node, not per span ID: the two halves of a Zipkin shared span are separate rows.
     let mut per_node: Vec<(usize, i64)> = Vec::new();
     for sec in &sections {
@@ -166,8 +137,8 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
                 trace_id,
                 class: class.clone(),
                 span_id: span.span_id,
-                service: names.get(&span.service_name),
-                operation: names.get(&span.name),
+                service: span.service_name.clone(),
+                operation: span.name.clone(),
                 self_time_ns,
             }
         })
@@ -180,12 +151,11 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
     }
 }
 
-fn edge_rows<'a>(
-    tree: &'a TraceTree,
+fn edge_rows(
+    tree: &TraceTree,
     graph: &GraphConfig,
     trace_id: TraceId,
     class: &Name,
-    names: &mut Names<'a>,
 ) -> Vec<EdgeRow> {
     calls(tree, graph)
         .into_iter()
@@ -205,9 +175,11 @@ fn edge_rows<'a>(
             EdgeRow {
                 trace_id,
                 class: class.clone(),
-                caller_service: name_of(names, c.caller),
-                callee_service: name_of(names, c.callee),
-                operation: names.get(server.or(client).map_or("", |n| n.span.name.as_str())),
+                caller_service: c.caller,
+                callee_service: c.callee,
+                operation: server
+                    .or(client)
+                    .map_or_else(Name::default, |n| n.span.name.clone()),
                 connection_type: c.connection,
                 client_span_id: client.map(|n| n.span.span_id),
                 server_span_id: server.map(|n| n.span.span_id),
@@ -220,12 +192,4 @@ fn edge_rows<'a>(
             }
         })
         .collect()
-}
-
-/// The shared name of a call's side: through the trace's names when it borrows from a span.
-fn name_of<'a>(names: &mut Names<'a>, s: std::borrow::Cow<'a, str>) -> Name {
-    match s {
-        std::borrow::Cow::Borrowed(b) => names.get(b),
-        std::borrow::Cow::Owned(o) => o.into(),
-    }
 }

@@ -19,12 +19,12 @@
 //! virtual contributes 0 latency, as the connector does since its fix of issue #32689.
 //! [`service_edges`] is the simpler "parent→child service edge" relation of the fixtures README.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use meshtrace_model::{SpanKind, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::slim::Name;
 use crate::tree::TraceTree;
 
 /// How a call's two ends were connected.
@@ -61,15 +61,15 @@ pub enum VirtualSide {
     Server,
 }
 
-/// One caller→callee call in a trace; service names borrow from the tree's spans.
+/// One caller→callee call in a trace; service names are shared with the tree's spans.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Call<'a> {
+pub struct Call {
     /// The client-side node, if any.
     pub client: Option<usize>,
     /// The server-side node, if any.
     pub server: Option<usize>,
-    pub caller: Cow<'a, str>,
-    pub callee: Cow<'a, str>,
+    pub caller: Name,
+    pub callee: Name,
     pub connection: ConnectionType,
     pub virtual_side: Option<VirtualSide>,
     /// Whether the connector would pair this call (see the module docs).
@@ -127,22 +127,19 @@ fn is_caller_kind(k: SpanKind) -> bool {
 }
 
 /// Every call in one trace (see the module docs), in node order.
-pub fn calls<'a>(tree: &'a TraceTree, config: &GraphConfig) -> Vec<Call<'a>> {
+pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
     let mut out = Vec::new();
     let mut answered = vec![false; tree.nodes.len()];
     for (i, n) in tree.nodes.iter().enumerate() {
         let Some(p) = n.parent else { continue };
         let parent = &tree.nodes[p];
-        let (caller, callee) = (
-            parent.span.service_name.as_str(),
-            n.span.service_name.as_str(),
-        );
+        let (caller, callee) = (&parent.span.service_name, &n.span.service_name);
         let call = if let Some(connection) = is_paired(parent.span.kind, n.span.kind) {
             let call = Call {
                 client: Some(p),
                 server: Some(i),
-                caller: caller.into(),
-                callee: callee.into(),
+                caller: caller.clone(),
+                callee: callee.clone(),
                 connection,
                 virtual_side: None,
                 graphable: true,
@@ -154,8 +151,8 @@ pub fn calls<'a>(tree: &'a TraceTree, config: &GraphConfig) -> Vec<Call<'a>> {
             Some(Call {
                 client,
                 server: Some(i),
-                caller: caller.into(),
-                callee: callee.into(),
+                caller: caller.clone(),
+                callee: callee.clone(),
                 connection,
                 virtual_side: None,
                 graphable: false,
@@ -184,7 +181,7 @@ pub fn calls<'a>(tree: &'a TraceTree, config: &GraphConfig) -> Vec<Call<'a>> {
                 client: None,
                 server: Some(i),
                 caller: VIRTUAL_USER.into(),
-                callee: span.service_name.as_str().into(),
+                callee: span.service_name.clone(),
                 connection: ConnectionType::VirtualNode,
                 virtual_side: Some(VirtualSide::Client),
                 graphable: true,
@@ -194,7 +191,7 @@ pub fn calls<'a>(tree: &'a TraceTree, config: &GraphConfig) -> Vec<Call<'a>> {
     out
 }
 
-fn unanswered<'a>(tree: &'a TraceTree, i: usize, config: &GraphConfig) -> Call<'a> {
+fn unanswered(tree: &TraceTree, i: usize, config: &GraphConfig) -> Call {
     let span = &tree.nodes[i].span;
     let find = |keys: &[String]| {
         keys.iter().find_map(|k| {
@@ -204,9 +201,9 @@ fn unanswered<'a>(tree: &'a TraceTree, i: usize, config: &GraphConfig) -> Call<'
         })
     };
     let (callee, connection, virtual_side) = match find(&config.database_name_attributes) {
-        Some(db) => (Cow::Owned(db), ConnectionType::Database, None),
+        Some(db) => (db.into(), ConnectionType::Database, None),
         None => (
-            find(&config.peer_attributes).map_or(VIRTUAL_UNKNOWN.into(), Cow::Owned),
+            find(&config.peer_attributes).map_or(VIRTUAL_UNKNOWN.into(), Name::from),
             ConnectionType::VirtualNode,
             Some(VirtualSide::Server),
         ),
@@ -214,7 +211,7 @@ fn unanswered<'a>(tree: &'a TraceTree, i: usize, config: &GraphConfig) -> Call<'
     Call {
         client: Some(i),
         server: None,
-        caller: span.service_name.as_str().into(),
+        caller: span.service_name.clone(),
         callee,
         connection,
         virtual_side,
@@ -228,8 +225,12 @@ pub fn service_edges(tree: &TraceTree) -> BTreeSet<(String, String)> {
         .iter()
         .filter_map(|n| {
             let p = &tree.nodes[n.parent?];
-            (p.span.service_name != n.span.service_name)
-                .then(|| (p.span.service_name.clone(), n.span.service_name.clone()))
+            (p.span.service_name != n.span.service_name).then(|| {
+                (
+                    p.span.service_name.to_string(),
+                    n.span.service_name.to_string(),
+                )
+            })
         })
         .collect()
 }
@@ -298,8 +299,8 @@ impl ServiceGraph {
                 }
             }
             let key = EdgeKey {
-                client: call.caller.into_owned(),
-                server: call.callee.into_owned(),
+                client: call.caller.to_string(),
+                server: call.callee.to_string(),
                 connection_type: call.connection,
                 failed,
                 virtual_node: call.virtual_side.filter(|_| self.config.virtual_node_label),

@@ -31,5 +31,5 @@ pub use graph::{
     service_edges, service_graph, ConnectionType, EdgeKey, EdgeStats, GraphConfig, ServiceGraph,
 };
 pub use mapping::{ClassMapping, Learned, MappingEntry};
-pub use slim::Slimmer;
-pub use tree::{build_tree, build_tree_shared, TraceTree, TreeCounters};
+pub use slim::{Name, SlimSpan, Slimmer};
+pub use tree::{build_tree, build_tree_shared, build_tree_slim, TraceTree, TreeCounters};

@@ -1,29 +1,129 @@
-//! What trace assembly keeps of a span: [`Slimmer`] copies the fields provenance reads — IDs,
-//! times, kind, status, service, name — and only the attributes something here looks at: the
-//! class keys and the route keys ([`crate::classes`]), `baggage`, the Zipkin shared-span
-//! marker ([`crate::tree`]), the peer, database and dimension keys of the [`GraphConfig`], and
-//! the attribute of every class rule.
+//! What trace assembly keeps of a span: [`Slimmer`] turns a received span into a
+//! [`SlimSpan`] holding the fields provenance reads — IDs, times, kind, status, service, name —
+//! and only the attributes something here looks at: the class keys and the route keys
+//! ([`crate::classes`]), `baggage`, the Zipkin shared-span marker ([`crate::tree`]), the peer,
+//! database and dimension keys of the [`GraphConfig`], and the attribute of every class rule.
 //!
 //! Assembly holds each span for the idle window (5 s by default), hundreds of thousands of
-//! them under load. Holding a slim copy instead of the received span lets the full batch go
-//! as soon as it is stored, so the memory of a full span is reused while it is still hot
-//! instead of piling up, and what is held is a fraction of its size. Where the received spans
+//! them under load. Holding a slim span instead of the received one lets the full batch go as
+//! soon as it is stored, so the memory of a full span is reused while it is still hot instead
+//! of piling up, and what is held is a fraction of its size (about 130 bytes and no string of
+//! its own). Service and operation names are interned: every span naming the same service
+//! shares one [`Name`], so slim spans hold no strings of their own, the rows derived from them
+//! share those names instead of copying them, and comparing names usually compares pointers.
+//! The interner is bounded (names are client-controlled): past [`MAX_INTERNED`] names it starts
+//! over, and names longer than [`MAX_INTERNED_LEN`] are not interned. Where the received spans
 //! are owned (the ingest pipeline, once a batch is durable and converted to Arrow),
-//! [`Slimmer::slim_owned`] moves the kept strings and attributes out instead of copying them.
-//! When the class rules change, a new slimmer with their keys applies to spans received from
-//! then on.
+//! [`Slimmer::slim_all_owned`] moves the kept attributes out instead of copying them. When the
+//! class rules change, a new slimmer with their keys (and the same interner) applies to spans
+//! received from then on.
 
-use meshtrace_model::{KeyValue, Span};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use meshtrace_model::{AttrValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
 
 use crate::classes::{ClassRule, CLASS_KEYS, ROUTE_KEYS};
 use crate::graph::GraphConfig;
 use crate::tree::ZIPKIN_SHARED;
 
-/// Copies the part of spans that provenance reads (see the module docs).
+/// A class, service or operation name, shared by the spans and rows that repeat it.
+pub type Name = Arc<str>;
+
+/// How many distinct names the interner holds before it starts over.
+pub const MAX_INTERNED: usize = 16_384;
+/// Longer names are not interned (each span holding one gets its own copy).
+pub const MAX_INTERNED_LEN: usize = 256;
+
+/// What provenance reads of a span: the fields of [`Span`] it uses, with the same names, and
+/// only the kept attributes (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SlimSpan {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub kind: SpanKind,
+    pub status_code: StatusCode,
+    pub start_unix_nano: i64,
+    pub duration_nano: i64,
+    pub service_name: Name,
+    pub name: Name,
+    pub resource_attributes: Vec<KeyValue>,
+    pub attributes: Vec<KeyValue>,
+}
+
+impl SlimSpan {
+    pub fn end_unix_nano(&self) -> i64 {
+        self.start_unix_nano.saturating_add(self.duration_nano)
+    }
+
+    /// The span attribute with this key, if any.
+    pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| &kv.value)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        hex::encode(self.span_id)
+    }
+
+    /// A slim span with every attribute of `s` and names of its own (no interning).
+    fn with_names(s: &Span, service_name: Name, name: Name) -> SlimSpan {
+        SlimSpan {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            kind: s.kind,
+            status_code: s.status_code,
+            start_unix_nano: s.start_unix_nano,
+            duration_nano: s.duration_nano,
+            service_name,
+            name,
+            resource_attributes: Vec::new(),
+            attributes: Vec::new(),
+        }
+    }
+}
+
+/// Every attribute kept: for spans read back from the store (APIs, re-derivation, tests).
+impl From<&Span> for SlimSpan {
+    fn from(s: &Span) -> SlimSpan {
+        SlimSpan {
+            resource_attributes: s.resource_attributes.clone(),
+            attributes: s.attributes.clone(),
+            ..SlimSpan::with_names(s, s.service_name.as_str().into(), s.name.as_str().into())
+        }
+    }
+}
+
+/// Distinct names seen so far, each held once (see the module docs).
+#[derive(Debug, Default)]
+struct Interner(HashSet<Name, foldhash::fast::RandomState>);
+
+impl Interner {
+    fn name(&mut self, s: &str) -> Name {
+        if let Some(n) = self.0.get(s) {
+            return n.clone();
+        }
+        let n: Name = Arc::from(s);
+        if s.len() <= MAX_INTERNED_LEN {
+            if self.0.len() >= MAX_INTERNED {
+                self.0.clear();
+            }
+            self.0.insert(n.clone());
+        }
+        n
+    }
+}
+
+/// Turns received spans into [`SlimSpan`]s (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct Slimmer {
     span_keys: Keys,
     resource_keys: Keys,
+    names: Arc<Mutex<Interner>>,
 }
 
 /// A small set of attribute keys grouped by length: most keys of a span are ruled out by
@@ -77,54 +177,52 @@ impl Slimmer {
         Slimmer {
             span_keys,
             resource_keys,
+            names: Arc::default(),
         }
     }
 
-    /// The slim copy of one span.
-    pub fn slim(&self, s: &Span) -> Span {
-        Span {
-            name: s.name.clone(),
-            service_name: s.service_name.clone(),
-            resource_attributes: keep(&s.resource_attributes, &self.resource_keys),
-            attributes: keep(&s.attributes, &self.span_keys),
-            ..scalars(s)
+    /// A slimmer for new rules that keeps sharing this one's interned names.
+    pub fn renewed(&self, rules: &[ClassRule], graph: &GraphConfig) -> Slimmer {
+        Slimmer {
+            names: self.names.clone(),
+            ..Slimmer::new(rules, graph)
         }
     }
 
-    /// The slim copies of a batch.
-    pub fn slim_all(&self, spans: &[Span]) -> Vec<Span> {
-        spans.iter().map(|s| self.slim(s)).collect()
+    fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {
+        self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The slim form of a span owned here: the kept strings and attributes are moved, not
-    /// copied, and the rest is freed.
-    pub fn slim_owned(&self, mut s: Span) -> Span {
-        Span {
-            name: std::mem::take(&mut s.name),
-            service_name: std::mem::take(&mut s.service_name),
-            resource_attributes: keep_owned(&mut s.resource_attributes, &self.resource_keys),
-            attributes: keep_owned(&mut s.attributes, &self.span_keys),
-            ..scalars(&s)
-        }
+    /// The slim form of one span.
+    pub fn slim(&self, s: &Span) -> SlimSpan {
+        self.slim_all(std::slice::from_ref(s)).remove(0)
     }
 
-    /// The slim forms of a batch owned here.
-    pub fn slim_all_owned(&self, spans: Vec<Span>) -> Vec<Span> {
-        spans.into_iter().map(|s| self.slim_owned(s)).collect()
+    /// The slim forms of a batch (the interner is locked once per batch).
+    pub fn slim_all(&self, spans: &[Span]) -> Vec<SlimSpan> {
+        let mut names = self.interner();
+        spans
+            .iter()
+            .map(|s| SlimSpan {
+                resource_attributes: keep(&s.resource_attributes, &self.resource_keys),
+                attributes: keep(&s.attributes, &self.span_keys),
+                ..SlimSpan::with_names(s, names.name(&s.service_name), names.name(&s.name))
+            })
+            .collect()
     }
-}
 
-/// A span with only the IDs, times, kind and status of `s`.
-fn scalars(s: &Span) -> Span {
-    Span {
-        trace_id: s.trace_id,
-        span_id: s.span_id,
-        parent_span_id: s.parent_span_id,
-        kind: s.kind,
-        start_unix_nano: s.start_unix_nano,
-        duration_nano: s.duration_nano,
-        status_code: s.status_code,
-        ..Span::default()
+    /// The slim forms of a batch owned here: the kept attributes are moved, not copied, and
+    /// the rest is freed.
+    pub fn slim_all_owned(&self, spans: Vec<Span>) -> Vec<SlimSpan> {
+        let mut names = self.interner();
+        spans
+            .into_iter()
+            .map(|mut s| SlimSpan {
+                resource_attributes: keep_owned(&mut s.resource_attributes, &self.resource_keys),
+                attributes: keep_owned(&mut s.attributes, &self.span_keys),
+                ..SlimSpan::with_names(&s, names.name(&s.service_name), names.name(&s.name))
+            })
+            .collect()
     }
 }
 
@@ -154,7 +252,7 @@ mod tests {
 
     use super::*;
     use crate::derive::derive_tree;
-    use crate::tree::build_tree;
+    use crate::tree::{build_tree, build_tree_slim};
 
     #[test]
     fn slim_spans_derive_the_same_rows() {
@@ -208,7 +306,7 @@ mod tests {
         assert_eq!(slim[0].resource_attributes, spans[0].resource_attributes);
         assert_eq!(slim[1].attributes, [KeyValue::string("db.system", "redis")]);
         let full = derive_tree(&build_tree(&spans), std::slice::from_ref(&rule), &graph);
-        let from_slim = derive_tree(&build_tree(&slim), &[rule], &graph);
+        let from_slim = derive_tree(&build_tree_slim(slim.clone()), &[rule], &graph);
         assert_eq!(full, from_slim);
         assert_eq!(&*from_slim.trace.class, "gold");
         assert_eq!(
@@ -216,5 +314,34 @@ mod tests {
             slim,
             "moving the kept fields gives the same slim spans as copying them"
         );
+        assert!(
+            Arc::ptr_eq(&slim[0].service_name, &slim[1].service_name),
+            "spans of one service share its name"
+        );
+    }
+
+    #[test]
+    fn the_interner_is_bounded() {
+        let slimmer = Slimmer::default();
+        let span = |name: String| Span {
+            name,
+            ..Span::default()
+        };
+        let long = "x".repeat(MAX_INTERNED_LEN + 1);
+        let a = slimmer.slim(&span(long.clone()));
+        let b = slimmer.slim(&span(long));
+        assert!(!Arc::ptr_eq(&a.name, &b.name), "long names are not kept");
+        let first = slimmer.slim(&span("op-0".into()));
+        for i in 1..=MAX_INTERNED {
+            slimmer.slim(&span(format!("op-{i}")));
+        }
+        assert!(slimmer.interner().0.len() <= MAX_INTERNED);
+        let again = slimmer.slim(&span("op-0".into()));
+        assert_eq!(first.name, again.name);
+        let renewed = slimmer.renewed(&[], &GraphConfig::default());
+        assert!(Arc::ptr_eq(
+            &renewed.slim(&span("op-0".into())).name,
+            &again.name
+        ));
     }
 }

@@ -25,17 +25,19 @@
 use meshtrace_model::{AttrValue, Span, SpanId, SpanKind, SpanRef};
 use serde::Serialize;
 
+use crate::slim::SlimSpan;
+
 /// The attribute the Zipkin decoder sets on the SERVER half of a shared RPC.
 pub const ZIPKIN_SHARED: &str = "zipkin.shared";
 
 /// One span in the tree.
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub span: SpanRef,
+    pub span: SpanRef<SlimSpan>,
     /// Index of the parent node, if it was found.
     pub parent: Option<usize>,
-    /// Child node indices, in input order.
-    pub children: Vec<usize>,
+    /// Where this node's children are in the tree's child list ([`TraceTree::children`]).
+    children: std::ops::Range<u32>,
     /// Start after clock-skew adjustment (ns).
     pub start_ns: i64,
     /// End after clock-skew adjustment (ns).
@@ -75,6 +77,9 @@ pub struct TraceTree {
     pub orphans: Vec<usize>,
     pub counters: TreeCounters,
     by_id: ById,
+    /// Every node's children, node after node, each node's in input order: one allocation
+    /// for the tree instead of one per parent.
+    child_list: Vec<usize>,
 }
 
 impl TraceTree {
@@ -93,6 +98,12 @@ impl TraceTree {
         pick(&self.roots).or_else(|| pick(&self.orphans))
     }
 
+    /// The children of a node, in input order.
+    pub fn children(&self, i: usize) -> &[usize] {
+        let r = &self.nodes[i].children;
+        &self.child_list[r.start as usize..r.end as usize]
+    }
+
     /// The service of a node.
     pub fn service(&self, i: usize) -> &str {
         &self.nodes[i].span.service_name
@@ -100,10 +111,7 @@ impl TraceTree {
 
     /// Distinct service names, sorted.
     pub fn services(&self) -> std::collections::BTreeSet<&str> {
-        self.nodes
-            .iter()
-            .map(|n| n.span.service_name.as_str())
-            .collect()
+        self.nodes.iter().map(|n| &*n.span.service_name).collect()
     }
 
     /// The nodes with this span ID, in input order (two for a Zipkin shared span).
@@ -118,14 +126,14 @@ impl TraceTree {
         stack.reverse();
         while let Some(i) = stack.pop() {
             out.push(i);
-            stack.extend(self.nodes[i].children.iter().rev());
+            stack.extend(self.children(i).iter().rev());
         }
         out
     }
 }
 
 /// Whether a span is the SERVER half of a Zipkin shared RPC.
-pub fn is_shared(span: &Span) -> bool {
+pub fn is_shared(span: &SlimSpan) -> bool {
     match span.attribute(ZIPKIN_SHARED) {
         Some(AttrValue::Bool(b)) => *b,
         Some(AttrValue::Str(s)) => s == "true",
@@ -133,19 +141,24 @@ pub fn is_shared(span: &Span) -> bool {
     }
 }
 
-/// Builds the tree of one trace's spans (the caller groups spans by trace).
-/// Copies the spans; [`build_tree_shared`] builds it from shared spans without copying.
+/// Builds the tree of one trace's spans (the caller groups spans by trace), from slim copies
+/// of them with every attribute; [`build_tree_shared`] builds it from shared slim spans.
 pub fn build_tree(spans: &[Span]) -> TraceTree {
-    build_tree_shared(SpanRef::from_spans(spans.to_vec()))
+    build_tree_slim(spans.iter().map(SlimSpan::from).collect())
 }
 
-/// [`build_tree`] from spans that stay in their shared batches.
-pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
+/// [`build_tree`] from slim spans.
+pub fn build_tree_slim(spans: Vec<SlimSpan>) -> TraceTree {
+    build_tree_shared(SpanRef::from_spans(spans))
+}
+
+/// [`build_tree`] from slim spans that stay in their shared batches.
+pub fn build_tree_shared(spans: Vec<SpanRef<SlimSpan>>) -> TraceTree {
     let mut nodes: Vec<Node> = spans
         .into_iter()
         .map(|s| Node {
             parent: None,
-            children: Vec::new(),
+            children: 0..0,
             start_ns: s.start_unix_nano,
             end_ns: s.end_unix_nano(),
             shared: is_shared(&s),
@@ -167,17 +180,38 @@ pub fn build_tree_shared(spans: Vec<SpanRef>) -> TraceTree {
         }
     }
     cut_cycles(&mut nodes, &mut tree);
-    for i in 0..nodes.len() {
-        if let Some(p) = nodes[i].parent {
-            nodes[p].children.push(i);
-        }
-    }
+    tree.child_list = link_children(&mut nodes);
     tree.nodes = nodes;
     tree.by_id = by_id;
     tree.counters.roots = tree.roots.len();
     tree.counters.orphans = tree.orphans.len();
     tree.counters.skew_adjusted = adjust_skew(&mut tree);
     tree
+}
+
+/// Lays out every node's children in one list (input order within each node) and points
+/// each node at its stretch of it.
+fn link_children(nodes: &mut [Node]) -> Vec<usize> {
+    let mut counts = vec![0u32; nodes.len()];
+    for n in nodes.iter() {
+        if let Some(p) = n.parent {
+            counts[p] += 1;
+        }
+    }
+    let mut at = 0u32;
+    for (n, count) in nodes.iter_mut().zip(counts) {
+        n.children = at..at;
+        at += count;
+    }
+    let mut list = vec![0usize; at as usize];
+    for i in 0..nodes.len() {
+        if let Some(p) = nodes[i].parent {
+            let slot = &mut nodes[p].children.end;
+            list[*slot as usize] = i;
+            *slot += 1;
+        }
+    }
+    list
 }
 
 /// Node indices by span ID: (ID, index) pairs sorted, so the nodes sharing an ID are one run
@@ -357,7 +391,8 @@ mod tests {
         let t = build_tree(&spans);
         assert_eq!(t.roots, vec![0, 3]);
         assert_eq!(t.orphans, vec![2]);
-        assert_eq!(t.nodes[0].children, vec![1]);
+        assert_eq!(t.children(0), [1]);
+        assert_eq!(t.children(1), [] as [usize; 0]);
         assert_eq!((t.counters.roots, t.counters.orphans), (2, 1));
         assert_eq!(t.primary_root(), Some(0));
     }

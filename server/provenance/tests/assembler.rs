@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use meshtrace_model::{KeyValue, Span, SpanKind};
 use meshtrace_provenance::{
-    Assembler, AssemblerConfig, ClassMapping, CompletionReason, GraphConfig,
+    Assembler, AssemblerConfig, ClassMapping, CompletionReason, GraphConfig, SlimSpan,
 };
 
 const S: i64 = 1_000_000_000;
@@ -115,10 +115,11 @@ fn late_span_gives_exactly_one_replacement() {
         "only the late span, the duplicate ignored"
     );
     let stored = [earlier.to_vec(), vec![late.clone(), late]].concat();
+    let stored = stored.iter().map(SlimSpan::from).collect();
     let (all, dups) = meshtrace_provenance::unique_spans(stored);
     assert_eq!((all.len(), dups), (3, 1));
     let mut rebuilt = r.clone();
-    rebuilt.tree = meshtrace_provenance::build_tree(&all);
+    rebuilt.tree = meshtrace_provenance::build_tree_slim(all);
     let d2 = rebuilt.derive(&[], &graph);
     assert_eq!(
         pairs(&d2),

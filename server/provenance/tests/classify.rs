@@ -2,7 +2,12 @@
 //! route; else `default`.
 
 use meshtrace_model::{AttrValue, KeyValue, Span};
-use meshtrace_provenance::{classify, derive, ClassRule, DEFAULT_CLASS};
+use meshtrace_provenance::{derive, ClassRule, SlimSpan, DEFAULT_CLASS};
+
+/// The class of a trace entered through `root`.
+fn class_of(root: &Span, rules: &[ClassRule]) -> String {
+    meshtrace_provenance::classify(&SlimSpan::from(root), rules)
+}
 
 fn entry(service: &str, name: &str, attrs: &[(&str, &str)]) -> Span {
     Span {
@@ -45,50 +50,50 @@ fn explicit_class_wins_over_rules() {
         "GET",
         &[("http.route", "/cart/checkout"), ("mesh.class", "gold")],
     );
-    assert_eq!(classify(&s, &rules()), "gold");
+    assert_eq!(class_of(&s, &rules()), "gold");
     let s = entry("frontend", "GET", &[("request.class", "silver")]);
-    assert_eq!(classify(&s, &rules()), "silver");
+    assert_eq!(class_of(&s, &rules()), "silver");
     let s = entry(
         "frontend",
         "GET",
         &[("baggage", "user=1,mesh.class=bronze;p=1")],
     );
-    assert_eq!(classify(&s, &rules()), "bronze");
+    assert_eq!(class_of(&s, &rules()), "bronze");
     let mut s = entry("frontend", "GET", &[]);
     s.resource_attributes.push(KeyValue::new(
         "mesh.class",
         AttrValue::Str("tenant-a".into()),
     ));
-    assert_eq!(classify(&s, &rules()), "tenant-a");
+    assert_eq!(class_of(&s, &rules()), "tenant-a");
 }
 
 #[test]
 fn rules_by_service_and_route_in_order() {
     let checkout = entry("frontend", "POST", &[("http.route", "/cart/checkout/{id}")]);
-    assert_eq!(classify(&checkout, &rules()), "checkout");
+    assert_eq!(class_of(&checkout, &rules()), "checkout");
     let target = entry("frontend", "POST", &[("http.target", "/cart/checkout?x=1")]);
     assert_eq!(
-        classify(&target, &rules()),
+        class_of(&target, &rules()),
         "checkout",
         "http.target when there is no route"
     );
     let home = entry("frontend", "GET /", &[("http.route", "/")]);
     assert_eq!(
-        classify(&home, &rules()),
+        class_of(&home, &rules()),
         "browse",
         "the first matching rule wins"
     );
     let rpc = entry("currency", "grpc.x", &[("rpc.method", "Convert")]);
-    assert_eq!(classify(&rpc, &rules()), "grpc-convert");
+    assert_eq!(class_of(&rpc, &rules()), "grpc-convert");
     let by_name = entry("currency", "ConvertMany", &[]);
     assert_eq!(
-        classify(&by_name, &rules()),
+        class_of(&by_name, &rules()),
         "grpc-convert",
         "the span name is the last resort"
     );
     let other = entry("cart", "GetCart", &[]);
-    assert_eq!(classify(&other, &rules()), DEFAULT_CLASS);
-    assert_eq!(classify(&other, &[]), DEFAULT_CLASS);
+    assert_eq!(class_of(&other, &rules()), DEFAULT_CLASS);
+    assert_eq!(class_of(&other, &[]), DEFAULT_CLASS);
 }
 
 #[test]
@@ -113,5 +118,5 @@ fn rules_load_from_config() {
         serde_json::from_str(r#"[{"class":"x","service":"a","route_prefix":"/v1"},{"class":"y"}]"#)
             .unwrap();
     assert_eq!(r[0].service.as_deref(), Some("a"));
-    assert_eq!(classify(&entry("b", "op", &[]), &r), "y");
+    assert_eq!(class_of(&entry("b", "op", &[]), &r), "y");
 }

@@ -3,12 +3,12 @@
 
 mod common;
 
-use meshtrace_model::{AttrValue, Span};
+use meshtrace_model::AttrValue;
 use meshtrace_provenance::critical_path::path_length;
-use meshtrace_provenance::{build_tree, critical_path, self_times};
+use meshtrace_provenance::{build_tree, critical_path, self_times, SlimSpan};
 
 /// The span ID as written in the fixture (hashed IDs keep their text in an attribute).
-fn label(s: &Span) -> String {
+fn label(s: &SlimSpan) -> String {
     match s.attribute("meshtrace.original_span_id") {
         Some(AttrValue::Str(t)) => t.clone(),
         _ => s.span_id_hex(),

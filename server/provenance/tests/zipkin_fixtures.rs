@@ -174,7 +174,7 @@ fn skew_is_detected_and_corrected() {
     assert_eq!(s.start_ns - c.start_ns, 481_000);
     assert!(s.end_ns <= c.end_ns);
     // The server's own child moved with it (same host clock).
-    let child = s.children[0];
+    let child = t.children(shared)[0];
     let shift = s.start_ns - s.span.start_unix_nano;
     assert_eq!(
         t.nodes[child].start_ns - t.nodes[child].span.start_unix_nano,

@@ -331,7 +331,11 @@ fn nested_tree(tree: &TraceTree) -> (Value, Vec<Value>) {
     // Reverse pre-order: every child is built before its parent.
     for &i in order.iter().rev() {
         let n = &tree.nodes[i];
-        let children: Vec<Value> = n.children.iter().filter_map(|&c| built[c].take()).collect();
+        let children: Vec<Value> = tree
+            .children(i)
+            .iter()
+            .filter_map(|&c| built[c].take())
+            .collect();
         built[i] = Some(json!({
             "service": n.span.service_name, "operation": n.span.name,
             "span_id": n.span.span_id_hex(), "kind": n.span.kind.as_str(),

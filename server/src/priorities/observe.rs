@@ -36,7 +36,7 @@ fn node_of(tree: &TraceTree, span_id: &[u8; 8], service: &str) -> Option<usize> 
     let same_id = tree.nodes_with_span_id(*span_id);
     same_id
         .clone()
-        .find(|&i| tree.nodes[i].span.service_name == service)
+        .find(|&i| &*tree.nodes[i].span.service_name == service)
         .or_else(|| same_id.clone().next())
 }
 
@@ -46,7 +46,7 @@ fn overlaps_sibling(tree: &TraceTree, i: usize) -> bool {
         return false;
     };
     let me = &tree.nodes[i];
-    tree.nodes[p].children.iter().any(|&c| {
+    tree.children(p).iter().any(|&c| {
         let o = &tree.nodes[c];
         c != i && o.start_ns < me.end_ns && me.start_ns < o.end_ns
     })

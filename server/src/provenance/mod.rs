@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use anyhow::Context;
 use meshtrace_model::Span;
 use meshtrace_provenance::{
-    AssemblerStats, ClassMapping, ClassRule, GraphConfig, MappingEntry, Slimmer,
+    AssemblerStats, ClassMapping, ClassRule, GraphConfig, MappingEntry, SlimSpan, Slimmer,
 };
 use meshtrace_storage::{DerivedConfig, DerivedStore, Store};
 use tokio::sync::mpsc;
@@ -33,9 +33,9 @@ use crate::config::ProvenanceSettings;
 /// What the pipeline hands over.
 enum Msg {
     /// Spans just ingested.
-    Live(Arc<Vec<Span>>),
+    Live(Arc<Vec<SlimSpan>>),
     /// Spans replayed from the write-ahead log at start-up.
-    Replay(Arc<Vec<Span>>),
+    Replay(Arc<Vec<SlimSpan>>),
 }
 
 /// State shared by the handle, the task and the API.
@@ -72,9 +72,11 @@ impl Shared {
         s.clone()
     }
 
+    /// A slimmer for the current rules, sharing the interned names of the one before.
     fn update_slimmer(&self) {
-        let slimmer = Arc::new(Slimmer::new(&self.rules(), &self.graph));
-        *self.slimmer.write().unwrap_or_else(PoisonError::into_inner) = slimmer;
+        let rules = self.rules();
+        let mut slot = self.slimmer.write().unwrap_or_else(PoisonError::into_inner);
+        *slot = Arc::new(slot.renewed(&rules, &self.graph));
     }
 }
 
@@ -88,17 +90,17 @@ pub struct Feed {
 impl Feed {
     /// The part of these spans that provenance keeps (see [`Slimmer`]): what to offer, so
     /// that the received spans can be freed once stored.
-    pub fn slim(&self, spans: &[Span]) -> Vec<Span> {
+    pub fn slim(&self, spans: &[Span]) -> Vec<SlimSpan> {
         self.shared.slimmer().slim_all(spans)
     }
 
     /// [`Feed::slim`] for spans owned here: the kept parts are moved, not copied.
-    pub fn slim_owned(&self, spans: Vec<Span>) -> Vec<Span> {
+    pub fn slim_owned(&self, spans: Vec<Span>) -> Vec<SlimSpan> {
         self.shared.slimmer().slim_all_owned(spans)
     }
 
     /// Offers durable, buffered spans; counts them as dropped when the queue is full.
-    pub fn offer(&self, spans: &Arc<Vec<Span>>) {
+    pub fn offer(&self, spans: &Arc<Vec<SlimSpan>>) {
         if spans.is_empty() {
             return;
         }

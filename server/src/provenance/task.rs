@@ -10,13 +10,15 @@
 //!
 //! Versions are wall-clock completion times in ns, strictly increasing within a process.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshtrace_model::TraceId;
-use meshtrace_provenance::{build_tree, unique_spans, Assembler, CompletedTrace, Derived, Learned};
+use meshtrace_model::{Span, TraceId};
+use meshtrace_provenance::{
+    build_tree_slim, unique_spans, Assembler, CompletedTrace, Derived, Learned, SlimSpan,
+};
 use meshtrace_storage::{DerivedStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -140,12 +142,7 @@ impl Engine {
         if done.is_empty() {
             return;
         }
-        let mut ready = Vec::with_capacity(done.len());
-        for c in done {
-            // A replacement (late spans) was recorded already; a WAL replay was not.
-            let first = !c.replaces;
-            ready.push((first, self.with_all_spans(c).await));
-        }
+        let ready = self.with_all_spans(done).await;
         let batches = off_worker(|| self.derive_rows(ready));
         match batches {
             Ok(batches) => {
@@ -183,32 +180,61 @@ impl Engine {
     }
 
     /// Replaces the assembled spans with every stored span of the trace when the assembler
-    /// cannot have seen them all (see the module docs).
-    async fn with_all_spans(&mut self, mut c: CompletedTrace) -> CompletedTrace {
-        let replayed = self.replayed.remove(&c.trace_id);
-        let forgotten = !c.replaces && self.seen.contains(&c.trace_id);
-        // A replacement carries only the spans that arrived after the trace was handed out.
-        if !(replayed || forgotten || c.replaces) {
+    /// cannot have seen them all (see the module docs), reading all such traces of a tick in
+    /// one store lookup (after a WAL replay they are hundreds). Each trace comes with whether
+    /// it is recorded for budgets: a replacement (late spans) was recorded already, a WAL
+    /// replay was not.
+    async fn with_all_spans(&mut self, done: Vec<CompletedTrace>) -> Vec<(bool, CompletedTrace)> {
+        let mut wanted = BTreeSet::new();
+        let mut ready = Vec::with_capacity(done.len());
+        for c in done {
+            let replayed = self.replayed.remove(&c.trace_id);
+            let forgotten = !c.replaces && self.seen.contains(&c.trace_id);
+            // A replacement carries only the spans that arrived after it was handed out.
+            let needs_stored = replayed || forgotten || c.replaces;
+            if needs_stored {
+                wanted.insert(c.trace_id);
+            }
+            ready.push((!c.replaces, needs_stored, c));
+        }
+        let mut stored = HashMap::new();
+        if !wanted.is_empty() {
+            match self.store.traces(&wanted).await {
+                Ok(found) => stored = found,
+                Err(e) => {
+                    tracing::warn!(error = %e, traces = wanted.len(), "could not read stored spans of completed traces")
+                }
+            }
+        }
+        ready
+            .into_iter()
+            .map(
+                |(first, needs_stored, c)| match stored.remove(&c.trace_id) {
+                    Some(spans) if needs_stored => (first, self.rebuilt(c, &spans)),
+                    _ => (first, c),
+                },
+            )
+            .collect()
+    }
+
+    /// The trace rebuilt from its stored spans, when they are more than it holds.
+    fn rebuilt(&self, mut c: CompletedTrace, stored: &[Span]) -> CompletedTrace {
+        let (mut spans, _) = unique_spans(stored.iter().map(SlimSpan::from).collect());
+        if spans.len() <= c.tree.nodes.len() {
             return c;
         }
-        match self.store.trace(c.trace_id).await.map(unique_spans) {
-            Ok((mut spans, _)) if spans.len() > c.tree.nodes.len() => {
-                if spans.len() > self.max_spans {
-                    c.dropped_spans += (spans.len() - self.max_spans) as u64;
-                    spans.truncate(self.max_spans);
-                }
-                tracing::debug!(
-                    trace_id = %hex::encode(c.trace_id),
-                    assembled = c.tree.nodes.len(),
-                    stored = spans.len(),
-                    "trace re-derived from stored spans"
-                );
-                c.tree = build_tree(&spans);
-                c.replaces = true;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not read a trace's stored spans"),
+        if spans.len() > self.max_spans {
+            c.dropped_spans += (spans.len() - self.max_spans) as u64;
+            spans.truncate(self.max_spans);
         }
+        tracing::debug!(
+            trace_id = %hex::encode(c.trace_id),
+            assembled = c.tree.nodes.len(),
+            stored = spans.len(),
+            "trace re-derived from stored spans"
+        );
+        c.tree = build_tree_slim(spans);
+        c.replaces = true;
         c
     }
 

@@ -5,12 +5,12 @@
 //! both at once and a flush swaps "batches in the buffer" for "segment in the list" in one
 //! step (see the protocol in [`crate::layout`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
-use meshtrace_model::{Span, SpanKind};
+use meshtrace_model::SpanKind;
 
 use crate::catalog::{NewNames, SegmentInfo};
 
@@ -93,34 +93,54 @@ impl View {
 #[derive(Debug, Default)]
 pub(crate) struct Names {
     services: BTreeSet<String>,
-    operations: BTreeSet<(String, String, String)>,
+    /// service → operation name → kinds (as the catalog spells them). Nested so that a
+    /// known name is found from borrowed strings, without copying them.
+    operations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     pending: NewNames,
 }
 
 impl Names {
     /// Starts from the names the catalog already holds.
     pub fn from_catalog(names: NewNames) -> Names {
+        let mut operations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+        for (service, name, kind) in names.operations {
+            let kinds = operations.entry(service).or_default().entry(name);
+            kinds.or_default().insert(kind);
+        }
         Names {
             services: names.services.into_iter().collect(),
-            operations: names.operations.into_iter().collect(),
+            operations,
             pending: NewNames::default(),
         }
     }
 
-    /// Records the names of appended spans.
-    pub fn observe(&mut self, spans: &[Span]) {
-        for s in spans {
-            if !self.services.contains(&s.service_name) {
-                self.services.insert(s.service_name.clone());
-                self.pending.services.push(s.service_name.clone());
+    /// Records the (service, operation, kind) names of appended spans.
+    pub fn observe<'a>(&mut self, spans: impl IntoIterator<Item = (&'a str, &'a str, SpanKind)>) {
+        let mut last: Option<(&str, &str, SpanKind)> = None;
+        for (service, name, kind) in spans {
+            // Spans of a batch come grouped by resource: most repeat the one before.
+            if last == Some((service, name, kind)) {
+                continue;
             }
-            let op = (
-                s.service_name.clone(),
-                s.name.clone(),
-                s.kind.as_str().to_string(),
-            );
-            if !self.operations.contains(&op) {
-                self.operations.insert(op.clone());
+            last = Some((service, name, kind));
+            if !self.services.contains(service) {
+                self.services.insert(service.to_string());
+                self.pending.services.push(service.to_string());
+            }
+            let known = self
+                .operations
+                .get(service)
+                .and_then(|ops| ops.get(name))
+                .is_some_and(|kinds| kinds.contains(kind.as_str()));
+            if !known {
+                let ops = self.operations.entry(service.to_string()).or_default();
+                let kinds = ops.entry(name.to_string()).or_default();
+                kinds.insert(kind.as_str().to_string());
+                let op = (
+                    service.to_string(),
+                    name.to_string(),
+                    kind.as_str().to_string(),
+                );
                 self.pending.operations.push(op);
             }
         }
@@ -143,10 +163,12 @@ impl Names {
 
     /// The operations of a service, sorted by name then kind, optionally of one kind only.
     pub fn operations(&self, service: &str, kind: Option<SpanKind>) -> Vec<(String, SpanKind)> {
-        self.operations
-            .iter()
-            .filter(|(svc, _, _)| svc == service)
-            .filter_map(|(_, name, k)| Some((name.clone(), SpanKind::parse(k)?)))
+        let Some(ops) = self.operations.get(service) else {
+            return Vec::new();
+        };
+        ops.iter()
+            .flat_map(|(name, kinds)| kinds.iter().map(move |k| (name, k)))
+            .filter_map(|(name, k)| Some((name.clone(), SpanKind::parse(k)?)))
             .filter(|(_, k)| kind.is_none_or(|want| *k == want))
             .collect()
     }

@@ -11,7 +11,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use meshtrace_model::arrow_conv::spans_to_batch;
-use meshtrace_model::Span;
+use meshtrace_model::{Span, SpanKind};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -179,19 +179,22 @@ impl Store {
             return Ok(());
         }
         let batch = spans_to_batch(spans)?;
-        self.append_converted(wal_seq, spans, batch)
+        let names = spans
+            .iter()
+            .map(|s| (s.service_name.as_str(), s.name.as_str(), s.kind));
+        self.append_converted(wal_seq, names, batch)
     }
 
-    /// [`Store::append`] with the Arrow batch of `spans` already built (by
+    /// [`Store::append`] with the Arrow batch of the spans already built (by
     /// `meshtrace_model::arrow_conv::spans_to_batch`), so callers can convert off the
-    /// ordered delivery path.
-    pub fn append_converted(
+    /// ordered delivery path, and their (service, operation, kind) names.
+    pub fn append_converted<'a>(
         &self,
         wal_seq: u64,
-        spans: &[Span],
+        names: impl IntoIterator<Item = (&'a str, &'a str, SpanKind)>,
         batch: RecordBatch,
     ) -> Result<(), StorageError> {
-        if spans.is_empty() {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire);
@@ -205,7 +208,7 @@ impl Store {
             );
             return Ok(());
         }
-        lock(&self.inner.names).observe(spans);
+        lock(&self.inner.names).observe(names);
         self.write_view().batches.push(Buffered {
             seq: wal_seq,
             batch,
