@@ -6,7 +6,7 @@
 //! the assembler hands out a replacement, [`ClassMapping::forget`] the earlier rows and
 //! [`ClassMapping::learn`] the new ones so nothing is counted twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -35,10 +35,12 @@ pub struct Learned {
     signatures: BTreeSet<Signature>,
 }
 
-/// Learned signature → class counts.
+/// Learned signature → class counts. Hashed (foldhash, seeded per process: names come from
+/// clients) rather than ordered: every complete trace looks up each of its signatures, and
+/// only the API lists them in order.
 #[derive(Clone, Debug, Default)]
 pub struct ClassMapping {
-    counts: BTreeMap<Signature, BTreeMap<Name, u64>>,
+    counts: HashMap<Signature, BTreeMap<Name, u64>, foldhash::fast::RandomState>,
     traces: u64,
 }
 
@@ -71,15 +73,11 @@ impl ClassMapping {
             signatures: signatures(d),
         };
         for sig in &learned.signatures {
-            if !self.counts.contains_key(sig) {
-                self.counts.insert(sig.clone(), BTreeMap::new());
-            }
-            if let Some(classes) = self.counts.get_mut(sig) {
-                match classes.get_mut(&learned.class) {
-                    Some(n) => *n += 1,
-                    None => {
-                        classes.insert(learned.class.clone(), 1);
-                    }
+            let classes = self.counts.entry(sig.clone()).or_default();
+            match classes.get_mut(&learned.class) {
+                Some(n) => *n += 1,
+                None => {
+                    classes.insert(learned.class.clone(), 1);
                 }
             }
         }
@@ -112,8 +110,10 @@ impl ClassMapping {
 
     /// Every (signature, class) with its count and share, sorted by signature then class.
     pub fn entries(&self) -> Vec<MappingEntry> {
-        self.counts
-            .iter()
+        let mut sorted: Vec<_> = self.counts.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sorted
+            .into_iter()
             .flat_map(|((caller, callee, operation), classes)| {
                 let total: u64 = classes.values().sum();
                 classes.iter().map(move |(class, &count)| MappingEntry {

@@ -98,23 +98,34 @@ impl From<&Span> for SlimSpan {
     }
 }
 
-/// Distinct names seen so far, each held once (see the module docs).
+/// Distinct names seen so far, each held once (see the module docs), and the last service
+/// name asked for: the spans of a batch come grouped by resource, so most repeat it.
 #[derive(Debug, Default)]
-struct Interner(HashSet<Name, foldhash::fast::RandomState>);
+struct Interner {
+    names: HashSet<Name, foldhash::fast::RandomState>,
+    last_service: Name,
+}
 
 impl Interner {
     fn name(&mut self, s: &str) -> Name {
-        if let Some(n) = self.0.get(s) {
+        if let Some(n) = self.names.get(s) {
             return n.clone();
         }
         let n: Name = Arc::from(s);
         if s.len() <= MAX_INTERNED_LEN {
-            if self.0.len() >= MAX_INTERNED {
-                self.0.clear();
+            if self.names.len() >= MAX_INTERNED {
+                self.names.clear();
             }
-            self.0.insert(n.clone());
+            self.names.insert(n.clone());
         }
         n
+    }
+
+    fn service(&mut self, s: &str) -> Name {
+        if *self.last_service != *s {
+            self.last_service = self.name(s);
+        }
+        self.last_service.clone()
     }
 }
 
@@ -206,7 +217,7 @@ impl Slimmer {
             .map(|s| SlimSpan {
                 resource_attributes: keep(&s.resource_attributes, &self.resource_keys),
                 attributes: keep(&s.attributes, &self.span_keys),
-                ..SlimSpan::with_names(s, names.name(&s.service_name), names.name(&s.name))
+                ..SlimSpan::with_names(s, names.service(&s.service_name), names.name(&s.name))
             })
             .collect()
     }
@@ -215,14 +226,17 @@ impl Slimmer {
     /// the rest is freed.
     pub fn slim_all_owned(&self, spans: Vec<Span>) -> Vec<SlimSpan> {
         let mut names = self.interner();
-        spans
-            .into_iter()
-            .map(|mut s| SlimSpan {
+        // Pushed into a new vector: a collected `into_iter` would reuse (and keep) the buffer
+        // of the received spans, several times the size.
+        let mut slim = Vec::with_capacity(spans.len());
+        for mut s in spans {
+            slim.push(SlimSpan {
                 resource_attributes: keep_owned(&mut s.resource_attributes, &self.resource_keys),
                 attributes: keep_owned(&mut s.attributes, &self.span_keys),
-                ..SlimSpan::with_names(&s, names.name(&s.service_name), names.name(&s.name))
-            })
-            .collect()
+                ..SlimSpan::with_names(&s, names.service(&s.service_name), names.name(&s.name))
+            });
+        }
+        slim
     }
 }
 
@@ -335,7 +349,7 @@ mod tests {
         for i in 1..=MAX_INTERNED {
             slimmer.slim(&span(format!("op-{i}")));
         }
-        assert!(slimmer.interner().0.len() <= MAX_INTERNED);
+        assert!(slimmer.interner().names.len() <= MAX_INTERNED);
         let again = slimmer.slim(&span("op-0".into()));
         assert_eq!(first.name, again.name);
         let renewed = slimmer.renewed(&[], &GraphConfig::default());

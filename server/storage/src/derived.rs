@@ -546,13 +546,16 @@ fn encode(
     // A dictionary pays for the names (classes, services, operations: few distinct values);
     // IDs, times, durations and versions are mostly distinct, so for them it would only cost
     // a hash and a lookup per value.
-    // Min/max statistics of the names prune nothing (rows are sorted by trace, so every row
-    // group spans nearly all classes and services) and cost two comparisons per value.
+    // Min/max statistics are kept for `trace_id` and `start_time` only: rows are sorted by
+    // trace, so a row group covers a range of trace IDs (and, flushed every few seconds, of
+    // times), while every other column spans nearly all its values in every row group, and
+    // its statistics would prune nothing for two comparisons per value.
     for field in schema.fields() {
         let column = || field.name().as_str().into();
-        if matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
+        if !matches!(field.name().as_str(), "trace_id" | "start_time") {
             props = props.set_column_statistics_enabled(column(), EnabledStatistics::None);
-        } else {
+        }
+        if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
             props = props.set_column_dictionary_enabled(column(), false);
         }
     }
