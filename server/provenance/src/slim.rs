@@ -7,7 +7,7 @@
 //! Assembly holds each span for the idle window (5 s by default), hundreds of thousands of
 //! them under load. Holding a slim span instead of the received one lets the full batch go as
 //! soon as it is stored, so the memory of a full span is reused while it is still hot instead
-//! of piling up, and what is held is a fraction of its size (about 130 bytes and no string of
+//! of piling up, and what is held is a fraction of its size (under 140 bytes and no string of
 //! its own). Service and operation names are interned: every span naming the same service
 //! shares one [`Name`], so slim spans hold no strings of their own, the rows derived from them
 //! share those names instead of copying them, and comparing names usually compares pointers.
