@@ -335,6 +335,13 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_slim_span_is_a_fraction_of_a_span() {
+        let (slim, full) = (size_of::<SlimSpan>(), size_of::<Span>());
+        assert!(slim < 140 && slim * 2 < full, "{slim} vs {full} bytes");
+    }
+
+    #[test]
     fn the_interner_is_bounded() {
         let slimmer = Slimmer::default();
         let span = |name: String| Span {
