@@ -34,11 +34,7 @@ impl Kept {
     /// (service, operation, kind) of every span, for the catalog's names.
     fn names(&self) -> Box<dyn Iterator<Item = (&str, &str, SpanKind)> + '_> {
         match self {
-            Kept::Spans(spans) => Box::new(
-                spans
-                    .iter()
-                    .map(|s| (s.service_name.as_str(), s.name.as_str(), s.kind)),
-            ),
+            Kept::Spans(spans) => Box::new(meshtrace_storage::span_names(spans)),
             Kept::Slim(spans) => {
                 Box::new(spans.iter().map(|s| (&*s.service_name, &*s.name, s.kind)))
             }

@@ -14,7 +14,8 @@ pub mod span;
 pub use shared::SpanRef;
 
 pub use span::{
-    AttrValue, Event, KeyValue, Link, Span, SpanId, SpanKind, StatusCode, TraceId, PROMOTED,
+    find_attribute, AttrValue, Event, KeyValue, Link, Span, SpanId, SpanKind, StatusCode, TraceId,
+    PROMOTED,
 };
 
 /// Errors raised while converting between spans and Arrow batches.

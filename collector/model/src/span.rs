@@ -271,6 +271,11 @@ pub struct Link {
     pub attributes: Vec<KeyValue>,
 }
 
+/// The value of the first attribute with this key in a list, if any.
+pub fn find_attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AttrValue> {
+    attrs.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
+}
+
 /// One span with its resource and scope, flattened.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Span {
@@ -302,10 +307,7 @@ impl Span {
 
     /// The span attribute with this key, if any.
     pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .map(|kv| &kv.value)
+        find_attribute(&self.attributes, key)
     }
 
     pub fn trace_id_hex(&self) -> String {

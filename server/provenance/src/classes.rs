@@ -10,7 +10,7 @@
 //!    name;
 //! 3. else [`DEFAULT_CLASS`].
 
-use meshtrace_model::KeyValue;
+use meshtrace_model::{find_attribute, KeyValue};
 use serde::{Deserialize, Serialize};
 
 use crate::slim::SlimSpan;
@@ -73,10 +73,8 @@ pub fn route_of(span: &SlimSpan) -> String {
 pub fn explicit_class(span: &SlimSpan) -> Option<String> {
     let in_list = |attrs: &[KeyValue]| {
         CLASS_KEYS.iter().find_map(|k| {
-            attrs
-                .iter()
-                .find(|kv| kv.key == *k)
-                .map(|kv| kv.value.to_display())
+            find_attribute(attrs, k)
+                .map(|v| v.to_display())
                 .filter(|v| !v.is_empty())
         })
     };

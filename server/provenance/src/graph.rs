@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshtrace_model::{SpanKind, StatusCode};
+use meshtrace_model::{find_attribute, SpanKind, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::slim::Name;
@@ -287,13 +287,11 @@ impl ServiceGraph {
             for (prefix, side) in [("client", client), ("server", server)] {
                 let Some(n) = side else { continue };
                 for key in &self.config.dimensions {
-                    if let Some(v) = n.span.attribute(key).or_else(|| {
-                        n.span
-                            .resource_attributes
-                            .iter()
-                            .find(|kv| kv.key == *key)
-                            .map(|kv| &kv.value)
-                    }) {
+                    if let Some(v) = n
+                        .span
+                        .attribute(key)
+                        .or_else(|| find_attribute(&n.span.resource_attributes, key))
+                    {
                         dimensions.insert(format!("{prefix}_{key}"), v.to_display());
                     }
                 }

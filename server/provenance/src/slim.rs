@@ -21,7 +21,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use meshtrace_model::{AttrValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId};
+use meshtrace_model::{
+    find_attribute, AttrValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId,
+};
 
 use crate::classes::{ClassRule, CLASS_KEYS, ROUTE_KEYS};
 use crate::graph::GraphConfig;
@@ -59,10 +61,7 @@ impl SlimSpan {
 
     /// The span attribute with this key, if any.
     pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .map(|kv| &kv.value)
+        find_attribute(&self.attributes, key)
     }
 
     pub fn span_id_hex(&self) -> String {

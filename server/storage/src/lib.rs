@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use catalog::{SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
-pub use store::Store;
+pub use store::{span_names, Store};
 
 /// Re-exported so callers name the same types as the store's API.
 pub use arrow_array::RecordBatch;

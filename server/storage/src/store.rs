@@ -72,6 +72,13 @@ fn now_ns() -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// The (service, operation, kind) names of spans, as [`Store::append_converted`] takes them.
+pub fn span_names(spans: &[Span]) -> impl Iterator<Item = (&str, &str, SpanKind)> {
+    spans
+        .iter()
+        .map(|s| (s.service_name.as_str(), s.name.as_str(), s.kind))
+}
+
 impl Store {
     /// Opens the store on a local directory: creates it, connects the catalog, runs the
     /// migrations and deletes segment files the catalog does not know (crash leftovers).
@@ -179,10 +186,7 @@ impl Store {
             return Ok(());
         }
         let batch = spans_to_batch(spans)?;
-        let names = spans
-            .iter()
-            .map(|s| (s.service_name.as_str(), s.name.as_str(), s.kind));
-        self.append_converted(wal_seq, names, batch)
+        self.append_converted(wal_seq, span_names(spans), batch)
     }
 
     /// [`Store::append`] with the Arrow batch of the spans already built (by
