@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::compute::concat_batches;
 use arrow::compute::{max as arrow_max, min as arrow_min};
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampNanosecondType;
@@ -520,13 +519,13 @@ pub fn encoded_size(
     Ok(encode(schema, batches, row_group_rows)?.bytes.len())
 }
 
-/// Concatenates, sorts by `(trace_id, version)` and encodes one segment.
+/// Sorts by `(trace_id, version)` into one batch and encodes one segment.
 fn encode(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     row_group_rows: usize,
 ) -> Result<Encoded, StorageError> {
-    let batch = sort_by_trace(&concat_batches(schema, batches)?, "version")?;
+    let batch = sort_by_trace(schema, batches, "version")?;
     let start = batch
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())

@@ -23,7 +23,7 @@
 //!
 //! The schema is [`meshtrace_model::schema::spans_schema`], the same in memory, in Parquet and
 //! in SQL. Within a segment rows are sorted by `(trace_id, start_time)`
-//! (keys read into integers and sorted, then `take`), so that:
+//! (keys read into integers and sorted, then the rows gathered with `interleave`), so that:
 //!
 //! - the spans of one trace are contiguous, and row-group min/max statistics on `trace_id` are
 //!   tight, non-overlapping ranges: a lookup by trace ID touches at most one or two row groups;
@@ -51,7 +51,7 @@
 //!
 //! 1. The batches to flush are *marked* in the buffer (not removed): queries keep seeing them.
 //!    Batches appended meanwhile are not marked and stay for the next flush.
-//! 2. The marked batches are concatenated, sorted and encoded to Parquet in memory, then
+//! 2. The rows of the marked batches are sorted into one batch and encoded to Parquet in memory, then
 //!    written with one `put`.
 //! 3. One catalog transaction inserts the segment row, the new service/operation names and the
 //!    new checkpoint (the largest WAL sequence number of the segment).
@@ -88,12 +88,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use arrow::buffer::ScalarBuffer;
+use arrow::compute::interleave_record_batch;
 use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
 use arrow::compute::{max as arrow_max, min as arrow_min, SortColumn};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampNanosecondType};
-use arrow_array::{Array, BooleanArray, RecordBatch, UInt32Array};
-use arrow_schema::ArrowError;
+use arrow_array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
+use arrow_schema::{ArrowError, SchemaRef};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use meshtrace_model::schema::spans_schema;
@@ -197,15 +199,50 @@ pub(crate) fn sort_by(batch: &RecordBatch, columns: &[&str]) -> Result<RecordBat
     Ok(take_record_batch(batch, &indices)?)
 }
 
-/// Sorts a batch by `trace_id` (16-byte binary), then by `then` (a 64-bit integer or
-/// timestamp column). Both keys are read once into a `(u128, i64)` per row and sorted as
-/// integers, which is several times cheaper than [`sort_by`]'s comparisons of byte slices;
-/// other column types fall back to [`sort_by`].
-pub(crate) fn sort_by_trace(batch: &RecordBatch, then: &str) -> Result<RecordBatch, StorageError> {
+/// Sorts the rows of several batches (of one schema) into one batch by `trace_id` (16-byte
+/// binary), then by `then` (a 64-bit integer or timestamp column). Both keys are read once
+/// into a `(u128, i64)` per row and sorted as integers, which is several times cheaper than
+/// [`sort_by`]'s comparisons of byte slices, and the rows are gathered from the input batches
+/// in one pass (`interleave`) instead of being concatenated first and then taken. Other column
+/// types fall back to concatenating and [`sort_by`].
+pub(crate) fn sort_by_trace(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    then: &str,
+) -> Result<RecordBatch, StorageError> {
+    let mut keys: Vec<(u128, i64, u32, u32)> =
+        Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        let Some(((ids, second), b)) = trace_keys(batch, then).zip(u32::try_from(b).ok()) else {
+            return sort_by(&concat_batches(schema, batches)?, &["trace_id", then]);
+        };
+        keys.extend((0..batch.num_rows()).map(|i| {
+            let id = <[u8; 16]>::try_from(ids.value(i)).unwrap_or_default();
+            (u128::from_be_bytes(id), second[i], b, i as u32)
+        }));
+    }
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    keys.sort_unstable();
+    let indices: Vec<(usize, usize)> = keys
+        .into_iter()
+        .map(|(_, _, b, i)| (b as usize, i as usize))
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    Ok(interleave_record_batch(&refs, &indices)?)
+}
+
+/// A batch's `trace_id` column and the values of `then`, if both have the types
+/// [`sort_by_trace`] sorts as integers, no nulls, and row numbers fit in 32 bits.
+fn trace_keys<'a>(
+    batch: &'a RecordBatch,
+    then: &str,
+) -> Option<(&'a FixedSizeBinaryArray, ScalarBuffer<i64>)> {
     let ids = batch
         .column_by_name("trace_id")
         .and_then(|c| c.as_fixed_size_binary_opt())
-        .filter(|a| a.value_length() == 16 && a.null_count() == 0);
+        .filter(|a| a.value_length() == 16 && a.null_count() == 0)?;
     let second = batch.column_by_name(then).and_then(|c| {
         c.as_primitive_opt::<TimestampNanosecondType>()
             .map(|a| a.values().clone())
@@ -214,28 +251,18 @@ pub(crate) fn sort_by_trace(batch: &RecordBatch, then: &str) -> Result<RecordBat
                     .map(|a| a.values().clone())
             })
             .filter(|_| c.null_count() == 0)
-    });
-    let (Some(ids), Some(second), Ok(rows)) = (ids, second, u32::try_from(batch.num_rows())) else {
-        return sort_by(batch, &["trace_id", then]);
-    };
-    let mut keys: Vec<(u128, i64, u32)> = (0..rows)
-        .map(|i| {
-            let id = <[u8; 16]>::try_from(ids.value(i as usize)).unwrap_or_default();
-            (u128::from_be_bytes(id), second[i as usize], i)
-        })
-        .collect();
-    keys.sort_unstable();
-    let indices = UInt32Array::from_iter_values(keys.into_iter().map(|k| k.2));
-    Ok(take_record_batch(batch, &indices)?)
+    })?;
+    u32::try_from(batch.num_rows()).ok()?;
+    Some((ids, second))
 }
 
-/// Concatenates, sorts and encodes batches of the spans schema into one Parquet file.
+/// Sorts batches of the spans schema into one and encodes it as one Parquet file.
 pub(crate) fn encode_segment(
     batches: &[RecordBatch],
     row_group_rows: usize,
 ) -> Result<EncodedSegment, StorageError> {
     let schema = spans_schema();
-    let batch = sort_by_trace(&concat_batches(&schema, batches)?, "start_time")?;
+    let batch = sort_by_trace(&schema, batches, "start_time")?;
     let start = batch
         .column_by_name("start_time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
@@ -505,8 +532,10 @@ mod tests {
             Arc::new(Int64Array::from(then)),
             Arc::new(StringArray::from(tag)),
         ];
-        let batch = RecordBatch::try_new(schema, columns).unwrap();
-        let fast = sort_by_trace(&batch, "version").unwrap();
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        // Split in three, as a flush sorts several buffered batches together.
+        let parts = [batch.slice(0, 70), batch.slice(70, 1), batch.slice(71, 129)];
+        let fast = sort_by_trace(&schema, &parts, "version").unwrap();
         let general = sort_by(&batch, &["trace_id", "version"]).unwrap();
         let keys = |b: &RecordBatch| -> Vec<(Vec<u8>, i64)> {
             let ids = b.column(0).as_fixed_size_binary();
