@@ -209,12 +209,15 @@ def test_grpc_all_good_has_no_partial_success(server):
 
 def test_grpc_undecodable_request_is_invalid_argument(server):
     export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    counted = dict(protocol="otlp_grpc", outcome="invalid")
+    before = server.api.metric("meshtrace_ingest_requests_total", **counted)
     with grpc.insecure_channel(server.grpc_target) as channel:
         call = channel.unary_unary(export)  # bytes in, bytes out: no protobuf on our side
         with pytest.raises(grpc.RpcError) as err:
             call(b"\x0a\xff\xff\xff\xff\x0f not a request", timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "invalid otlp protobuf" in err.value.details()
+    assert server.api.metric("meshtrace_ingest_requests_total", **counted) == before + 1
     with grpc.insecure_channel(server.grpc_target) as channel:
         call = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Nope")
         with pytest.raises(grpc.RpcError) as err:

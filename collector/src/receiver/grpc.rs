@@ -96,7 +96,10 @@ async fn export(
     ingest: &Ingest,
     body: &[u8],
 ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-    let batch = otlp::decode_protobuf(body, ingest.limits()).map_err(|e| to_status(&e))?;
+    let batch = otlp::decode_protobuf(body, ingest.limits()).map_err(|e| {
+        ingest.record_failure("otlp_grpc", &e);
+        to_status(&e)
+    })?;
     let outcome = ingest.submit("otlp_grpc", batch).await.map_err(|e| {
         tracing::debug!(error = %e, "otlp grpc export failed");
         to_status(&e)
