@@ -88,18 +88,20 @@ impl UnaryService<Bytes> for Export {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let ingest = self.0.clone();
-        Box::pin(async move { export(&ingest, &request.into_inner()).await })
+        Box::pin(async move { export(&ingest, request.into_inner()).await })
     }
 }
 
 async fn export(
     ingest: &Ingest,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-    let batch = otlp::decode_protobuf(body, ingest.limits()).map_err(|e| {
+    let batch = otlp::decode_protobuf(&body, ingest.limits()).map_err(|e| {
         ingest.record_failure("otlp_grpc", &e);
         to_status(&e)
     })?;
+    // The request's bytes are not held while the batch waits for the write-ahead log.
+    drop(body);
     let outcome = ingest.submit("otlp_grpc", batch).await.map_err(|e| {
         tracing::debug!(error = %e, "otlp grpc export failed");
         to_status(&e)
