@@ -73,22 +73,23 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
     let mut trace_id = FixedSizeBinaryBuilder::with_capacity(n, 16);
     let mut span_id = FixedSizeBinaryBuilder::with_capacity(n, 8);
     let mut parent = FixedSizeBinaryBuilder::with_capacity(n, 8);
-    // Sized up front: growing a builder copies everything appended so far.
-    let names_len = |f: fn(&Span) -> &str| spans.iter().map(|s| f(s).len()).sum::<usize>();
-    let mut strings: Vec<StringBuilder> = (0..7)
-        .map(|i| match i {
-            1 => StringBuilder::with_capacity(n, names_len(|s| &s.service_name)),
-            2 => StringBuilder::with_capacity(n, names_len(|s| &s.name)),
-            3 | 4 => StringBuilder::with_capacity(n, 8 * n),
-            _ => StringBuilder::new(),
-        })
-        .collect();
+    // The names are sized up front: growing a builder copies everything appended so far.
+    let names = |f: fn(&Span) -> &str| {
+        StringBuilder::with_capacity(n, spans.iter().map(|s| f(s).len()).sum())
+    };
+    let mut strings: Vec<StringBuilder> = vec![
+        StringBuilder::new(),       // trace_state
+        names(|s| &s.service_name), // service_name
+        names(|s| &s.name),         // name
+        names(|s| s.kind.as_str()),
+        names(|s| s.status_code.as_str()),
+        StringBuilder::new(), // status_message
+        StringBuilder::new(), // scope_name
+    ];
     let mut start = Vec::with_capacity(n);
     let mut duration = Int64Builder::with_capacity(n);
-    let mut promoted_str: Vec<StringBuilder> = PROMOTED
-        .iter()
-        .map(|_| StringBuilder::with_capacity(n, 0))
-        .collect();
+    let mut promoted_str: Vec<StringBuilder> =
+        PROMOTED.iter().map(|_| StringBuilder::new()).collect();
     let mut promoted_int: Vec<Int64Builder> =
         PROMOTED.iter().map(|_| Int64Builder::new()).collect();
     let mut attrs = map_builder(n);

@@ -210,31 +210,29 @@ pub(crate) fn sort_by_trace(
     batches: &[RecordBatch],
     then: &str,
 ) -> Result<RecordBatch, StorageError> {
-    let mut keys: Vec<(u128, i64, u32, u32)> =
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    // (trace ID, then, batch, row): sorting the tuples sorts by the keys, ties in input order.
+    let mut keys: Vec<(u128, i64, usize, usize)> =
         Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
     for (b, batch) in batches.iter().enumerate() {
-        let Some(((ids, second), b)) = trace_keys(batch, then).zip(u32::try_from(b).ok()) else {
+        let Some((ids, second)) = trace_keys(batch, then) else {
             return sort_by(&concat_batches(schema, batches)?, &["trace_id", then]);
         };
         keys.extend((0..batch.num_rows()).map(|i| {
             let id = <[u8; 16]>::try_from(ids.value(i)).unwrap_or_default();
-            (u128::from_be_bytes(id), second[i], b, i as u32)
+            (u128::from_be_bytes(id), second[i], b, i)
         }));
     }
-    if batches.is_empty() {
-        return Ok(RecordBatch::new_empty(schema.clone()));
-    }
     keys.sort_unstable();
-    let indices: Vec<(usize, usize)> = keys
-        .into_iter()
-        .map(|(_, _, b, i)| (b as usize, i as usize))
-        .collect();
+    let indices: Vec<(usize, usize)> = keys.into_iter().map(|(_, _, b, i)| (b, i)).collect();
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     Ok(interleave_record_batch(&refs, &indices)?)
 }
 
 /// A batch's `trace_id` column and the values of `then`, if both have the types
-/// [`sort_by_trace`] sorts as integers, no nulls, and row numbers fit in 32 bits.
+/// [`sort_by_trace`] sorts as integers and no nulls.
 fn trace_keys<'a>(
     batch: &'a RecordBatch,
     then: &str,
@@ -252,7 +250,6 @@ fn trace_keys<'a>(
             })
             .filter(|_| c.null_count() == 0)
     })?;
-    u32::try_from(batch.num_rows()).ok()?;
     Some((ids, second))
 }
 
