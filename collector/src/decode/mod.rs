@@ -3,7 +3,7 @@
 //! Each decoder turns a whole request body into a [`crate::Batch`]: a body that does not parse
 //! at all is an [`crate::Error::InvalidArgument`] naming the format and the failure, while a
 //! span with bad IDs or times is only rejected (see [`crate::validate`]) and the valid spans of
-//! the same body are kept. Formats: OTLP protobuf ([`otlp`]), OTLP/JSON ([`otlp_json`]),
+//! the same body are kept. Formats: OTLP protobuf ([`otlp`], read by [`otlp_wire`]), OTLP/JSON ([`otlp_json`]),
 //! Zipkin v2 JSON ([`zipkin`]), Jaeger query-API JSON ([`jaeger_json`]) and the Nezha CSV
 //! dataset ([`nezha`]). [`ids`] holds the ID parsing shared by them.
 
@@ -12,6 +12,7 @@ pub mod jaeger_json;
 pub mod nezha;
 pub mod otlp;
 pub mod otlp_json;
+pub mod otlp_wire;
 pub mod zipkin;
 
 /// Converts unsigned unix nanoseconds to the model's `i64`, saturating far-future times.

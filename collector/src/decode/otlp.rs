@@ -8,7 +8,6 @@ use opentelemetry_proto::tonic::common::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
-use prost::Message;
 
 use super::{duration, nanos};
 use crate::validate::{validate_raw, Position, RawIds};
@@ -17,14 +16,15 @@ use crate::{Batch, Error, Limits};
 /// The resource attribute carried in [`Span::service_name`].
 pub const SERVICE_NAME: &str = "service.name";
 
-/// Decodes a protobuf `ExportTraceServiceRequest` body.
+/// Decodes a protobuf `ExportTraceServiceRequest` body, straight from its bytes (see
+/// [`super::otlp_wire`]).
 pub fn decode_protobuf(body: &[u8], limits: &Limits) -> Result<Batch, Error> {
-    let req = ExportTraceServiceRequest::decode(body)
-        .map_err(|e| Error::InvalidArgument(format!("invalid otlp protobuf: {e}")))?;
-    Ok(from_request(req, limits))
+    super::otlp_wire::decode(body, limits)
+        .map_err(|e| Error::InvalidArgument(format!("invalid otlp protobuf: {e}")))
 }
 
-/// Converts a decoded request into validated spans.
+/// Converts a request decoded by prost into validated spans (what [`decode_protobuf`] gives
+/// for its encoding; the wire reader's tests compare the two).
 pub fn from_request(req: ExportTraceServiceRequest, limits: &Limits) -> Batch {
     let mut batch = Batch::default();
     for (r, rs) in req.resource_spans.into_iter().enumerate() {
@@ -295,6 +295,7 @@ pub fn span_to_pb(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
 pub(crate) mod tests {
     use super::*;
     use crate::RejectReason;
+    use prost::Message;
 
     /// A span using every feature the model carries.
     pub(crate) fn rich_span(seed: u8, service: &str) -> Span {
