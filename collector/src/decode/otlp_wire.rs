@@ -251,14 +251,20 @@ fn scope_spans(
         scope_version: String::new(),
         scope_attributes: Vec::new(),
     };
+    let mut spans = 0;
     let mut r = Reader::new(bytes, "ScopeSpans");
     while let Some((number, wire)) = r.field()? {
         match number {
             1 => scope(r.len(wire, "scope")?, &mut base)?,
-            2 => drop(r.len(wire, "spans")?),
+            2 => {
+                r.len(wire, "spans")?;
+                spans += 1;
+            }
             _ => r.skip(number, wire)?,
         }
     }
+    // Spans are moved in once, not again each time the vector grows.
+    batch.spans.reserve(spans);
     let mut r = Reader::new(bytes, "ScopeSpans");
     while let Some((number, wire)) = r.field()? {
         if number == 2 {
