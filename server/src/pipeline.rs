@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use meshtrace_collector::wal::Wal;
+use meshtrace_collector::wal::{Record, Wal};
 use meshtrace_collector::{Error, SpanSink};
 use meshtrace_model::arrow_conv::spans_to_batch;
 use meshtrace_model::{Span, SpanKind};
@@ -122,13 +123,39 @@ impl Pipeline {
 
 impl SpanSink for Pipeline {
     fn accept(&self, spans: Vec<Span>) -> BoxFuture<'static, Result<(), Error>> {
+        self.log_and_buffer(spans, None)
+    }
+
+    fn accept_otlp(
+        &self,
+        spans: Vec<Span>,
+        request: Bytes,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        match Record::otlp(request, spans.len()) {
+            Ok(record) => self.log_and_buffer(spans, Some(record)),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Appends `spans` to the log (as `record` if given, else encoded from the spans) and, once
+    /// durable, hands them to the buffer in sequence order.
+    fn log_and_buffer(
+        &self,
+        spans: Vec<Span>,
+        record: Option<Record>,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         let this = self.clone();
         let spans = Arc::new(spans);
         let task = tokio::spawn(async move {
             // Build the Arrow batch while the log writes and syncs, off the ordered path.
             let for_arrow = spans.clone();
             let convert = tokio::task::spawn_blocking(move || spans_to_batch(&for_arrow));
-            let seq = this.wal.append(spans.clone()).await?;
+            let seq = match record {
+                Some(record) => this.wal.append_record(record).await?,
+                None => this.wal.append(spans.clone()).await?,
+            };
             let converted = convert
                 .await
                 .map_err(|e| Error::Wal(format!("conversion task failed: {e}")))?

@@ -6,7 +6,8 @@
 //! where every varint and every field pays a bounds check and a buffer advance through two
 //! layers. [`RequestCodec`] instead takes the whole (already decompressed, size-checked)
 //! message as one `Bytes` (split off the buffer, not copied) and [`otlp::decode_protobuf`]
-//! decodes it from a plain slice, as the bench's decode-only ceiling does. Routing, gzip and
+//! decodes it from a plain slice, as the bench's decode-only ceiling does; the same bytes are
+//! what the write-ahead log keeps for a batch accepted whole. Routing, gzip and
 //! the decoded size limit are tonic's, as in the generated server.
 
 use std::convert::Infallible;
@@ -100,12 +101,13 @@ async fn export(
         ingest.record_failure("otlp_grpc", &e);
         to_status(&e)
     })?;
-    // The request's bytes are not held while the batch waits for the write-ahead log.
-    drop(body);
-    let outcome = ingest.submit("otlp_grpc", batch).await.map_err(|e| {
-        tracing::debug!(error = %e, "otlp grpc export failed");
-        to_status(&e)
-    })?;
+    let outcome = ingest
+        .submit_otlp("otlp_grpc", batch, body)
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, "otlp grpc export failed");
+            to_status(&e)
+        })?;
     let partial_success = (outcome.rejected > 0).then_some(ExportTracePartialSuccess {
         rejected_spans: outcome.rejected as i64,
         error_message: outcome.message,

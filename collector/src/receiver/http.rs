@@ -144,11 +144,16 @@ async fn otlp_ingest(
     encoding: Encoding,
 ) -> Result<Outcome, Error> {
     let bytes = read_body(ingest, headers, body).await?;
-    let batch = match encoding {
-        Encoding::Protobuf => otlp::decode_protobuf(&bytes, ingest.limits())?,
-        Encoding::Json => otlp_json::decode(&bytes, ingest.limits())?,
-    };
-    ingest.submit("otlp_http", batch).await
+    match encoding {
+        Encoding::Protobuf => {
+            let batch = otlp::decode_protobuf(&bytes, ingest.limits())?;
+            ingest.submit_otlp("otlp_http", batch, bytes).await
+        }
+        Encoding::Json => {
+            let batch = otlp_json::decode(&bytes, ingest.limits())?;
+            ingest.submit("otlp_http", batch).await
+        }
+    }
 }
 
 fn otlp_success(encoding: Encoding, outcome: Outcome) -> Response {

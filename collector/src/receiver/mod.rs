@@ -8,6 +8,7 @@ pub mod http;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::IngestMetrics;
@@ -73,12 +74,34 @@ impl Ingest {
 
     /// Counts a batch, delivers its valid spans and waits until they are durable.
     pub async fn submit(&self, protocol: &'static str, batch: Batch) -> Result<Outcome, Error> {
+        self.submit_from(protocol, batch, None).await
+    }
+
+    /// As [`Ingest::submit`], for a batch decoded from the OTLP protobuf `request` (the sink
+    /// may log the request instead of the spans; see [`SpanSink::accept_otlp`]).
+    pub async fn submit_otlp(
+        &self,
+        protocol: &'static str,
+        batch: Batch,
+        request: Bytes,
+    ) -> Result<Outcome, Error> {
+        self.submit_from(protocol, batch, Some(request)).await
+    }
+
+    async fn submit_from(
+        &self,
+        protocol: &'static str,
+        batch: Batch,
+        request: Option<Bytes>,
+    ) -> Result<Outcome, Error> {
         let Batch {
             spans,
             rejected,
             truncated,
-            ..
+            merged,
         } = batch;
+        // The request stands for the spans only if it decodes to exactly them.
+        let request = request.filter(|_| rejected.is_empty() && truncated == 0 && merged == 0);
         let accepted = spans.len();
         self.metrics
             .spans_received
@@ -88,7 +111,11 @@ impl Ingest {
             self.metrics.reject(r.reason.as_str(), 1);
         }
         if accepted > 0 {
-            if let Err(e) = self.sink.accept(spans).await {
+            let durable = match request {
+                Some(request) => self.sink.accept_otlp(spans, request),
+                None => self.sink.accept(spans),
+            };
+            if let Err(e) = durable.await {
                 let reason = match e {
                     Error::Overloaded { .. } => "overloaded",
                     _ => "internal",
@@ -129,5 +156,82 @@ impl Ingest {
             crate::ErrorCode::Internal => "internal",
         };
         self.metrics.request(protocol, outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use meshtrace_model::Span;
+    use prost::Message;
+
+    use super::*;
+    use crate::decode::otlp::{decode_protobuf, tests::rich_span, to_request};
+
+    /// Records how each batch was handed over: `Some(request length)` through `accept_otlp`.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(usize, Option<usize>)>>);
+
+    impl SpanSink for Recorder {
+        fn accept(&self, spans: Vec<Span>) -> BoxFuture<'static, Result<(), Error>> {
+            self.0.lock().unwrap().push((spans.len(), None));
+            Box::pin(async { Ok(()) })
+        }
+
+        fn accept_otlp(
+            &self,
+            spans: Vec<Span>,
+            request: Bytes,
+        ) -> BoxFuture<'static, Result<(), Error>> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((spans.len(), Some(request.len())));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_request_accepted_whole_and_unchanged_is_handed_over_as_bytes() {
+        let sink = Arc::new(Recorder::default());
+        let ingest = Ingest::new(
+            sink.clone(),
+            IngestMetrics::default(),
+            ReceiverConfig::default(),
+        );
+        let mut req = to_request(&[rich_span(2, "a"), rich_span(3, "b")]);
+        let whole = Bytes::from(req.encode_to_vec());
+        let batch = decode_protobuf(&whole, ingest.limits()).unwrap();
+        ingest
+            .submit_otlp("otlp_grpc", batch, whole.clone())
+            .await
+            .unwrap();
+
+        let tight = Limits {
+            max_attribute_value_bytes: 1,
+            ..Limits::default()
+        };
+        let batch = decode_protobuf(&whole, &tight).unwrap();
+        assert!(batch.truncated > 0);
+        ingest
+            .submit_otlp("otlp_grpc", batch, whole.clone())
+            .await
+            .unwrap();
+
+        req.resource_spans[0].scope_spans[0].spans[0]
+            .span_id
+            .clear();
+        let partly_bad = Bytes::from(req.encode_to_vec());
+        let batch = decode_protobuf(&partly_bad, ingest.limits()).unwrap();
+        let outcome = ingest
+            .submit_otlp("otlp_grpc", batch, partly_bad)
+            .await
+            .unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected), (1, 1));
+
+        let calls = sink.0.lock().unwrap().clone();
+        assert_eq!(calls, [(2, Some(whole.len())), (2, None), (1, None)]);
     }
 }

@@ -1,21 +1,28 @@
 //! The on-disk format of the write-ahead log: segment file names and record framing.
 //!
-//! A record is `[u32 payload_len LE][u32 crc32 of payload LE][u64 seq LE][payload]`, where the
-//! payload is a postcard-encoded `Vec<Span>`. This module encodes records (without their
-//! sequence number, which the writer fills in) and scans a segment's bytes back into records,
-//! stopping at the first record that is incomplete, fails its checksum, breaks the sequence
-//! order or does not decode.
+//! A record is `[u32 len_and_kind LE][u32 crc32 of payload LE][u64 seq LE][payload]`. The low
+//! 31 bits of the first word are the payload's length; the top bit says what the payload is:
+//! clear for a postcard-encoded `Vec<Span>`, set for the OTLP protobuf
+//! `ExportTraceServiceRequest` the spans were decoded from (see [`super::Record`]). This module
+//! encodes records (without their sequence number, which the writer fills in) and scans a
+//! segment's bytes back into records, stopping at the first record that is incomplete, fails
+//! its checksum, breaks the sequence order or does not decode.
 
+use bytes::Bytes;
 use meshtrace_model::Span;
 
 use super::Replayed;
-use crate::Error;
+use crate::decode::otlp_wire;
+use crate::{Error, Limits};
 
 /// Bytes before the payload: length, checksum, sequence number.
 pub(crate) const HEADER_LEN: usize = 16;
 
 /// The largest payload a record may carry. Anything longer in a header is treated as damage.
 pub(crate) const MAX_PAYLOAD: usize = 256 << 20;
+
+/// The bit of the length word that marks an OTLP protobuf payload (above any valid length).
+const OTLP_PAYLOAD: u32 = 1 << 31;
 
 const PREFIX: &str = "wal-";
 const SUFFIX: &str = ".log";
@@ -34,30 +41,53 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Encodes `spans` as a complete record whose sequence number is still zero.
+/// An encoded record: its header (sequence number still zero until the writer sets it) and
+/// its payload, kept apart so that a received request is logged without another copy.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub header: [u8; HEADER_LEN],
+    pub payload: Bytes,
+}
+
+impl Frame {
+    /// Bytes the record takes in the log.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    /// Writes the sequence number into the header.
+    pub fn set_seq(&mut self, seq: u64) {
+        self.header[8..16].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Encodes `spans` as a record.
 ///
 /// This runs on the caller's task, so serialization is spread over the runtime's threads and
 /// the writer thread only patches in the sequence number and copies bytes.
-pub(crate) fn encode_record(spans: &[Span]) -> Result<Vec<u8>, Error> {
-    let mut frame = Vec::with_capacity(HEADER_LEN + 256 * spans.len().max(1));
-    frame.resize(HEADER_LEN, 0);
-    let mut frame = postcard::to_extend(spans, frame)
+pub(crate) fn encode_record(spans: &[Span]) -> Result<Frame, Error> {
+    let payload = postcard::to_extend(spans, Vec::with_capacity(256 * spans.len().max(1)))
         .map_err(|e| Error::Wal(format!("encoding spans: {e}")))?;
-    let payload_len = frame.len() - HEADER_LEN;
-    if payload_len > MAX_PAYLOAD {
-        return Err(Error::Wal(format!(
-            "record of {payload_len} bytes exceeds the limit of {MAX_PAYLOAD} bytes"
-        )));
-    }
-    let crc = crc32fast::hash(&frame[HEADER_LEN..]);
-    frame[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    Ok(frame)
+    frame(payload.into(), 0)
 }
 
-/// Writes the sequence number into an encoded record.
-pub(crate) fn set_seq(frame: &mut [u8], seq: u64) {
-    frame[8..16].copy_from_slice(&seq.to_le_bytes());
+/// Encodes an OTLP protobuf request's bytes as a record (the bytes are shared, not copied).
+pub(crate) fn encode_otlp_record(request: Bytes) -> Result<Frame, Error> {
+    frame(request, OTLP_PAYLOAD)
+}
+
+/// The header for `payload`: its length with the `kind` bit, and its checksum.
+fn frame(payload: Bytes, kind: u32) -> Result<Frame, Error> {
+    let len = payload.len();
+    if len == 0 || len > MAX_PAYLOAD {
+        return Err(Error::Wal(format!(
+            "record of {len} bytes is empty or exceeds the limit of {MAX_PAYLOAD} bytes"
+        )));
+    }
+    let mut header = [0; HEADER_LEN];
+    header[0..4].copy_from_slice(&(len as u32 | kind).to_le_bytes());
+    header[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    Ok(Frame { header, payload })
 }
 
 /// What the sequence numbers in one segment must satisfy.
@@ -115,7 +145,8 @@ fn read_record(
     if buf.len() < HEADER_LEN {
         return Err(format!("incomplete header ({} bytes)", buf.len()));
     }
-    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    let word = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    let len = (word & !OTLP_PAYLOAD) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     let seq = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
     if len == 0 || len > MAX_PAYLOAD {
@@ -135,9 +166,28 @@ fn read_record(
             "sequence number {seq} out of order (previous {prev})"
         ));
     }
-    let spans: Vec<Span> =
-        postcard::from_bytes(payload).map_err(|e| format!("undecodable payload: {e}"))?;
+    let spans = if word & OTLP_PAYLOAD == 0 {
+        postcard::from_bytes(payload).map_err(|e| format!("undecodable payload: {e}"))?
+    } else {
+        decode_otlp(payload)?
+    };
     Ok((seq, spans, HEADER_LEN + len))
+}
+
+/// The spans of a logged OTLP request. Only requests whose every span was accepted as sent
+/// (none rejected, nothing truncated) are logged this way, so decoding them without limits
+/// gives back exactly the spans that were acknowledged, whatever the limits are now.
+fn decode_otlp(payload: &[u8]) -> Result<Vec<Span>, String> {
+    let unbounded = Limits {
+        max_attributes: usize::MAX,
+        max_attribute_value_bytes: usize::MAX,
+        max_events: usize::MAX,
+        max_links: usize::MAX,
+        max_name_bytes: usize::MAX,
+    };
+    let batch =
+        otlp_wire::decode(payload, &unbounded).map_err(|e| format!("undecodable payload: {e}"))?;
+    Ok(batch.spans)
 }
 
 #[cfg(test)]
@@ -152,14 +202,18 @@ mod tests {
         }
     }
 
+    fn bytes_of(frame: &Frame) -> Vec<u8> {
+        [&frame.header[..], &frame.payload].concat()
+    }
+
     fn record(seq: u64, name: &str) -> Vec<u8> {
         let span = Span {
             name: name.to_string(),
             ..Span::default()
         };
         let mut frame = encode_record(&[span]).unwrap();
-        set_seq(&mut frame, seq);
-        frame
+        frame.set_seq(seq);
+        bytes_of(&frame)
     }
 
     #[test]
@@ -188,6 +242,38 @@ mod tests {
         assert_eq!(scan.records[1].spans[0].name, "b");
         assert_eq!(scan.valid_len, good as u64);
         assert!(scan.damage.unwrap().contains("checksum"));
+    }
+
+    #[test]
+    fn otlp_records_replay_as_the_spans_they_were_decoded_to() {
+        use crate::decode::otlp::{decode_protobuf, tests::rich_span, to_request};
+        use prost::Message;
+
+        let request = to_request(&[rich_span(2, "a"), rich_span(3, "b")]).encode_to_vec();
+        let mut bytes = record(1, "postcard");
+        let mut frame = encode_otlp_record(request.clone().into()).unwrap();
+        frame.set_seq(2);
+        bytes.extend(bytes_of(&frame));
+        bytes.extend(record(3, "after"));
+        let read = scan(&bytes, bounds());
+        assert_eq!(read.damage, None);
+        let names: Vec<&str> = read
+            .records
+            .iter()
+            .flat_map(|r| &r.spans)
+            .map(|s| &*s.name)
+            .collect();
+        assert_eq!(names.len(), 4);
+        assert_eq!((names[0], names[3]), ("postcard", "after"));
+        let expected = decode_protobuf(&request, &Limits::default()).unwrap().spans;
+        assert_eq!(read.records[1].spans, expected);
+
+        // A damaged OTLP payload with a matching checksum is damage, not an empty batch.
+        let mut frame = encode_otlp_record(Bytes::from_static(b"\xff\xff\xff\xff")).unwrap();
+        frame.set_seq(1);
+        let damaged = scan(&bytes_of(&frame), bounds());
+        assert!(damaged.records.is_empty());
+        assert!(damaged.damage.unwrap().contains("undecodable"));
     }
 
     #[test]

@@ -20,19 +20,28 @@
 //!
 //! ```text
 //! +----------------+----------------+-------------+---------------------------+
-//! | payload_len    | crc32(payload) | seq         | payload                   |
-//! | u32 LE         | u32 LE         | u64 LE      | postcard Vec<Span>        |
+//! | len_and_kind   | crc32(payload) | seq         | payload                   |
+//! | u32 LE         | u32 LE         | u64 LE      | spans or OTLP request     |
 //! +----------------+----------------+-------------+---------------------------+
 //! ```
 //!
+//! The low 31 bits of `len_and_kind` are the payload's length (at most 256 MiB); its top bit
+//! says what the payload holds. Clear: a postcard-encoded `Vec<Span>`. Set: the OTLP protobuf
+//! `ExportTraceServiceRequest` the batch was decoded from, logged as received when every span
+//! in it was accepted unchanged (none rejected, nothing truncated), so that replay decodes
+//! exactly the acknowledged spans. Logging the request's own bytes saves encoding each batch a
+//! second time on the ingest path, and protobuf, which states a resource once for all its
+//! spans, is smaller than spans that each carry their resource. Records written before this
+//! bit existed read as postcard, as they were written.
+//!
 //! The checksum is CRC-32 (IEEE, via `crc32fast`) of the payload. Sequence numbers start at 1,
 //! increase strictly across records, segments and restarts, and are consecutive within one
-//! run of the writer. A record is one `append` call: one receiver batch.
+//! run of the writer. A record is one append: one receiver batch.
 //!
 //! # Group commit and the fsync policy
 //!
-//! `append` encodes the batch (postcard and CRC) on the calling task, so serialization is
-//! spread over the runtime's threads, and puts the record on a bounded queue
+//! A [`Record`] is encoded (postcard or the request's bytes, and CRC) on the calling task,
+//! so serialization is spread over the runtime's threads; `append` puts it on a bounded queue
 //! ([`WalConfig::queue_depth`]) with `try_send`: a full queue fails at once with
 //! [`Error::Overloaded`] carrying [`WalConfig::retry_after`], which receivers turn into HTTP 429
 //! / gRPC `RESOURCE_EXHAUSTED`. A dedicated writer thread takes everything queued (up to
@@ -99,6 +108,7 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use meshtrace_model::Span;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -154,6 +164,33 @@ impl Default for WalConfig {
             queue_depth: 1024,
             retry_after: Duration::from_secs(1),
         }
+    }
+}
+
+/// A batch encoded as a log record, ready for [`Wal::append_record`]; see the record format in
+/// the module documentation.
+#[derive(Debug)]
+pub struct Record {
+    frame: format::Frame,
+    spans: usize,
+}
+
+impl Record {
+    /// A record holding `spans` themselves.
+    pub fn spans(spans: &[Span]) -> Result<Record, Error> {
+        Ok(Record {
+            frame: format::encode_record(spans)?,
+            spans: spans.len(),
+        })
+    }
+
+    /// A record holding the OTLP protobuf request that decoded, under the receivers' limits,
+    /// to `spans` spans with none rejected and nothing truncated. Replay decodes it again.
+    pub fn otlp(request: Bytes, spans: usize) -> Result<Record, Error> {
+        Ok(Record {
+            frame: format::encode_otlp_record(request)?,
+            spans,
+        })
     }
 }
 
@@ -292,11 +329,18 @@ impl Wal {
         if let Some(e) = self.shared.poisoned() {
             return Err(e);
         }
-        let frame = format::encode_record(&spans)?;
+        self.append_record(Record::spans(&spans)?).await
+    }
+
+    /// Appends an encoded record, as [`Wal::append`] does.
+    pub async fn append_record(&self, record: Record) -> Result<u64, Error> {
+        if let Some(e) = self.shared.poisoned() {
+            return Err(e);
+        }
         let (done, rx) = oneshot::channel();
         let msg = Msg::Append {
-            frame,
-            spans: spans.len(),
+            frame: record.frame,
+            spans: record.spans,
             done,
         };
         self.tx.try_send(msg).map_err(|e| match e {

@@ -94,6 +94,30 @@ async fn append_then_reopen_replays_everything_in_order() {
 }
 
 #[tokio::test]
+async fn otlp_request_records_replay_as_their_spans_among_span_records() {
+    use crate::decode::otlp::{decode_protobuf, to_request};
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(cfg(dir.path())).unwrap();
+    let request = to_request(&batch(1, 4)).encode_to_vec();
+    let decoded = decode_protobuf(&request, &crate::Limits::default()).unwrap();
+    assert_eq!(wal.append(batch(0, 3)).await.unwrap(), 1);
+    let record = Record::otlp(request.into(), decoded.spans.len()).unwrap();
+    assert_eq!(wal.append_record(record).await.unwrap(), 2);
+    assert_eq!(wal.append(batch(2, 3)).await.unwrap(), 3);
+    assert_eq!(wal.stats().spans, 10);
+    drop(wal); // no close: as after kill -9
+
+    let (_, replayed) = Wal::open(cfg(dir.path())).unwrap();
+    let seqs: Vec<u64> = replayed.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(replayed[0].spans, *batch(0, 3));
+    assert_eq!(replayed[1].spans, decoded.spans);
+    assert_eq!(replayed[2].spans, *batch(2, 3));
+}
+
+#[tokio::test]
 async fn sequence_continues_after_reopen_and_without_close() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(cfg(dir.path())).unwrap();

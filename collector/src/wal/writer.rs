@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
-use super::format::set_seq;
+use super::format::Frame;
 use super::recover::{segment_path, sync_dir, SegMeta};
 use super::{FsyncPolicy, Shared, WalConfig};
 use crate::Error;
@@ -21,7 +21,7 @@ const MAX_GROUP_BYTES: usize = 8 << 20;
 pub(crate) enum Msg {
     /// An encoded record (sequence number still zero) and who waits for it.
     Append {
-        frame: Vec<u8>,
+        frame: Frame,
         spans: usize,
         done: oneshot::Sender<Result<u64, Error>>,
     },
@@ -30,7 +30,7 @@ pub(crate) enum Msg {
 }
 
 struct Pending {
-    frame: Vec<u8>,
+    frame: Frame,
     spans: usize,
     done: oneshot::Sender<Result<u64, Error>>,
 }
@@ -154,8 +154,9 @@ impl Writer {
         self.buf.clear();
         self.buf.reserve(total);
         for (seq, p) in (first..).zip(group.iter_mut()) {
-            set_seq(&mut p.frame, seq);
-            self.buf.extend_from_slice(&p.frame);
+            p.frame.set_seq(seq);
+            self.buf.extend_from_slice(&p.frame.header);
+            self.buf.extend_from_slice(&p.frame.payload);
         }
         self.file.write_all(&self.buf)?;
         self.active_len += total as u64;
