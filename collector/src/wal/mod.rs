@@ -30,9 +30,10 @@
 //! `ExportTraceServiceRequest` the batch was decoded from, logged as received when every span
 //! in it was accepted unchanged (none rejected, nothing truncated), so that replay decodes
 //! exactly the acknowledged spans. Logging the request's own bytes saves encoding each batch a
-//! second time on the ingest path, and protobuf, which states a resource once for all its
-//! spans, is smaller than spans that each carry their resource. Records written before this
-//! bit existed read as postcard, as they were written.
+//! second time on the ingest path (postcard took 4.4 % of an ingest profile). Records written
+//! before this bit existed read as postcard, as they were written; the reverse does not hold:
+//! a meshtrace from before it would take the bit for an oversized length and treat the record
+//! as damage, so drain the log (let it flush) before going back to such a version.
 //!
 //! The checksum is CRC-32 (IEEE, via `crc32fast`) of the payload. Sequence numbers start at 1,
 //! increase strictly across records, segments and restarts, and are consecutive within one
