@@ -123,7 +123,10 @@ impl Pipeline {
 
 impl SpanSink for Pipeline {
     fn accept(&self, spans: Vec<Span>) -> BoxFuture<'static, Result<(), Error>> {
-        self.log_and_buffer(spans, None)
+        match Record::spans(&spans) {
+            Ok(record) => self.log_and_buffer(spans, record),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 
     fn accept_otlp(
@@ -132,19 +135,19 @@ impl SpanSink for Pipeline {
         request: Bytes,
     ) -> BoxFuture<'static, Result<(), Error>> {
         match Record::otlp(request, spans.len()) {
-            Ok(record) => self.log_and_buffer(spans, Some(record)),
+            Ok(record) => self.log_and_buffer(spans, record),
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }
 }
 
 impl Pipeline {
-    /// Appends `spans` to the log (as `record` if given, else encoded from the spans) and, once
-    /// durable, hands them to the buffer in sequence order.
+    /// Appends `record` (which holds `spans`, encoded one way or another) to the log and, once
+    /// durable, hands the spans to the buffer in sequence order.
     fn log_and_buffer(
         &self,
         spans: Vec<Span>,
-        record: Option<Record>,
+        record: Record,
     ) -> BoxFuture<'static, Result<(), Error>> {
         let this = self.clone();
         let spans = Arc::new(spans);
@@ -152,10 +155,7 @@ impl Pipeline {
             // Build the Arrow batch while the log writes and syncs, off the ordered path.
             let for_arrow = spans.clone();
             let convert = tokio::task::spawn_blocking(move || spans_to_batch(&for_arrow));
-            let seq = match record {
-                Some(record) => this.wal.append_record(record).await?,
-                None => this.wal.append(spans.clone()).await?,
-            };
+            let seq = this.wal.append_record(record).await?;
             let converted = convert
                 .await
                 .map_err(|e| Error::Wal(format!("conversion task failed: {e}")))?
