@@ -308,22 +308,14 @@ async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
     })
 }
 
-/// User plus system CPU seconds of this process so far, from `/proc/self/stat` (0 where there
-/// is none). Linux reports them in clock ticks of 1/100 s.
+/// User plus system CPU seconds of this process so far, all its threads (`getrusage`, in
+/// microseconds; 0 where it fails).
 fn process_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at field 3, the state.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    // utime and stime are fields 14 and 15, so 11 and 12 after the state.
-    ticks(11)
-        .zip(ticks(12))
-        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6
+    })
 }
 
 /// Spans per second of decoding the same kind of payloads, on as many threads as streams.
@@ -476,4 +468,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("export latency p50/p99   {p50:.2} ms / {p99:.2} ms");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_cpu_time_counts_the_work_of_other_threads() {
+        let before = process_cpu_secs();
+        // A fixed amount of work on another thread (at least tens of ms of CPU, however
+        // loaded the machine is); this thread only waits for it.
+        std::thread::spawn(|| {
+            let mut x = 0u64;
+            for i in 0..100_000_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+        })
+        .join()
+        .unwrap();
+        let used = process_cpu_secs() - before;
+        assert!(used > 0.01, "CPU seconds used: {used}");
+    }
 }
