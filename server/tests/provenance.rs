@@ -312,19 +312,27 @@ async fn class_rules_put_applies_to_new_traces() {
 
     // The batch lookup the search page uses: rule-assigned classes, unknown IDs left out, and
     // a trace still open classified on the fly.
-    let c = "44444444444444444444444444444444";
+    let (c, d) = (
+        "44444444444444444444444444444444",
+        "55555555555555555555555555555555",
+    );
     server
         .send_otlp_json(&trace_spans(c, "checkout-svc", 0..1, now_ns()))
         .await;
+    server
+        .send_otlp_json(&trace_spans(d, "other-svc", 0..2, now_ns()))
+        .await;
     let unknown = "0123456789abcdef0123456789abcdef";
-    let path =
-        format!("/api/v1/traces/classes?traceID={a}&traceID={b}&traceID={c}&traceID={unknown}");
+    let path = format!(
+        "/api/v1/traces/classes?traceID={a}&traceID={b}&traceID={c}&traceID={d}&traceID={unknown}"
+    );
     let (status, got) = server.get(&path).await;
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["classes"][a]["class"], "checkout", "{got}");
     assert_eq!(got["classes"][a]["derived"], true, "{got}");
     assert_eq!(got["classes"][b]["class"], "default", "{got}");
     assert_eq!(got["classes"][c]["class"], "checkout", "{got}");
+    assert_eq!(got["classes"][d]["class"], "default", "{got}");
     assert!(got["classes"].get(unknown).is_none(), "{got}");
     let (status, err) = server.get("/api/v1/traces/classes?traceID=zz").await;
     assert_eq!(status, 400);

@@ -16,13 +16,14 @@
 //! - `GET /api/v1/classes` (`?effective=true`: with the configuration rules), `PUT
 //!   /api/v1/classes` (replaces the catalog rules), `GET /api/v1/classes/mapping`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meshtrace_model::TraceId;
 use meshtrace_provenance::{build_tree, critical_path, ClassRule, TraceTree};
 use meshtrace_storage::ScalarValue;
 use serde_json::{json, Map, Value};
@@ -474,18 +475,23 @@ pub async fn trace_classes(State(state): State<ApiState>, RawQuery(raw): RawQuer
             );
         }
     }
-    let open: Vec<_> = ids
+    // One lookup for all of them: each lookup visits every segment's footer.
+    let open: BTreeSet<TraceId> = ids
         .iter()
         .filter(|id| !out.contains_key(&hex::encode(id)))
         .take(MAX_OPEN_DERIVE)
+        .copied()
         .collect();
-    for id in open {
-        if let Ok(spans) = state.store.trace(*id).await {
-            if !spans.is_empty() {
-                let class = state.provenance.derive_open(&spans).trace.class;
-                let entry = json!({"class": class, "complete": false, "derived": false});
-                out.insert(hex::encode(id), entry);
+    if !open.is_empty() {
+        match state.store.traces(&open).await {
+            Ok(found) => {
+                for (id, spans) in found {
+                    let class = state.provenance.derive_open(&spans).trace.class;
+                    let entry = json!({"class": class, "complete": false, "derived": false});
+                    out.insert(hex::encode(id), entry);
+                }
             }
+            Err(e) => tracing::warn!(error = %e, traces = open.len(), "could not read open traces"),
         }
     }
     state.observe(started);
