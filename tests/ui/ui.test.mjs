@@ -447,6 +447,7 @@ test("the service graph lays out the loaded traces' services with Cytoscape", as
   assert.equal(byId["orders-db"].kind, "database");
   assert.equal(byId["yelp-main"].virtual, false);
   assert.equal(byId["yelp-main"].kind, "service");
+  for (const n of api.nodes) assert.equal(byId[n.id].kind, n.kind, `node ${n.id} drawn as the kind the API names`);
   // The layout is layered (left to right, or top to bottom for a long chain): the user
   // first, then the entry service, then what it calls.
   const rank = (n) => (g.rankDir === "LR" ? byId[n].clientX : byId[n].clientY);

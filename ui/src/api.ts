@@ -151,11 +151,16 @@ export async function provenance(traceId: string): Promise<Provenance | null> {
   }
 }
 
+/** What a graph node is: an instrumented service, or a virtual node (the user, a database, an
+ * uninstrumented peer). */
+export type NodeKind = "service" | "user" | "database" | "peer";
+
 export interface GraphNode {
   id: string;
   rate: number;
   error_rate: number;
   virtual: boolean;
+  kind?: NodeKind;
   requests_in?: number;
   requests_out?: number;
   traces_rooted?: number;

@@ -25,7 +25,7 @@ export interface GraphProbe {
   selected: string[];
 }
 
-type Kind = "service" | "user" | "database" | "peer";
+type Kind = api.NodeKind;
 
 export function formatRate(perS: number): string {
   if (!Number.isFinite(perS) || perS <= 0) return "0/s";
@@ -52,10 +52,9 @@ function edgeId(e: api.GraphEdge): string {
   return `e\u0000${e.caller}\u0000${e.callee}\u0000${e.connection_type}`;
 }
 
-function nodeKind(n: api.GraphNode, edges: api.GraphEdge[]): Kind {
-  if (!n.virtual) return "service";
-  if (n.id === "user") return "user";
-  return edges.some((e) => e.callee === n.id && e.connection_type === "database") ? "database" : "peer";
+/** The server names each node's kind; a node known only from an edge is a service. */
+function nodeKind(n: api.GraphNode): Kind {
+  return n.kind ?? (n.virtual ? "peer" : "service");
 }
 
 function edgeLabel(e: api.GraphEdge): string {
@@ -70,7 +69,7 @@ export function elements(g: api.ServiceGraph): ElementDefinition[] {
     if (seen.has(n.id)) return;
     seen.add(n.id);
     const name = plainLabel(n.id, 48) || "(empty)";
-    const kind = nodeKind(n, g.edges);
+    const kind = nodeKind(n);
     const stats = kind === "user" ? "" : `\n${formatRate(n.rate)} · ${formatPercent(n.error_rate)} err`;
     const label = `${name}${stats}`;
     const chars = Math.max(name.length, stats.length - 1);

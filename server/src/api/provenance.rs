@@ -195,6 +195,27 @@ struct NodeAcc {
     traces_rooted: f64,
     virtual_node: bool,
     instrumented: bool,
+    /// Called as a database (`connection_type` `database`, no server side).
+    database: bool,
+    /// A virtual caller: the `user` client of root spans.
+    user: bool,
+}
+
+impl NodeAcc {
+    /// `service` (instrumented), else what kind of virtual node: `user`, `database` or `peer`
+    /// (an uninstrumented peer named by a peer attribute, or `unknown`).
+    fn kind(&self) -> &'static str {
+        match (
+            self.virtual_node && !self.instrumented,
+            self.database,
+            self.user,
+        ) {
+            (false, _, _) => "service",
+            (true, true, _) => "database",
+            (true, false, true) => "user",
+            (true, false, false) => "peer",
+        }
+    }
 }
 
 /// `GET /api/v1/graph?class=&start=&end=`.
@@ -279,11 +300,13 @@ fn graph_body(
         c.requests_out += requests;
         c.virtual_node |= caller_virtual;
         c.instrumented |= !caller_virtual;
+        c.user |= caller_virtual;
         let s = nodes.entry(callee.to_string()).or_default();
         s.requests_in += requests;
         s.errors_in += errors;
         s.virtual_node |= callee_virtual;
         s.instrumented |= !callee_virtual;
+        s.database |= callee_virtual && conn == "database";
         let ms = |k: &str| e.get(k).and_then(Value::as_f64).map(|ns| ns / 1e6);
         edge_list.push(json!({
             "caller": caller, "callee": callee, "connection_type": conn,
@@ -313,6 +336,7 @@ fn graph_body(
                 "traces_rooted": n.traces_rooted as u64,
                 "error_rate": n.errors_in / n.requests_in.max(1.0),
                 "virtual": n.virtual_node && !n.instrumented,
+                "kind": n.kind(),
             })
         })
         .collect();
@@ -618,6 +642,14 @@ mod tests {
                 json!({"caller_service": "a", "callee_service": "b", "connection_type": "direct",
                        "requests": 20, "errors": 0, "client_sides": 20, "server_sides": 20, "p50": null}),
             ),
+            row(
+                json!({"caller_service": "b", "callee_service": "orders-db", "connection_type": "database",
+                       "requests": 5, "errors": 0, "client_sides": 5, "server_sides": 0, "p50": 1e6}),
+            ),
+            row(
+                json!({"caller_service": "b", "callee_service": "payments.example.com", "connection_type": "virtual_node",
+                       "requests": 3, "errors": 0, "client_sides": 3, "server_sides": 0, "p50": 1e6}),
+            ),
         ];
         let roots = [row(
             json!({"root_service": "a", "class": "default", "traces": 10}),
@@ -626,6 +658,11 @@ mod tests {
         let nodes = g["nodes"].as_array().unwrap();
         let user = nodes.iter().find(|n| n["id"] == "user").unwrap();
         assert_eq!(user["virtual"], json!(true));
+        let kind = |id: &str| nodes.iter().find(|n| n["id"] == id).unwrap()["kind"].clone();
+        assert_eq!(
+            ["user", "a", "b", "orders-db", "payments.example.com"].map(kind),
+            ["user", "service", "service", "database", "peer"].map(|k| json!(k))
+        );
         let a = nodes.iter().find(|n| n["id"] == "a").unwrap();
         assert_eq!(
             (a["virtual"].clone(), a["rate"].clone()),
