@@ -54,6 +54,14 @@ async fn nezha_online_boutique_is_assembled_classified_and_graphed() {
     assert_eq!(status, 200, "{g}");
     let nodes = g["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 10, "{g}");
+    for n in nodes {
+        let kind = n["kind"].as_str().unwrap();
+        assert!(
+            ["service", "user", "database", "peer"].contains(&kind),
+            "{n}"
+        );
+        assert_eq!(n["virtual"], kind != "service", "{n}");
+    }
     let pairs: BTreeSet<(String, String)> = g["edges"]
         .as_array()
         .unwrap()
