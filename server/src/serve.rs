@@ -116,6 +116,21 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         spans,
         "recovered from the write-ahead log"
     );
+    if config.provenance.enabled {
+        // In the background: the server takes traffic meanwhile.
+        let (p, settings) = (provenance.clone(), config.provenance.clone());
+        tokio::spawn(async move {
+            match p.repair(&settings).await {
+                Ok(0) => {}
+                Ok(traces) => {
+                    tracing::info!(traces, "re-deriving stored traces without derived rows")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for traces without derived rows")
+                }
+            }
+        });
+    }
     let next_seq = wal.last_seq().max(checkpoint) + 1;
     Ok(Opened {
         store,

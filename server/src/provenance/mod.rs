@@ -13,6 +13,7 @@
 //! of the configuration; the first match wins, and a trace matching none gets `default`. A
 //! rule change applies to traces completed afterwards.
 
+mod repair;
 pub mod rows;
 mod task;
 

@@ -24,10 +24,9 @@
 //!
 //! Derived rows have no write-ahead log: they can be recomputed from spans. Rows buffered
 //! here are lost on a crash; the caller recomputes those of traces whose spans are still in
-//! the span WAL (they are replayed), but rows of traces whose spans were already flushed to
-//! Parquet are lost. A later fix: hold the span checkpoint back until the derived rows of the
-//! traces it covers are flushed, or record the completed trace IDs with the span checkpoint
-//! and re-derive the missing ones from Parquet at open.
+//! the span WAL (they are replayed), and at start-up re-derives recent stored traces that have
+//! no row at all, whose spans were already flushed to Parquet (the server's provenance
+//! `repair`, which looks back from the newest segment's `created_at_ns`).
 //!
 //! Retention deletes whole segments whose newest `start_time` is older than the retention.
 
