@@ -15,6 +15,9 @@ pub mod otlp_json;
 pub mod otlp_wire;
 pub mod zipkin;
 
+/// The resource attribute carried in [`meshtrace_model::Span::service_name`].
+pub const SERVICE_NAME: &str = "service.name";
+
 /// Converts unsigned unix nanoseconds to the model's `i64`, saturating far-future times.
 pub(crate) fn nanos(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -1,7 +1,8 @@
-//! OTLP protobuf: decoding an `ExportTraceServiceRequest` into spans, and building one from
-//! spans (the inverse, grouped by resource and scope) for `import --to` and load generation.
+//! OTLP protobuf: decoding an `ExportTraceServiceRequest` body into spans (by the wire reader,
+//! [`super::otlp_wire`]), and building a request from spans (grouped by resource and scope) for
+//! `import --to`, load generation and the OTLP/JSON encoder.
 
-use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
+use meshtrace_model::{AttrValue, KeyValue, Span, StatusCode};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue as PbKeyValue, KeyValueList,
@@ -9,138 +10,14 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
 
-use super::{duration, nanos};
-use crate::validate::{validate_raw, Position, RawIds};
+use super::SERVICE_NAME;
 use crate::{Batch, Error, Limits};
-
-/// The resource attribute carried in [`Span::service_name`].
-pub const SERVICE_NAME: &str = "service.name";
 
 /// Decodes a protobuf `ExportTraceServiceRequest` body, straight from its bytes (see
 /// [`super::otlp_wire`]).
 pub fn decode_protobuf(body: &[u8], limits: &Limits) -> Result<Batch, Error> {
     super::otlp_wire::decode(body, limits)
         .map_err(|e| Error::InvalidArgument(format!("invalid otlp protobuf: {e}")))
-}
-
-/// Converts a request decoded by prost into validated spans (what [`decode_protobuf`] gives
-/// for its encoding; the wire reader's tests compare the two).
-pub fn from_request(req: ExportTraceServiceRequest, limits: &Limits) -> Batch {
-    let mut batch = Batch::default();
-    for (r, rs) in req.resource_spans.into_iter().enumerate() {
-        let (service_name, resource_attributes) = split_resource(rs.resource);
-        let mut index = 0;
-        for ss in rs.scope_spans {
-            let scope = ss.scope.unwrap_or_default();
-            let base = Span {
-                service_name: service_name.clone(),
-                resource_attributes: resource_attributes.clone(),
-                scope_name: scope.name,
-                scope_version: scope.version,
-                scope_attributes: attrs_from_pb(scope.attributes),
-                ..Span::default()
-            };
-            for pb in ss.spans {
-                let at = Position {
-                    resource: Some(r),
-                    span: index,
-                };
-                index += 1;
-                convert_span(at, pb, &base, limits, &mut batch);
-            }
-        }
-    }
-    batch
-}
-
-/// Takes `service.name` out of a resource; returns it and the remaining attributes.
-fn split_resource(resource: Option<Resource>) -> (String, Vec<KeyValue>) {
-    let mut attrs = attrs_from_pb(resource.map(|r| r.attributes).unwrap_or_default());
-    let service = match attrs.iter().position(|kv| kv.key == SERVICE_NAME) {
-        Some(i) => attrs.remove(i).value.to_display(),
-        None => String::new(),
-    };
-    (service, attrs)
-}
-
-fn convert_span(
-    at: Position,
-    pb: opentelemetry_proto::tonic::trace::v1::Span,
-    base: &Span,
-    limits: &Limits,
-    batch: &mut Batch,
-) {
-    let start = nanos(pb.start_time_unix_nano);
-    let status = pb.status.unwrap_or_default();
-    let span = Span {
-        trace_state: pb.trace_state,
-        name: pb.name,
-        kind: SpanKind::from_otlp(pb.kind).unwrap_or_default(),
-        start_unix_nano: start,
-        duration_nano: duration(start, nanos(pb.end_time_unix_nano)),
-        status_code: StatusCode::from_otlp(status.code),
-        status_message: status.message,
-        attributes: attrs_from_pb(pb.attributes),
-        events: pb.events.into_iter().map(event_from_pb).collect(),
-        links: pb.links.into_iter().filter_map(link_from_pb).collect(),
-        ..base.clone()
-    };
-    let ids = RawIds {
-        trace_id: &pb.trace_id,
-        span_id: &pb.span_id,
-        parent_span_id: &pb.parent_span_id,
-    };
-    validate_raw(at, ids, span, limits, batch);
-}
-
-fn event_from_pb(e: span::Event) -> Event {
-    Event {
-        time_unix_nano: nanos(e.time_unix_nano),
-        name: e.name,
-        attributes: attrs_from_pb(e.attributes),
-    }
-}
-
-/// A link with IDs of the wrong size is dropped (it cannot point anywhere).
-fn link_from_pb(l: span::Link) -> Option<Link> {
-    let (Ok(trace_id), Ok(span_id)) = (l.trace_id.try_into(), l.span_id.try_into()) else {
-        tracing::debug!("dropping otlp link with malformed ids");
-        return None;
-    };
-    Some(Link {
-        trace_id,
-        span_id,
-        trace_state: l.trace_state,
-        attributes: attrs_from_pb(l.attributes),
-    })
-}
-
-/// Converts OTLP attributes to model attributes.
-pub fn attrs_from_pb(attrs: Vec<PbKeyValue>) -> Vec<KeyValue> {
-    attrs
-        .into_iter()
-        .map(|kv| KeyValue::new(kv.key, value_from_pb(kv.value)))
-        .collect()
-}
-
-/// Converts an OTLP value; an empty value becomes an empty string.
-pub fn value_from_pb(v: Option<AnyValue>) -> AttrValue {
-    use any_value::Value as V;
-    match v.and_then(|v| v.value) {
-        Some(V::StringValue(s)) => AttrValue::Str(s),
-        Some(V::BoolValue(b)) => AttrValue::Bool(b),
-        Some(V::IntValue(i)) => AttrValue::Int(i),
-        Some(V::DoubleValue(d)) => AttrValue::Double(d),
-        Some(V::BytesValue(b)) => AttrValue::Bytes(b),
-        Some(V::ArrayValue(a)) => AttrValue::Array(
-            a.values
-                .into_iter()
-                .map(|v| value_from_pb(Some(v)))
-                .collect(),
-        ),
-        Some(V::KvlistValue(l)) => AttrValue::KvList(attrs_from_pb(l.values)),
-        Some(V::StringValueStrindex(_)) | None => AttrValue::Str(String::new()),
-    }
 }
 
 /// Converts model attributes to OTLP attributes.
@@ -295,7 +172,12 @@ pub fn span_to_pb(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
 pub(crate) mod tests {
     use super::*;
     use crate::RejectReason;
+    use meshtrace_model::{Event, Link, SpanKind};
     use prost::Message;
+
+    fn decode(req: &ExportTraceServiceRequest) -> Batch {
+        decode_protobuf(&req.encode_to_vec(), &Limits::default()).unwrap()
+    }
 
     /// A span using every feature the model carries.
     pub(crate) fn rich_span(seed: u8, service: &str) -> Span {
@@ -363,14 +245,14 @@ pub(crate) mod tests {
     #[test]
     fn service_name_is_taken_out_of_the_resource_and_defaults() {
         let mut req = to_request(&[rich_span(2, "svc-a")]);
-        let batch = from_request(req.clone(), &Limits::default());
+        let batch = decode(&req);
         assert_eq!(batch.spans[0].service_name, "svc-a");
         assert!(batch.spans[0]
             .resource_attributes
             .iter()
             .all(|kv| kv.key != SERVICE_NAME));
         req.resource_spans[0].resource = None;
-        let batch = from_request(req, &Limits::default());
+        let batch = decode(&req);
         assert_eq!(batch.spans[0].service_name, "unknown_service");
     }
 
@@ -380,7 +262,7 @@ pub(crate) mod tests {
         let pb = &mut req.resource_spans[0].scope_spans[0].spans;
         pb[0].trace_id = vec![1, 2, 3, 4, 5];
         pb[1].kind = 42;
-        let batch = from_request(req, &Limits::default());
+        let batch = decode(&req);
         assert_eq!(batch.spans.len(), 1);
         assert_eq!(batch.spans[0].kind, SpanKind::Unspecified, "unknown kind");
         assert_eq!(batch.rejected[0].reason, RejectReason::InvalidTraceId);
@@ -395,7 +277,7 @@ pub(crate) mod tests {
         let mut req = to_request(&[rich_span(2, "a")]);
         let pb = &mut req.resource_spans[0].scope_spans[0].spans[0];
         pb.end_time_unix_nano = pb.start_time_unix_nano - 1;
-        let batch = from_request(req, &Limits::default());
+        let batch = decode(&req);
         assert_eq!(batch.rejected[0].reason, RejectReason::EndBeforeStart);
     }
 

@@ -14,7 +14,8 @@ use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans};
 use serde_json::{json, Map, Value};
 
 use super::ids::decode_hex_or_base64;
-use super::otlp::{to_request, SERVICE_NAME};
+use super::otlp::to_request;
+use super::SERVICE_NAME;
 use super::{duration, nanos};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Error, Limits, RejectReason};

@@ -1,20 +1,19 @@
 //! Reads OTLP protobuf `ExportTraceServiceRequest` bytes straight into model spans.
 //!
 //! prost would first build the generated message types (a `Vec` per ID, a `String` per key and
-//! per value, an `AnyValue` per attribute, vectors grown one push at a time) that
-//! [`super::otlp::from_request`] then moves and clones into [`Span`]s. This reader walks the
-//! wire format once and builds the spans from the bytes: IDs are checked as slices in place,
+//! per value, an `AnyValue` per attribute, vectors grown one push at a time) that a conversion
+//! would then move and clone into [`Span`]s. This reader walks the wire format once and builds
+//! the spans from the bytes: IDs are checked as slices in place,
 //! a span's attribute, event and link vectors are counted before they fill, and nothing is
 //! built that is thrown away. It keeps protobuf's rules as prost applies them: fields in any
 //! order, unknown fields skipped, the last value of a scalar field wins, a message field sent
 //! twice is merged, strings must be UTF-8, nesting is bounded; the tests check it against
-//! prost's decoding. Fields meshtrace does not keep (schema URLs, dropped counts, flags,
+//! prost's decoding followed by the conversion in `reference.rs` (test-only). Fields meshtrace does not keep (schema URLs, dropped counts, flags,
 //! entity references) are skipped without being looked into.
 
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
 
-use super::otlp::SERVICE_NAME;
-use super::{duration, nanos};
+use super::{duration, nanos, SERVICE_NAME};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Limits};
 
@@ -515,5 +514,7 @@ fn kv_list(bytes: &[u8], depth: u32, kvs: &mut Vec<KeyValue>) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::decode;
-use crate::decode::otlp::{from_request, tests::rich_span, to_request};
+use super::reference::from_request;
+use crate::decode::otlp::{tests::rich_span, to_request};
 use crate::Limits;
 
 /// prost's decoding then `from_request`, as a comparable string (or the failure).
