@@ -12,6 +12,7 @@ use clap::Args;
 use meshtrace_budget::Objective;
 use meshtrace_collector::receiver::ReceiverConfig;
 use meshtrace_provenance::{AssemblerConfig, ClassRule, GraphConfig};
+pub use meshtrace_query::QueryConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything `serve` needs; see `meshtrace.example.toml` for every key with its default.
@@ -58,15 +59,6 @@ pub struct WalSettings {
     pub segment_bytes: u64,
     /// `false` skips fsync: only for benchmarks, acknowledged spans may then be lost on a crash.
     pub fsync: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QueryConfig {
-    pub sql_max_rows: usize,
-    #[serde(with = "humantime_serde")]
-    pub sql_timeout: Duration,
-    pub max_traces: usize,
 }
 
 /// Trace assembly, derived tables and trace classes (`[provenance]`).
@@ -225,16 +217,6 @@ impl Default for WalSettings {
             queue_depth: 1024,
             segment_bytes: 64 << 20,
             fsync: true,
-        }
-    }
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        QueryConfig {
-            sql_max_rows: 10_000,
-            sql_timeout: Duration::from_secs(30),
-            max_traces: 1_500,
         }
     }
 }

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod experiment;
 mod import;
+mod metrics;
 mod pipeline;
 mod priorities;
 mod provenance;
@@ -52,6 +53,8 @@ enum Command {
     Demo(Box<demo::DemoArgs>),
     /// Run experiments on a simulated mesh (`experiment priority`)
     Experiment(experiment::ExperimentArgs),
+    /// Print the OpenAPI document of meshtrace's own HTTP API (as `docs/openapi.json` holds it)
+    Openapi,
 }
 
 fn init_tracing() {
@@ -66,6 +69,10 @@ fn init_tracing() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", api::openapi::document_json());
+        return Ok(());
+    }
     init_tracing();
     disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Demo(args) => demo::run(*args).await,
             Command::Experiment(args) => experiment::run(args).await,
+            Command::Openapi => Ok(()),
         }
     })
 }

@@ -20,11 +20,15 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, PulledMetrics};
+use meshtrace_query::Queries;
+
+use crate::api::timing::RequestTiming;
+use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::metrics::StoreMetrics;
 use crate::pipeline::Pipeline;
 use crate::priorities::publish::WatchService;
-use crate::priorities::Priorities;
+use crate::priorities::{self, Priorities, Recorder};
 use crate::provenance::Provenance;
 
 /// A running server: its store and log, for callers (demo, bench) that embed it.
@@ -39,6 +43,8 @@ pub struct Opened {
     pub store: Store,
     pub wal: Wal,
     pub provenance: Provenance,
+    /// Where provenance records completed traces for the budgets engine.
+    pub recorder: Recorder,
     next_seq: u64,
     provenance_enabled: bool,
 }
@@ -85,11 +91,13 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     .await
     .context("opening the store")?;
     let checkpoint = store.checkpoint().await?;
+    let recorder = Recorder::new(priorities::window_config(&config.budgets));
     let provenance = Provenance::start(
         &store,
         &config.provenance,
         config.storage.retention,
         config.storage.row_group_rows,
+        Some(Arc::new(recorder.clone())),
     )
     .await?;
     let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
@@ -136,70 +144,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         store,
         wal,
         provenance,
+        recorder,
         next_seq,
         provenance_enabled: config.provenance.enabled,
-    })
-}
-
-fn pulled_metrics(store: Store, wal: Wal) -> PulledMetrics {
-    Arc::new(move |out: &mut String| {
-        use std::fmt::Write;
-        let w = wal.stats();
-        let s = store.stats();
-        let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-            let suffix = if kind == "counter" { "_total" } else { "" };
-            let _ = writeln!(out, "{name}{suffix} {v}");
-        };
-        gauge(
-            "meshtrace_wal_bytes",
-            "bytes in write-ahead log segments",
-            "gauge",
-            w.bytes_on_disk,
-        );
-        gauge(
-            "meshtrace_wal_group_commits",
-            "write-ahead log group commits",
-            "counter",
-            w.group_commits,
-        );
-        gauge(
-            "meshtrace_wal_fsyncs",
-            "write-ahead log fsync calls",
-            "counter",
-            w.fsyncs,
-        );
-        gauge(
-            "meshtrace_flushes",
-            "flushes of the buffer to Parquet",
-            "counter",
-            s.flushes,
-        );
-        gauge(
-            "meshtrace_segments_written",
-            "Parquet segments written",
-            "counter",
-            s.segments_written,
-        );
-        gauge(
-            "meshtrace_segment_bytes_written",
-            "bytes of Parquet written",
-            "counter",
-            s.bytes_written,
-        );
-        gauge(
-            "meshtrace_buffered_spans",
-            "spans buffered in memory, not yet in Parquet",
-            "gauge",
-            store.buffered_rows() as u64,
-        );
-    })
-}
-
-fn with_provenance_metrics(base: PulledMetrics, provenance: Provenance) -> PulledMetrics {
-    Arc::new(move |out: &mut String| {
-        base(out);
-        provenance.write_metrics(out);
     })
 }
 
@@ -216,31 +163,29 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let (store, wal) = (opened.store.clone(), opened.wal.clone());
     let mut registry = Registry::default();
     let ingest_metrics = IngestMetrics::register(&mut registry);
-    let query_seconds = ApiState::query_histogram(&mut registry);
+    let timing = RequestTiming::register(&mut registry);
     let ingest = Ingest::new(Arc::new(pipeline), ingest_metrics, config.ingest.clone());
     let shutdown = CancellationToken::new();
     let priorities = Priorities::start(
         &store,
         &config.budgets,
         &opened.provenance,
+        opened.recorder.clone(),
         shutdown.child_token(),
     )
     .await?;
-    let state = ApiState {
+    registry.register_collector(Box::new(StoreMetrics {
         store: store.clone(),
-        registry: Arc::new(registry),
-        pulled: crate::priorities::with_metrics(
-            with_provenance_metrics(
-                pulled_metrics(store.clone(), wal.clone()),
-                opened.provenance.clone(),
-            ),
-            priorities.clone(),
-        ),
+        wal: wal.clone(),
+    }));
+    registry.register_collector(Box::new(opened.provenance.metrics()));
+    registry.register_collector(Box::new(priorities.metrics()));
+    let state = ApiState {
+        queries: Queries::new(store.clone(), config.query.clone()),
         provenance: opened.provenance.clone(),
         priorities: priorities.clone(),
+        registry: Arc::new(registry),
         ready: Arc::default(),
-        query: config.query.clone(),
-        query_seconds,
     };
     let l = &config.listen;
     let (grpc_l, otlp_l, zipkin_l, http_l) = (
@@ -266,7 +211,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for (listener, router) in [
         (otlp_l, http::otlp_router(ingest.clone())),
         (zipkin_l, http::zipkin_router(ingest.clone())),
-        (http_l, api::router(state.clone())),
+        (http_l, api::router(state.clone(), timing)),
     ] {
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -1,55 +1,17 @@
 //! Conversion between slices of [`Span`] and Arrow record batches of [`spans_schema`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    FixedSizeBinaryBuilder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
-};
+use arrow_array::builder::{FixedSizeBinaryBuilder, Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampNanosecondType};
 use arrow_array::{Array, ArrayRef, MapArray, RecordBatch, TimestampNanosecondArray};
 
+use crate::arrow_map::{append_map, map_builder, read_map, Strings};
 use crate::arrow_nested::{events_array, links_array, Nested};
 use crate::schema::spans_schema;
 use crate::span::{AttrValue, KeyValue, Span, SpanKind, StatusCode, PROMOTED};
 use crate::ModelError;
-
-pub(crate) type StringMapBuilder = MapBuilder<StringBuilder, StringBuilder>;
-
-pub(crate) fn map_builder(capacity: usize) -> StringMapBuilder {
-    let names = MapFieldNames {
-        entry: "entries".into(),
-        key: "keys".into(),
-        value: "values".into(),
-    };
-    MapBuilder::with_capacity(
-        Some(names),
-        StringBuilder::new(),
-        StringBuilder::new(),
-        capacity,
-    )
-}
-
-/// Appends one attribute map and returns the types of its non-string values.
-pub(crate) fn append_map<'a>(
-    builder: &mut StringMapBuilder,
-    attrs: impl Iterator<Item = &'a KeyValue>,
-) -> Result<BTreeMap<String, &'static str>, ModelError> {
-    let mut types = BTreeMap::new();
-    for kv in attrs {
-        builder.keys().append_value(&kv.key);
-        match &kv.value {
-            AttrValue::Str(v) => builder.values().append_value(v),
-            other => builder.values().append_value(other.to_display()),
-        }
-        if !matches!(kv.value, AttrValue::Str(_)) {
-            types.insert(kv.key.clone(), kv.value.type_name());
-        }
-    }
-    builder.append(true)?;
-    Ok(types)
-}
 
 /// Which promoted column (index into [`PROMOTED`]) an attribute goes to, if any.
 fn promoted_index(kv: &KeyValue) -> Option<usize> {
@@ -178,51 +140,12 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch, ModelError> {
     Ok(RecordBatch::try_new(spans_schema(), columns)?)
 }
 
-/// Reads a string column that may be `Utf8` or `Utf8View` (DataFusion may produce either).
-pub(crate) struct Strings<'a>(pub(crate) &'a dyn Array);
-
-impl<'a> Strings<'a> {
-    pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
-        if self.0.is_null(i) {
-            return None;
-        }
-        if let Some(a) = self.0.as_string_opt::<i32>() {
-            return Some(a.value(i));
-        }
-        self.0.as_string_view_opt().map(|a| a.value(i))
-    }
-}
-
 fn column<'a>(batch: &'a RecordBatch, name: &'static str) -> Result<&'a ArrayRef, ModelError> {
     batch.column_by_name(name).ok_or(ModelError::Column(name))
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &'static str) -> Result<Strings<'a>, ModelError> {
     Ok(Strings(column(batch, name)?.as_ref()))
-}
-
-pub(crate) fn read_map(
-    map: &MapArray,
-    row: usize,
-    types: Option<&serde_json::Value>,
-) -> Vec<KeyValue> {
-    if map.is_null(row) {
-        return Vec::new();
-    }
-    let entries = map.value(row);
-    let keys = Strings(entries.column(0).as_ref());
-    let values = Strings(entries.column(1).as_ref());
-    (0..entries.len())
-        .map(|i| {
-            let key = keys.get(i).unwrap_or_default().to_string();
-            let display = values.get(i).unwrap_or_default();
-            let value = match types.and_then(|t| t.get(&key)).and_then(|t| t.as_str()) {
-                Some(ty) => AttrValue::from_display(ty, display),
-                None => AttrValue::Str(display.to_string()),
-            };
-            KeyValue { key, value }
-        })
-        .collect()
 }
 
 /// Rebuilds spans from a record batch holding every column of [`spans_schema`].

@@ -16,7 +16,7 @@ use arrow_array::{Array, ArrayRef, ListArray, MapArray, StructArray, TimestampNa
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, FieldRef};
 
-use crate::arrow_conv::{append_map, map_builder, read_map, StringMapBuilder, Strings};
+use crate::arrow_map::{append_map, map_builder, read_map, StringMapBuilder, Strings};
 use crate::schema::{events_type, links_type};
 use crate::span::{Event, KeyValue, Link, Span};
 use crate::ModelError;

@@ -6,10 +6,13 @@
 //! so analysis code (provenance, budgets) can depend on it without pulling in storage.
 
 pub mod arrow_conv;
+mod arrow_map;
 mod arrow_nested;
 pub mod schema;
 pub mod shared;
+pub mod sketch;
 pub mod span;
+pub mod time;
 
 pub use shared::SpanRef;
 

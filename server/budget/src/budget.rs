@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::objective::Objective;
-use crate::observe::{ClassStats, HopKey, HopPath, Observations};
+use crate::observe::{ClassStats, Observations};
+use crate::positions::{HopKey, HopPath};
 
 /// One hop position's budget for one class.
 #[derive(Clone, Debug, PartialEq, Serialize)]

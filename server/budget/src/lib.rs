@@ -2,7 +2,6 @@
 //!
 //! Pure logic (no I/O, no clocks: time is a parameter):
 //! - [`objective`]: a class's latency objective and its validation;
-//! - [`sketch`]: mergeable latency sketches (DDSketch, 1% relative error);
 //! - [`observe`]: windowed sketches per class end to end and per (class, hop position);
 //! - [`budget`]: splitting objectives into per-hop budgets along the aggregated critical path,
 //!   with slack, attainment and load;
@@ -14,12 +13,13 @@ pub mod objective;
 pub mod observe;
 pub mod positions;
 pub mod priority;
-pub mod sketch;
 
 pub use budget::{compute_budgets, ClassBudget, HopBudget};
+/// The mergeable latency sketch budgets are computed from (shared with the service graph).
+pub use meshtrace_model::sketch::Sketch;
 pub use objective::{BudgetError, Objective, ObjectiveSpec};
-pub use observe::{ClassStats, HopKey, HopPath, HopSample, HopStats, Observations, WindowConfig};
+pub use observe::{ClassStats, HopSample, HopStats, Observations, WindowConfig};
+pub use positions::{HopKey, HopPath};
 pub use priority::{
     Assignment, AssignmentSet, MappingRow, MatchRule, Prioritizer, PriorityConfig, Signature,
 };
-pub use sketch::Sketch;

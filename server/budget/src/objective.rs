@@ -30,7 +30,7 @@ impl BudgetError {
 }
 
 /// A class's latency objective.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Objective {
     /// The quantile the target applies to, in (0, 1): 0.99 for p99.
     pub quantile: f64,

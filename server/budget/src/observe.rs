@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::positions::{Map, Positions, TOP};
-use crate::sketch::Sketch;
+use crate::positions::{HopKey, HopPath, Map, Positions, TOP};
+use meshtrace_model::sketch::Sketch;
 
 /// The sliding window over which quantiles, rates and attainment are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,29 +80,6 @@ impl WindowConfig {
     }
 }
 
-/// A (service, operation) pair. The names are shared: a trace's derived rows hand theirs over
-/// without copying them.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct HopKey {
-    pub service: Arc<str>,
-    pub operation: Arc<str>,
-}
-
-impl HopKey {
-    pub fn new(service: impl Into<Arc<str>>, operation: impl Into<Arc<str>>) -> Self {
-        HopKey {
-            service: service.into(),
-            operation: operation.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for HopKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.service, self.operation)
-    }
-}
-
 /// One hop of one trace: its critical-path self time and its place in the call tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HopSample {
@@ -145,9 +122,6 @@ impl HopSample {
         self
     }
 }
-
-/// Path from the entry down to a hop (the hop last).
-pub type HopPath = Vec<HopKey>;
 
 /// Statistics of one hop position.
 #[derive(Clone, Debug, Default)]

@@ -7,8 +7,35 @@
 //! ID, and the full [`HopPath`] is rebuilt only when a window is read.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::observe::{HopKey, HopPath};
+use serde::{Deserialize, Serialize};
+
+/// A (service, operation) pair. The names are shared: a trace's derived rows hand theirs over
+/// without copying them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HopKey {
+    pub service: Arc<str>,
+    pub operation: Arc<str>,
+}
+
+impl HopKey {
+    pub fn new(service: impl Into<Arc<str>>, operation: impl Into<Arc<str>>) -> Self {
+        HopKey {
+            service: service.into(),
+            operation: operation.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for HopKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.service, self.operation)
+    }
+}
+
+/// Path from the entry down to a hop (the hop last).
+pub type HopPath = Vec<HopKey>;
 
 /// A map hashed with foldhash: seeded per process (the names come from clients) and several
 /// times cheaper than the default SipHash, looked up for every hop of every trace recorded.

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use meshtrace_model::time::now_unix_nanos;
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -63,14 +65,6 @@ pub struct Applied {
     pub levels: BTreeMap<String, u8>,
 }
 
-/// Wall-clock unix nanoseconds.
-pub fn wall_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
 #[derive(Debug)]
 struct Inner {
     enabled: bool,
@@ -96,7 +90,7 @@ impl PriorityTable {
             PriorityMode::Static(t) => vec![Applied {
                 version: 1,
                 at: Instant::now(),
-                at_wall_ns: wall_ns(),
+                at_wall_ns: now_unix_nanos(),
                 generated_at_ns: None,
                 levels: t.clone(),
             }],
@@ -145,7 +139,7 @@ impl PriorityTable {
         inner.history.push(Applied {
             version: set.version,
             at: Instant::now(),
-            at_wall_ns: wall_ns(),
+            at_wall_ns: now_unix_nanos(),
             generated_at_ns: set.generated_at_ns.filter(|g| *g > 0),
             levels,
         });

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use meshtrace_model::time::now_unix_nanos;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -36,13 +38,6 @@ pub struct ProxyState {
     pub upstreams: Arc<BTreeMap<String, SocketAddr>>,
     pub client: reqwest::Client,
     pub spans: SpanSender,
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 fn fqdn(service: &str) -> String {
@@ -174,7 +169,7 @@ fn respond(status: StatusCode, body: bytes::Bytes, flags: &str) -> Response {
 
 /// Inbound side: admit through the gate by class priority, forward to the app, emit a span.
 pub async fn inbound(State(state): State<ProxyState>, req: Request) -> Response {
-    let (start_ns, started) = (now_ns(), Instant::now());
+    let (start_ns, started) = (now_unix_nanos(), Instant::now());
     let inc = incoming(&req);
     let span_id = context::new_span_id(&mut rand::thread_rng());
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
@@ -220,7 +215,7 @@ pub async fn inbound(State(state): State<ProxyState>, req: Request) -> Response 
 
 /// Egress side: forward the app's call to the upstream's sidecar, emit a span.
 pub async fn egress(State(state): State<ProxyState>, req: Request) -> Response {
-    let (start_ns, started) = (now_ns(), Instant::now());
+    let (start_ns, started) = (now_unix_nanos(), Instant::now());
     let inc = incoming(&req);
     let upstream = upstream_of(req.headers());
     let span_id = context::new_span_id(&mut rand::thread_rng());

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::classes::ClassRule;
 use crate::derive::{derive_tree, Derived};
 use crate::graph::GraphConfig;
-use crate::slim::SlimSpan;
+use crate::span::SlimSpan;
 use crate::tree::{build_tree_shared, TraceTree};
 
 /// Assembler limits and windows.

@@ -13,7 +13,7 @@
 use meshtrace_model::{find_attribute, KeyValue};
 use serde::{Deserialize, Serialize};
 
-use crate::slim::SlimSpan;
+use crate::span::SlimSpan;
 
 /// The class of traces that match no rule.
 pub const DEFAULT_CLASS: &str = "default";
@@ -26,7 +26,7 @@ pub const ROUTE_KEYS: &[&str] = &["http.route", "http.target", "rpc.method"];
 
 /// One classification rule; every condition that is set must hold (a rule with none set
 /// matches every trace).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassRule {
     /// The class given to matching traces.
@@ -37,7 +37,8 @@ pub struct ClassRule {
     pub route_prefix: Option<String>,
     /// The entry span name, exactly.
     pub operation: Option<String>,
-    /// An attribute `(key, value)` on the entry span, compared as displayed text.
+    /// An attribute `[key, value]` on the entry span, compared as displayed text.
+    #[schema(value_type = Option<Vec<String>>, min_items = 2, max_items = 2)]
     pub attribute: Option<(String, String)>,
 }
 

@@ -11,13 +11,15 @@
 //! Names (class, services, operations) are shared strings ([`Name`]): the rows hold the names
 //! interned by [`crate::slim`], so a row repeating a service or operation name copies nothing.
 
+use std::collections::BTreeMap;
+
 use meshtrace_model::{Span, SpanId, StatusCode, TraceId};
 use serde::Serialize;
 
 use crate::classes::{classify, ClassRule, DEFAULT_CLASS};
-use crate::critical_path::{critical_path, path_length};
-use crate::graph::{calls, ConnectionType, GraphConfig};
-pub use crate::slim::Name;
+use crate::critical_path::{critical_path, path_length, self_times};
+use crate::graph::{calls, dimensions, ConnectionType, EdgeCall, GraphConfig};
+pub use crate::span::Name;
 use crate::tree::{build_tree, TraceTree, TreeCounters};
 
 /// One row of the `traces` table.
@@ -58,6 +60,24 @@ pub struct EdgeRow {
     pub overhead_ns: Option<i64>,
     /// Error if either side failed, else ok if either side says ok, else unset.
     pub status: StatusCode,
+    /// The extra dimensions configured in [`GraphConfig::dimensions`], from either side
+    /// (`client_<key>`, `server_<key>`); empty when none are configured.
+    pub dimensions: BTreeMap<String, String>,
+}
+
+impl EdgeRow {
+    /// What the service graph counts of this row.
+    pub fn call(&self) -> EdgeCall<'_> {
+        EdgeCall {
+            caller: &self.caller_service,
+            callee: &self.callee_service,
+            connection_type: self.connection_type,
+            failed: self.status == StatusCode::Error,
+            client_ns: self.client_duration_ns,
+            server_ns: self.server_duration_ns,
+            dimensions: (!self.dimensions.is_empty()).then_some(&self.dimensions),
+        }
+    }
 }
 
 /// One row of the `critical_path` table.
@@ -122,14 +142,7 @@ pub fn derive_tree(tree: &TraceTree, rules: &[ClassRule], graph: &GraphConfig) -
     };
     let edges = edge_rows(tree, graph, trace_id, &class);
     // Per node, not per span ID: the two halves of a Zipkin shared span are separate rows.
-    let mut per_node: Vec<(usize, i64)> = Vec::new();
-    for sec in &sections {
-        match per_node.iter_mut().find(|(n, _)| *n == sec.node) {
-            Some((_, t)) => *t += sec.len_ns(),
-            None => per_node.push((sec.node, sec.len_ns())),
-        }
-    }
-    let critical_path = per_node
+    let critical_path = self_times(&sections)
         .into_iter()
         .map(|(node, self_time_ns)| {
             let span = &tree.nodes[node].span;
@@ -162,6 +175,14 @@ fn edge_rows(
         .map(|c| {
             let client = c.client.map(|i| &tree.nodes[i]);
             let server = c.server.map(|i| &tree.nodes[i]);
+            let mut dims = BTreeMap::new();
+            if !graph.dimensions.is_empty() {
+                for (prefix, side) in [("client", client), ("server", server)] {
+                    if let Some(n) = side {
+                        dimensions(&n.span, prefix, graph, &mut dims);
+                    }
+                }
+            }
             let client_duration_ns = client.map(|n| n.duration_ns());
             let server_duration_ns = server.map(|n| n.duration_ns());
             let statuses = [client, server].map(|n| n.map(|n| n.span.status_code));
@@ -189,6 +210,7 @@ fn edge_rows(
                     .zip(server_duration_ns)
                     .map(|(c, s)| c - s),
                 status,
+                dimensions: dims,
             }
         })
         .collect()

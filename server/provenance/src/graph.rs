@@ -4,9 +4,10 @@
 //! A *call* ([`calls`]) is found in one trace's tree:
 //! - a CLIENT span with a SERVER child (including a Zipkin shared SERVER half), or a PRODUCER
 //!   span with a CONSUMER child (`messaging_system`), is one paired call;
-//! - any other parent→child link that crosses services is a call whose client side is the
-//!   parent if it is a CLIENT/PRODUCER span, else unknown (used for derived rows only: the
-//!   connector would not pair it, so [`ServiceGraph`] skips it);
+//! - any other parent→child link that crosses services is an [`ConnectionType::Unpaired`] call
+//!   whose client side is the parent if it is a CLIENT/PRODUCER span, else unknown (the
+//!   connector would not pair it; the served graph shows it, the connector's view leaves it
+//!   out, see [`ServiceGraph::include_unpaired`]);
 //! - a CLIENT/PRODUCER span that nothing answered (no SERVER, CONSUMER or CLIENT child — a
 //!   CLIENT child means a mesh proxy carried the call on — and no cross-service child) calls an
 //!   uninstrumented peer: a database named by `db.name`/`db.namespace` (`database`), else a
@@ -14,17 +15,21 @@
 //!   `unknown` (`virtual_node`);
 //! - a SERVER/CONSUMER root span (no parent ID) was called by the virtual client `user`.
 //!
-//! [`ServiceGraph`] aggregates calls by (client, server, connection type, failed, virtual side,
-//! extra dimensions) with request counts and client/server latency sums; the side that is
-//! virtual contributes 0 latency, as the connector does since its fix of issue #32689.
-//! [`service_edges`] is the simpler "parent→child service edge" relation of the fixtures README.
+//! Each call becomes one `edges` row ([`crate::derive::EdgeRow`]), stored by the server. The
+//! service graph of any set of rows, whether just derived or read back from storage, is one
+//! [`ServiceGraph`]: it aggregates rows by (client, server, connection type, failed, virtual
+//! side, extra dimensions) with request counts, client/server latency sums (the side that is
+//! virtual contributes 0, as the connector does since its fix of issue #32689) and a latency
+//! sketch. The golden-pair tests and the query layer behind `/api/v1/graph` and
+//! `/api/dependencies` both aggregate through it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use meshtrace_model::{find_attribute, SpanKind, StatusCode};
+use meshtrace_model::sketch::Sketch;
+use meshtrace_model::{find_attribute, SpanKind};
 use serde::{Deserialize, Serialize};
 
-use crate::slim::Name;
+use crate::span::{Name, SlimSpan};
 use crate::tree::TraceTree;
 
 /// How a call's two ends were connected.
@@ -39,17 +44,43 @@ pub enum ConnectionType {
     MessagingSystem,
     /// Client → database named by `db.name`.
     Database,
+    /// A parent→child link across services that is not a client/server (or producer/consumer)
+    /// pair; the connector leaves it out.
+    Unpaired,
 }
 
 impl ConnectionType {
+    /// Every connection type, in order.
+    pub const ALL: [ConnectionType; 5] = [
+        ConnectionType::Direct,
+        ConnectionType::VirtualNode,
+        ConnectionType::MessagingSystem,
+        ConnectionType::Database,
+        ConnectionType::Unpaired,
+    ];
+
     /// The connector's `connection_type` label value.
     pub fn label(self) -> &'static str {
         match self {
             ConnectionType::Direct => "",
+            other => other.as_str(),
+        }
+    }
+
+    /// The name in the `edges` table and the APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Direct => "direct",
             ConnectionType::VirtualNode => "virtual_node",
             ConnectionType::MessagingSystem => "messaging_system",
             ConnectionType::Database => "database",
+            ConnectionType::Unpaired => "unpaired",
         }
+    }
+
+    /// The connection type named `s` (see [`ConnectionType::as_str`]).
+    pub fn parse(s: &str) -> Option<ConnectionType> {
+        ConnectionType::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
@@ -72,8 +103,6 @@ pub struct Call {
     pub callee: Name,
     pub connection: ConnectionType,
     pub virtual_side: Option<VirtualSide>,
-    /// Whether the connector would pair this call (see the module docs).
-    pub graphable: bool,
 }
 
 /// Service-graph settings (defaults follow the connector, plus the peer keys named in the issue).
@@ -84,10 +113,9 @@ pub struct GraphConfig {
     pub peer_attributes: Vec<String>,
     /// Attributes naming a database a client span talks to.
     pub database_name_attributes: Vec<String>,
-    /// Extra dimensions: copied as `client_<key>` / `server_<key>` from the side carrying it.
+    /// Extra dimensions: copied as `client_<key>` / `server_<key>` from the side carrying it
+    /// into each `edges` row; the served graph splits edges by them.
     pub dimensions: Vec<String>,
-    /// Whether edge keys say which side is virtual (the connector's `VirtualNodeExtraLabel`).
-    pub virtual_node_label: bool,
 }
 
 impl Default for GraphConfig {
@@ -104,7 +132,6 @@ impl Default for GraphConfig {
             ]),
             database_name_attributes: s(&["db.name", "db.namespace"]),
             dimensions: Vec::new(),
-            virtual_node_label: false,
         }
     }
 }
@@ -142,20 +169,17 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
                 callee: callee.clone(),
                 connection,
                 virtual_side: None,
-                graphable: true,
             };
             Some(call)
         } else if caller != callee {
             let client = is_caller_kind(parent.span.kind).then_some(p);
-            let connection = ConnectionType::Direct;
             Some(Call {
                 client,
                 server: Some(i),
                 caller: caller.clone(),
                 callee: callee.clone(),
-                connection,
+                connection: ConnectionType::Unpaired,
                 virtual_side: None,
-                graphable: false,
             })
         } else {
             None
@@ -184,7 +208,6 @@ pub fn calls(tree: &TraceTree, config: &GraphConfig) -> Vec<Call> {
                 callee: span.service_name.clone(),
                 connection: ConnectionType::VirtualNode,
                 virtual_side: Some(VirtualSide::Client),
-                graphable: true,
             });
         }
     }
@@ -215,24 +238,55 @@ fn unanswered(tree: &TraceTree, i: usize, config: &GraphConfig) -> Call {
         callee,
         connection,
         virtual_side,
-        graphable: true,
     }
 }
 
-/// Distinct (parent service, child service) pairs over parent links, where the two differ.
-pub fn service_edges(tree: &TraceTree) -> BTreeSet<(String, String)> {
-    tree.nodes
-        .iter()
-        .filter_map(|n| {
-            let p = &tree.nodes[n.parent?];
-            (p.span.service_name != n.span.service_name).then(|| {
-                (
-                    p.span.service_name.to_string(),
-                    n.span.service_name.to_string(),
-                )
-            })
-        })
-        .collect()
+/// The extra dimensions of one side of a call: `<prefix>_<key>` for each configured key found
+/// among the span's attributes, then its resource's.
+pub fn dimensions(
+    span: &SlimSpan,
+    prefix: &str,
+    config: &GraphConfig,
+    out: &mut BTreeMap<String, String>,
+) {
+    for key in &config.dimensions {
+        let found = span
+            .attribute(key)
+            .or_else(|| find_attribute(&span.resource_attributes, key));
+        if let Some(v) = found {
+            out.insert(format!("{prefix}_{key}"), v.to_display());
+        }
+    }
+}
+
+/// What the service graph reads of one call (an `edges` row, derived or read back).
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeCall<'a> {
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub connection_type: ConnectionType,
+    /// Either side failed.
+    pub failed: bool,
+    /// The client side's duration, when the client side was seen.
+    pub client_ns: Option<i64>,
+    /// The server side's duration, when the server side was seen.
+    pub server_ns: Option<i64>,
+    /// Extra dimensions (`client_<key>`, `server_<key>`), if any.
+    pub dimensions: Option<&'a BTreeMap<String, String>>,
+}
+
+impl EdgeCall<'_> {
+    /// Which side of a `virtual_node` call is virtual: the one that was not seen.
+    pub fn virtual_side(&self) -> Option<VirtualSide> {
+        if self.connection_type != ConnectionType::VirtualNode {
+            return None;
+        }
+        match (self.client_ns, self.server_ns) {
+            (None, _) => Some(VirtualSide::Client),
+            (_, None) => Some(VirtualSide::Server),
+            _ => None,
+        }
+    }
 }
 
 /// The identity of one service-graph edge (the connector's metric labels).
@@ -242,81 +296,89 @@ pub struct EdgeKey {
     pub server: String,
     pub connection_type: ConnectionType,
     pub failed: bool,
-    /// Which side is virtual, when [`GraphConfig::virtual_node_label`] is set.
+    /// Which side is virtual, when [`ServiceGraph::virtual_node_label`] is set.
     pub virtual_node: Option<VirtualSide>,
     /// `client_<key>` / `server_<key>` extra dimensions.
     pub dimensions: BTreeMap<String, String>,
 }
 
-/// Counts and latency sums of one edge.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// Counts, latency sums and the latency sketch of one edge.
+#[derive(Clone, Debug, Default)]
 pub struct EdgeStats {
     pub requests: u64,
+    /// Calls whose client side was seen (instrumented).
+    pub client_sides: u64,
+    /// Calls whose server side was seen (instrumented).
+    pub server_sides: u64,
     pub client_latency_sum_ns: i64,
     pub server_latency_sum_ns: i64,
+    /// The call's duration as its client saw it, else as its server did.
+    pub latency: Sketch,
 }
 
-/// A service graph aggregated over any number of traces.
+impl EdgeStats {
+    /// Adds another edge's counts and sketch.
+    pub fn merge(&mut self, other: &EdgeStats) {
+        self.requests += other.requests;
+        self.client_sides += other.client_sides;
+        self.server_sides += other.server_sides;
+        self.client_latency_sum_ns += other.client_latency_sum_ns;
+        self.server_latency_sum_ns += other.server_latency_sum_ns;
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// A service graph aggregated over any number of `edges` rows.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceGraph {
-    pub config: GraphConfig,
+    /// Whether edge keys say which side is virtual (the connector's `VirtualNodeExtraLabel`).
+    pub virtual_node_label: bool,
+    /// Whether [`ConnectionType::Unpaired`] calls are counted (the served graph counts them,
+    /// the connector does not).
+    pub include_unpaired: bool,
     pub edges: BTreeMap<EdgeKey, EdgeStats>,
 }
 
 impl ServiceGraph {
-    pub fn new(config: GraphConfig) -> Self {
+    /// The graph the query APIs serve: unpaired calls counted, virtual sides in the key.
+    pub fn served() -> ServiceGraph {
         ServiceGraph {
-            config,
+            virtual_node_label: true,
+            include_unpaired: true,
             edges: BTreeMap::new(),
         }
     }
 
-    /// Adds every graphable call of one trace.
-    pub fn add_tree(&mut self, tree: &TraceTree) {
-        for call in calls(tree, &self.config)
-            .into_iter()
-            .filter(|c| c.graphable)
-        {
-            let node = |i: Option<usize>| i.map(|i| &tree.nodes[i]);
-            let (client, server) = (node(call.client), node(call.server));
-            let failed = [client, server]
-                .iter()
-                .flatten()
-                .any(|n| n.span.status_code == StatusCode::Error);
-            let mut dimensions = BTreeMap::new();
-            for (prefix, side) in [("client", client), ("server", server)] {
-                let Some(n) = side else { continue };
-                for key in &self.config.dimensions {
-                    if let Some(v) = n
-                        .span
-                        .attribute(key)
-                        .or_else(|| find_attribute(&n.span.resource_attributes, key))
-                    {
-                        dimensions.insert(format!("{prefix}_{key}"), v.to_display());
-                    }
-                }
-            }
-            let key = EdgeKey {
-                client: call.caller.to_string(),
-                server: call.callee.to_string(),
-                connection_type: call.connection,
-                failed,
-                virtual_node: call.virtual_side.filter(|_| self.config.virtual_node_label),
-                dimensions,
-            };
-            let stats = self.edges.entry(key).or_default();
-            stats.requests += 1;
-            stats.client_latency_sum_ns += client.map_or(0, |n| n.duration_ns());
-            stats.server_latency_sum_ns += server.map_or(0, |n| n.duration_ns());
+    /// The OpenTelemetry servicegraph connector's view, with its `virtual_node` label or not.
+    pub fn connector(virtual_node_label: bool) -> ServiceGraph {
+        ServiceGraph {
+            virtual_node_label,
+            include_unpaired: false,
+            edges: BTreeMap::new(),
         }
     }
-}
 
-/// The service graph of these traces.
-pub fn service_graph(trees: &[TraceTree], config: GraphConfig) -> ServiceGraph {
-    let mut g = ServiceGraph::new(config);
-    for t in trees {
-        g.add_tree(t);
+    /// Counts one call.
+    pub fn add(&mut self, call: EdgeCall<'_>) {
+        if call.connection_type == ConnectionType::Unpaired && !self.include_unpaired {
+            return;
+        }
+        let key = EdgeKey {
+            client: call.caller.to_string(),
+            server: call.callee.to_string(),
+            connection_type: call.connection_type,
+            failed: call.failed,
+            virtual_node: call.virtual_side().filter(|_| self.virtual_node_label),
+            dimensions: call.dimensions.cloned().unwrap_or_default(),
+        };
+        let stats = self.edges.entry(key).or_default();
+        stats.requests += 1;
+        stats.client_sides += u64::from(call.client_ns.is_some());
+        stats.server_sides += u64::from(call.server_ns.is_some());
+        stats.client_latency_sum_ns += call.client_ns.unwrap_or(0);
+        stats.server_latency_sum_ns += call.server_ns.unwrap_or(0);
+        if let Some(d) = call.client_ns.or(call.server_ns) {
+            stats.latency.add(d);
+        }
     }
-    g
 }

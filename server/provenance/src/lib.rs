@@ -10,7 +10,8 @@
 //! - [`derive`]: the `traces`, `edges` and `critical_path` rows of one trace;
 //! - [`assembler`]: grouping arriving spans into complete traces, with bounded memory;
 //! - [`mapping`]: learning (caller, callee, operation) → class shares;
-//! - [`slim`]: the part of a span assembly keeps.
+//! - [`span`]: the span as provenance holds it ([`SlimSpan`], shared [`Name`]s);
+//! - [`slim`]: turning received spans into slim ones, keeping only what is read.
 
 pub mod assembler;
 pub mod classes;
@@ -19,6 +20,7 @@ pub mod derive;
 pub mod graph;
 pub mod mapping;
 pub mod slim;
+pub mod span;
 pub mod tree;
 
 pub use assembler::{
@@ -28,8 +30,9 @@ pub use classes::{classify, ClassRule, DEFAULT_CLASS};
 pub use critical_path::{critical_path, self_times, Section};
 pub use derive::{derive, derive_tree, CriticalPathRow, Derived, EdgeRow, TraceRow};
 pub use graph::{
-    service_edges, service_graph, ConnectionType, EdgeKey, EdgeStats, GraphConfig, ServiceGraph,
+    ConnectionType, EdgeCall, EdgeKey, EdgeStats, GraphConfig, ServiceGraph, VirtualSide,
 };
 pub use mapping::{ClassMapping, Learned, MappingEntry};
-pub use slim::{Name, SlimSpan, Slimmer};
+pub use slim::Slimmer;
+pub use span::{Name, SlimSpan};
 pub use tree::{build_tree, build_tree_shared, build_tree_slim, TraceTree, TreeCounters};

@@ -16,7 +16,7 @@ use crate::derive::{Derived, Name};
 pub type Signature = (Name, Name, Name);
 
 /// One row of the learned mapping.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MappingEntry {
     pub caller: String,
     pub callee: String,

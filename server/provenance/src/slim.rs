@@ -21,81 +21,17 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use meshtrace_model::{
-    find_attribute, AttrValue, KeyValue, Span, SpanId, SpanKind, StatusCode, TraceId,
-};
+use meshtrace_model::{KeyValue, Span};
 
 use crate::classes::{ClassRule, CLASS_KEYS, ROUTE_KEYS};
 use crate::graph::GraphConfig;
+use crate::span::{Name, SlimSpan};
 use crate::tree::ZIPKIN_SHARED;
-
-/// A class, service or operation name, shared by the spans and rows that repeat it.
-pub type Name = Arc<str>;
 
 /// How many distinct names the interner holds before it starts over.
 pub const MAX_INTERNED: usize = 16_384;
 /// Longer names are not interned (each span holding one gets its own copy).
 pub const MAX_INTERNED_LEN: usize = 256;
-
-/// What provenance reads of a span: the fields of [`Span`] it uses, with the same names, and
-/// only the kept attributes (see the module docs).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SlimSpan {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent_span_id: Option<SpanId>,
-    pub kind: SpanKind,
-    pub status_code: StatusCode,
-    pub start_unix_nano: i64,
-    pub duration_nano: i64,
-    pub service_name: Name,
-    pub name: Name,
-    pub resource_attributes: Vec<KeyValue>,
-    pub attributes: Vec<KeyValue>,
-}
-
-impl SlimSpan {
-    pub fn end_unix_nano(&self) -> i64 {
-        self.start_unix_nano.saturating_add(self.duration_nano)
-    }
-
-    /// The span attribute with this key, if any.
-    pub fn attribute(&self, key: &str) -> Option<&AttrValue> {
-        find_attribute(&self.attributes, key)
-    }
-
-    pub fn span_id_hex(&self) -> String {
-        hex::encode(self.span_id)
-    }
-
-    /// A slim span with every attribute of `s` and names of its own (no interning).
-    fn with_names(s: &Span, service_name: Name, name: Name) -> SlimSpan {
-        SlimSpan {
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
-            kind: s.kind,
-            status_code: s.status_code,
-            start_unix_nano: s.start_unix_nano,
-            duration_nano: s.duration_nano,
-            service_name,
-            name,
-            resource_attributes: Vec::new(),
-            attributes: Vec::new(),
-        }
-    }
-}
-
-/// Every attribute kept: for spans read back from the store (APIs, re-derivation, tests).
-impl From<&Span> for SlimSpan {
-    fn from(s: &Span) -> SlimSpan {
-        SlimSpan {
-            resource_attributes: s.resource_attributes.clone(),
-            attributes: s.attributes.clone(),
-            ..SlimSpan::with_names(s, s.service_name.as_str().into(), s.name.as_str().into())
-        }
-    }
-}
 
 /// Distinct names seen so far, each held once (see the module docs), and the last service
 /// name asked for: the spans of a batch come grouped by resource, so most repeat it.

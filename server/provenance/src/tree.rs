@@ -25,7 +25,7 @@
 use meshtrace_model::{AttrValue, Span, SpanId, SpanKind, SpanRef};
 use serde::Serialize;
 
-use crate::slim::SlimSpan;
+use crate::span::SlimSpan;
 
 /// The attribute the Zipkin decoder sets on the SERVER half of a shared RPC.
 pub const ZIPKIN_SHARED: &str = "zipkin.shared";
@@ -53,7 +53,7 @@ impl Node {
 }
 
 /// What building the tree had to deal with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TreeCounters {
     /// Spans without a parent ID (not counting shared SERVER halves attached to a client).
     pub roots: usize,

@@ -77,15 +77,7 @@ fn self_times_merge_repeated_spans() {
     let times = self_times(&critical_path(&tree));
     let named: Vec<(String, i64)> = times
         .iter()
-        .map(|(id, t)| {
-            let s = &tree
-                .nodes
-                .iter()
-                .find(|n| n.span.span_id == *id)
-                .unwrap()
-                .span;
-            (label(s), t / 1000)
-        })
+        .map(|(node, t)| (label(&tree.nodes[*node].span), t / 1000))
         .collect();
     assert_eq!(
         named,

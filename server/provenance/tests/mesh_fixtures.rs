@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use meshtrace_provenance::graph::{calls, GraphConfig};
-use meshtrace_provenance::{build_tree, derive, service_edges, ClassRule, DEFAULT_CLASS};
+use meshtrace_provenance::{build_tree, derive, ClassRule, DEFAULT_CLASS};
 
 #[test]
 fn istio_bookinfo_trace() {
@@ -28,7 +28,7 @@ fn istio_bookinfo_trace() {
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
-    assert_eq!(service_edges(&tree), want);
+    assert_eq!(common::graph_service_edges(&spans), want);
     let root = &tree.nodes[tree.primary_root().unwrap()].span;
     assert_eq!(
         (root.span_id_hex().as_str(), root.duration_nano),
@@ -67,7 +67,7 @@ fn check_nezha(
     for spans in by_trace.values() {
         let tree = build_tree(spans);
         assert_eq!((tree.roots.len(), tree.orphans.len()), (1, 0), "{rel}");
-        all_edges.extend(service_edges(&tree));
+        all_edges.extend(common::graph_service_edges(spans));
         all_services.extend(tree.services().into_iter().map(String::from));
         // Kinds are unspecified in Nezha: every cross-service link is still an edge row.
         let cross = tree.nodes.iter().filter(|n| {

@@ -1,13 +1,17 @@
 //! The OpenTelemetry Collector servicegraph connector's golden pairs: our service graph must
 //! give exactly the expected edges (client, server, connection_type, failed, extra dimensions,
 //! virtual_node label), request counts, and client/server latency sums.
+//!
+//! The graph is counted as the server counts it: each trace's `edges` rows
+//! ([`meshtrace_provenance::derive_tree`], what the server stores) aggregated by
+//! [`ServiceGraph`] (what the query layer runs over stored rows), in the connector's view.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use meshtrace_provenance::graph::VirtualSide;
-use meshtrace_provenance::{build_tree, service_graph, GraphConfig};
+use meshtrace_provenance::{build_tree, derive_tree, GraphConfig, ServiceGraph};
 
 type Labels = BTreeMap<String, String>;
 
@@ -55,12 +59,16 @@ fn expected(rel: &str) -> BTreeMap<Labels, (u64, Option<f64>, Option<f64>)> {
     out
 }
 
-fn ours(trace: &str, config: GraphConfig) -> BTreeMap<Labels, (u64, Option<f64>, Option<f64>)> {
-    let trees: Vec<_> = common::by_trace(common::otlp_yaml(trace))
-        .values()
-        .map(|s| build_tree(s))
-        .collect();
-    let g = service_graph(&trees, config);
+fn ours(
+    trace: &str,
+    (config, label): (GraphConfig, bool),
+) -> BTreeMap<Labels, (u64, Option<f64>, Option<f64>)> {
+    let mut g = ServiceGraph::connector(label);
+    for spans in common::by_trace(common::otlp_yaml(trace)).values() {
+        for row in &derive_tree(&build_tree(spans), &[], &config).edges {
+            g.add(row.call());
+        }
+    }
     g.edges
         .iter()
         .map(|(k, v)| {
@@ -90,12 +98,12 @@ fn ours(trace: &str, config: GraphConfig) -> BTreeMap<Labels, (u64, Option<f64>,
         .collect()
 }
 
-fn config(dimensions: &[&str], label: bool) -> GraphConfig {
-    GraphConfig {
+fn config(dimensions: &[&str], label: bool) -> (GraphConfig, bool) {
+    let config = GraphConfig {
         dimensions: dimensions.iter().map(|s| s.to_string()).collect(),
-        virtual_node_label: label,
         ..GraphConfig::default()
-    }
+    };
+    (config, label)
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use meshtrace_model::SpanKind;
-use meshtrace_provenance::{build_tree, critical_path, derive, service_edges};
+use meshtrace_provenance::{build_tree, critical_path, derive};
 
 const FILES: &[&str] = &[
     "ascend.json",
@@ -36,7 +36,8 @@ fn services_roots_orphans_and_edges_match_the_facts() {
     let facts = common::facts();
     for name in FILES {
         let f = &facts["zipkin"][name];
-        let tree = build_tree(&common::zipkin(name));
+        let spans = common::zipkin(name);
+        let tree = build_tree(&spans);
         let mut want_services = strings(&f["local_services"]);
         if want_services.is_empty() {
             // envoy.json has no serviceName; the decoder names it as OTel does.
@@ -63,7 +64,7 @@ fn services_roots_orphans_and_edges_match_the_facts() {
             assert!(want_edges.remove("execution->platformapi"));
         }
         assert_eq!(
-            edge_strings(&service_edges(&tree)),
+            edge_strings(&common::graph_service_edges(&spans)),
             want_edges,
             "{name} edges"
         );
@@ -88,7 +89,7 @@ fn readme_headline_numbers() {
         m.counters.shared_merged, 0,
         "its one shared record has no client half"
     );
-    let y = build_tree(&common::zipkin("yelp.json"));
+    let y = common::zipkin("yelp.json");
     let want = [
         "mobile_api->spectre",
         "routing->unknown",
@@ -98,10 +99,10 @@ fn readme_headline_numbers() {
         "yelp-main->mobile_api",
     ];
     assert_eq!(
-        edge_strings(&service_edges(&y)),
+        edge_strings(&common::graph_service_edges(&y)),
         want.iter().map(|s| s.to_string()).collect()
     );
-    let o = build_tree(&common::zipkin("smartthings-oauth-authorization.json"));
+    let o = common::zipkin("smartthings-oauth-authorization.json");
     let want = [
         "bouncer->pusher",
         "datamgmt->account",
@@ -114,7 +115,7 @@ fn readme_headline_numbers() {
         "stlogin->datamgmt",
     ];
     assert_eq!(
-        edge_strings(&service_edges(&o)),
+        edge_strings(&common::graph_service_edges(&o)),
         want.iter().map(|s| s.to_string()).collect()
     );
 }
@@ -155,7 +156,7 @@ fn smartthings_all_records_give_29_edges() {
     let want =
         strings(&facts["zipkin"]["smartthings-mobile-web-install.json"]["tree_service_edges"]);
     assert_eq!(want.len(), 29);
-    assert_eq!(edge_strings(&service_edges(&t)), want);
+    assert_eq!(edge_strings(&common::graph_service_edges(&spans)), want);
 }
 
 #[test]

@@ -1,154 +1,97 @@
 //! Jaeger's HTTP query API (`/api/services`, `/api/operations`, `/api/traces`), answering the
-//! JSON shapes the Jaeger UI and Grafana's Jaeger data source expect.
+//! JSON model the Jaeger UI and Grafana's Jaeger data source expect ([`super::jaeger_json`]).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
 use axum::Json;
-use meshtrace_model::SpanKind;
-use meshtrace_storage::{StorageError, TraceQuery};
-use serde_json::{json, Value};
+use meshtrace_model::{SpanKind, TraceId};
+use meshtrace_query::{Trace, TraceQuery};
 
-use super::jaeger_json::{envelope, error_envelope, operations_json, trace};
-use super::params::{parse_go_duration, parse_trace_id};
+use super::error::{ApiError, JaegerError};
+use super::jaeger_json::{list, trace, Envelope, JaegerOperation, JaegerTrace};
+use super::params::{parse_go_duration, parse_trace_id, Params};
 use super::ApiState;
 
-/// Query parameters as (key, value) pairs, keeping repeated keys.
-pub fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
-    raw.as_deref()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+type Answer<T> = Result<Json<Envelope<T>>, JaegerError>;
+
+/// `GET /api/services`.
+pub async fn services(State(state): State<ApiState>) -> Answer<Vec<String>> {
+    Ok(Json(list(state.queries.services().await?)))
 }
 
-fn first<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, v)| k == key && !v.is_empty())
-        .map(|(_, v)| v.as_str())
-}
-
-fn bad_request(msg: impl AsRef<str>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(error_envelope(400, msg.as_ref())),
-    )
-        .into_response()
-}
-
-fn storage_error(e: &StorageError) -> Response {
-    let status =
-        StatusCode::from_u16(e.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        Json(error_envelope(status.as_u16(), &e.to_string())),
-    )
-        .into_response()
-}
-
-pub async fn services(State(state): State<ApiState>) -> Response {
-    let started = Instant::now();
-    let result = state.store.services().await;
-    state.observe(started);
-    match result {
-        Ok(list) => {
-            let n = list.len();
-            Json(envelope(json!(list), n)).into_response()
-        }
-        Err(e) => storage_error(&e),
-    }
-}
-
+/// `GET /api/services/{service}/operations`: the names only.
 pub async fn service_operations(
     State(state): State<ApiState>,
     Path(service): Path<String>,
-) -> Response {
-    match state.store.operations(&service, None).await {
-        Ok(ops) => {
-            let mut names: Vec<String> = ops.into_iter().map(|(name, _)| name).collect();
-            names.sort();
-            names.dedup();
-            let n = names.len();
-            Json(envelope(json!(names), n)).into_response()
-        }
-        Err(e) => storage_error(&e),
+) -> Answer<Vec<String>> {
+    let mut names: Vec<String> = state
+        .queries
+        .operations(&service, None)
+        .await?
+        .into_iter()
+        .map(|op| op.name)
+        .collect();
+    names.dedup();
+    Ok(Json(list(names)))
+}
+
+/// The `spanKind` parameter, if given.
+pub fn span_kind(params: &Params, keys: &[&str]) -> Result<Option<SpanKind>, ApiError> {
+    match params.get_any(keys) {
+        None => Ok(None),
+        Some(k) => SpanKind::parse(k)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(keys[0], format!("unknown span kind {k:?}"))),
     }
 }
 
 /// `GET /api/operations?service=S&spanKind=K`.
-pub async fn operations(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let pairs = query_pairs(&raw);
-    let Some(service) = first(&pairs, "service") else {
-        return bad_request("parameter 'service' is required");
-    };
-    let kind = match first(&pairs, "spanKind") {
-        None => None,
-        Some(k) => match SpanKind::parse(k) {
-            Some(kind) => Some(kind),
-            None => return bad_request(format!("unknown spanKind {k:?}")),
-        },
-    };
-    match state.store.operations(service, kind).await {
-        Ok(ops) => {
-            let data = operations_json(&ops);
-            let n = data.len();
-            Json(envelope(json!(data), n)).into_response()
-        }
-        Err(e) => storage_error(&e),
-    }
+pub async fn operations(
+    State(state): State<ApiState>,
+    params: Params,
+) -> Answer<Vec<JaegerOperation>> {
+    let service = params.required("service")?;
+    let kind = span_kind(&params, &["spanKind"])?;
+    let ops = state.queries.operations(service, kind).await?;
+    Ok(Json(list(ops.iter().map(JaegerOperation::from).collect())))
 }
 
-pub async fn get_trace(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let started = Instant::now();
-    let trace_id = match parse_trace_id(&id) {
-        Ok(t) => t,
-        Err(e) => return bad_request(e),
-    };
-    let result = state.store.trace(trace_id).await;
-    state.observe(started);
-    match result {
-        Ok(spans) if spans.is_empty() => (
-            StatusCode::NOT_FOUND,
-            Json(error_envelope(404, "trace not found")),
-        )
-            .into_response(),
-        Ok(spans) => Json(envelope(json!([trace(&spans)]), 1)).into_response(),
-        Err(e) => storage_error(&e),
+/// `GET /api/traces/{traceID}`.
+pub async fn get_trace(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Answer<Vec<JaegerTrace>> {
+    let id = parse_trace_id(&id).map_err(|e| ApiError::invalid("traceID", e))?;
+    match state.queries.trace(id).await? {
+        Some(t) => Ok(Json(list(vec![trace(&t.spans)]))),
+        None => Err(ApiError::not_found("trace not found").into()),
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
 }
 
 /// Parses the tags of a search: `tags={"k":"v"}` (as the Jaeger UI sends) or repeated `tag=k:v`.
-fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+fn parse_tags(params: &Params) -> Result<Vec<(String, String)>, ApiError> {
     let mut tags = Vec::new();
-    for (k, v) in pairs {
+    for (k, v) in params.pairs() {
         match k.as_str() {
             "tags" if !v.is_empty() => {
-                let obj: serde_json::Map<String, Value> = serde_json::from_str(v)
-                    .map_err(|e| format!("malformed parameter 'tags': {e}"))?;
+                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(v)
+                    .map_err(|e| {
+                        ApiError::invalid("tags", format!("malformed parameter 'tags': {e}"))
+                    })?;
                 for (key, value) in obj {
                     let text = match value {
-                        Value::String(s) => s,
+                        serde_json::Value::String(s) => s,
                         other => other.to_string(),
                     };
                     tags.push((key, text));
                 }
             }
             "tag" => {
-                let (key, value) = v
-                    .split_once(':')
-                    .ok_or_else(|| format!("malformed parameter 'tag' {v:?}: want key:value"))?;
+                let (key, value) = v.split_once(':').ok_or_else(|| {
+                    ApiError::invalid(
+                        "tag",
+                        format!("malformed parameter 'tag' {v:?}: want key:value"),
+                    )
+                })?;
                 tags.push((key.to_string(), value.to_string()));
             }
             _ => {}
@@ -157,87 +100,47 @@ fn parse_tags(pairs: &[(String, String)]) -> Result<Vec<(String, String)>, Strin
     Ok(tags)
 }
 
-/// Builds a storage query from Jaeger search parameters.
-pub fn trace_query(pairs: &[(String, String)], max: usize) -> Result<TraceQuery, String> {
-    let micros_param = |key: &str| -> Result<Option<i64>, String> {
-        first(pairs, key)
-            .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| format!("malformed parameter '{key}': {v:?}"))
-            })
-            .transpose()
-    };
-    let end = micros_param("end")?;
-    let mut start = micros_param("start")?;
+/// A Jaeger search from its parameters (`start`/`end` in µs, `lookback` as a duration,
+/// `minDuration`/`maxDuration` as durations, `limit`).
+pub fn trace_query(params: &Params) -> Result<TraceQuery, ApiError> {
+    let end = params.number::<i64>("end")?;
+    let mut start = params.number::<i64>("start")?;
     if start.is_none() {
-        if let Some(lb) = first(pairs, "lookback").filter(|l| *l != "custom") {
-            let lookback = parse_go_duration(lb)? / 1000;
-            start = Some(end.unwrap_or_else(now_micros) - lookback);
+        let lookback = params.parsed("lookback", |l| match l {
+            "custom" => Ok(None),
+            other => parse_go_duration(other).map(Some),
+        })?;
+        if let Some(ns) = lookback.flatten() {
+            let end_us = end.unwrap_or_else(|| meshtrace_model::time::now_unix_nanos() / 1000);
+            start = Some(end_us.saturating_sub(ns / 1000));
         }
     }
-    let duration = |key: &str| -> Result<Option<i64>, String> {
-        first(pairs, key)
-            .map(|v| parse_go_duration(v).map_err(|e| format!("malformed parameter '{key}': {e}")))
-            .transpose()
-    };
-    let limit = match first(pairs, "limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| format!("malformed parameter 'limit': {l:?}"))?,
-        None => 20,
-    };
     Ok(TraceQuery {
-        service: first(pairs, "service").map(str::to_string),
-        operation: first(pairs, "operation").map(str::to_string),
-        tags: parse_tags(pairs)?,
+        service: params.get("service").map(str::to_string),
+        operation: params.get("operation").map(str::to_string),
+        tags: parse_tags(params)?,
         start_min_ns: start.map(|s| s.saturating_mul(1000)),
         start_max_ns: end.map(|e| e.saturating_mul(1000)),
-        duration_min_ns: duration("minDuration")?,
-        duration_max_ns: duration("maxDuration")?,
-        limit: if limit == 0 { 20 } else { limit.min(max) },
+        duration_min_ns: params.parsed("minDuration", parse_go_duration)?,
+        duration_max_ns: params.parsed("maxDuration", parse_go_duration)?,
+        limit: params.number::<usize>("limit")?.unwrap_or(0),
     })
 }
 
 /// `GET /api/traces`: search, or fetch the traces named by repeated `traceID`.
-pub async fn find_traces(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let started = Instant::now();
-    let pairs = query_pairs(&raw);
-    let ids: Vec<&str> = pairs
-        .iter()
-        .filter(|(k, _)| k == "traceID")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let result = if !ids.is_empty() {
-        let mut traces = Vec::new();
-        for id in ids {
-            let trace_id = match parse_trace_id(id) {
-                Ok(t) => t,
-                Err(e) => return bad_request(e),
-            };
-            match state.store.trace(trace_id).await {
-                Ok(spans) if !spans.is_empty() => traces.push(spans),
-                Ok(_) => {}
-                Err(e) => return storage_error(&e),
-            }
-        }
-        Ok(traces)
+pub async fn find_traces(
+    State(state): State<ApiState>,
+    params: Params,
+) -> Answer<Vec<JaegerTrace>> {
+    let ids: Vec<TraceId> = params
+        .all("traceID")
+        .map(|id| parse_trace_id(id).map_err(|e| ApiError::invalid("traceID", e)))
+        .collect::<Result<_, _>>()?;
+    let traces: Vec<Trace> = if !ids.is_empty() {
+        state.queries.traces(&ids).await?
     } else {
-        if first(&pairs, "service").is_none() {
-            return bad_request("parameter 'service' is required");
-        }
-        let query = match trace_query(&pairs, state.query.max_traces) {
-            Ok(q) => q,
-            Err(e) => return bad_request(e),
-        };
-        state.store.find_traces(&query).await
+        params.required("service")?;
+        state.queries.search(&trace_query(&params)?).await?
     };
-    state.observe(started);
-    match result {
-        Ok(traces) => {
-            let data: Vec<Value> = traces.iter().map(|t| trace(t)).collect();
-            let n = data.len();
-            Json(envelope(json!(data), n)).into_response()
-        }
-        Err(e) => storage_error(&e),
-    }
+    Ok(Json(list(traces.iter().map(|t| trace(&t.spans)).collect())))
 }

@@ -1,28 +1,189 @@
-//! Rendering spans in the Jaeger query API's JSON model (what the Jaeger UI and Grafana's
-//! Jaeger data source read), following Jaeger's own OTLP-to-Jaeger translation: resource
-//! attributes become process tags, the span kind and status become tags, events become logs,
-//! links become `FOLLOWS_FROM` references.
+//! The Jaeger query API's JSON model (what the Jaeger UI and Grafana's Jaeger data source
+//! read), as types, and the rendering of spans into it following Jaeger's own OTLP-to-Jaeger
+//! translation: resource attributes become process tags, the span kind and status become tags,
+//! events become logs, links become `FOLLOWS_FROM` references.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use meshtrace_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
-use serde_json::{json, Value};
+use meshtrace_query::Operation;
+use serde::Serialize;
 
-/// A Jaeger tag: `{"key", "type", "value"}`.
-fn tag(key: &str, value: &AttrValue) -> Value {
-    let (ty, v) = match value {
-        AttrValue::Str(s) => ("string", json!(s)),
-        AttrValue::Bool(b) => ("bool", json!(b)),
-        AttrValue::Int(i) => ("int64", json!(i)),
-        AttrValue::Double(d) => ("float64", json!(d)),
-        AttrValue::Bytes(b) => ("binary", json!(hex::encode(b))),
-        other => ("string", json!(other.to_display())),
-    };
-    json!({"key": key, "type": ty, "value": v})
+/// One entry of a Jaeger envelope's `errors`.
+#[derive(Serialize)]
+pub struct JaegerErrorItem {
+    pub code: u16,
+    pub msg: String,
 }
 
-fn tags(attrs: &[KeyValue]) -> Vec<Value> {
-    attrs.iter().map(|kv| tag(&kv.key, &kv.value)).collect()
+/// The envelope of every Jaeger API answer.
+#[derive(Serialize)]
+pub struct Envelope<T> {
+    pub data: Option<T>,
+    pub total: usize,
+    pub limit: usize,
+    pub offset: usize,
+    pub errors: Option<Vec<JaegerErrorItem>>,
+}
+
+impl<T> Envelope<T> {
+    /// A successful answer of `total` items.
+    pub fn of(data: T, total: usize) -> Envelope<T> {
+        Envelope {
+            data: Some(data),
+            total,
+            limit: 0,
+            offset: 0,
+            errors: None,
+        }
+    }
+
+    /// A failed answer.
+    pub fn failed(error: JaegerErrorItem) -> Envelope<T> {
+        Envelope {
+            data: None,
+            total: 0,
+            limit: 0,
+            offset: 0,
+            errors: Some(vec![error]),
+        }
+    }
+}
+
+/// A list answer: the list and its length.
+pub fn list<T>(items: Vec<T>) -> Envelope<Vec<T>> {
+    let n = items.len();
+    Envelope::of(items, n)
+}
+
+/// A tag's value, typed as Jaeger types it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TagValue {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+/// A Jaeger tag: `{"key", "type", "value"}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tag {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: TagValue,
+}
+
+impl Tag {
+    fn new(key: &str, value: &AttrValue) -> Tag {
+        let (kind, value) = match value {
+            AttrValue::Str(s) => ("string", TagValue::Str(s.clone())),
+            AttrValue::Bool(b) => ("bool", TagValue::Bool(*b)),
+            AttrValue::Int(i) => ("int64", TagValue::Int(*i)),
+            AttrValue::Double(d) => ("float64", TagValue::Float(*d)),
+            AttrValue::Bytes(b) => ("binary", TagValue::Str(hex::encode(b))),
+            other => ("string", TagValue::Str(other.to_display())),
+        };
+        Tag {
+            key: key.to_string(),
+            kind,
+            value,
+        }
+    }
+
+    fn text(key: &str, value: &str) -> Tag {
+        Tag {
+            key: key.to_string(),
+            kind: "string",
+            value: TagValue::Str(value.to_string()),
+        }
+    }
+}
+
+fn tags(attrs: &[KeyValue]) -> Vec<Tag> {
+    attrs
+        .iter()
+        .map(|kv| Tag::new(&kv.key, &kv.value))
+        .collect()
+}
+
+/// A span's reference to another span.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reference {
+    pub ref_type: &'static str,
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    #[serde(rename = "spanID")]
+    pub span_id: String,
+}
+
+/// A span event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Log {
+    pub timestamp: i64,
+    pub fields: Vec<Tag>,
+}
+
+/// The service of a span with its resource attributes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    pub service_name: String,
+    pub tags: Vec<Tag>,
+}
+
+/// One span.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JaegerSpan {
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    #[serde(rename = "spanID")]
+    pub span_id: String,
+    pub operation_name: String,
+    pub references: Vec<Reference>,
+    pub flags: u32,
+    /// Microseconds since the epoch.
+    pub start_time: i64,
+    /// Microseconds.
+    pub duration: i64,
+    pub tags: Vec<Tag>,
+    pub logs: Vec<Log>,
+    #[serde(rename = "processID")]
+    pub process_id: String,
+    pub warnings: Option<Vec<String>>,
+}
+
+/// One trace: its spans and the processes they refer to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JaegerTrace {
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    pub spans: Vec<JaegerSpan>,
+    pub processes: BTreeMap<String, Process>,
+    pub warnings: Option<Vec<String>>,
+}
+
+/// An operation and its span kind (`""` when unspecified).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JaegerOperation {
+    pub name: String,
+    pub span_kind: &'static str,
+}
+
+impl From<&Operation> for JaegerOperation {
+    fn from(op: &Operation) -> JaegerOperation {
+        JaegerOperation {
+            name: op.name.clone(),
+            span_kind: match op.kind {
+                SpanKind::Unspecified => "",
+                other => other.as_str(),
+            },
+        }
+    }
 }
 
 fn micros(nanos: i64) -> i64 {
@@ -34,144 +195,119 @@ pub fn trace_id_hex(id: &[u8; 16]) -> String {
     hex::encode(id)
 }
 
-fn span_tags(span: &Span) -> Vec<Value> {
+fn span_tags(span: &Span) -> Vec<Tag> {
     let mut out = tags(&span.attributes);
     if !matches!(span.kind, SpanKind::Unspecified) {
-        out.push(tag("span.kind", &AttrValue::Str(span.kind.as_str().into())));
+        out.push(Tag::text("span.kind", span.kind.as_str()));
     }
     match span.status_code {
         StatusCode::Error => {
-            out.push(tag("error", &AttrValue::Bool(true)));
-            out.push(tag("otel.status_code", &AttrValue::Str("ERROR".into())));
+            out.push(Tag::new("error", &AttrValue::Bool(true)));
+            out.push(Tag::text("otel.status_code", "ERROR"));
         }
-        StatusCode::Ok => out.push(tag("otel.status_code", &AttrValue::Str("OK".into()))),
+        StatusCode::Ok => out.push(Tag::text("otel.status_code", "OK")),
         StatusCode::Unset => {}
     }
-    if !span.status_message.is_empty() {
-        let msg = AttrValue::Str(span.status_message.clone());
-        out.push(tag("otel.status_description", &msg));
-    }
-    if !span.scope_name.is_empty() {
-        out.push(tag(
-            "otel.scope.name",
-            &AttrValue::Str(span.scope_name.clone()),
-        ));
-    }
-    if !span.scope_version.is_empty() {
-        let v = AttrValue::Str(span.scope_version.clone());
-        out.push(tag("otel.scope.version", &v));
+    let optional = [
+        ("otel.status_description", &span.status_message),
+        ("otel.scope.name", &span.scope_name),
+        ("otel.scope.version", &span.scope_version),
+    ];
+    for (key, value) in optional {
+        if !value.is_empty() {
+            out.push(Tag::text(key, value));
+        }
     }
     out.extend(tags(&span.scope_attributes));
     if !span.trace_state.is_empty() {
-        out.push(tag(
-            "w3c.tracestate",
-            &AttrValue::Str(span.trace_state.clone()),
-        ));
+        out.push(Tag::text("w3c.tracestate", &span.trace_state));
     }
     out
 }
 
-fn references(span: &Span) -> Vec<Value> {
-    let mut refs = Vec::new();
-    if let Some(parent) = span.parent_span_id {
-        refs.push(json!({
-            "refType": "CHILD_OF",
-            "traceID": trace_id_hex(&span.trace_id),
-            "spanID": hex::encode(parent),
-        }));
-    }
-    for link in &span.links {
-        refs.push(json!({
-            "refType": "FOLLOWS_FROM",
-            "traceID": trace_id_hex(&link.trace_id),
-            "spanID": hex::encode(link.span_id),
-        }));
-    }
-    refs
+fn references(span: &Span) -> Vec<Reference> {
+    let parent = span.parent_span_id.map(|parent| Reference {
+        ref_type: "CHILD_OF",
+        trace_id: trace_id_hex(&span.trace_id),
+        span_id: hex::encode(parent),
+    });
+    let links = span.links.iter().map(|link| Reference {
+        ref_type: "FOLLOWS_FROM",
+        trace_id: trace_id_hex(&link.trace_id),
+        span_id: hex::encode(link.span_id),
+    });
+    parent.into_iter().chain(links).collect()
 }
 
-fn logs(span: &Span) -> Vec<Value> {
+fn logs(span: &Span) -> Vec<Log> {
     span.events
         .iter()
         .map(|e| {
-            let mut fields = vec![tag("event", &AttrValue::Str(e.name.clone()))];
+            let mut fields = vec![Tag::text("event", &e.name)];
             fields.extend(tags(&e.attributes));
-            json!({"timestamp": micros(e.time_unix_nano), "fields": fields})
+            Log {
+                timestamp: micros(e.time_unix_nano),
+                fields,
+            }
         })
         .collect()
 }
 
-/// One trace (all spans share a trace ID) as a Jaeger JSON trace object.
-pub fn trace(spans: &[Span]) -> Value {
-    let mut processes = serde_json::Map::new();
-    let mut process_ids: HashMap<String, String> = HashMap::new();
+/// One trace (all spans share a trace ID) in the Jaeger model; spans of the same service and
+/// resource share one process.
+pub fn trace(spans: &[Span]) -> JaegerTrace {
+    let mut processes = BTreeMap::new();
+    // (service, resource, ID): few per trace, compared in order.
+    let mut process_ids: Vec<(&str, &[KeyValue], String)> = Vec::new();
     let mut out_spans = Vec::with_capacity(spans.len());
     for span in spans {
-        let process = json!({
-            "serviceName": span.service_name,
-            "tags": tags(&span.resource_attributes),
+        let (service, resource) = (span.service_name.as_str(), &span.resource_attributes[..]);
+        let known = process_ids
+            .iter()
+            .find(|(s, r, _)| *s == service && *r == resource);
+        let pid = match known {
+            Some((_, _, id)) => id.clone(),
+            None => {
+                let id = format!("p{}", process_ids.len() + 1);
+                let process = Process {
+                    service_name: span.service_name.clone(),
+                    tags: tags(resource),
+                };
+                processes.insert(id.clone(), process);
+                process_ids.push((service, resource, id.clone()));
+                id
+            }
+        };
+        out_spans.push(JaegerSpan {
+            trace_id: trace_id_hex(&span.trace_id),
+            span_id: hex::encode(span.span_id),
+            operation_name: span.name.clone(),
+            references: references(span),
+            flags: 1,
+            start_time: micros(span.start_unix_nano),
+            duration: micros(span.duration_nano),
+            tags: span_tags(span),
+            logs: logs(span),
+            process_id: pid,
+            warnings: None,
         });
-        let key = process.to_string();
-        let next = format!("p{}", process_ids.len() + 1);
-        let pid = process_ids.entry(key).or_insert_with(|| {
-            processes.insert(next.clone(), process);
-            next
-        });
-        out_spans.push(json!({
-            "traceID": trace_id_hex(&span.trace_id),
-            "spanID": hex::encode(span.span_id),
-            "operationName": span.name,
-            "references": references(span),
-            "flags": 1,
-            "startTime": micros(span.start_unix_nano),
-            "duration": micros(span.duration_nano),
-            "tags": span_tags(span),
-            "logs": logs(span),
-            "processID": pid,
-            "warnings": null,
-        }));
     }
-    let trace_id = spans
-        .first()
-        .map(|s| trace_id_hex(&s.trace_id))
-        .unwrap_or_default();
-    json!({
-        "traceID": trace_id,
-        "spans": out_spans,
-        "processes": processes,
-        "warnings": null,
-    })
-}
-
-/// Operations as `[{"name", "spanKind"}]` (an unspecified kind is `""`), as both the Jaeger
-/// API and api_v3 list them.
-pub fn operations_json(ops: &[(String, SpanKind)]) -> Vec<Value> {
-    ops.iter()
-        .map(|(name, kind)| {
-            let k = match kind {
-                SpanKind::Unspecified => "",
-                other => other.as_str(),
-            };
-            json!({"name": name, "spanKind": k})
-        })
-        .collect()
-}
-
-/// The Jaeger API envelope around `data`.
-pub fn envelope(data: Value, total: usize) -> Value {
-    json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null})
-}
-
-/// The Jaeger API envelope of an error.
-pub fn error_envelope(code: u16, msg: &str) -> Value {
-    json!({"data": null, "total": 0, "limit": 0, "offset": 0,
-           "errors": [{"code": code, "msg": msg}]})
+    JaegerTrace {
+        trace_id: spans
+            .first()
+            .map(|s| trace_id_hex(&s.trace_id))
+            .unwrap_or_default(),
+        spans: out_spans,
+        processes,
+        warnings: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use meshtrace_model::{Event, Link};
+    use serde_json::json;
 
     #[test]
     fn renders_references_tags_and_processes() {
@@ -205,7 +341,7 @@ mod tests {
             }],
             ..root.clone()
         };
-        let t = trace(&[root, child]);
+        let t = serde_json::to_value(trace(&[root, child])).unwrap();
         assert_eq!(t["traceID"], "01".repeat(16));
         assert_eq!(t["processes"].as_object().unwrap().len(), 2);
         let s1 = &t["spans"][1];

@@ -1,12 +1,23 @@
 //! The HTTP API on the query port (16686 by default): `/readyz`, `/metrics`, the Jaeger query
-//! API ([`jaeger`]), Jaeger api_v3 ([`v3`]) and read-only SQL ([`sql`]).
+//! API ([`jaeger`]), Jaeger api_v3 ([`v3`]), meshtrace's own `/api/v1` ([`provenance`],
+//! [`budgets`], [`priorities`], [`sql`]) with its OpenAPI document ([`openapi`]), and the
+//! dashboard ([`ui`]).
+//!
+//! Handlers are thin: they read parameters ([`params::Params`]) into a typed question, ask the
+//! query layer ([`meshtrace_query::Queries`]) or an engine handle (provenance, priorities),
+//! and return a `Serialize` type or an [`error::ApiError`] in the envelope of their API. Every
+//! request is timed by one layer ([`timing`]).
 
 pub mod budgets;
+pub mod error;
 pub mod jaeger;
 pub mod jaeger_json;
+pub mod openapi;
 pub mod params;
+pub mod priorities;
 pub mod provenance;
 pub mod sql;
+pub mod timing;
 pub mod ui;
 pub mod v3;
 
@@ -16,53 +27,31 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
-use meshtrace_storage::Store;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use axum::routing::get;
+use axum::{Json, Router};
+use meshtrace_query::Queries;
 use prometheus_client::registry::Registry;
 
-use crate::config::QueryConfig;
-
-/// Writes metrics that are read from components at scrape time (WAL and storage stats).
-pub type PulledMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+use crate::priorities::Priorities;
+use crate::provenance::Provenance;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Store,
+    pub queries: Queries,
+    pub provenance: Provenance,
+    pub priorities: Priorities,
     pub registry: Arc<Registry>,
-    pub pulled: PulledMetrics,
     pub ready: Arc<AtomicBool>,
-    pub query: QueryConfig,
-    pub query_seconds: Histogram,
-    pub provenance: crate::provenance::Provenance,
-    pub priorities: crate::priorities::Priorities,
-}
-
-impl ApiState {
-    /// Creates the query-latency histogram and registers it.
-    pub fn query_histogram(registry: &mut Registry) -> Histogram {
-        let h = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "meshtrace_query_duration_seconds",
-            "time to answer query API requests",
-            h.clone(),
-        );
-        h
-    }
-
-    /// Observes how long a query took.
-    pub fn observe(&self, started: std::time::Instant) {
-        self.query_seconds.observe(started.elapsed().as_secs_f64());
-    }
 }
 
 /// The router of the query port.
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: ApiState, timing: timing::RequestTiming) -> Router {
+    let (v1, _) = openapi::v1_router().split_for_parts();
     Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/services", get(jaeger::services))
         .route(
             "/api/services/{service}/operations",
@@ -71,36 +60,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/operations", get(jaeger::operations))
         .route("/api/traces", get(jaeger::find_traces))
         .route("/api/traces/{trace_id}", get(jaeger::get_trace))
+        .route("/api/dependencies", get(provenance::dependencies))
         .route("/api/v3/services", get(v3::services))
         .route("/api/v3/operations", get(v3::operations))
         .route("/api/v3/traces", get(v3::find_traces))
         .route("/api/v3/traces/{trace_id}", get(v3::get_trace))
-        .route("/api/v1/sql", post(sql::query))
-        .route("/api/dependencies", get(provenance::dependencies))
-        .route("/api/v1/graph", get(provenance::graph))
-        .route("/api/v1/traces/classes", get(provenance::trace_classes))
-        .route(
-            "/api/v1/traces/{trace_id}/provenance",
-            get(provenance::trace_provenance),
-        )
-        .route(
-            "/api/v1/classes",
-            get(provenance::get_classes).put(provenance::put_classes),
-        )
-        .route("/api/v1/classes/mapping", get(provenance::class_mapping))
-        .route(
-            "/api/v1/classes/{class}/objective",
-            get(budgets::get_objective).put(budgets::put_objective),
-        )
-        .route("/api/v1/budgets", get(budgets::budgets))
-        .route("/api/v1/budgets/history", get(budgets::budget_history))
-        .route("/api/v1/priorities", get(budgets::priorities))
-        .route(
-            "/api/v1/priorities/overrides",
-            get(budgets::get_overrides).put(budgets::put_overrides),
-        )
-        .route("/api/v1/priorities/history", get(budgets::history))
-        .route("/api/v1/proxies", get(budgets::proxies))
+        .merge(v1)
+        .route_layer(axum::middleware::from_fn_with_state(timing, timing::time))
         .fallback(ui::serve)
         .with_state(state)
 }
@@ -115,11 +81,9 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut body, &state.registry) {
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    (state.pulled)(&mut body);
-    body.push_str("# EOF\n");
     (
         [(
             header::CONTENT_TYPE,
@@ -128,4 +92,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The OpenAPI document of meshtrace's own API (`docs/openapi.json` holds the same).
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi::document())
 }

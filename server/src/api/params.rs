@@ -1,5 +1,104 @@
-//! Parsing of query parameters shared by the query APIs: Go-style durations (`1.5s`, `300ms`,
-//! `4500ns`), protobuf JSON durations (`0.1s`), RFC 3339 times and trace IDs.
+//! Query parameters, read once for every handler: [`Params`] (the query string as pairs,
+//! repeated keys kept, with typed getters whose errors name the parameter) and the value
+//! parsers the APIs share: Go-style durations (`1.5s`, `300ms`, `4500ns`), RFC 3339 times,
+//! times as RFC 3339 or microseconds, and trace IDs.
+
+use std::convert::Infallible;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+
+/// The query string of a request as (key, value) pairs, repeated keys kept, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Params, Infallible> {
+        Ok(Params::parse(parts.uri.query().unwrap_or_default()))
+    }
+}
+
+impl Params {
+    /// Parses a query string (`a=1&b=2&a=3`).
+    pub fn parse(query: &str) -> Params {
+        Params(
+            form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// Every (key, value) pair, in order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// The first non-empty value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.get_any(&[key])
+    }
+
+    /// The first non-empty value of any of `keys` (a parameter's spellings).
+    pub fn get_any(&self, keys: &[&str]) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| keys.contains(&k.as_str()) && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, empty ones included.
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key`, or an error naming it.
+    pub fn required(&self, key: &str) -> Result<&str, ApiError> {
+        self.get(key)
+            .ok_or_else(|| ApiError::invalid(key, format!("parameter '{key}' is required")))
+    }
+
+    /// The value of `key` parsed by `parse`; a value it refuses is an error naming `key`.
+    pub fn parsed<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                parse(v).map_err(|e| {
+                    ApiError::invalid(key, format!("malformed parameter '{key}': {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// The value of `key` as a number (`FromStr`).
+    pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
+        self.parsed(key, |v| {
+            v.parse().map_err(|_| format!("{v:?} is not a number"))
+        })
+    }
+
+    /// Whether `key` is `true` or `1`.
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|v| v == "true" || v == "1")
+    }
+}
+
+/// A time as microseconds since the epoch, or RFC 3339; in nanoseconds.
+pub fn parse_time_us_or_rfc3339(text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(us) => Ok(us.saturating_mul(1000)),
+        Err(_) => parse_rfc3339(text),
+    }
+}
 
 /// Parses a Go `time.Duration` string (`1h2m`, `1.5s`, `300ms`, `10us`, `4500ns`) into
 /// nanoseconds. A bare number is taken as microseconds, as Jaeger does for `minDuration`.
@@ -88,6 +187,25 @@ mod tests {
         assert!(parse_trace_id(&"a".repeat(33)).is_err());
         let id31 = "3ba55609c3cde49649cd77d1f9dcd93";
         assert_eq!(parse_trace_id(id31).unwrap()[0], 0x03);
+    }
+
+    #[test]
+    fn params_keep_repeats_and_name_bad_values() {
+        let p = Params::parse("traceID=a&traceID=b&limit=x&service=&lookback=1h");
+        assert_eq!(p.all("traceID").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(p.get("service"), None, "empty values are absent");
+        let err = p.number::<usize>("limit").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("limit"));
+        assert!(err.message.contains("'limit'"), "{}", err.message);
+        assert_eq!(
+            p.required("service").unwrap_err().field.as_deref(),
+            Some("service")
+        );
+        assert_eq!(
+            p.parsed("lookback", parse_go_duration).unwrap(),
+            Some(3_600_000_000_000)
+        );
+        assert_eq!(parse_time_us_or_rfc3339("1000").unwrap(), 1_000_000);
     }
 
     #[test]

@@ -18,11 +18,12 @@ use meshtrace_budget::WindowConfig;
 use meshtrace_collector::decode::otlp;
 use meshtrace_collector::Limits;
 use meshtrace_provenance::{Assembler, AssemblerConfig, ClassMapping, GraphConfig, Slimmer};
+use meshtrace_query::tables::{tables, Rows};
 use prost::Message;
 use rand::SeedableRng;
 
 use crate::priorities::Recorder;
-use crate::provenance::rows::{tables, Rows};
+use crate::provenance::TraceObserver;
 
 #[derive(Debug, Args)]
 pub struct AssemblyArgs {
@@ -79,7 +80,7 @@ fn round(
     rng: &mut rand::rngs::StdRng,
     times: &mut Times,
 ) -> anyhow::Result<()> {
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let now = meshtrace_model::time::now_unix_nanos();
     let per = args.traces_per_request.max(1);
     let bodies: Vec<Vec<u8>> = (0..args.traces.div_ceil(per))
         .map(|_| super::request(rng, per).0.encode_to_vec())

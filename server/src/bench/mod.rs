@@ -185,7 +185,7 @@ fn mesh_trace(rng: &mut impl Rng, now_ns: i64) -> Vec<Span> {
 }
 
 fn request(rng: &mut impl Rng, traces: usize) -> (ExportTraceServiceRequest, usize) {
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let now = meshtrace_model::time::now_unix_nanos();
     let spans: Vec<Span> = (0..traces).flat_map(|_| mesh_trace(rng, now)).collect();
     let n = spans.len();
     (otlp::to_request(&spans), n)

@@ -10,11 +10,11 @@ use std::sync::{Mutex, PoisonError};
 use meshtrace_budget::ClassBudget;
 use serde::Serialize;
 
-/// Steps kept per class (six minutes at the default 1 s step, an hour at 10 s).
+/// Steps kept per class (an hour at the default 10 s step).
 pub const HISTORY_STEPS: usize = 360;
 
 /// One class's observation at one update step.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryPoint {
     /// The step's end, unix milliseconds.
     pub t: i64,
@@ -29,7 +29,7 @@ pub struct HistoryPoint {
 }
 
 /// One class's points, oldest first.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ClassHistory {
     pub class: String,
     pub points: Vec<HistoryPoint>,

@@ -10,21 +10,24 @@
 //! the catalog's after a restart, and the stored current sets are served until replaced.
 
 pub mod history;
+mod metrics;
 pub mod observe;
 pub mod publish;
 mod task;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use meshtrace_budget::{
     compute_budgets, AssignmentSet, ClassBudget, Objective, Observations, Prioritizer,
     PriorityConfig, WindowConfig,
 };
-use meshtrace_storage::{Store, StoredProxy};
+use meshtrace_model::time::{now_unix_nanos, rfc3339};
+use meshtrace_storage::{StorageError, Store, StoredPrioritySet, StoredProxy};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -33,20 +36,12 @@ use history::{BudgetHistory, ClassHistory};
 pub use observe::Recorder;
 use publish::{Board, SetJson};
 
-use crate::api::PulledMetrics;
 use crate::config::BudgetSettings;
 use crate::provenance::Provenance;
-
-/// Wall-clock unix nanoseconds.
-pub fn wall_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub use metrics::PrioritiesMetrics;
 
 /// A proxy that polled or watched its service's set.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ProxyInfo {
     pub service: String,
     pub node: String,
@@ -60,7 +55,7 @@ pub struct ProxyInfo {
 }
 
 /// Where an objective comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Config,
@@ -86,6 +81,8 @@ struct Inner {
     published: AtomicU64,
     watchers: AtomicI64,
     publish_latency: Mutex<PublishLatency>,
+    /// Step end → published, for `/metrics`.
+    publish_seconds: Histogram,
     /// Per class the newest update steps' end-to-end observations (memory only).
     history: BudgetHistory,
 }
@@ -104,6 +101,15 @@ pub struct Priorities {
     inner: Arc<Inner>,
 }
 
+/// The budget window of these settings (what a [`Recorder`] is made with).
+pub fn window_config(settings: &BudgetSettings) -> WindowConfig {
+    WindowConfig {
+        window: settings.window.max(Duration::from_millis(1)),
+        step: settings.step.max(Duration::from_millis(1)),
+        max_positions: settings.max_positions_per_class.max(1),
+    }
+}
+
 fn priority_config(s: &BudgetSettings) -> PriorityConfig {
     PriorityConfig {
         levels: s.levels.max(1),
@@ -117,23 +123,20 @@ fn priority_config(s: &BudgetSettings) -> PriorityConfig {
 }
 
 impl Priorities {
-    /// Loads objectives, overrides, published sets and proxies from the catalog, hooks the
-    /// recorder into provenance and starts the update task (stopped by `stop`).
+    /// Loads objectives, overrides, published sets and proxies from the catalog and starts the
+    /// update task (stopped by `stop`). Budgets are computed from what `recorder` records
+    /// (provenance records every completed trace through it).
     pub async fn start(
         store: &Store,
         settings: &BudgetSettings,
         provenance: &Provenance,
+        recorder: Recorder,
         stop: CancellationToken,
     ) -> anyhow::Result<Priorities> {
         for (class, o) in &settings.objectives {
             o.validate()
                 .with_context(|| format!("budgets.objectives.{class}"))?;
         }
-        let window = WindowConfig {
-            window: settings.window.max(Duration::from_millis(1)),
-            step: settings.step.max(Duration::from_millis(1)),
-            max_positions: settings.max_positions_per_class.max(1),
-        };
         let mut catalog_objectives = BTreeMap::new();
         for (class, json) in store.objectives().await.context("reading objectives")? {
             match serde_json::from_str::<Objective>(&json) {
@@ -170,7 +173,7 @@ impl Priorities {
             .into_iter()
             .map(|p| {
                 let info = ProxyInfo {
-                    last_seen: publish::rfc3339(p.last_seen_ns),
+                    last_seen: rfc3339(p.last_seen_ns),
                     service: p.service,
                     node: p.node,
                     via: p.via,
@@ -184,7 +187,7 @@ impl Priorities {
             settings: settings.clone(),
             store: store.clone(),
             provenance: provenance.clone(),
-            obs: Arc::new(Mutex::new(Observations::new(window))),
+            obs: recorder.obs,
             catalog_objectives: RwLock::new(catalog_objectives),
             overrides: RwLock::new(overrides),
             prioritizer: Mutex::new(Prioritizer::new(priority_config(settings))),
@@ -198,21 +201,19 @@ impl Priorities {
             published: AtomicU64::new(0),
             watchers: AtomicI64::new(0),
             publish_latency: Mutex::default(),
+            publish_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             history: BudgetHistory::default(),
         };
         let p = Priorities {
             inner: Arc::new(inner),
         };
-        provenance.set_recorder(p.recorder());
         tokio::spawn(task::run(p.clone()));
         Ok(p)
     }
 
-    /// What provenance records completed traces through.
-    pub fn recorder(&self) -> Recorder {
-        Recorder {
-            obs: self.inner.obs.clone(),
-        }
+    /// Its metrics, as a collector to register.
+    pub fn metrics(&self) -> PrioritiesMetrics {
+        PrioritiesMetrics(self.clone())
     }
 
     pub fn settings(&self) -> &BudgetSettings {
@@ -254,7 +255,7 @@ impl Priorities {
         let json = serde_json::to_string(&o)?;
         self.inner
             .store
-            .put_objective(class, &json, wall_ns())
+            .put_objective(class, &json, now_unix_nanos())
             .await?;
         self.inner
             .catalog_objectives
@@ -302,7 +303,7 @@ impl Priorities {
             .obs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        compute_budgets(&obs, &objectives, wall_ns())
+        compute_budgets(&obs, &objectives, now_unix_nanos())
     }
 
     /// Per class (all, or only `class`) the recorded update steps at or after `since_ms`
@@ -310,6 +311,14 @@ impl Priorities {
     /// [`history::HISTORY_STEPS`] steps.
     pub fn budget_history(&self, class: Option<&str>, since_ms: Option<i64>) -> Vec<ClassHistory> {
         self.inner.history.query(class, since_ms)
+    }
+
+    /// The versions of a service's set stored in the catalog, oldest first.
+    pub async fn stored_history(
+        &self,
+        service: &str,
+    ) -> Result<Vec<StoredPrioritySet>, StorageError> {
+        self.inner.store.priority_history(service).await
     }
 
     /// The current set of a service (version 0, empty, when unknown).
@@ -325,13 +334,13 @@ impl Priorities {
     /// Records that a proxy polled or watched (kept in memory, written to the catalog by the
     /// task).
     pub fn record_proxy(&self, service: &str, node: &str, via: &str, version: u64) {
-        let now = wall_ns();
+        let now = now_unix_nanos();
         let key = (service.to_string(), node.to_string());
         let info = ProxyInfo {
             service: service.to_string(),
             node: node.to_string(),
             via: via.to_string(),
-            last_seen: publish::rfc3339(now),
+            last_seen: rfc3339(now),
             last_seen_ns: now,
             version,
         };
@@ -396,6 +405,7 @@ impl Priorities {
 
     /// Records the time from a step end to a set's publication.
     fn record_publish_latency(&self, ns: i64) {
+        self.inner.publish_seconds.observe(ns as f64 / 1e9);
         let mut l = self
             .inner
             .publish_latency
@@ -414,76 +424,4 @@ impl Priorities {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Writes the `meshtrace_priority_*` and `meshtrace_budget_*` metrics.
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let i = &self.inner;
-        let (late, folded) = {
-            let obs = i.obs.lock().unwrap_or_else(PoisonError::into_inner);
-            (obs.late_traces(), obs.folded_samples())
-        };
-        let lines = [
-            (
-                "meshtrace_priority_versions_published",
-                "priority assignment set versions published",
-                "counter",
-                i.published.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "meshtrace_priority_watchers",
-                "open priority long polls and WatchPriorities streams",
-                "gauge",
-                i.watchers.load(Ordering::Relaxed),
-            ),
-            (
-                "meshtrace_budget_updates",
-                "budget and priority updates run",
-                "counter",
-                i.updates.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "meshtrace_budget_late_traces",
-                "completed traces too old for the budget window",
-                "counter",
-                late as i64,
-            ),
-            (
-                "meshtrace_budget_folded_hop_samples",
-                "hop samples counted towards an ancestor position: their class had \
-                 max_positions_per_class positions in the step",
-                "counter",
-                folded as i64,
-            ),
-        ];
-        for (name, help, kind, v) in lines {
-            let suffix = if kind == "counter" { "_total" } else { "" };
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{suffix} {v}\n"
-            );
-        }
-        let l = self.publish_latency();
-        let secs = |ns: i64| ns as f64 / 1e9;
-        let name = "meshtrace_priority_publish_latency_seconds";
-        let max = "meshtrace_priority_publish_latency_max_seconds";
-        let _ = write!(
-            out,
-            "# HELP {name} window step end to a changed set published\n\
-             # TYPE {name} summary\n{name}_sum {}\n{name}_count {}\n\
-             # HELP {max} longest window step end to a changed set published\n\
-             # TYPE {max} gauge\n{max} {}\n",
-            secs(l.sum_ns),
-            l.count,
-            secs(l.max_ns)
-        );
-    }
-}
-
-/// `base` followed by the priorities metrics.
-pub fn with_metrics(base: PulledMetrics, p: Priorities) -> PulledMetrics {
-    Arc::new(move |out: &mut String| {
-        base(out);
-        p.write_metrics(out);
-    })
 }

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use meshtrace_budget::{HopSample, Observations};
 use meshtrace_provenance::{Derived, TraceTree};
 
+use crate::provenance::TraceObserver;
+
 /// The handle provenance records completed traces through. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
@@ -15,16 +17,19 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder into observations of its own (the budgets engine shares its observations
-    /// through [`super::Priorities::recorder`]).
+    /// A recorder into observations of its own, made before the engines: provenance records
+    /// into it, and the budgets engine computes from the same observations
+    /// ([`super::Priorities::start`]).
     pub fn new(window: meshtrace_budget::WindowConfig) -> Recorder {
         Recorder {
             obs: Arc::new(Mutex::new(Observations::new(window))),
         }
     }
+}
 
+impl TraceObserver for Recorder {
     /// Records one completed trace at wall-clock time `now_ns`.
-    pub fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
+    fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
         let hops = hop_samples(d, tree);
         let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
         obs.record_trace(&d.trace.class, d.trace.duration_ns, &hops, now_ns);

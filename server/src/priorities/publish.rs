@@ -55,38 +55,33 @@ impl Board {
     }
 }
 
-/// RFC 3339 (UTC, milliseconds) of unix nanoseconds.
-pub fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NameValue {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyValue {
     pub key: String,
     pub value: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignatureJson {
     pub caller: String,
     pub operation: String,
     pub share: f64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MatchJson {
     pub header: Option<NameValue>,
     pub baggage: Option<KeyValue>,
     pub signatures: Vec<SignatureJson>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssignmentJson {
     pub class: String,
     pub priority: u8,
@@ -99,7 +94,7 @@ pub struct AssignmentJson {
 }
 
 /// A set as `GET /api/v1/priorities` answers it (and as the catalog stores it).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetJson {
     pub version: u64,
     pub service: String,
@@ -116,7 +111,7 @@ impl From<&AssignmentSet> for SetJson {
         SetJson {
             version: s.version,
             service: s.service.clone(),
-            generated_at: rfc3339(s.generated_at_ns),
+            generated_at: meshtrace_model::time::rfc3339(s.generated_at_ns),
             generated_at_ns: s.generated_at_ns,
             assignments: s.assignments.iter().map(assignment_json).collect(),
         }

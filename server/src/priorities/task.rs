@@ -15,7 +15,9 @@ use meshtrace_budget::{compute_budgets, AssignmentSet, MappingRow, Objective};
 use meshtrace_storage::StoredPrioritySet;
 
 use super::publish::SetJson;
-use super::{wall_ns, Priorities};
+use meshtrace_model::time::now_unix_nanos;
+
+use super::Priorities;
 
 /// The next multiple of `step` on the wall clock (unix ns) after `now`.
 fn next_step(step: Duration, now: i64) -> i64 {
@@ -25,7 +27,7 @@ fn next_step(step: Duration, now: i64) -> i64 {
 
 /// Time until `boundary` (unix ns) on the wall clock, plus a little.
 fn until(boundary: i64) -> Duration {
-    Duration::from_nanos(u64::try_from(boundary - wall_ns()).unwrap_or(0))
+    Duration::from_nanos(u64::try_from(boundary - now_unix_nanos()).unwrap_or(0))
         + Duration::from_millis(5)
 }
 
@@ -33,11 +35,11 @@ fn until(boundary: i64) -> Duration {
 pub(super) async fn run(p: Priorities) {
     let step = p.inner.settings.step.max(Duration::from_millis(10));
     loop {
-        let boundary = next_step(step, wall_ns());
+        let boundary = next_step(step, now_unix_nanos());
         let step_end = tokio::select! {
             _ = p.inner.stop.cancelled() => break,
             _ = tokio::time::sleep(until(boundary)) => boundary,
-            _ = p.inner.wake.notified() => wall_ns(),
+            _ = p.inner.wake.notified() => now_unix_nanos(),
         };
         update(&p, step_end).await;
         p.persist_proxies().await;
@@ -87,7 +89,7 @@ fn summarize(prev: &AssignmentSet, next: &AssignmentSet) -> String {
 /// publish.
 async fn update(p: &Priorities, step_end: i64) {
     let inner = &p.inner;
-    let now = wall_ns();
+    let now = now_unix_nanos();
     let objectives: BTreeMap<String, Objective> = p
         .objectives()
         .into_iter()
@@ -134,7 +136,7 @@ async fn update(p: &Priorities, step_end: i64) {
         }
         let (service, version) = (set.service.clone(), set.version);
         inner.board.publish(set);
-        let latency_ns = wall_ns().saturating_sub(step_end);
+        let latency_ns = now_unix_nanos().saturating_sub(step_end);
         p.record_publish_latency(latency_ns);
         tracing::info!(
             %service,
@@ -190,7 +192,7 @@ mod tests {
 
     #[test]
     fn steps_are_aligned() {
-        let d = until(next_step(Duration::from_secs(1), wall_ns()));
+        let d = until(next_step(Duration::from_secs(1), now_unix_nanos()));
         assert!(d <= Duration::from_millis(1005) && d >= Duration::from_millis(5));
         let s = Duration::from_secs(1);
         assert_eq!(next_step(s, 2_500_000_000), 3_000_000_000);

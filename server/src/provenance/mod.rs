@@ -13,23 +13,25 @@
 //! of the configuration; the first match wins, and a trace matching none gets `default`. A
 //! rule change applies to traces completed afterwards.
 
+mod metrics;
 mod repair;
-pub mod rows;
 mod task;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::Context;
 use meshtrace_model::Span;
 use meshtrace_provenance::{
-    AssemblerStats, ClassMapping, ClassRule, GraphConfig, MappingEntry, SlimSpan, Slimmer,
+    AssemblerStats, ClassMapping, ClassRule, Derived, GraphConfig, MappingEntry, SlimSpan, Slimmer,
+    TraceTree,
 };
 use meshtrace_storage::{DerivedConfig, DerivedStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProvenanceSettings;
+pub use metrics::ProvenanceMetrics;
 
 /// What the pipeline hands over.
 enum Msg {
@@ -50,8 +52,14 @@ struct Shared {
     graph: GraphConfig,
     /// What assembly keeps of a span, for the current rules.
     slimmer: RwLock<Arc<Slimmer>>,
-    /// Where completed traces are recorded for latency budgets, once set.
-    recorder: OnceLock<crate::priorities::Recorder>,
+    /// Where completed traces are recorded (for latency budgets), if anywhere.
+    observer: Option<Arc<dyn TraceObserver>>,
+}
+
+/// What is told of every trace completed for the first time, once derived: its rows, its tree
+/// and the wall-clock time (unix ns). The budgets engine records them this way.
+pub trait TraceObserver: Send + Sync {
+    fn record(&self, derived: &Derived, tree: &TraceTree, now_ns: i64);
 }
 
 impl Shared {
@@ -139,11 +147,13 @@ fn parse_stored(rules: Vec<String>) -> Vec<ClassRule> {
 
 impl Provenance {
     /// Opens the derived tables and starts the provenance task.
+    /// `observer` is told of every completed trace.
     pub async fn start(
         store: &Store,
         settings: &ProvenanceSettings,
         retention: std::time::Duration,
         row_group_rows: usize,
+        observer: Option<Arc<dyn TraceObserver>>,
     ) -> anyhow::Result<Provenance> {
         let cfg = DerivedConfig {
             flush_max_rows: settings.flush_rows,
@@ -151,7 +161,7 @@ impl Provenance {
             retention,
             row_group_rows,
         };
-        let derived = DerivedStore::open(store, rows::tables(), cfg)
+        let derived = DerivedStore::open(store, meshtrace_query::tables::tables(), cfg)
             .await
             .context("opening the derived provenance tables")?;
         let stored = store.class_rules().await.context("reading class rules")?;
@@ -164,7 +174,7 @@ impl Provenance {
             catalog_rules: RwLock::new(parse_stored(stored)),
             graph: settings.graph.clone(),
             slimmer: RwLock::default(),
-            recorder: OnceLock::new(),
+            observer,
         });
         shared.update_slimmer();
         let (tx, rx) = mpsc::channel(settings.queue_depth.max(1));
@@ -247,110 +257,19 @@ impl Provenance {
         Ok(())
     }
 
-    /// Records every trace completed from now on (once derived) for latency budgets.
-    pub fn set_recorder(&self, recorder: crate::priorities::Recorder) {
-        if self.feed.shared.recorder.set(recorder).is_err() {
-            tracing::warn!("budget recorder already set");
-        }
-    }
-
     /// The learned signature→class mapping.
     pub fn mapping(&self) -> Vec<MappingEntry> {
         let m = &self.feed.shared.mapping;
         m.lock().unwrap_or_else(PoisonError::into_inner).entries()
     }
 
-    /// Derives the rows of a trace not (or not yet) completed, from the spans given, with the
-    /// current rules; it is never `complete`.
-    pub fn derive_open(&self, spans: &[Span]) -> meshtrace_provenance::Derived {
-        let tree = meshtrace_provenance::build_tree(spans);
-        let rules = self.feed.shared.rules();
-        let mut d = meshtrace_provenance::derive_tree(&tree, &rules, &self.feed.shared.graph);
-        d.trace.complete = false;
-        d
+    /// Its metrics, as a collector to register.
+    pub fn metrics(&self) -> ProvenanceMetrics {
+        ProvenanceMetrics(self.clone())
     }
 
-    /// Writes the `meshtrace_provenance_*` metrics in the Prometheus text format.
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let shared = &self.feed.shared;
-        let s = *shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let d = self.derived.stats();
-        let mut metric = |name: &str, help: &str, kind: &str, lines: &[(&str, u64)]| {
-            let name = format!("meshtrace_provenance_{name}");
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-            let suffix = if kind == "counter" { "_total" } else { "" };
-            for (labels, v) in lines {
-                let _ = writeln!(out, "{name}{suffix}{labels} {v}");
-            }
-        };
-        let counters = [
-            (
-                "completed_traces",
-                "traces completed and derived",
-                s.completed,
-            ),
-            (
-                "replacements",
-                "traces derived again after late spans",
-                s.replacements,
-            ),
-            (
-                "late_merges",
-                "completed traces reopened by a late span",
-                s.late_merges,
-            ),
-            ("orphans", "orphan spans in completed traces", s.orphans),
-            (
-                "multi_root",
-                "completed traces with more than one root",
-                s.multi_root,
-            ),
-            ("skew", "spans shifted to correct clock skew", s.skew),
-            (
-                "shared",
-                "Zipkin shared server halves joined to their client",
-                s.shared,
-            ),
-            (
-                "evicted_traces",
-                "open traces forced out by the limit",
-                s.evicted_traces,
-            ),
-            (
-                "duplicate_spans",
-                "exact duplicate spans ignored",
-                s.duplicate_spans,
-            ),
-            (
-                "derived_segments_written",
-                "derived Parquet segments",
-                d.segments_written,
-            ),
-        ];
-        for (name, help, v) in counters {
-            metric(name, help, "counter", &[("", v)]);
-        }
-        let queue = shared.queue_dropped.load(Ordering::Relaxed);
-        let dropped = [
-            ("{reason=\"queue_full\"}", queue),
-            ("{reason=\"trace_limit\"}", s.dropped_spans),
-        ];
-        let help = "spans left out of provenance (queue full, or beyond the per-trace limit)";
-        metric("dropped_spans", help, "counter", &dropped);
-        let open = shared.open_traces.load(Ordering::Relaxed);
-        metric(
-            "open_traces",
-            "traces being assembled",
-            "gauge",
-            &[("", open)],
-        );
-        let help = "derived rows not yet in Parquet";
-        metric(
-            "derived_buffered_rows",
-            help,
-            "gauge",
-            &[("", d.buffered_rows)],
-        );
+    /// The rules in the order they apply (catalog, then configuration).
+    pub fn rules(&self) -> Vec<ClassRule> {
+        self.feed.shared.rules()
     }
 }

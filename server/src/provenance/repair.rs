@@ -20,9 +20,9 @@ use arrow::array::{Array, AsArray};
 use meshtrace_model::{Span, TraceId};
 use meshtrace_storage::ScalarValue;
 
-use super::rows::TRACES;
 use super::Provenance;
 use crate::config::ProvenanceSettings;
+use meshtrace_query::tables::TRACES;
 
 /// Most traces re-derived by one start-up repair.
 pub const REPAIR_MAX_TRACES: usize = 100_000;
@@ -87,7 +87,7 @@ impl Provenance {
             .map(|s| s.created_at_ns)
             .max();
         let flushed = newest.unwrap_or_else(|| {
-            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+            let now = meshtrace_model::time::now_unix_nanos();
             now.saturating_sub(nanos(settings.flush_age))
         });
         Ok(flushed.saturating_sub(nanos(settings.max_age + settings.idle)))

@@ -13,8 +13,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use meshtrace_model::time::now_unix_nanos;
 use meshtrace_model::{Span, TraceId};
 use meshtrace_provenance::{
     build_tree_slim, unique_spans, Assembler, CompletedTrace, Derived, Learned, SlimSpan,
@@ -23,9 +24,9 @@ use meshtrace_storage::{DerivedStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::rows::Rows;
 use super::{Msg, Shared};
 use crate::config::ProvenanceSettings;
+use meshtrace_query::tables::Rows;
 
 /// How often completed traces are collected.
 const TICK: Duration = Duration::from_millis(200);
@@ -127,10 +128,7 @@ impl Engine {
     }
 
     fn next_version(&mut self) -> i64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or_default();
+        let wall = now_unix_nanos();
         self.last_version = wall.max(self.last_version + 1);
         self.last_version
     }
@@ -165,12 +163,12 @@ impl Engine {
         let rules = self.shared.rules();
         let graph = self.shared.graph.clone();
         let mut rows = Rows::default();
-        let recorder = self.shared.recorder.get().cloned();
-        let wall = crate::priorities::wall_ns();
+        let observer = self.shared.observer.clone();
+        let wall = now_unix_nanos();
         for (first, c) in done {
             let derived = c.derive(&rules, &graph);
-            if let (Some(r), true) = (&recorder, first) {
-                r.record(&derived, &c.tree, wall);
+            if let (Some(o), true) = (&observer, first) {
+                o.record(&derived, &c.tree, wall);
             }
             let version = self.next_version();
             self.learn(c.trace_id, &derived);

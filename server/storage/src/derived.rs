@@ -33,7 +33,9 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use meshtrace_model::time::now_unix_nanos;
 
 use arrow::compute::{max as arrow_max, min as arrow_min};
 use arrow_array::cast::AsArray;
@@ -62,8 +64,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 pub use crate::catalog::DerivedSegment;
 use crate::error::StorageError;
 use crate::layout::{sort_by_trace, trace_id_bloom_filter};
-use crate::sql::STORE_URL;
 use crate::store::Store;
+use crate::store::STORE_URL;
 
 /// The prefix under which every derived segment lives.
 pub const DERIVED_PREFIX: &str = "derived";
@@ -167,13 +169,6 @@ struct Inner {
 #[derive(Clone, Debug)]
 pub struct DerivedStore {
     inner: Arc<Inner>,
-}
-
-fn now_ns() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 fn check_schema(t: &DerivedTable) -> Result<(), StorageError> {
@@ -314,7 +309,7 @@ impl DerivedStore {
     ) -> Result<(), StorageError> {
         let (schema, rg) = (t.schema.clone(), self.inner.cfg.row_group_rows);
         let enc = tokio::task::spawn_blocking(move || encode(&schema, &batches, rg)).await??;
-        let created = now_ns();
+        let created = now_unix_nanos();
         let day = chrono::DateTime::from_timestamp_nanos(enc.min_start_ns).format("%Y-%m-%d");
         let path = format!(
             "{DERIVED_PREFIX}/{}/date={day}/seg-{created}.parquet",
@@ -357,7 +352,7 @@ impl DerivedStore {
     /// how many.
     pub async fn apply_retention(&self) -> Result<usize, StorageError> {
         let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff = now_ns().saturating_sub(retention);
+        let cutoff = now_unix_nanos().saturating_sub(retention);
         let store = &self.inner.store.inner;
         let mut deleted = 0;
         for t in &self.inner.tables {

@@ -17,24 +17,19 @@ use datafusion::datasource::listing::{
 };
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::TryStreamExt;
 use meshtrace_model::schema::spans_schema;
-use object_store::ObjectStore;
 
 use crate::buffer::Snapshot;
 use crate::error::StorageError;
-use crate::store::{lock, Store};
-
-/// The URL under which the store's object store is registered in every session.
-pub(crate) const STORE_URL: &str = "meshtrace://store/";
+use crate::store::{lock, Store, STORE_URL};
 
 /// The `spans` table: segments and buffer of one snapshot.
 #[derive(Debug)]
@@ -147,15 +142,6 @@ fn is_user_error(e: &DataFusionError) -> bool {
     )
 }
 
-/// The DataFusion runtime shared by the store's sessions, with the store's object store
-/// registered under [`STORE_URL`].
-pub(crate) fn runtime(store: &Arc<dyn ObjectStore>) -> Result<Arc<RuntimeEnv>, StorageError> {
-    let runtime = RuntimeEnvBuilder::new().build_arc()?;
-    let url = ObjectStoreUrl::parse(STORE_URL)?;
-    runtime.register_object_store(url.as_ref(), store.clone());
-    Ok(runtime)
-}
-
 impl Store {
     /// A DataFusion session with the `spans` table (segments and buffer as of now) and the
     /// registered extra tables. Strings stay `Utf8` (no view types).
@@ -193,10 +179,34 @@ impl Store {
     pub async fn sql_with_params(
         &self,
         sql: &str,
-        params: Vec<datafusion::scalar::ScalarValue>,
+        params: Vec<ScalarValue>,
         max_rows: usize,
         timeout: Duration,
     ) -> Result<Vec<RecordBatch>, StorageError> {
+        let mut out = Vec::new();
+        let mut rows = 0;
+        self.sql_each(sql, params, timeout, |batch| {
+            let take = batch.num_rows().min(max_rows - rows);
+            rows += take;
+            out.push(batch.slice(0, take));
+            Ok::<_, StorageError>(rows < max_rows)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Runs one read-only query with values bound to its placeholders and hands each result
+    /// batch to `each` as the engine produces it, until `each` answers `false` or the result
+    /// ends: for callers that fold a large result into something small (the query layer's
+    /// aggregations) instead of holding it. Fails with [`StorageError::Timeout`] past
+    /// `timeout`.
+    pub async fn sql_each<E: From<StorageError>>(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        timeout: Duration,
+        mut each: impl FnMut(RecordBatch) -> Result<bool, E>,
+    ) -> Result<(), E> {
         check_read_only(sql)?;
         let ctx = self.session().await?;
         let options = SQLOptions::new()
@@ -213,24 +223,19 @@ impl Store {
             })?;
             let df = match params.is_empty() {
                 true => df,
-                false => df.with_param_values(params)?,
+                false => df.with_param_values(params).map_err(StorageError::from)?,
             };
-            let mut stream = df.execute_stream().await?;
-            let mut out = Vec::new();
-            let mut rows = 0;
-            while rows < max_rows {
-                let Some(batch) = stream.try_next().await? else {
+            let mut stream = df.execute_stream().await.map_err(StorageError::from)?;
+            while let Some(batch) = stream.try_next().await.map_err(StorageError::from)? {
+                if !each(batch)? {
                     break;
-                };
-                let take = batch.num_rows().min(max_rows - rows);
-                rows += take;
-                out.push(batch.slice(0, take));
+                }
             }
-            Ok(out)
+            Ok::<(), E>(())
         };
         tokio::time::timeout(timeout, run)
             .await
-            .map_err(|_| StorageError::Timeout(timeout))?
+            .map_err(|_| E::from(StorageError::Timeout(timeout)))?
     }
 }
 

@@ -4,13 +4,15 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use datafusion::catalog::TableProvider;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use futures::TryStreamExt;
 use meshtrace_model::arrow_conv::spans_to_batch;
+use meshtrace_model::time::now_unix_nanos;
 use meshtrace_model::{Span, SpanKind};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -61,15 +63,20 @@ pub(crate) struct Inner {
     pub runtime: Arc<RuntimeEnv>,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// The URL under which the store's object store is registered in every session.
+pub(crate) const STORE_URL: &str = "meshtrace://store/";
+
+/// The DataFusion runtime shared by the store's sessions, with the store's object store
+/// registered under [`STORE_URL`].
+pub(crate) fn runtime(store: &Arc<dyn ObjectStore>) -> Result<Arc<RuntimeEnv>, StorageError> {
+    let runtime = RuntimeEnvBuilder::new().build_arc()?;
+    let url = ObjectStoreUrl::parse(STORE_URL)?;
+    runtime.register_object_store(url.as_ref(), store.clone());
+    Ok(runtime)
 }
 
-fn now_ns() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The (service, operation, kind) names of spans, as [`Store::append_converted`] takes them.
@@ -108,7 +115,7 @@ impl Store {
             checkpoint,
             "span store opened"
         );
-        let runtime = crate::sql::runtime(&store)?;
+        let runtime = runtime(&store)?;
         let inner = Inner {
             reader: SegmentReader::new(store.clone()),
             cfg,
@@ -268,7 +275,7 @@ impl Store {
         let enc = tokio::task::spawn_blocking(move || encode_segment(&batches, rg)).await??;
         let mut path = segment_path(enc.min_start_ns, seq_min, seq_max);
         if self.read_view().segments.iter().any(|s| s.path == path) {
-            path = path.replace(".parquet", &format!("-{}.parquet", now_ns()));
+            path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
         }
         let byte_size = enc.bytes.len();
         self.inner
@@ -288,7 +295,7 @@ impl Store {
             wal_seq_min: seq_min,
             wal_seq_max: seq_max,
             services: enc.services,
-            created_at_ns: now_ns(),
+            created_at_ns: now_unix_nanos(),
         };
         let names = lock(&self.inner.names).take_pending();
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
@@ -328,7 +335,7 @@ impl Store {
     /// first, then the file); returns how many.
     pub async fn apply_retention(&self) -> Result<usize, StorageError> {
         let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff = now_ns().saturating_sub(retention);
+        let cutoff = now_unix_nanos().saturating_sub(retention);
         let expired: Vec<Arc<SegmentInfo>> = self
             .read_view()
             .segments

@@ -182,10 +182,8 @@ impl Drop for Server {
     }
 }
 
-/// Nanoseconds since the epoch, now.
-pub fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap()
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use meshtrace_model::time::now_unix_nanos as now_ns;
 
 /// One OTLP/JSON span of `service`; `ids` are the trace, span and parent IDs in hex.
 pub fn otlp_span(

@@ -61,3 +61,27 @@ pub fn by_trace(spans: Vec<Span>) -> BTreeMap<TraceId, Vec<Span>> {
 pub fn facts() -> serde_json::Value {
     serde_json::from_slice(&read("facts.json")).unwrap()
 }
+
+/// The (caller, callee) service pairs of the served service graph of one trace between two
+/// instrumented services: the trace's `edges` rows ([`meshtrace_provenance::derive`]) counted
+/// by [`meshtrace_provenance::ServiceGraph::served`], as the query layer counts stored rows,
+/// leaving out the virtual `user`, peers and databases and calls within one service.
+pub fn graph_service_edges(spans: &[Span]) -> std::collections::BTreeSet<(String, String)> {
+    use meshtrace_provenance::{derive, ConnectionType, ServiceGraph};
+    let mut graph = ServiceGraph::served();
+    for row in &derive(spans, &[]).edges {
+        graph.add(row.call());
+    }
+    graph
+        .edges
+        .keys()
+        .filter(|k| {
+            !matches!(
+                k.connection_type,
+                ConnectionType::VirtualNode | ConnectionType::Database
+            )
+        })
+        .filter(|k| k.client != k.server)
+        .map(|k| (k.client.clone(), k.server.clone()))
+        .collect()
+}

@@ -39,12 +39,7 @@ pub fn normalized_all(mut spans: Vec<Span>) -> Vec<Span> {
     spans.into_iter().map(normalized).collect()
 }
 
-/// Nanoseconds since the epoch, now.
-pub fn now_ns() -> i64 {
-    chrono::Utc::now()
-        .timestamp_nanos_opt()
-        .expect("time in range")
-}
+pub use meshtrace_model::time::now_unix_nanos as now_ns;
 
 /// The rows of a SQL answer as text, cells separated by single spaces (Arrow's table format).
 pub async fn rows(store: &Store, sql: &str) -> Vec<String> {

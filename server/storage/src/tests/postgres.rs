@@ -1,8 +1,6 @@
 //! The PostgreSQL catalog, for real, against the local server (trust auth). Each test run uses
 //! a fresh schema (through the `search_path` connection option) and drops it at the end.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use sqlx::Connection;
 
 use super::gen::mesh_traffic;
@@ -12,10 +10,7 @@ use crate::{Store, StoreConfig, TraceQuery};
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 async fn fresh_schema() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = now_ns();
     let schema = format!("meshtrace_test_{}_{nanos}", std::process::id());
     let mut conn = sqlx::PgConnection::connect(SERVER)
         .await

@@ -1,21 +1,26 @@
 //! The Arrow form of the derived provenance tables `traces`, `edges` and `critical_path`: their
 //! schemas (the same in memory, in Parquet and in SQL) and the conversion of
-//! [`meshtrace_provenance::Derived`] rows into record batches.
+//! [`meshtrace_provenance::Derived`] rows into record batches. The server's provenance task
+//! writes through [`Rows`]; the queries of this crate read the same columns back.
 //!
 //! Every row carries the trace's `start_time` (for retention and time filters; for an edge,
 //! the start of its client span, else its server span) and the `version` of the derivation
-//! (its completion time in ns): the SQL tables show only the latest version per trace.
+//! (its completion time in ns): the SQL tables show only the latest version per trace. An
+//! edge's `dimensions` (the service graph's extra dimensions, `client_<key>` and
+//! `server_<key>`) are null unless some are configured; segments written before the column
+//! existed read it as null.
 
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray, TimestampNanosecondArray,
+    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, MapBuilder, StringArray,
+    StringBuilder, TimestampNanosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use meshtrace_model::schema::timestamp_type;
 use meshtrace_model::SpanId;
-use meshtrace_provenance::{CompletionReason, ConnectionType, Derived, TraceTree};
+use meshtrace_provenance::{CompletionReason, Derived, EdgeRow, TraceTree};
 use meshtrace_storage::{DerivedTable, RecordBatch};
 
 pub const TRACES: &str = "traces";
@@ -78,9 +83,32 @@ fn edges_schema() -> SchemaRef {
             f("status", Utf8, false),
             f("start_time", timestamp_type(), false),
             f("version", Int64, false),
+            f("dimensions", dimensions_type(), true),
         ]))
     })
     .clone()
+}
+
+/// The names [`MapBuilder`] gives a string-to-string map's entries.
+fn map_fields() -> (Field, Field, Field) {
+    (
+        Field::new("keys", DataType::Utf8, false),
+        Field::new("values", DataType::Utf8, true),
+        Field::new("entries", DataType::Null, false),
+    )
+}
+
+/// `Map<Utf8, Utf8>`, as [`MapBuilder`] builds it.
+fn dimensions_type() -> DataType {
+    let (key, value, entries) = map_fields();
+    DataType::Map(
+        Arc::new(Field::new(
+            entries.name(),
+            DataType::Struct(Fields::from(vec![key, value])),
+            false,
+        )),
+        false,
+    )
 }
 
 fn critical_path_schema() -> SchemaRef {
@@ -114,16 +142,6 @@ pub fn tables() -> Vec<DerivedTable> {
         schema,
     })
     .collect()
-}
-
-/// The `connection_type` column value.
-pub fn connection_name(c: ConnectionType) -> &'static str {
-    match c {
-        ConnectionType::Direct => "direct",
-        ConnectionType::VirtualNode => "virtual_node",
-        ConnectionType::MessagingSystem => "messaging_system",
-        ConnectionType::Database => "database",
-    }
 }
 
 fn reason_name(r: CompletionReason) -> &'static str {
@@ -227,7 +245,7 @@ impl Rows {
     }
 
     fn edges_batch(&self) -> Result<RecordBatch, ArrowError> {
-        let rows: Vec<(&Entry, &meshtrace_provenance::EdgeRow, i64)> = self
+        let rows: Vec<(&Entry, &EdgeRow, i64)> = self
             .entries
             .iter()
             .flat_map(|e| {
@@ -238,10 +256,10 @@ impl Rows {
                     .map(move |(r, s)| (e, r, *s))
             })
             .collect();
-        let text = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> &str| -> ArrayRef {
+        let text = |g: &dyn Fn(&EdgeRow) -> &str| -> ArrayRef {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(r.1))))
         };
-        let opt_int = |g: &dyn Fn(&meshtrace_provenance::EdgeRow) -> Option<i64>| -> ArrayRef {
+        let opt_int = |g: &dyn Fn(&EdgeRow) -> Option<i64>| -> ArrayRef {
             Arc::new(Int64Array::from_iter(rows.iter().map(|r| g(r.1))))
         };
         let columns: Vec<ArrayRef> = vec![
@@ -250,7 +268,7 @@ impl Rows {
             text(&|r| &r.caller_service),
             text(&|r| &r.callee_service),
             text(&|r| &r.operation),
-            text(&|r| connection_name(r.connection_type)),
+            text(&|r| r.connection_type.as_str()),
             opt_ids8(rows.iter().map(|r| r.1.client_span_id))?,
             opt_ids8(rows.iter().map(|r| r.1.server_span_id))?,
             opt_int(&|r| r.client_duration_ns),
@@ -261,6 +279,7 @@ impl Rows {
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.0.version),
             )),
+            dimensions(rows.iter().map(|r| r.1))?,
         ];
         RecordBatch::try_new(edges_schema(), columns)
     }
@@ -290,6 +309,19 @@ impl Rows {
         ];
         RecordBatch::try_new(critical_path_schema(), columns)
     }
+}
+
+/// The `dimensions` column: null for rows without extra dimensions.
+fn dimensions<'a>(rows: impl Iterator<Item = &'a EdgeRow>) -> Result<ArrayRef, ArrowError> {
+    let mut b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    for row in rows {
+        for (k, v) in &row.dimensions {
+            b.keys().append_value(k);
+            b.values().append_value(v);
+        }
+        b.append(!row.dimensions.is_empty())?;
+    }
+    Ok(Arc::new(b.finish()))
 }
 
 fn ids16(ids: impl Iterator<Item = [u8; 16]>) -> Result<ArrayRef, ArrowError> {

@@ -1,0 +1,161 @@
+//! Values read from components at scrape time, written through `prometheus-client` like every
+//! other metric: each engine (store and write-ahead log here, provenance, priorities) has a
+//! [`prometheus_client::collector::Collector`] that reads its counters when `/metrics` is
+//! scraped, built from the few helpers below. Counters get their `_total` suffix from the
+//! encoder.
+
+use meshtrace_collector::wal::Wal;
+use meshtrace_storage::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+/// Writes one counter.
+pub fn counter(
+    e: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// Writes one counter with a value per label value: `name{label="value"}`.
+pub fn labelled_counter(
+    e: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (value, v) in values {
+        ConstCounter::new(*v).encode(m.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge (`i64` or `f64`).
+pub fn gauge<N>(
+    e: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// The store's and the write-ahead log's counters.
+pub struct StoreMetrics {
+    pub store: Store,
+    pub wal: Wal,
+}
+
+impl std::fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreMetrics")
+    }
+}
+
+impl Collector for StoreMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (w, s) = (self.wal.stats(), self.store.stats());
+        let e = &mut e;
+        gauge(
+            e,
+            "meshtrace_wal_bytes",
+            "bytes in write-ahead log segments",
+            i64::try_from(w.bytes_on_disk).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            e,
+            "meshtrace_wal_group_commits",
+            "write-ahead log group commits",
+            w.group_commits,
+        )?;
+        counter(
+            e,
+            "meshtrace_wal_fsyncs",
+            "write-ahead log fsync calls",
+            w.fsyncs,
+        )?;
+        counter(
+            e,
+            "meshtrace_flushes",
+            "flushes of the buffer to Parquet",
+            s.flushes,
+        )?;
+        counter(
+            e,
+            "meshtrace_segments_written",
+            "Parquet segments written",
+            s.segments_written,
+        )?;
+        counter(
+            e,
+            "meshtrace_segment_bytes_written",
+            "bytes of Parquet written",
+            s.bytes_written,
+        )?;
+        gauge(
+            e,
+            "meshtrace_buffered_spans",
+            "spans buffered in memory, not yet in Parquet",
+            i64::try_from(self.store.buffered_rows()).unwrap_or(i64::MAX),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed;
+
+    impl Collector for Fixed {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            counter(&mut e, "meshtrace_test_things", "things", 3)?;
+            labelled_counter(
+                &mut e,
+                "meshtrace_test_dropped",
+                "dropped",
+                "reason",
+                &[("queue_full", 1), ("limit", 2)],
+            )?;
+            gauge(&mut e, "meshtrace_test_open", "open", 4i64)?;
+            gauge(&mut e, "meshtrace_test_seconds", "seconds", 0.5f64)
+        }
+    }
+
+    #[test]
+    fn collected_values_are_written_as_openmetrics() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "meshtrace_test_things_total 3",
+            "meshtrace_test_dropped_total{reason=\"queue_full\"} 1",
+            "meshtrace_test_dropped_total{reason=\"limit\"} 2",
+            "meshtrace_test_open 4\n",
+            "meshtrace_test_seconds 0.5",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
