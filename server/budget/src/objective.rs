@@ -31,15 +31,20 @@ impl BudgetError {
 
 /// A class's latency objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Objective {
     /// The quantile the target applies to, in (0, 1): 0.99 for p99.
+    #[schema(exclusive_minimum = 0, exclusive_maximum = 1)]
     pub quantile: f64,
     /// The latency target at that quantile, milliseconds (> 0).
+    #[schema(exclusive_minimum = 0)]
     pub latency_ms: f64,
     /// Higher is more important: a class yields to classes of higher importance.
+    #[schema(value_type = u64, maximum = 4294967295_u64)]
     pub importance: u32,
     /// Minimum share of a shared hop's capacity for a throughput class, in [0, 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1)]
     pub min_share: Option<f64>,
 }
 

@@ -30,16 +30,35 @@ pub const ROUTE_KEYS: &[&str] = &["http.route", "http.target", "rpc.method"];
 #[serde(default, deny_unknown_fields)]
 pub struct ClassRule {
     /// The class given to matching traces.
+    #[schema(required = true, min_length = 1, max_length = 256, pattern = r"\S")]
     pub class: String,
     /// The entry service, exactly.
+    #[schema(min_length = 1, max_length = 256)]
     pub service: Option<String>,
     /// A prefix of the entry route (see [`route_of`]).
+    #[schema(min_length = 1, max_length = 256)]
     pub route_prefix: Option<String>,
     /// The entry span name, exactly.
+    #[schema(min_length = 1, max_length = 256)]
     pub operation: Option<String>,
     /// An attribute `[key, value]` on the entry span, compared as displayed text.
-    #[schema(value_type = Option<Vec<String>>, min_items = 2, max_items = 2)]
+    #[schema(schema_with = attribute_schema)]
     pub attribute: Option<(String, String)>,
+}
+
+/// `[key, value]`: two non-empty strings, or null.
+fn attribute_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let text = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(256));
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(text)
+        .min_items(Some(2))
+        .max_items(Some(2))
+        .into()
 }
 
 impl ClassRule {

@@ -18,7 +18,7 @@ use crate::Queries;
 pub struct SqlResult {
     pub columns: Vec<String>,
     /// One list of values per row, in the order of `columns`.
-    #[schema(value_type = Vec<Vec<Object>>)]
+    #[schema(value_type = Vec<Vec<Value>>)]
     pub rows: Vec<Vec<Value>>,
     /// Whether rows past the configured limit were left out.
     pub truncated: bool,

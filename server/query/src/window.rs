@@ -24,7 +24,8 @@ impl TimeRange {
 
     /// The window's length in seconds.
     pub fn seconds(&self) -> f64 {
-        (self.end_ns - self.start_ns) as f64 / 1e9
+        // In i128: the bounds come from clients and may be as far apart as i64 allows.
+        (i128::from(self.end_ns) - i128::from(self.start_ns)) as f64 / 1e9
     }
 
     /// The bounds as SQL parameters: UTC nanosecond timestamps, comparable with `start_time`.
@@ -43,5 +44,7 @@ mod tests {
         assert!(TimeRange::new(5, 5).is_err());
         assert!(TimeRange::new(6, 5).is_err());
         assert_eq!(TimeRange::new(0, 2_000_000_000).unwrap().seconds(), 2.0);
+        let widest = TimeRange::new(i64::MIN, i64::MAX).unwrap();
+        assert!(widest.seconds() > 1.8e10);
     }
 }

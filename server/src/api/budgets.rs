@@ -23,15 +23,15 @@ use super::ApiState;
 use crate::priorities::history::ClassHistory;
 use crate::priorities::Source;
 
-/// Longest class or service name accepted.
-pub const MAX_NAME_BYTES: usize = 256;
+/// Longest class, service or node name accepted, in characters (the OpenAPI `maxLength`).
+pub const MAX_NAME_CHARS: usize = 256;
 
 /// A 400 naming `what` when `name` is empty or too long.
 pub fn check_name(what: &'static str, name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::invalid(
             what,
-            format!("invalid {what}: must be 1 to {MAX_NAME_BYTES} bytes"),
+            format!("invalid {what}: must be 1 to {MAX_NAME_CHARS} characters"),
         ));
     }
     Ok(())
@@ -80,7 +80,7 @@ pub struct ClassObjective {
     get,
     path = "/api/v1/classes/{class}/objective",
     tag = "budgets",
-    params(("class" = String, Path)),
+    params(("class" = String, Path, min_length = 1, max_length = 256)),
     responses(
         (status = 200, body = ClassObjective),
         (status = 404, description = "the class has no objective", body = ErrorBody),
@@ -107,7 +107,7 @@ pub async fn get_objective(
     put,
     path = "/api/v1/classes/{class}/objective",
     tag = "budgets",
-    params(("class" = String, Path)),
+    params(("class" = String, Path, min_length = 1, max_length = 256)),
     request_body = Objective,
     responses(
         (status = 200, body = ClassObjective),
@@ -254,7 +254,7 @@ fn parse_since(s: &str) -> Option<i64> {
     tag = "budgets",
     params(
         ("class" = Option<String>, Query, description = "one class"),
-        ("since" = Option<String>, Query, description = "unix ms or RFC 3339"),
+        ("since" = Option<i64>, Query, description = "unix ms (RFC 3339 is accepted too)"),
     ),
     responses(
         (status = 200, body = Vec<ClassHistory>),

@@ -68,7 +68,20 @@ pub fn router(state: ApiState, timing: timing::RequestTiming) -> Router {
         .merge(v1)
         .route_layer(axum::middleware::from_fn_with_state(timing, timing::time))
         .fallback(ui::serve)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// A handler that panicked answers 500 with the JSON error body instead of a dropped
+/// connection; the panic itself is logged (it is a bug to fix).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a query handler panicked");
+    error::ApiError::internal("internal error").into_response()
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {

@@ -30,7 +30,9 @@ use super::{budgets, priorities, provenance, sql, ApiState};
         (name = "budgets", description = "latency objectives and per-hop budgets"),
         (name = "priorities", description = "priority assignment sets published to proxies"),
         (name = "sql", description = "read-only SQL over spans and derived tables"),
-    )
+    ),
+    // Parameter schemas written by hand (the routes only refer to them).
+    components(schemas(super::params::TraceIdHex))
 )]
 struct ApiDoc;
 

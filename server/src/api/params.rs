@@ -86,9 +86,16 @@ impl Params {
         })
     }
 
-    /// Whether `key` is `true` or `1`.
-    pub fn flag(&self, key: &str) -> bool {
-        self.get(key).is_some_and(|v| v == "true" || v == "1")
+    /// Whether `key` is `true` or `1` (`false`, `0` or absent: no; anything else is a 400).
+    pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None | Some("false" | "0") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(other) => Err(ApiError::invalid(
+                key,
+                format!("invalid {key}: {other:?} is not true or false"),
+            )),
+        }
     }
 }
 
@@ -163,6 +170,23 @@ pub fn parse_trace_id(text: &str) -> Result<[u8; 16], String> {
     hex::decode_to_slice(padded, &mut id).map_err(|e| format!("invalid trace id {text:?}: {e}"))?;
     Ok(id)
 }
+
+/// The OpenAPI schema of a trace ID parameter: hex, up to 32 characters.
+pub struct TraceIdHex;
+
+/// The pattern of [`TraceIdHex`].
+pub const TRACE_ID_PATTERN: &str = "^[0-9a-fA-F]{1,32}$";
+
+impl utoipa::PartialSchema for TraceIdHex {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(TRACE_ID_PATTERN))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TraceIdHex {}
 
 #[cfg(test)]
 mod tests {

@@ -19,9 +19,11 @@ use axum::Json;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
-use super::budgets::{check_name, MAX_NAME_BYTES};
+use super::budgets::{check_name, MAX_NAME_CHARS};
 use super::error::{ApiError, ErrorBody};
 use super::params::Params;
 use super::ApiState;
@@ -63,9 +65,9 @@ fn if_none_match(headers: &HeaderMap) -> (Vec<u64>, bool) {
     path = "/api/v1/priorities",
     tag = "priorities",
     params(
-        ("service" = String, Query, description = "the proxy's service"),
-        ("node" = Option<String>, Query, description = "the proxy's node (registered with its version)"),
-        ("wait" = Option<String>, Query, description = "long-poll up to this long (`30s`, or seconds) for a version other than `version`"),
+        ("service" = String, Query, min_length = 1, max_length = 256, description = "the proxy's service"),
+        ("node" = Option<String>, Query, min_length = 1, max_length = 256, description = "the proxy's node (registered with its version)"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "long-poll up to this many seconds (or a duration such as `30s`) for a version other than `version`; clamped to `[budgets] max_wait`"),
         ("version" = Option<u64>, Query, description = "the version the proxy holds"),
     ),
     responses(
@@ -141,12 +143,14 @@ pub fn parse_overrides(body: &[u8], levels: u8) -> Result<BTreeMap<String, u8>, 
     };
     let mut out = BTreeMap::new();
     for (class, level) in map {
-        if class.is_empty() || class.len() > MAX_NAME_BYTES {
+        if class.is_empty() || class.chars().count() > MAX_NAME_CHARS {
             return Err((class, "invalid class name".into()));
         }
         let max = levels.max(1) - 1;
-        match level.as_u64() {
-            Some(l) if l <= u64::from(max) => {
+        // JSON has one number type: 2.0 is the integer 2 (as JSON Schema reads it).
+        let level = level.as_f64().filter(|l| l.fract() == 0.0);
+        match level {
+            Some(l) if (0.0..=f64::from(max)).contains(&l) => {
                 out.insert(class, l as u8);
             }
             _ => {
@@ -158,12 +162,39 @@ pub fn parse_overrides(body: &[u8], levels: u8) -> Result<BTreeMap<String, u8>, 
     Ok(out)
 }
 
+/// The schema of an overrides body: class name -> level, levels below `[budgets] levels` (the
+/// document states the default, 8).
+pub struct OverridesBody;
+
+impl utoipa::PartialSchema for OverridesBody {
+    fn schema() -> RefOr<Schema> {
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_NAME_CHARS));
+        let level = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(7));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(name))
+            .additional_properties(Some(level))
+            .description(Some(
+                "class -> level (0 highest), below `[budgets] levels` (8 by default)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for OverridesBody {}
+
 /// Replaces every operator override (`{}` clears them); they apply at once.
 #[utoipa::path(
     put,
     path = "/api/v1/priorities/overrides",
     tag = "priorities",
-    request_body = BTreeMap<String, u8>,
+    request_body = OverridesBody,
     responses(
         (status = 200, body = BTreeMap<String, u8>, description = "the overrides now"),
         (status = 400, description = "a malformed override; `field` names the class", body = ErrorBody),
@@ -207,7 +238,7 @@ pub struct PriorityHistory {
     get,
     path = "/api/v1/priorities/history",
     tag = "priorities",
-    params(("service" = String, Query)),
+    params(("service" = String, Query, min_length = 1, max_length = 256)),
     responses(
         (status = 200, body = PriorityHistory),
         (status = 400, description = "no service", body = ErrorBody),

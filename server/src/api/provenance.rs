@@ -27,13 +27,13 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody, JaegerError};
 use super::jaeger_json::{list, Envelope};
-use super::params::{parse_time_us_or_rfc3339, parse_trace_id, Params};
+use super::params::{parse_time_us_or_rfc3339, parse_trace_id, Params, TraceIdHex};
 use super::ApiState;
 
 /// Most class rules accepted by a PUT.
 const MAX_RULES: usize = 1000;
-/// Longest value of a rule field.
-const MAX_FIELD_BYTES: usize = 256;
+/// Longest value of a rule field, in characters (the OpenAPI `maxLength`).
+const MAX_FIELD_CHARS: usize = 256;
 const HOUR_NS: i64 = 3_600_000_000_000;
 
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds).
@@ -62,8 +62,8 @@ pub async fn dependencies(
     tag = "provenance",
     params(
         ("class" = Option<String>, Query, description = "one class; all when omitted"),
-        ("start" = Option<String>, Query, description = "RFC 3339 or unix µs; default `end` less an hour"),
-        ("end" = Option<String>, Query, description = "RFC 3339 or unix µs; default now"),
+        ("start" = Option<i64>, Query, description = "unix µs (RFC 3339 is accepted too); default `end` less an hour"),
+        ("end" = Option<i64>, Query, description = "unix µs (RFC 3339 is accepted too); default now"),
     ),
     responses(
         (status = 200, body = GraphView),
@@ -91,7 +91,7 @@ pub async fn graph(
     get,
     path = "/api/v1/traces/{trace_id}/provenance",
     tag = "provenance",
-    params(("trace_id" = String, Path, description = "hex, up to 32 characters")),
+    params(("trace_id" = TraceIdHex, Path, description = "hex, up to 32 characters")),
     responses(
         (status = 200, body = TraceProvenance),
         (status = 400, description = "not a trace ID", body = ErrorBody),
@@ -122,7 +122,7 @@ pub struct TraceClasses {
     get,
     path = "/api/v1/traces/classes",
     tag = "provenance",
-    params(("traceID" = Vec<String>, Query, description = "repeated, up to 1000")),
+    params(("traceID" = Option<Vec<TraceIdHex>>, Query, max_items = 1000, description = "repeated, up to 1000")),
     responses(
         (status = 200, body = TraceClasses),
         (status = 400, description = "a malformed ID, or too many", body = ErrorBody),
@@ -132,18 +132,18 @@ pub async fn trace_classes(
     State(state): State<ApiState>,
     params: Params,
 ) -> Result<Json<TraceClasses>, ApiError> {
+    if params.all("traceID").count() > MAX_CLASS_LOOKUP {
+        return Err(ApiError::invalid(
+            "traceID",
+            format!("at most {MAX_CLASS_LOOKUP} traceID values"),
+        ));
+    }
     let mut ids: Vec<TraceId> = Vec::new();
     for v in params.all("traceID") {
         let id =
             parse_trace_id(v).map_err(|e| ApiError::invalid("traceID", format!("traceID: {e}")))?;
         if !ids.contains(&id) {
             ids.push(id);
-        }
-        if ids.len() > MAX_CLASS_LOOKUP {
-            return Err(ApiError::invalid(
-                "traceID",
-                format!("at most {MAX_CLASS_LOOKUP} traceID values"),
-            ));
         }
     }
     let rules = state.provenance.rules();
@@ -154,10 +154,28 @@ pub async fn trace_classes(
 /// A class rule, and with `effective=true` where it comes from (`catalog` or `config`).
 #[derive(Serialize, ToSchema)]
 pub struct RuleView {
-    #[serde(flatten)]
-    pub rule: ClassRule,
+    pub class: String,
+    pub service: Option<String>,
+    pub route_prefix: Option<String>,
+    pub operation: Option<String>,
+    /// `[key, value]`.
+    #[schema(value_type = Option<Vec<String>>, min_items = 2, max_items = 2)]
+    pub attribute: Option<(String, String)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
+}
+
+impl RuleView {
+    fn new(rule: ClassRule, source: Option<&'static str>) -> RuleView {
+        RuleView {
+            class: rule.class,
+            service: rule.service,
+            route_prefix: rule.route_prefix,
+            operation: rule.operation,
+            attribute: rule.attribute,
+            source,
+        }
+    }
 }
 
 /// The catalog's class rules; with `effective=true` every rule in the order they apply, with
@@ -167,37 +185,40 @@ pub struct RuleView {
     path = "/api/v1/classes",
     tag = "classes",
     params(("effective" = Option<bool>, Query, description = "every rule in effect, with its source")),
-    responses((status = 200, body = Vec<RuleView>))
+    responses(
+        (status = 200, body = Vec<RuleView>),
+        (status = 400, description = "`effective` is not a boolean", body = ErrorBody),
+    )
 )]
-pub async fn get_classes(State(state): State<ApiState>, params: Params) -> Json<Vec<RuleView>> {
-    let rules = if params.flag("effective") {
+pub async fn get_classes(
+    State(state): State<ApiState>,
+    params: Params,
+) -> Result<Json<Vec<RuleView>>, ApiError> {
+    let rules = if params.flag("effective")? {
         state
             .provenance
             .effective_rules()
             .into_iter()
-            .map(|(rule, source)| RuleView {
-                rule,
-                source: Some(source),
-            })
+            .map(|(rule, source)| RuleView::new(rule, Some(source)))
             .collect()
     } else {
         state
             .provenance
             .catalog_rules()
             .into_iter()
-            .map(|rule| RuleView { rule, source: None })
+            .map(|rule| RuleView::new(rule, None))
             .collect()
     };
-    Json(rules)
+    Ok(Json(rules))
 }
 
 /// Checks one optional rule field.
 fn check_field(at: &str, name: &str, value: Option<&str>) -> Result<(), String> {
     match value {
         Some("") => Err(format!("{at}.{name}: must not be empty when set")),
-        Some(v) if v.len() > MAX_FIELD_BYTES => {
-            Err(format!("{at}.{name}: longer than {MAX_FIELD_BYTES} bytes"))
-        }
+        Some(v) if v.chars().count() > MAX_FIELD_CHARS => Err(format!(
+            "{at}.{name}: longer than {MAX_FIELD_CHARS} characters"
+        )),
         _ => Ok(()),
     }
 }
@@ -226,8 +247,9 @@ pub fn validate_rules(body: &[u8]) -> Result<Vec<ClassRule>, String> {
         check_field(&at, "service", rule.service.as_deref())?;
         check_field(&at, "route_prefix", rule.route_prefix.as_deref())?;
         check_field(&at, "operation", rule.operation.as_deref())?;
-        if let Some((k, _)) = &rule.attribute {
+        if let Some((k, v)) = &rule.attribute {
             check_field(&at, "attribute", Some(k.as_str()))?;
+            check_field(&at, "attribute", Some(v.as_str()))?;
         }
         rules.push(rule);
     }

@@ -14,6 +14,7 @@ use super::ApiState;
 pub struct SqlRequest {
     /// One read-only statement (a query or EXPLAIN) over `spans`, `traces`, `edges`,
     /// `critical_path` and their `*_versions`.
+    #[schema(min_length = 1)]
     pub sql: String,
 }
 
