@@ -17,6 +17,8 @@ const WATCHED: &[&str] = &[
     "package-lock.json",
     "vite.config.ts",
     "tsconfig.json",
+    // The `/api/v1` types are generated from it (`npm run types`).
+    "../docs/openapi.json",
 ];
 
 const PLACEHOLDER: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -1,4 +1,29 @@
-// Client of the meshtrace query API (Jaeger-compatible JSON, same origin).
+// Client of the meshtrace query API (same origin). The `/api/v1` types are generated from the
+// server's OpenAPI document (docs/openapi.json, `npm run types`); the Jaeger API's types are
+// Jaeger's and written out here.
+
+import type { components } from "../generated/openapi";
+
+type Schemas = components["schemas"];
+export type Provenance = Schemas["TraceProvenance"];
+export type CriticalSegment = Schemas["PathSection"];
+export type NodeKind = Schemas["NodeKind"];
+export type GraphNode = Schemas["GraphNode"];
+export type GraphEdge = Schemas["GraphEdge"];
+export type GraphClass = Schemas["ClassCount"];
+export type ServiceGraph = Schemas["GraphView"];
+export type ClassRule = Schemas["RuleView"];
+export type MappingEntry = Schemas["MappingEntry"];
+export type Objective = Schemas["Objective"];
+export type HopBudget = Schemas["HopView"];
+export type ClassBudget = Schemas["BudgetView"];
+export type BudgetHistoryPoint = Schemas["HistoryPoint"];
+export type ClassBudgetHistory = Schemas["ClassHistory"];
+export type NameValue = Schemas["NameValue"];
+export type PriorityMatch = Schemas["MatchJson"];
+export type Assignment = Schemas["AssignmentJson"];
+export type PriorityVersion = Schemas["PublishedVersion"];
+export type ProxyInfo = Schemas["ProxyInfo"];
 
 export interface KeyValue {
   key: string;
@@ -41,17 +66,6 @@ export interface Trace {
   spans: Span[];
   processes: Record<string, Process>;
   warnings?: string[] | null;
-}
-
-export interface CriticalSegment {
-  span_id: string;
-  start_us: number;
-  end_us: number;
-}
-
-export interface Provenance {
-  class?: string | null;
-  critical_path?: CriticalSegment[] | null;
 }
 
 export class ApiError extends Error {
@@ -114,12 +128,9 @@ export async function traceClasses(traceIds: string[], signal?: AbortSignal): Pr
   const q = new URLSearchParams();
   for (const id of traceIds) q.append("traceID", id);
   try {
-    const body = (await getJson(`/api/v1/traces/classes?${q.toString()}`, signal)) as { classes?: unknown } | null;
-    const classes = body?.classes;
-    if (classes && typeof classes === "object") {
-      for (const [id, v] of Object.entries(classes as Record<string, { class?: unknown }>)) {
-        if (typeof v?.class === "string" && v.class) out.set(id, v.class);
-      }
+    const body = (await getJson(`/api/v1/traces/classes?${q.toString()}`, signal)) as Schemas["TraceClasses"];
+    for (const [id, v] of Object.entries(body.classes)) {
+      if (v.class) out.set(id, v.class);
     }
   } catch (e) {
     if (signal?.aborted) throw e;
@@ -141,57 +152,13 @@ export async function trace(traceId: string): Promise<Trace | null> {
   }
 }
 
-/** The provenance of a trace, or null while that API does not exist (404) or fails. */
+/** The provenance of a trace, or null when it fails (the timeline is drawn without it). */
 export async function provenance(traceId: string): Promise<Provenance | null> {
   try {
-    const body = await getJson(`/api/v1/traces/${encodeURIComponent(traceId)}/provenance`);
-    return body && typeof body === "object" ? (body as Provenance) : null;
+    return (await getJson(`/api/v1/traces/${encodeURIComponent(traceId)}/provenance`)) as Provenance;
   } catch {
     return null;
   }
-}
-
-/** What a graph node is: an instrumented service, or a virtual node (the user, a database, an
- * uninstrumented peer). */
-export type NodeKind = "service" | "user" | "database" | "peer";
-
-export interface GraphNode {
-  id: string;
-  rate: number;
-  error_rate: number;
-  virtual: boolean;
-  kind?: NodeKind;
-  requests_in?: number;
-  requests_out?: number;
-  traces_rooted?: number;
-}
-
-export interface GraphEdge {
-  caller: string;
-  callee: string;
-  connection_type: string;
-  requests: number;
-  errors?: number;
-  rate_per_s: number;
-  error_rate: number;
-  p50_ms: number | null;
-  p90_ms: number | null;
-  p99_ms: number | null;
-}
-
-export interface GraphClass {
-  class: string;
-  traces: number;
-}
-
-export interface ServiceGraph {
-  class: string | null;
-  start: string;
-  end: string;
-  window_s: number;
-  classes: GraphClass[];
-  nodes: GraphNode[];
-  edges: GraphEdge[];
 }
 
 /** The service graph of one class (all classes when `klass` is empty); start/end in µs. */
@@ -200,184 +167,36 @@ export async function graph(klass: string, startUs: number, endUs: number, signa
   if (klass) q.set("class", klass);
   q.set("start", String(Math.trunc(startUs)));
   q.set("end", String(Math.trunc(endUs)));
-  const body = (await getJson(`/api/v1/graph?${q.toString()}`, signal)) as Partial<ServiceGraph> | null;
-  return {
-    class: body?.class ?? null,
-    start: body?.start ?? "",
-    end: body?.end ?? "",
-    window_s: body?.window_s ?? 0,
-    classes: Array.isArray(body?.classes) ? body.classes : [],
-    nodes: Array.isArray(body?.nodes) ? body.nodes : [],
-    edges: Array.isArray(body?.edges) ? body.edges : [],
-  };
-}
-
-export interface ClassRule {
-  class: string;
-  service?: string | null;
-  route_prefix?: string | null;
-  operation?: string | null;
-  attribute?: [string, string] | null;
-  source?: string;
-}
-
-export interface MappingEntry {
-  caller: string;
-  callee: string;
-  operation: string;
-  class: string;
-  count: number;
-  share: number;
+  return (await getJson(`/api/v1/graph?${q.toString()}`, signal)) as ServiceGraph;
 }
 
 /** Every class rule in the order they apply, with where it comes from. */
 export async function classRules(): Promise<ClassRule[]> {
-  const body = await getJson("/api/v1/classes?effective=true");
-  return Array.isArray(body) ? (body as ClassRule[]) : [];
+  return (await getJson("/api/v1/classes?effective=true")) as ClassRule[];
 }
 
 /** The learned (caller, callee, operation) → class mapping. */
 export async function classMapping(): Promise<MappingEntry[]> {
-  const body = await getJson("/api/v1/classes/mapping");
-  return Array.isArray(body) ? (body as MappingEntry[]) : [];
+  return (await getJson("/api/v1/classes/mapping")) as MappingEntry[];
 }
 
-export interface Objective {
-  quantile: number;
-  latency_ms: number;
-  importance?: number;
-  min_share?: number | null;
+/** The per-class budgets (classes with an objective). */
+export async function budgets(): Promise<ClassBudget[]> {
+  return ((await getJson("/api/v1/budgets")) as Schemas["Budgets"]).classes;
 }
 
-export interface HopBudget {
-  service: string;
-  operation: string;
-  depth?: number;
-  parallel?: boolean;
-  budget_ms: number;
-  subtree_budget_ms?: number;
-  observed_ms: number;
-  slack_ms: number;
-  share?: number;
-  rate_per_s?: number;
-  load_share?: number;
-  at_risk?: boolean;
-}
-
-export interface ClassBudget {
-  class: string;
-  objective: Objective;
-  observed_ms: number | null;
-  attainment: number | null;
-  samples?: number;
-  missing?: boolean;
-  /** Where the objective comes from (`config`, `catalog`). */
-  source?: string | null;
-  hops: HopBudget[];
-}
-
-/**
- * The per-class budgets, or null when that API does not exist (404). Accepts a bare list or
- * a list under `budgets`, `classes` or `data`.
- */
-export async function budgets(): Promise<ClassBudget[] | null> {
-  let body: unknown;
-  try {
-    body = await getJson("/api/v1/budgets");
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return null;
-    throw e;
-  }
-  const o = body as Record<string, unknown> | null;
-  const list = Array.isArray(body)
-    ? body
-    : [o?.budgets, o?.classes, o?.data].find((v) => Array.isArray(v));
-  if (!Array.isArray(list)) return [];
-  return list.filter(
-    (b): b is ClassBudget => !!b && typeof b === "object" && typeof (b as ClassBudget).class === "string",
-  );
-}
-
-export interface BudgetHistoryPoint {
-  /** Unix milliseconds (or an RFC 3339 string) of the budget update step. */
-  t: number | string;
-  observed_ms: number | null;
-  attainment: number | null;
-  samples?: number;
-  objective_ms: number;
-}
-
-export interface ClassBudgetHistory {
-  class: string;
-  points: BudgetHistoryPoint[];
-}
-
-/**
- * The server's per-class budget history (the recent update steps, oldest first), or null when
- * that API does not exist (404).
- */
-export async function budgetHistory(klass?: string, sinceMs?: number): Promise<ClassBudgetHistory[] | null> {
+/** The server's per-class budget history (the recent update steps, oldest first). */
+export async function budgetHistory(klass?: string, sinceMs?: number): Promise<ClassBudgetHistory[]> {
   const q = new URLSearchParams();
   if (klass) q.set("class", klass);
   if (sinceMs !== undefined) q.set("since", String(Math.floor(sinceMs)));
   const qs = q.toString();
-  let body: unknown;
-  try {
-    body = await getJson(`/api/v1/budgets/history${qs ? `?${qs}` : ""}`);
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 404) return null;
-    throw e;
-  }
-  if (!Array.isArray(body)) return [];
-  return body.filter(
-    (c): c is ClassBudgetHistory =>
-      !!c && typeof c === "object" && typeof (c as ClassBudgetHistory).class === "string" && Array.isArray((c as ClassBudgetHistory).points),
-  );
-}
-
-export interface NameValue {
-  name: string;
-  value: string;
-}
-
-export interface PriorityMatch {
-  header?: NameValue | null;
-  baggage?: { key: string; value: string } | null;
-  signatures?: { caller: string; operation: string; share: number }[] | null;
-}
-
-export interface Assignment {
-  class: string;
-  /** 0 is the highest priority. */
-  priority: number;
-  timeout_ms: number;
-  match?: PriorityMatch | null;
-  reason: string;
-  min_share?: number | null;
-}
-
-/** One published version of a service's assignment set, with why it changed. */
-export interface PriorityVersion {
-  version: number;
-  generated_at: string;
-  reason: string;
-  assignments: Assignment[];
-}
-
-export interface ProxyInfo {
-  service: string;
-  node: string;
-  /** `http` or `grpc`. */
-  via: string;
-  last_seen: string;
-  /** The version it holds (last sent to it). */
-  version: number;
+  return (await getJson(`/api/v1/budgets/history${qs ? `?${qs}` : ""}`)) as ClassBudgetHistory[];
 }
 
 /** The proxies that polled or watched their priorities. */
 export async function proxies(signal?: AbortSignal): Promise<ProxyInfo[]> {
-  const body = (await getJson("/api/v1/proxies", signal)) as { proxies?: unknown } | null;
-  return Array.isArray(body?.proxies) ? (body.proxies as ProxyInfo[]) : [];
+  return ((await getJson("/api/v1/proxies", signal)) as Schemas["Proxies"]).proxies;
 }
 
 /**
@@ -386,28 +205,24 @@ export async function proxies(signal?: AbortSignal): Promise<ProxyInfo[]> {
  * dashboard itself as a proxy.
  */
 export async function priorityHistory(service: string, signal?: AbortSignal): Promise<PriorityVersion[]> {
-  const body = (await getJson(`/api/v1/priorities/history?service=${encodeURIComponent(service)}`, signal)) as {
-    versions?: unknown;
-  } | null;
-  const list = Array.isArray(body?.versions) ? (body.versions as PriorityVersion[]) : [];
-  return list
-    .map((v) => ({ ...v, assignments: Array.isArray(v.assignments) ? v.assignments : [] }))
-    .sort((a, b) => a.version - b.version);
+  const path = `/api/v1/priorities/history?service=${encodeURIComponent(service)}`;
+  const body = (await getJson(path, signal)) as Schemas["PriorityHistory"];
+  return body.versions.slice().sort((a, b) => a.version - b.version);
 }
 
+type Overrides = Record<string, number>;
+
 /** The operator overrides, class → level. */
-export async function priorityOverrides(signal?: AbortSignal): Promise<Record<string, number>> {
-  const body = await getJson("/api/v1/priorities/overrides", signal);
-  return body && typeof body === "object" && !Array.isArray(body) ? (body as Record<string, number>) : {};
+export async function priorityOverrides(signal?: AbortSignal): Promise<Overrides> {
+  return (await getJson("/api/v1/priorities/overrides", signal)) as Overrides;
 }
 
 /** Replaces every operator override (`{}` clears them); answers the stored overrides. */
-export async function setPriorityOverrides(overrides: Record<string, number>): Promise<Record<string, number>> {
+export async function setPriorityOverrides(overrides: Overrides): Promise<Overrides> {
   const res = await fetch("/api/v1/priorities/overrides", {
     method: "PUT",
     headers: { "Content-Type": "application/json", Accept: "application/json" },
     body: JSON.stringify(overrides),
   });
-  const body = await readJson(res);
-  return body && typeof body === "object" ? (body as Record<string, number>) : {};
+  return (await readJson(res)) as Overrides;
 }

@@ -64,7 +64,7 @@ export class ClassesPage implements Page {
     this.sampling = true;
     try {
       const budgets = await api.budgets();
-      if (!this.disposed && budgets) this.showBudgets(budgets);
+      if (!this.disposed) this.showBudgets(budgets);
     } catch {
       // The next sample retries; the status line shows errors of the full load.
     } finally {
@@ -82,15 +82,15 @@ export class ClassesPage implements Page {
       api.budgetHistory(),
     ]);
     if (this.disposed) return;
-    // An older server without the history API (or a failed load): the chart starts empty.
-    if (history.status === "fulfilled" && history.value) this.history.seed(history.value);
+    // A failed history load leaves the chart to start empty.
+    if (history.status === "fulfilled") this.history.seed(history.value);
     const failed = [rules, mapping, graph, budgets].filter((r) => r.status === "rejected") as PromiseRejectedResult[];
     this.status.classList.toggle("error", failed.length > 0);
     this.status.textContent = failed.length ? failed.map((f) => errText(f.reason)).join("; ") : "";
     if (rules.status === "fulfilled") this.showRules(rules.value);
     if (mapping.status === "fulfilled") this.showMapping(mapping.value);
     if (graph.status === "fulfilled") this.showCounts(graph.value.classes);
-    if (budgets.status === "fulfilled" && budgets.value) this.showBudgets(budgets.value);
+    if (budgets.status === "fulfilled") this.showBudgets(budgets.value);
   }
 
   private showRules(rules: api.ClassRule[]): void {
@@ -177,7 +177,7 @@ export class ClassesPage implements Page {
 function budgetCard(b: api.ClassBudget): HTMLElement {
   const o = b.objective;
   const q = quantileLabel(o.quantile);
-  const missing = b.missing ?? (b.observed_ms !== null && b.observed_ms > o.latency_ms);
+  const missing = b.missing;
   const rows = b.hops.map((hop) => {
     const risk = hopAtRisk(hop);
     const name = h("span", { class: "hop-name" }, h("b", null, plainLabel(hop.service, 60)), " ", plainLabel(hop.operation, 80));
@@ -215,9 +215,9 @@ function budgetCard(b: api.ClassBudget): HTMLElement {
       h("dt", null, `Observed ${q}`),
       h("dd", null, formatMs(b.observed_ms)),
       h("dt", null, "Attainment"),
-      h("dd", null, b.attainment === null ? "–" : formatPercent(b.attainment)),
+      h("dd", null, b.attainment == null ? "–" : formatPercent(b.attainment)),
       h("dt", null, "Samples"),
-      h("dd", null, b.samples === undefined ? "–" : String(b.samples)),
+      h("dd", null, String(b.samples)),
     ),
     b.hops.length ? t : h("p", { class: "none" }, "No hops observed yet."),
   );

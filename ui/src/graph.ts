@@ -54,7 +54,7 @@ function edgeId(e: api.GraphEdge): string {
 
 /** The server names each node's kind; a node known only from an edge is a service. */
 function nodeKind(n: api.GraphNode): Kind {
-  return n.kind ?? (n.virtual ? "peer" : "service");
+  return n.kind;
 }
 
 function edgeLabel(e: api.GraphEdge): string {
@@ -81,7 +81,10 @@ export function elements(g: api.ServiceGraph): ElementDefinition[] {
   };
   for (const n of g.nodes) addNode(n);
   for (const e of g.edges) {
-    for (const id of [e.caller, e.callee]) addNode({ id, rate: 0, error_rate: 0, virtual: false });
+    // The server lists every node an edge names; this only keeps an edge drawable if not.
+    for (const id of [e.caller, e.callee]) {
+      addNode({ id, rate: 0, requests_in: 0, requests_out: 0, traces_rooted: 0, error_rate: 0, virtual: false, kind: "service" });
+    }
     out.push({
       group: "edges",
       data: {
@@ -517,7 +520,7 @@ function facts(rows: [string, string][]): HTMLElement {
 function summary(g: api.ServiceGraph): HTMLElement {
   const services = g.nodes.filter((n) => !n.virtual).length;
   return facts([
-    ["Class", g.class === null ? "all classes" : plainLabel(g.class, 80)],
+    ["Class", g.class == null ? "all classes" : plainLabel(g.class, 80)],
     ["Services", String(services)],
     ["Virtual nodes", String(g.nodes.length - services)],
     ["Calls", String(g.edges.reduce((s, e) => s + e.requests, 0))],

@@ -161,7 +161,7 @@ export class PrioritiesPage implements Page {
 
   private serviceCard(s: ServiceState): HTMLElement {
     const current = s.versions[s.versions.length - 1];
-    const sorted = [...current.assignments].sort((a, b) => a.priority - b.priority || a.class.localeCompare(b.class));
+    const sorted = [...(current.assignments ?? [])].sort((a, b) => a.priority - b.priority || a.class.localeCompare(b.class));
     const rows = sorted.map((a) => [
       h("span", { class: "class-name" }, plainLabel(a.class, 80) || "(empty)", this.overrides[a.class] !== undefined ? h("span", { class: "tag" }, "override") : null),
       h("span", { class: `level level-${Math.min(a.priority, 7)}` }, String(a.priority)),
@@ -176,7 +176,7 @@ export class PrioritiesPage implements Page {
       `v${v.version}`,
       formatIso(v.generated_at),
       plainLabel(v.reason, 400),
-      v.assignments.map((a) => `${plainLabel(a.class, 40)}:${a.priority}`).join(" "),
+      (v.assignments ?? []).map((a) => `${plainLabel(a.class, 40)}:${a.priority}`).join(" "),
     ]);
     const details = h(
       "details",
