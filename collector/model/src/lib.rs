@@ -17,8 +17,8 @@ pub mod time;
 pub use shared::SpanRef;
 
 pub use span::{
-    find_attribute, AttrValue, Event, KeyValue, Link, Span, SpanId, SpanKind, StatusCode, TraceId,
-    PROMOTED,
+    find_attribute, trace_id_text, AttrValue, Event, KeyValue, Link, Span, SpanId, SpanKind,
+    StatusCode, TraceId, PROMOTED,
 };
 
 /// Errors raised while converting between spans and Arrow batches.

@@ -314,7 +314,36 @@ impl Span {
         hex::encode(self.trace_id)
     }
 
+    /// The trace ID as Jaeger prints it: see [`trace_id_text`].
+    pub fn trace_id_text(&self) -> String {
+        trace_id_text(&self.trace_id)
+    }
+
     pub fn span_id_hex(&self) -> String {
         hex::encode(self.span_id)
+    }
+}
+
+/// A trace ID in hex as Jaeger prints it: 16 characters when its high 64 bits are zero (a
+/// 64-bit ID, as Zipkin and Jaeger clients make them), else 32. Lookups accept both forms.
+pub fn trace_id_text(id: &[u8; 16]) -> String {
+    if id[..8].iter().all(|b| *b == 0) {
+        hex::encode(&id[8..])
+    } else {
+        hex::encode(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id_text;
+
+    #[test]
+    fn a_64_bit_trace_id_prints_with_16_characters() {
+        let mut id = [0u8; 16];
+        id[15] = 0xab;
+        assert_eq!(trace_id_text(&id), "00000000000000ab");
+        id[7] = 1;
+        assert_eq!(trace_id_text(&id), "000000000000000100000000000000ab");
     }
 }

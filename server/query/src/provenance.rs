@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshtrace_model::{Span, StatusCode, TraceId};
+use meshtrace_model::{trace_id_text, Span, StatusCode, TraceId};
 use meshtrace_provenance::critical_path::self_times;
 use meshtrace_provenance::{
     build_tree, classify, critical_path, ClassRule, TraceTree, TreeCounters, DEFAULT_CLASS,
@@ -113,7 +113,7 @@ impl Queries {
         let tree = build_tree(&spans);
         let (main, detached) = call_trees(&tree);
         Ok(Some(TraceProvenance {
-            trace_id: hex::encode(id),
+            trace_id: trace_id_text(&id),
             class: match &stored {
                 Some(s) => s.class.clone(),
                 None => classify_open(&spans, rules),
@@ -158,7 +158,7 @@ impl Queries {
                     complete: s.complete,
                     derived: true,
                 };
-                (hex::encode(id), class)
+                (trace_id_text(&id), class)
             })
             .collect();
         if !open.is_empty() {
@@ -168,7 +168,7 @@ impl Queries {
                     complete: false,
                     derived: false,
                 };
-                out.insert(hex::encode(id), class);
+                out.insert(trace_id_text(&id), class);
             }
         }
         Ok(out)

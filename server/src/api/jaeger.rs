@@ -2,13 +2,15 @@
 //! JSON model the Jaeger UI and Grafana's Jaeger data source expect ([`super::jaeger_json`]).
 
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meshtrace_model::{SpanKind, TraceId};
 use meshtrace_query::{Trace, TraceQuery};
 
 use super::error::{ApiError, JaegerError};
 use super::jaeger_json::{list, trace, Envelope, JaegerOperation, JaegerTrace};
-use super::params::{parse_go_duration, parse_trace_id, Params};
+use super::params::{parse_go_duration, parse_lookback, parse_trace_id, Params};
 use super::ApiState;
 
 type Answer<T> = Result<Json<Envelope<T>>, JaegerError>;
@@ -55,16 +57,24 @@ pub async fn operations(
     Ok(Json(list(ops.iter().map(JaegerOperation::from).collect())))
 }
 
-/// `GET /api/traces/{traceID}`.
+/// `GET /api/traces/{traceID}`; `prettyPrint=true` indents the JSON (the Jaeger UI's "Trace
+/// JSON" view asks for it).
 pub async fn get_trace(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Answer<Vec<JaegerTrace>> {
+    params: Params,
+) -> Result<Response, JaegerError> {
     let id = parse_trace_id(&id).map_err(|e| ApiError::invalid("traceID", e))?;
-    match state.queries.trace(id).await? {
-        Some(t) => Ok(Json(list(vec![trace(&t.spans)]))),
-        None => Err(ApiError::not_found("trace not found").into()),
+    let pretty = params.flag("prettyPrint")?;
+    let Some(t) = state.queries.trace(id).await? else {
+        return Err(ApiError::not_found("trace not found").into());
+    };
+    let body = list(vec![trace(&t.spans)]);
+    if !pretty {
+        return Ok(Json(body).into_response());
     }
+    let text = serde_json::to_string_pretty(&body).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 /// Parses the tags of a search: `tags={"k":"v"}` (as the Jaeger UI sends) or repeated `tag=k:v`.
@@ -108,7 +118,7 @@ pub fn trace_query(params: &Params) -> Result<TraceQuery, ApiError> {
     if start.is_none() {
         let lookback = params.parsed("lookback", |l| match l {
             "custom" => Ok(None),
-            other => parse_go_duration(other).map(Some),
+            other => parse_lookback(other).map(Some),
         })?;
         if let Some(ns) = lookback.flatten() {
             let end_us = end.unwrap_or_else(|| meshtrace_model::time::now_unix_nanos() / 1000);

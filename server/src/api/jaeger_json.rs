@@ -190,9 +190,9 @@ fn micros(nanos: i64) -> i64 {
     nanos.div_euclid(1000)
 }
 
-/// Trace IDs are always shown as 32 lowercase hex characters.
+/// Trace IDs as Jaeger prints them: 16 hex characters for a 64-bit ID, else 32.
 pub fn trace_id_hex(id: &[u8; 16]) -> String {
-    hex::encode(id)
+    meshtrace_model::trace_id_text(id)
 }
 
 fn span_tags(span: &Span) -> Vec<Tag> {

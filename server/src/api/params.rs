@@ -110,6 +110,16 @@ pub fn parse_time_us_or_rfc3339(text: &str) -> Result<i64, String> {
 /// Parses a Go `time.Duration` string (`1h2m`, `1.5s`, `300ms`, `10us`, `4500ns`) into
 /// nanoseconds. A bare number is taken as microseconds, as Jaeger does for `minDuration`.
 pub fn parse_go_duration(text: &str) -> Result<i64, String> {
+    parse_duration(text, false)
+}
+
+/// A search's `lookback`: [`parse_go_duration`]'s forms plus days (`2d`) and weeks (`1w`),
+/// which bookmarked Jaeger UI searches carry.
+pub fn parse_lookback(text: &str) -> Result<i64, String> {
+    parse_duration(text, true)
+}
+
+fn parse_duration(text: &str, days: bool) -> Result<i64, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -138,6 +148,8 @@ pub fn parse_go_duration(text: &str) -> Result<i64, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
+            "d" if days => 86_400e9,
+            "w" if days => 7.0 * 86_400e9,
             _ => return Err(format!("invalid duration unit {unit:?} in {text:?}")),
         };
         total += value * scale;
@@ -200,6 +212,16 @@ mod tests {
         assert_eq!(parse_go_duration("10us").unwrap(), 10_000);
         assert_eq!(parse_go_duration("250").unwrap(), 250_000);
         assert!(parse_go_duration("5 parsecs").is_err());
+        assert!(parse_go_duration("2d").is_err(), "days only in a lookback");
+        assert_eq!(parse_lookback("2d").unwrap(), 2 * 86_400_000_000_000);
+        assert_eq!(
+            parse_lookback("1w2h").unwrap(),
+            7 * 86_400_000_000_000 + 7_200_000_000_000
+        );
+        assert_eq!(
+            parse_lookback("1h").unwrap(),
+            parse_go_duration("1h").unwrap()
+        );
         assert!(parse_go_duration("").is_err());
     }
 
