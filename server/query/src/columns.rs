@@ -21,20 +21,29 @@ pub(crate) struct Columns<'a> {
 }
 
 impl Columns<'_> {
+    /// The error for column `name`, which holds `found` instead of what was asked for.
+    fn wrong(&self, name: &'static str, found: String) -> QueryError {
+        QueryError::Column {
+            table: self.table,
+            column: name,
+            found,
+        }
+    }
+
+    /// Column `name` as it is stored, or an error naming it when it is missing.
+    fn raw(&self, name: &'static str) -> Result<&arrow::array::ArrayRef, QueryError> {
+        self.batch
+            .column_by_name(name)
+            .ok_or_else(|| self.wrong(name, "nothing (missing)".into()))
+    }
+
     fn column(
         &self,
         name: &'static str,
         ty: &DataType,
     ) -> Result<arrow::array::ArrayRef, QueryError> {
-        let missing = |found: String| QueryError::Column {
-            table: self.table,
-            column: name,
-            found,
-        };
-        let col = self
-            .batch
-            .column_by_name(name)
-            .ok_or_else(|| missing("nothing (missing)".into()))?;
+        let missing = |found: String| self.wrong(name, found);
+        let col = self.raw(name)?;
         if col.data_type() == ty {
             return Ok(col.clone());
         }
@@ -79,15 +88,8 @@ impl Columns<'_> {
         &self,
         name: &'static str,
     ) -> Result<Vec<BTreeMap<String, String>>, QueryError> {
-        let wrong = |found: String| QueryError::Column {
-            table: self.table,
-            column: name,
-            found,
-        };
-        let col = self
-            .batch
-            .column_by_name(name)
-            .ok_or_else(|| wrong("nothing (missing)".into()))?;
+        let wrong = |found: String| self.wrong(name, found);
+        let col = self.raw(name)?;
         let map: &MapArray = col
             .as_map_opt()
             .ok_or_else(|| wrong(col.data_type().to_string()))?;
