@@ -26,9 +26,14 @@ use crate::priorities::Source;
 /// Longest class, service or node name accepted, in characters (the OpenAPI `maxLength`).
 pub const MAX_NAME_CHARS: usize = 256;
 
+/// Whether `name` is 1 to [`MAX_NAME_CHARS`] characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= MAX_NAME_CHARS
+}
+
 /// A 400 naming `what` when `name` is empty or too long.
 pub fn check_name(what: &'static str, name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+    if !is_valid_name(name) {
         return Err(ApiError::invalid(
             what,
             format!("invalid {what}: must be 1 to {MAX_NAME_CHARS} characters"),

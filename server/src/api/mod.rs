@@ -81,7 +81,12 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(panic = %what, "a query handler panicked");
-    error::ApiError::internal("internal error").into_response()
+    let error = error::ApiError {
+        code: meshtrace_query::ErrorCode::Internal,
+        message: "internal error".into(),
+        field: None,
+    };
+    error.into_response()
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {

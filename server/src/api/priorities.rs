@@ -23,7 +23,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
-use super::budgets::{check_name, MAX_NAME_CHARS};
+use super::budgets::{check_name, is_valid_name, MAX_NAME_CHARS};
 use super::error::{ApiError, ErrorBody};
 use super::params::Params;
 use super::ApiState;
@@ -143,7 +143,7 @@ pub fn parse_overrides(body: &[u8], levels: u8) -> Result<BTreeMap<String, u8>, 
     };
     let mut out = BTreeMap::new();
     for (class, level) in map {
-        if class.is_empty() || class.chars().count() > MAX_NAME_CHARS {
+        if !is_valid_name(&class) {
             return Err((class, "invalid class name".into()));
         }
         let max = levels.max(1) - 1;

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::budgets::{is_valid_name, MAX_NAME_CHARS};
 use super::error::{ApiError, ErrorBody, JaegerError};
 use super::jaeger_json::{list, Envelope};
 use super::params::{parse_time_us_or_rfc3339, parse_trace_id, Params, TraceIdHex};
@@ -32,8 +33,6 @@ use super::ApiState;
 
 /// Most class rules accepted by a PUT.
 const MAX_RULES: usize = 1000;
-/// Longest value of a rule field, in characters (the OpenAPI `maxLength`).
-const MAX_FIELD_CHARS: usize = 256;
 const HOUR_NS: i64 = 3_600_000_000_000;
 
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds).
@@ -216,8 +215,8 @@ pub async fn get_classes(
 fn check_field(at: &str, name: &str, value: Option<&str>) -> Result<(), String> {
     match value {
         Some("") => Err(format!("{at}.{name}: must not be empty when set")),
-        Some(v) if v.chars().count() > MAX_FIELD_CHARS => Err(format!(
-            "{at}.{name}: longer than {MAX_FIELD_CHARS} characters"
+        Some(v) if !is_valid_name(v) => Err(format!(
+            "{at}.{name}: longer than {MAX_NAME_CHARS} characters"
         )),
         _ => Ok(()),
     }
