@@ -10,7 +10,8 @@ import requests
 
 from mtlib import FIXTURES, eventually, span_service
 
-# file -> (trace id as read back, distinct span IDs, local services), from tests/fixtures/README.md
+# file -> (trace id as read back, distinct span IDs as stored, local services), from
+# tests/fixtures/README.md
 CASES = {
     "yelp": (
         "a03ee8fff1dcd9b9",
@@ -50,7 +51,12 @@ def test_zipkin_fixture_round_trip(zipkin_server, name):
     trace = eventually(lambda: zipkin_server.api.trace(trace_id), what=f"trace {trace_id}")
     assert trace["traceID"] == short_id
     assert all(s["traceID"] == short_id for s in trace["spans"])
-    assert len({s["spanID"] for s in trace["spans"]}) == span_ids
+    # Answered adjusted: a shared SERVER half has its own span ID (the Jaeger UI would report
+    # "Dupe spanID" otherwise); raw=true answers the IDs as stored.
+    assert len({s["spanID"] for s in trace["spans"]}) == len(trace["spans"])
+    raw = zipkin_server.api.json(f"/api/traces/{short_id}", params={"raw": "true"})["data"][0]
+    assert len({s["spanID"] for s in raw["spans"]}) == span_ids
+    assert len(raw["spans"]) == len(trace["spans"])
     assert {span_service(trace, s) for s in trace["spans"]} == services
     # The services list shows the lower-cased local services.
     assert set(zipkin_server.api.services()) == services
@@ -85,3 +91,32 @@ def test_zipkin_all_fixtures_together(zipkin_server):
     )
     records = sum(len(json.loads((FIXTURES / "zipkin" / f"{n}.json").read_text())) for n in CASES)
     assert [int(v) for v in rows[0]] == [records, len(all_services)]
+
+
+def test_clock_skew_is_adjusted_with_a_warning(zipkin_server):
+    """skew.json: the server half starts 65 ms before its client; answered adjusted, the trace
+    is as long as its root (99.411 ms), and the shifted spans say by how much."""
+    r = requests.post(
+        f"{zipkin_server.zipkin_url}/api/v2/spans",
+        data=(FIXTURES / "zipkin" / "skew.json").read_bytes(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+
+    def extent_us(trace) -> int:
+        start = min(s["startTime"] for s in trace["spans"])
+        return max(s["startTime"] + s["duration"] for s in trace["spans"]) - start
+
+    trace = eventually(lambda: zipkin_server.api.trace("1e223ff1f80f1c69"), what="skew trace")
+    root = next(s for s in trace["spans"] if not s["references"])
+    assert root["duration"] == 99_411
+    assert extent_us(trace) == 99_411
+    warned = [s for s in trace["spans"] if s.get("warnings")]
+    assert {span_service(trace, s) for s in warned} == {"serviceb"}
+    assert all(
+        s["warnings"] == ["This span's timestamps were adjusted by 65.922ms"] for s in warned
+    )
+    raw = zipkin_server.api.json("/api/traces/1e223ff1f80f1c69", params={"raw": "true"})["data"][0]
+    assert extent_us(raw) == 161_718
+    assert not any(s.get("warnings") for s in raw["spans"])

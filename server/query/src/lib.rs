@@ -4,6 +4,8 @@
 //! SQL and no JSON by hand. The tests that hold provenance to third-party golden data call the
 //! same functions.
 //!
+//! - [`adjust`]: the adjusters a trace goes through before it is answered (Zipkin shared
+//!   span IDs, clock skew);
 //! - [`traces`]: a trace by ID, many by ID, Jaeger search, service and operation names;
 //! - [`graph`]: the service graph of a window and Jaeger's dependency links, counted by
 //!   [`meshtrace_provenance::ServiceGraph`] from the stored `edges` rows;
@@ -15,6 +17,7 @@
 //! Request values reach SQL only as bound parameters; a column a query reads that is missing
 //! or of the wrong type is an error naming it ([`QueryError::Column`]), never a silent zero.
 
+pub mod adjust;
 mod columns;
 pub mod error;
 pub mod graph;
@@ -29,6 +32,7 @@ use std::time::Duration;
 use meshtrace_storage::Store;
 use serde::{Deserialize, Serialize};
 
+pub use adjust::SpanWarning;
 pub use error::{ErrorCode, QueryError};
 pub use graph::{DependencyLink, GraphView};
 pub use meshtrace_storage::TraceQuery;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshtrace_model::{trace_id_text, Span, StatusCode, TraceId};
+use meshtrace_model::{trace_id_text, Span, SpanId, StatusCode, TraceId};
 use meshtrace_provenance::critical_path::self_times;
 use meshtrace_provenance::{
     build_tree, classify, critical_path, ClassRule, TraceTree, TreeCounters, DEFAULT_CLASS,
@@ -14,6 +14,7 @@ use meshtrace_storage::ScalarValue;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::adjust::{adjust, Adjusted};
 use crate::columns::Columns;
 use crate::error::QueryError;
 use crate::Queries;
@@ -110,8 +111,9 @@ impl Queries {
             return Ok(None);
         }
         let stored = self.stored_classes(&[id]).await?.remove(&id);
-        let tree = build_tree(&spans);
-        let (main, detached) = call_trees(&tree);
+        let Adjusted { spans, tree, .. } = adjust(spans);
+        let ids: Vec<SpanId> = spans.iter().map(|s| s.span_id).collect();
+        let (main, detached) = call_trees(&tree, &ids);
         Ok(Some(TraceProvenance {
             trace_id: trace_id_text(&id),
             class: match &stored {
@@ -125,7 +127,7 @@ impl Queries {
             counters: tree.counters,
             tree: main,
             detached,
-            critical_path: path_sections(&tree),
+            critical_path: path_sections(&tree, &ids),
         }))
     }
 
@@ -222,8 +224,8 @@ impl Queries {
 }
 
 /// The call tree as nested nodes: the entry span's subtree, and the other tops (extra roots,
-/// orphans) apart.
-pub fn call_trees(tree: &TraceTree) -> (Option<CallNode>, Vec<CallNode>) {
+/// orphans) apart. Node `i` is named by `ids[i]` (its ID after the adjusters).
+pub fn call_trees(tree: &TraceTree, ids: &[SpanId]) -> (Option<CallNode>, Vec<CallNode>) {
     let mut built: Vec<Option<CallNode>> = vec![None; tree.nodes.len()];
     // Reverse pre-order: every child is built before its parent.
     for &i in tree.preorder().iter().rev() {
@@ -236,7 +238,7 @@ pub fn call_trees(tree: &TraceTree) -> (Option<CallNode>, Vec<CallNode>) {
         built[i] = Some(CallNode {
             service: n.span.service_name.to_string(),
             operation: n.span.name.to_string(),
-            span_id: n.span.span_id_hex(),
+            span_id: hex::encode(ids[i]),
             kind: n.span.kind.as_str().to_string(),
             start_us: n.start_ns / 1000,
             duration_us: n.duration_ns() / 1000,
@@ -260,8 +262,9 @@ pub fn call_trees(tree: &TraceTree) -> (Option<CallNode>, Vec<CallNode>) {
     (main, detached)
 }
 
-/// The critical path, earliest section first, each with its span's total self time on it.
-pub fn path_sections(tree: &TraceTree) -> Vec<PathSection> {
+/// The critical path, earliest section first, each with its span's total self time on it;
+/// node `i` is named by `ids[i]`.
+pub fn path_sections(tree: &TraceTree, ids: &[SpanId]) -> Vec<PathSection> {
     let mut sections = critical_path(tree);
     let totals: BTreeMap<usize, i64> = self_times(&sections).into_iter().collect();
     sections.sort_by_key(|s| s.start_ns);
@@ -270,7 +273,7 @@ pub fn path_sections(tree: &TraceTree) -> Vec<PathSection> {
         .map(|s| {
             let span = &tree.nodes[s.node].span;
             PathSection {
-                span_id: span.span_id_hex(),
+                span_id: hex::encode(ids[s.node]),
                 service: span.service_name.to_string(),
                 operation: span.name.to_string(),
                 start_us: s.start_ns / 1000,

@@ -6,17 +6,50 @@ use std::collections::BTreeSet;
 use meshtrace_model::{Span, SpanKind, TraceId};
 use meshtrace_storage::TraceQuery;
 
+use crate::adjust::{adjust, SpanWarning};
 use crate::error::QueryError;
 use crate::Queries;
 
 /// Most trace IDs one [`Queries::traces`] may ask for.
 pub const MAX_TRACE_LOOKUP: usize = 1000;
 
-/// One trace: every stored span of it, sorted by start time.
+/// One trace: its stored spans sorted by start time, after the [adjusters](crate::adjust)
+/// unless asked raw.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trace {
     pub id: TraceId,
     pub spans: Vec<Span>,
+    /// What the adjusters noted on spans (none when raw).
+    pub warnings: Vec<SpanWarning>,
+}
+
+impl Trace {
+    /// A trace as stored, unadjusted.
+    pub fn raw(id: TraceId, spans: Vec<Span>) -> Trace {
+        Trace {
+            id,
+            spans,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A trace after every adjuster.
+    pub fn adjusted(id: TraceId, spans: Vec<Span>) -> Trace {
+        let a = adjust(spans);
+        Trace {
+            id,
+            spans: a.spans,
+            warnings: a.warnings,
+        }
+    }
+
+    /// The warnings of span `i`.
+    pub fn warnings_of(&self, i: usize) -> impl Iterator<Item = &str> {
+        self.warnings
+            .iter()
+            .filter(move |w| w.span == i)
+            .map(|w| w.message.as_str())
+    }
 }
 
 /// An operation of a service and its span kind.
@@ -46,10 +79,16 @@ impl Queries {
             .collect())
     }
 
-    /// One trace, or `None` when none of its spans is stored.
+    /// One trace, adjusted, or `None` when none of its spans is stored.
     pub async fn trace(&self, id: TraceId) -> Result<Option<Trace>, QueryError> {
         let spans = self.store.trace(id).await?;
-        Ok((!spans.is_empty()).then_some(Trace { id, spans }))
+        Ok((!spans.is_empty()).then(|| Trace::adjusted(id, spans)))
+    }
+
+    /// One trace as stored (`raw=true`): no adjuster has run on it.
+    pub async fn raw_trace(&self, id: TraceId) -> Result<Option<Trace>, QueryError> {
+        let spans = self.store.trace(id).await?;
+        Ok((!spans.is_empty()).then(|| Trace::raw(id, spans)))
     }
 
     /// The traces of `ids` in the order asked (duplicates once), unknown ones left out; one
@@ -66,13 +105,22 @@ impl Queries {
         Ok(ids
             .iter()
             .filter(|id| seen.insert(**id))
-            .filter_map(|id| found.remove(id).map(|spans| Trace { id: *id, spans }))
+            .filter_map(|id| found.remove(id).map(|spans| Trace::adjusted(*id, spans)))
             .collect())
     }
 
     /// Jaeger trace search: traces with a span meeting every condition, most recent first,
-    /// at most `query.limit` of them (capped at the configured `max_traces`).
+    /// at most `query.limit` of them (capped at the configured `max_traces`), adjusted.
     pub async fn search(&self, query: &TraceQuery) -> Result<Vec<Trace>, QueryError> {
+        let found = self.search_raw(query).await?;
+        Ok(found
+            .into_iter()
+            .map(|t| Trace::adjusted(t.id, t.spans))
+            .collect())
+    }
+
+    /// [`Queries::search`] without the adjusters.
+    pub async fn search_raw(&self, query: &TraceQuery) -> Result<Vec<Trace>, QueryError> {
         let mut query = query.clone();
         query.limit = match query.limit {
             0 => 20,
@@ -84,7 +132,7 @@ impl Queries {
             .into_iter()
             .filter_map(|spans| {
                 let id = spans.first()?.trace_id;
-                Some(Trace { id, spans })
+                Some(Trace::raw(id, spans))
             })
             .collect())
     }

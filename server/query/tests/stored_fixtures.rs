@@ -192,3 +192,109 @@ async fn a_stored_trace_has_its_critical_path() {
         "the path covers the root's duration"
     );
 }
+
+/// The fixtures' facts (`tests/fixtures/facts.json`) of one Zipkin file.
+fn zipkin_facts(name: &str) -> serde_json::Value {
+    let facts: serde_json::Value = serde_json::from_slice(&fixture("facts.json")).unwrap();
+    facts["zipkin"][name].clone()
+}
+
+/// Distinct `parent service->child service` pairs (services differing) read from the parent
+/// IDs of an answered trace, as the Jaeger UI links spans.
+fn answered_edges(spans: &[Span]) -> BTreeSet<String> {
+    let by_id: BTreeMap<_, _> = spans.iter().map(|s| (s.span_id, s)).collect();
+    spans
+        .iter()
+        .filter_map(|s| Some((by_id.get(&s.parent_span_id?)?, s)))
+        .filter(|(p, c)| p.service_name != c.service_name)
+        .map(|(p, c)| format!("{}->{}", p.service_name, c.service_name))
+        .collect()
+}
+
+#[tokio::test]
+async fn zipkin_shared_spans_are_answered_with_unique_ids_and_the_fixture_tree() {
+    for name in [
+        "yelp.json",
+        "smartthings-oauth-authorization.json",
+        "smartthings-mobile-web-install.json",
+    ] {
+        let spans = zipkin(name);
+        let id = spans[0].trace_id;
+        let s = store(spans).await;
+        let raw = s.queries.raw_trace(id).await.unwrap().unwrap();
+        let t = s.queries.trace(id).await.unwrap().unwrap();
+        let raw_ids: BTreeSet<_> = raw.spans.iter().map(|s| s.span_id).collect();
+        assert!(
+            raw_ids.len() < raw.spans.len(),
+            "{name}: stored with shared IDs"
+        );
+        let ids: BTreeSet<_> = t.spans.iter().map(|s| s.span_id).collect();
+        assert_eq!(ids.len(), t.spans.len(), "{name}: a span ID appears twice");
+        assert_eq!(t.spans.len(), raw.spans.len(), "{name}: no span lost");
+        let facts = zipkin_facts(name);
+        let mut want: BTreeSet<String> = facts["tree_service_edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect();
+        if name == "smartthings-mobile-web-install.json" {
+            // The facts count records before Zipkin's fragment merge: a kind-less fragment of
+            // platformapi's shared SERVER span 98ffd568af9b79a0 names execution's span as its
+            // parent. Merged into that SERVER record (as Zipkin merges), the span hangs under
+            // its CLIENT half in guardian, so this edge is not in the answered tree.
+            assert!(want.remove("execution->platformapi"));
+        }
+        assert_eq!(answered_edges(&t.spans), want, "{name}");
+        // Every shared SERVER half now has its own ID and hangs under its CLIENT half.
+        for (a, r) in t.spans.iter().zip(&raw.spans) {
+            if a.span_id != r.span_id {
+                assert_eq!(a.parent_span_id, Some(r.span_id), "{name}");
+            }
+        }
+        // The same stored trace is answered with the same IDs every time.
+        let again = s.queries.trace(id).await.unwrap().unwrap();
+        assert_eq!(again.spans, t.spans);
+    }
+}
+
+/// The time from the earliest start to the latest end, in ns.
+fn extent(spans: &[Span]) -> i64 {
+    let start = spans.iter().map(|s| s.start_unix_nano).min().unwrap();
+    spans.iter().map(|s| s.end_unix_nano()).max().unwrap() - start
+}
+
+#[tokio::test]
+async fn clock_skew_is_corrected_with_a_warning_and_raw_keeps_it() {
+    let spans = zipkin("skew.json");
+    let id = spans[0].trace_id;
+    let s = store(spans).await;
+    let raw = s.queries.raw_trace(id).await.unwrap().unwrap();
+    assert_eq!(extent(&raw.spans), 161_718_000, "reported as stored");
+    assert!(raw.warnings.is_empty());
+    let t = s.queries.trace(id).await.unwrap().unwrap();
+    let root = t.spans.iter().find(|s| s.parent_span_id.is_none()).unwrap();
+    assert_eq!(root.duration_nano, 99_411_000);
+    assert_eq!(extent(&t.spans), root.duration_nano);
+    // The server half and its child moved by the same amount, and each says so.
+    assert_eq!(t.warnings.len(), 2);
+    for w in &t.warnings {
+        assert_eq!(
+            w.message,
+            "This span's timestamps were adjusted by 65.922ms"
+        );
+        assert_eq!(t.spans[w.span].service_name, "serviceb");
+    }
+    // Provenance reads the same adjusted tree: its call tree names the answered IDs.
+    let p = s.queries.trace_provenance(id, &[]).await.unwrap().unwrap();
+    let tree = p.tree.unwrap();
+    assert_eq!(tree.duration_us, 99_411);
+    let answered: BTreeSet<String> = t.spans.iter().map(|s| hex::encode(s.span_id)).collect();
+    let mut stack = vec![&tree];
+    let mut named = BTreeSet::new();
+    while let Some(n) = stack.pop() {
+        named.insert(n.span_id.clone());
+        stack.extend(n.children.iter());
+    }
+    assert_eq!(named, answered);
+}

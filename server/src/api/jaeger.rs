@@ -58,7 +58,7 @@ pub async fn operations(
 }
 
 /// `GET /api/traces/{traceID}`; `prettyPrint=true` indents the JSON (the Jaeger UI's "Trace
-/// JSON" view asks for it).
+/// JSON" view asks for it), `raw=true` skips the adjusters ("Trace JSON (unadjusted)").
 pub async fn get_trace(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -66,10 +66,14 @@ pub async fn get_trace(
 ) -> Result<Response, JaegerError> {
     let id = parse_trace_id(&id).map_err(|e| ApiError::invalid("traceID", e))?;
     let pretty = params.flag("prettyPrint")?;
-    let Some(t) = state.queries.trace(id).await? else {
+    let found = match params.flag("raw")? {
+        true => state.queries.raw_trace(id).await?,
+        false => state.queries.trace(id).await?,
+    };
+    let Some(t) = found else {
         return Err(ApiError::not_found("trace not found").into());
     };
-    let body = list(vec![trace(&t.spans)]);
+    let body = list(vec![trace(&t)]);
     if !pretty {
         return Ok(Json(body).into_response());
     }
@@ -152,5 +156,5 @@ pub async fn find_traces(
         params.required("service")?;
         state.queries.search(&trace_query(&params)?).await?
     };
-    Ok(Json(list(traces.iter().map(|t| trace(&t.spans)).collect())))
+    Ok(Json(list(traces.iter().map(trace).collect())))
 }

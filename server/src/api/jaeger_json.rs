@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use meshtrace_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
-use meshtrace_query::Operation;
+use meshtrace_query::{Operation, Trace};
 use serde::Serialize;
 
 /// One entry of a Jaeger envelope's `errors`.
@@ -253,14 +253,20 @@ fn logs(span: &Span) -> Vec<Log> {
         .collect()
 }
 
-/// One trace (all spans share a trace ID) in the Jaeger model; spans of the same service and
-/// resource share one process.
-pub fn trace(spans: &[Span]) -> JaegerTrace {
+fn warnings(t: &Trace, i: usize) -> Option<Vec<String>> {
+    let all: Vec<String> = t.warnings_of(i).map(str::to_string).collect();
+    (!all.is_empty()).then_some(all)
+}
+
+/// One trace in the Jaeger model, with the adjusters' warnings on its spans; spans of the same
+/// service and resource share one process.
+pub fn trace(t: &Trace) -> JaegerTrace {
+    let spans = &t.spans;
     let mut processes = BTreeMap::new();
     // (service, resource, ID): few per trace, compared in order.
     let mut process_ids: Vec<(&str, &[KeyValue], String)> = Vec::new();
     let mut out_spans = Vec::with_capacity(spans.len());
-    for span in spans {
+    for (i, span) in spans.iter().enumerate() {
         let (service, resource) = (span.service_name.as_str(), &span.resource_attributes[..]);
         let known = process_ids
             .iter()
@@ -289,7 +295,7 @@ pub fn trace(spans: &[Span]) -> JaegerTrace {
             tags: span_tags(span),
             logs: logs(span),
             process_id: pid,
-            warnings: None,
+            warnings: warnings(t, i),
         });
     }
     JaegerTrace {
@@ -341,7 +347,8 @@ mod tests {
             }],
             ..root.clone()
         };
-        let t = serde_json::to_value(trace(&[root, child])).unwrap();
+        let stored = Trace::raw(root.trace_id, vec![root, child]);
+        let t = serde_json::to_value(trace(&stored)).unwrap();
         assert_eq!(t["traceID"], "01".repeat(16));
         assert_eq!(t["processes"].as_object().unwrap().len(), 2);
         let s1 = &t["spans"][1];

@@ -58,16 +58,26 @@ pub async fn operations(State(state): State<ApiState>, params: Params) -> Answer
     Ok(Json(Operations { operations }))
 }
 
-/// `GET /api/v3/traces/{trace_id}`.
+/// `GET /api/v3/traces/{trace_id}`; `rawTraces=true` skips the adjusters.
 pub async fn get_trace(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    params: Params,
 ) -> Answer<TracesData> {
     let id = parse_trace_id(&id).map_err(|e| ApiError::invalid("trace_id", e))?;
-    match state.queries.trace(id).await? {
+    let found = match raw_traces(&params, "rawTraces", "raw_traces")? {
+        true => state.queries.raw_trace(id).await?,
+        false => state.queries.trace(id).await?,
+    };
+    match found {
         Some(t) => Ok(Json(TracesData::of(&t.spans))),
         None => Err(ApiError::not_found("trace not found").into()),
     }
+}
+
+/// Whether the adjusters are to be skipped.
+fn raw_traces(params: &Params, camel: &str, snake: &str) -> Result<bool, ApiError> {
+    Ok(params.flag(camel)? || params.flag(snake)?)
 }
 
 /// The value of a parameter given in camelCase (`query.serviceName`) or snake_case.
@@ -150,7 +160,10 @@ fn v3_query(params: &Params) -> Result<TraceQuery, ApiError> {
 /// `GET /api/v3/traces?query.serviceName=...`.
 pub async fn find_traces(State(state): State<ApiState>, params: Params) -> Answer<TracesData> {
     let query = v3_query(&params)?;
-    let traces = state.queries.search(&query).await?;
+    let traces = match raw_traces(&params, "query.rawTraces", "query.raw_traces")? {
+        true => state.queries.search_raw(&query).await?,
+        false => state.queries.search(&query).await?,
+    };
     let spans: Vec<Span> = traces.into_iter().flat_map(|t| t.spans).collect();
     Ok(Json(TracesData::of(&spans)))
 }
