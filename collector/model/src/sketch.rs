@@ -59,6 +59,17 @@ impl Sketch {
         self.0.sum().unwrap_or(0.0)
     }
 
+    /// The sketch as bytes (its JSON form) for storage; [`Sketch::from_bytes`] reads it back.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing plain numbers and vectors cannot fail.
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+
+    /// Reads a sketch written by [`Sketch::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Sketch, serde_json::Error> {
+        serde_json::from_slice(bytes).map(Sketch)
+    }
+
     /// The estimated `q` quantile (0..=1), clamped to the exact min and max; None when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let v = self.0.quantile(q.clamp(0.0, 1.0)).ok().flatten()?;
@@ -104,6 +115,19 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_round_trip() {
+        let mut s = Sketch::default();
+        for v in [1_000_000, 2_000_000, 90_000_000] {
+            s.add(v);
+        }
+        let back = Sketch::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.count(), 3);
+        assert_eq!(back.quantile(0.5), s.quantile(0.5));
+        assert_eq!(back.quantile(1.0), Some(90_000_000.0));
+        assert!(Sketch::from_bytes(b"{}").is_err());
+    }
 
     #[test]
     fn equal_values_are_exact() {

@@ -156,7 +156,9 @@ impl KeyValue {
 }
 
 /// The OTLP span kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum SpanKind {
     #[default]
     Unspecified,

@@ -10,6 +10,8 @@
 //! - [`graph`]: the service graph of a window and Jaeger's dependency links, counted by
 //!   [`meshtrace_provenance::ServiceGraph`] from the stored `edges` rows;
 //! - [`provenance`]: one trace's class, call tree and critical path; the classes of many;
+//! - [`red`]: RED metrics per service and operation over time (Jaeger SPM), from the
+//!   per-minute rollups the store commits with its segments;
 //! - [`sql`]: read-only SQL with row and time limits;
 //! - [`tables`]: the Arrow form of the derived tables (`traces`, `edges`, `critical_path`),
 //!   written by the server's provenance task and read back here.
@@ -22,6 +24,7 @@ mod columns;
 pub mod error;
 pub mod graph;
 pub mod provenance;
+pub mod red;
 pub mod sql;
 pub mod tables;
 pub mod traces;
@@ -37,6 +40,7 @@ pub use error::{ErrorCode, QueryError};
 pub use graph::{DependencyLink, GraphView};
 pub use meshtrace_storage::TraceQuery;
 pub use provenance::{TraceClass, TraceProvenance};
+pub use red::{MetricFamily, RedMetric, RedQuery};
 pub use sql::SqlResult;
 pub use traces::{Operation, Trace};
 pub use window::TimeRange;

@@ -1,5 +1,5 @@
 //! The HTTP API on the query port (16686 by default): `/readyz`, `/metrics`, the Jaeger query
-//! API ([`jaeger`]), Jaeger api_v3 ([`v3`]), meshtrace's own `/api/v1` ([`provenance`],
+//! API ([`jaeger`]) with its RED metrics ([`spm`]), Jaeger api_v3 ([`v3`]), meshtrace's own `/api/v1` ([`provenance`],
 //! [`budgets`], [`priorities`], [`sql`]) with its OpenAPI document ([`openapi`]), and the
 //! dashboard ([`ui`]).
 //!
@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod params;
 pub mod priorities;
 pub mod provenance;
+pub mod spm;
 pub mod sql;
 pub mod timing;
 pub mod ui;

@@ -1,5 +1,5 @@
 //! The OpenAPI 3 document of meshtrace's own HTTP API (`/api/v1/*`: provenance, classes,
-//! budgets, priorities, SQL), generated from the handlers' annotations and the Rust types they
+//! budgets, priorities, SQL) and of the RED metrics it serves in Jaeger's form (`/api/metrics/*`), generated from the handlers' annotations and the Rust types they
 //! answer. The same router ([`v1_router`]) serves the routes and lists them, so the document
 //! cannot name a route the server does not have. It is served at `/api/v1/openapi.json` and
 //! committed as `docs/openapi.json`, from which the dashboard's TypeScript types are
@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{budgets, priorities, provenance, sql, ApiState};
+use super::{budgets, priorities, provenance, spm, sql, ApiState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,7 @@ use super::{budgets, priorities, provenance, sql, ApiState};
         title = "meshtrace",
         description = "meshtrace's own HTTP API on the query port: service graph and trace \
                        provenance, trace classes, latency budgets, priority assignments for mesh \
-                       proxies, and read-only SQL. The Jaeger query API (`/api/...`) and Jaeger \
+                       proxies, read-only SQL, and RED metrics in the form of Jaeger's SPM API. The Jaeger query API (`/api/...`) and Jaeger \
                        api_v3 (`/api/v3/...`) are served beside it as Jaeger documents them.",
         license(name = "Apache-2.0")
     ),
@@ -30,6 +30,8 @@ use super::{budgets, priorities, provenance, sql, ApiState};
         (name = "budgets", description = "latency objectives and per-hop budgets"),
         (name = "priorities", description = "priority assignment sets published to proxies"),
         (name = "sql", description = "read-only SQL over spans and derived tables"),
+        (name = "metrics", description = "RED metrics per service and operation, as Jaeger's \
+                                          Service Performance Monitoring API serves them"),
     ),
     // Parameter schemas written by hand (the routes only refer to them).
     components(schemas(super::params::TraceIdHex))
@@ -55,6 +57,10 @@ pub fn v1_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(priorities::history))
         .routes(routes!(priorities::proxies))
         .routes(routes!(sql::query))
+        .routes(routes!(spm::latencies))
+        .routes(routes!(spm::calls))
+        .routes(routes!(spm::errors))
+        .routes(routes!(spm::minstep))
 }
 
 /// The document (built once).
@@ -105,6 +111,10 @@ mod tests {
             "/api/v1/priorities/history",
             "/api/v1/proxies",
             "/api/v1/sql",
+            "/api/metrics/latencies",
+            "/api/metrics/calls",
+            "/api/metrics/errors",
+            "/api/metrics/minstep",
         ] {
             assert!(
                 doc.paths.paths.contains_key(path),

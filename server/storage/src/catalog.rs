@@ -1,6 +1,6 @@
 //! The segment catalog in SQLite or PostgreSQL (sqlx): which Parquet segments are committed
-//! (span segments, and the segments of the derived provenance tables with their table name),
-//! the service and operation names seen, the WAL checkpoint, the trace-class rules, and the
+//! (span segments with their per-minute rollups, see [`crate::rollup`], and the segments of
+//! the derived provenance tables with their table name), the service and operation names seen, the WAL checkpoint, the trace-class rules, and the
 //! latency objectives, priority overrides, published priority sets and proxies of budgets.
 //!
 //! A segment exists for readers only once its row is committed here; the Parquet file is
@@ -13,11 +13,14 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use meshtrace_model::sketch::Sketch;
+use meshtrace_model::SpanKind;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
 use crate::error::StorageError;
+use crate::rollup::{Rollup, RollupFilter, RollupKey, Rollups};
 
 /// The `meta` key holding the WAL checkpoint.
 const CHECKPOINT_KEY: &str = "checkpoint";
@@ -216,13 +219,14 @@ impl Catalog {
         }
     }
 
-    /// Commits a segment row, its names and the new checkpoint in one transaction; returns
-    /// the segment id.
+    /// Commits a segment row, its names, its rollups and the new checkpoint in one
+    /// transaction; returns the segment id.
     pub async fn commit_segment(
         &self,
         seg: &SegmentInfo,
         names: &NewNames,
         checkpoint: u64,
+        rollups: &Rollups,
     ) -> Result<i64, StorageError> {
         const INSERT: &str = "INSERT INTO segments (path, min_start_ns, max_start_ns, row_count, \
              byte_size, wal_seq_min, wal_seq_max, services, created_at_ns) \
@@ -232,6 +236,8 @@ impl Catalog {
              ON CONFLICT DO NOTHING";
         const META: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        const ROLLUP: &str = "INSERT INTO span_rollups (segment_id, minute_ns, service, \
+             operation, kind, calls, errors, durations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let services = serde_json::to_string(&seg.services).unwrap_or_else(|_| "[]".into());
         let (seq_min, seq_max) = (
             to_i64(seg.wal_seq_min, "wal_seq_min")?,
@@ -252,16 +258,71 @@ impl Catalog {
             }
             sqlx::query(META).bind(CHECKPOINT_KEY).bind(checkpoint.to_string())
                 .execute(&mut *tx).await?;
+            let id: i64 = row.try_get("id")?;
+            for (k, r) in rollups {
+                sqlx::query(ROLLUP)
+                    .bind(id).bind(k.minute_ns).bind(&k.service).bind(&k.operation)
+                    .bind(k.kind.as_str()).bind(to_i64(r.calls, "calls")?)
+                    .bind(to_i64(r.errors, "errors")?).bind(r.durations.to_bytes())
+                    .execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            row.try_get("id")?
+            id
         });
         Ok(id)
     }
 
+    /// The rollups of `filter`'s services and minutes, with the ID of the segment each row
+    /// belongs to (span kinds are filtered by the caller).
+    pub async fn rollups(
+        &self,
+        filter: &RollupFilter,
+    ) -> Result<Vec<(i64, RollupKey, Rollup)>, StorageError> {
+        const SQL: &str = "SELECT segment_id, minute_ns, operation, kind, calls, errors, \
+             durations FROM span_rollups WHERE service = $1 AND minute_ns >= $2 \
+             AND minute_ns <= $3";
+        let mut out = Vec::new();
+        for service in &filter.services {
+            let rows = on_pool!(self, pool => {
+                let rows = sqlx::query(SQL).bind(service).bind(filter.from_ns)
+                    .bind(filter.to_ns).fetch_all(pool).await?;
+                rows.iter().map(|r| {
+                    let kind: String = r.try_get("kind")?;
+                    let durations: Vec<u8> = r.try_get("durations")?;
+                    let key = RollupKey {
+                        minute_ns: r.try_get("minute_ns")?,
+                        service: service.clone(),
+                        operation: r.try_get("operation")?,
+                        kind: SpanKind::parse(&kind).unwrap_or_default(),
+                    };
+                    let rollup = Rollup {
+                        calls: to_u64(r.try_get("calls")?, "span_rollups.calls")?,
+                        errors: to_u64(r.try_get("errors")?, "span_rollups.errors")?,
+                        durations: Sketch::from_bytes(&durations).map_err(|e| {
+                            StorageError::BadCatalogValue {
+                                what: "span_rollups.durations",
+                                value: e.to_string(),
+                            }
+                        })?,
+                    };
+                    Ok((r.try_get("segment_id")?, key, rollup))
+                }).collect::<Result<Vec<_>, StorageError>>()?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
     /// Deletes a segment row (its file is deleted by the caller afterwards).
     pub async fn delete_segment(&self, id: i64) -> Result<(), StorageError> {
+        const ROLLUPS: &str = "DELETE FROM span_rollups WHERE segment_id = $1";
         const SQL: &str = "DELETE FROM segments WHERE id = $1";
-        on_pool!(self, pool => { sqlx::query(SQL).bind(id).execute(pool).await?; });
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(ROLLUPS).bind(id).execute(&mut *tx).await?;
+            sqlx::query(SQL).bind(id).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 

@@ -6,12 +6,14 @@
 //! size or age ([`Store::flush_if_due`]) and truncates the WAL up to [`Store::checkpoint`].
 //! Buffered spans are queryable at once. The file layout, the flush/commit protocol and the
 //! crash cases are described in [`layout`]. Tables derived from spans (provenance) are
-//! buffered and flushed the same way by [`DerivedStore`].
+//! buffered and flushed the same way by [`DerivedStore`]. Per-minute RED rollups of spans are
+//! committed with each span segment ([`rollup`]) and read by [`Store::span_rollups`].
 
 pub mod catalog;
 pub mod derived;
 pub mod error;
 pub mod layout;
+pub mod rollup;
 
 mod budget_store;
 mod buffer;

@@ -1,5 +1,5 @@
 //! The [`Store`] handle: opening (migrations, orphan cleanup), appending, flushing, retention,
-//! the checkpoint and the counters. Queries live in `query.rs` and `sql.rs`.
+//! the checkpoint, the rollups and the counters. Queries live in `query.rs` and `sql.rs`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,7 @@ use crate::buffer::{Buffered, Names, Snapshot, View};
 use crate::catalog::{Catalog, SegmentInfo};
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path, SegmentReader, SEGMENT_PREFIX};
+use crate::rollup::{rollups_of, RollupFilter, Rollups};
 use crate::{StoreConfig, StoreStats};
 
 /// The span store. Cheap to clone; all clones share one state.
@@ -272,7 +273,10 @@ impl Store {
         let seq_max = taken.iter().map(|t| t.0).max().unwrap_or_default();
         let batches: Vec<RecordBatch> = taken.into_iter().map(|t| t.1).collect();
         let rg = self.inner.cfg.row_group_rows;
-        let enc = tokio::task::spawn_blocking(move || encode_segment(&batches, rg)).await??;
+        let (enc, rollups) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StorageError>((encode_segment(&batches, rg)?, rollups_of(&batches, None)?))
+        })
+        .await??;
         let mut path = segment_path(enc.min_start_ns, seq_min, seq_max);
         if self.read_view().segments.iter().any(|s| s.path == path) {
             path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
@@ -303,7 +307,7 @@ impl Store {
         match self
             .inner
             .catalog
-            .commit_segment(&info, &names, checkpoint)
+            .commit_segment(&info, &names, checkpoint, &rollups)
             .await
         {
             Ok(id) => info.id = id,
@@ -329,6 +333,23 @@ impl Store {
         );
         self.write_view().finish_flush(Arc::new(info));
         Ok(checkpoint)
+    }
+
+    /// The per-minute rollups `filter` asks for, merged by key: those committed with the
+    /// segments of one snapshot of the store, and those of the spans still buffered in it.
+    pub async fn span_rollups(&self, filter: &RollupFilter) -> Result<Rollups, StorageError> {
+        let snapshot = self.snapshot();
+        let committed: HashSet<i64> = snapshot.segments.iter().map(|s| s.id).collect();
+        let wanted = filter.clone();
+        let batches = snapshot.batches;
+        let mut out =
+            tokio::task::spawn_blocking(move || rollups_of(&batches, Some(&wanted))).await??;
+        for (segment, key, rollup) in self.inner.catalog.rollups(filter).await? {
+            if committed.contains(&segment) && filter.wants(&key) {
+                out.entry(key).or_default().merge(&rollup);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes every segment whose newest span started before `now - retention` (catalog row
