@@ -77,9 +77,10 @@ def iso_minute(ns: int) -> str:
 
 
 def check_values(server, minute_ns: int) -> bool:
-    # The minute holding the load counts in the points at its start and the 3 after it; the
-    # 2 points before it have no calls in their window and are absent, as in Prometheus.
-    stamps = [iso_minute(minute_ns + k * MINUTE_NS) for k in range(4)]
+    # A point counts the whole minutes that ended by its time: the minute holding the load
+    # counts in the 3 points after it; the 3 points up to its start have no calls in their
+    # window and are absent, as in Prometheus.
+    stamps = [iso_minute(minute_ns + k * MINUTE_NS) for k in range(1, 4)]
 
     calls = series(metrics(server, "calls", minute_ns))
     assert list(calls) == [SERVICE]
@@ -150,3 +151,36 @@ def test_minstep_and_bad_parameters(server):
     # A service without spans has no series (Jaeger answers the same).
     empty = server.api.json("/api/metrics/calls", params={"service": "nobody"})
     assert empty["name"] == "service_call_rate" and empty["metrics"] == []
+
+
+def test_a_steady_rate_is_answered_exactly(server):
+    """30 calls a minute for 5 whole minutes is 0.5 calls/s at every point, whatever the
+    window and wherever the points fall within a minute."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "spm-steady"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=server.traces_url)))
+    tracer = provider.get_tracer("spm-test")
+    now_minute = time.time_ns() // MINUTE_NS * MINUTE_NS
+    for k in range(5 * 30):
+        start = now_minute - 5 * MINUTE_NS + k * 2_000_000_000  # every 2 s
+        tracer.start_span("GET /", kind=SpanKind.SERVER, start_time=start).end(
+            end_time=start + 5 * MS_NS
+        )
+    assert provider.force_flush(30_000)
+    provider.shutdown()
+
+    for rate_per_ms in (60_000, 180_000, 240_000):
+        params = {
+            "service": "spm-steady",
+            "endTs": (now_minute + 30_000_000_000) // MS_NS,  # half a minute past a minute
+            "lookback": 60_000,
+            "step": 60_000,
+            "ratePer": rate_per_ms,
+        }
+
+        def rates() -> list[float]:
+            family = server.api.json("/api/metrics/calls", params=params)
+            points = family["metrics"][0]["metricPoints"]
+            return [p["gaugeValue"]["doubleValue"] for p in points]
+
+        got = eventually(rates, what=f"call rates over {rate_per_ms} ms")
+        assert got == pytest.approx([0.5, 0.5]), rate_per_ms

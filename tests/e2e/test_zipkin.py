@@ -28,6 +28,17 @@ CASES = {
 }
 
 
+def post_fixture(server, name: str) -> None:
+    """Posts tests/fixtures/zipkin/<name>.json to the Zipkin endpoint."""
+    r = requests.post(
+        f"{server.zipkin_url}/api/v2/spans",
+        data=(FIXTURES / "zipkin" / f"{name}.json").read_bytes(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+
+
 @pytest.fixture
 def zipkin_server(server_factory):
     # The fixtures are years old: keep them past the default 7-day retention.
@@ -37,14 +48,7 @@ def zipkin_server(server_factory):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_zipkin_fixture_round_trip(zipkin_server, name):
     short_id, span_ids, services = CASES[name]
-    body = (FIXTURES / "zipkin" / f"{name}.json").read_bytes()
-    r = requests.post(
-        f"{zipkin_server.zipkin_url}/api/v2/spans",
-        data=body,
-        headers={"Content-Type": "application/json"},
-        timeout=30,
-    )
-    assert r.status_code == 202, r.text
+    post_fixture(zipkin_server, name)
 
     # A 64-bit ID is found by its padded form and printed with 16 characters, as Jaeger does.
     trace_id = short_id.rjust(32, "0")
@@ -64,26 +68,14 @@ def test_zipkin_fixture_round_trip(zipkin_server, name):
 
 def test_zipkin_64bit_trace_id_lookup(zipkin_server):
     """The 64-bit ID a Zipkin user has finds the trace too (Jaeger accepts short IDs)."""
-    r = requests.post(
-        f"{zipkin_server.zipkin_url}/api/v2/spans",
-        data=(FIXTURES / "zipkin" / "skew.json").read_bytes(),
-        headers={"Content-Type": "application/json"},
-        timeout=30,
-    )
-    assert r.status_code == 202, r.text
+    post_fixture(zipkin_server, "skew")
     trace = eventually(lambda: zipkin_server.api.trace("1e223ff1f80f1c69"), what="short id")
     assert trace["traceID"] == "1e223ff1f80f1c69"
 
 
 def test_zipkin_all_fixtures_together(zipkin_server):
     for name in CASES:
-        r = requests.post(
-            f"{zipkin_server.zipkin_url}/api/v2/spans",
-            data=(FIXTURES / "zipkin" / f"{name}.json").read_bytes(),
-            headers={"Content-Type": "application/json"},
-            timeout=30,
-        )
-        assert r.status_code == 202, r.text
+        post_fixture(zipkin_server, name)
     all_services = set().union(*(c[2] for c in CASES.values()))
     eventually(lambda: set(zipkin_server.api.services()) == all_services, what="services")
     rows = zipkin_server.api.sql_rows(
@@ -96,13 +88,7 @@ def test_zipkin_all_fixtures_together(zipkin_server):
 def test_clock_skew_is_adjusted_with_a_warning(zipkin_server):
     """skew.json: the server half starts 65 ms before its client; answered adjusted, the trace
     is as long as its root (99.411 ms), and the shifted spans say by how much."""
-    r = requests.post(
-        f"{zipkin_server.zipkin_url}/api/v2/spans",
-        data=(FIXTURES / "zipkin" / "skew.json").read_bytes(),
-        headers={"Content-Type": "application/json"},
-        timeout=30,
-    )
-    assert r.status_code == 202, r.text
+    post_fixture(zipkin_server, "skew")
 
     def extent_us(trace) -> int:
         start = min(s["startTime"] for s in trace["spans"])

@@ -1,5 +1,6 @@
 // Test data for the dashboard's browser tests: OTLP JSON builders, fixture traces moved to the
-// present, hostile values and generated traces (big, live, per class, shared service).
+// present, hostile values and generated traces (big, live, per class, shared service, known RED
+// metrics).
 
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
@@ -160,4 +161,29 @@ export function sharedTrace(front, shared, klass, sharedMs) {
       ...otlp(shared, [span(traceId, srv, cli, "GET /stock", t0 + ms(6), ms(sharedMs))]).resourceSpans,
     ],
   };
+}
+
+/**
+ * The services page's load: [operation, OTLP span kind (2 server, 3 client), spans, duration
+ * ms, spans with error status].
+ */
+export const RED_LOAD = [
+  ["GET /cart", 2, 60, 10, 0],
+  ["POST /pay", 2, 30, 20, 6],
+  ["GET inventory", 3, 40, 5, 0],
+];
+
+/** Every span of RED_LOAD (one trace each), all starting within the minute that begins at `minuteNs`. */
+export function redTraces(service, minuteNs) {
+  const spans = [];
+  let i = 0;
+  for (const [name, kind, count, ms, errors] of RED_LOAD) {
+    for (let k = 0; k < count; k++, i++) {
+      const start = minuteNs + 1_000_000_000n + BigInt(i) * 300_000_000n;
+      const status = k < errors ? { status: { code: 2, message: "payment declined" } } : {};
+      spans.push({ ...span(hex(16), hex(8), null, name, start, BigInt(ms) * 1_000_000n), kind, ...status });
+    }
+  }
+  if (i * 300_000_000 >= 58_000_000_000) throw new Error("the RED load must fit one minute");
+  return otlp(service, spans);
 }

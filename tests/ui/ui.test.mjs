@@ -1,75 +1,23 @@
 // Browser tests of the meshtrace dashboard: starts the real binary on free ports with a temp
 // data dir, loads fixture traces (timestamps shifted to now) plus generated ones, and drives
-// Debian's Chromium through playwright-core (test data in traces.mjs). Run with `node --test`
-// (see run.sh).
+// Debian's Chromium through playwright-core (harness.mjs; test data in traces.mjs). Run with
+// `node --test` (see run.sh); the services page has its own file, services.test.mjs.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import fs from "node:fs";
-import net from "node:net";
-import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { ARTIFACTS, assertStayedHome, post, startBrowser, startServer, waitFor } from "./harness.mjs";
 import { HOSTILE, bigTrace, classTrace, hex, hostileTrace, liveTrace, nowNs, otlp, sharedTrace, shiftedExampleTrace, shiftedZipkin, span } from "./traces.mjs";
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, "..", "..");
-const ARTIFACTS = path.join(HERE, "artifacts");
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 
 let server;
 let base;
 let otlpUrl;
 let zipkinUrl;
-let dataDir;
 let browser;
 let context;
-const requests = [];
-const pageErrors = [];
+let requests = [];
+let pageErrors = [];
 const ids = {};
-
-function binary() {
-  if (process.env.MESHTRACE_BIN) return process.env.MESHTRACE_BIN;
-  const target = process.env.CARGO_TARGET_DIR ?? path.join(REPO, "target");
-  return path.join(target, "debug", "meshtrace");
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(fn, what, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
-}
-
-async function post(url, body) {
-  const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-  const text = await res.text();
-  assert.ok(res.ok, `POST ${url} -> ${res.status} ${text}`);
-  return text;
-}
 
 /** Fetches the service graph API; `ok` decides when it is what the caller waits for. */
 async function graphApi(klass, ok = () => true) {
@@ -110,56 +58,15 @@ async function loadData() {
 }
 
 before(async () => {
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-  assert.ok(fs.existsSync(binary()), `meshtrace binary not found at ${binary()} (set MESHTRACE_BIN)`);
-  assert.ok(fs.existsSync(CHROMIUM), `chromium not found at ${CHROMIUM}`);
-  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "meshtrace-ui-"));
-  const [http, grpc, otlpHttp, zipkin] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  base = `http://127.0.0.1:${http}`;
-  otlpUrl = `http://127.0.0.1:${otlpHttp}`;
-  zipkinUrl = `http://127.0.0.1:${zipkin}`;
-  const log = fs.openSync(path.join(ARTIFACTS, "server.log"), "w");
-  server = spawn(
-    binary(),
-    [
-      "serve",
-      "--data-dir", dataDir,
-      "--http-listen", `127.0.0.1:${http}`,
-      "--otlp-grpc-listen", `127.0.0.1:${grpc}`,
-      "--otlp-http-listen", `127.0.0.1:${otlpHttp}`,
-      "--zipkin-listen", `127.0.0.1:${zipkin}`,
-      "--flush-age", "1s",
-      "--max-attribute-value-bytes", "200000",
-      "--provenance-idle", "1s",
-      "--budget-step", "1s",
-    ],
-    { stdio: ["ignore", log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info" } },
-  );
-  await waitFor(async () => (await fetch(`${base}/readyz`)).ok, "server readiness");
+  server = await startServer("server.log");
+  ({ base, otlpUrl, zipkinUrl } = server);
   await loadData();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
-  context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
-  context.on("request", (r) => requests.push(r.url()));
-  context.on("page", (p) => {
-    p.on("pageerror", (e) => pageErrors.push(String(e)));
-    p.on("dialog", (d) => {
-      pageErrors.push(`unexpected dialog: ${d.message()}`);
-      void d.dismiss();
-    });
-  });
+  ({ browser, context, requests, pageErrors } = await startBrowser());
 });
 
 after(async () => {
   await browser?.close();
-  if (server && server.exitCode === null) {
-    server.kill("SIGTERM");
-    await Promise.race([new Promise((r) => server.once("exit", r)), sleep(10_000)]);
-    if (server.exitCode === null) server.kill("SIGKILL");
-  }
-  if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+  await server?.stop();
 });
 
 async function newPage() {
@@ -768,8 +675,5 @@ test("the priorities page shows assignments, proxies, history and edits override
 });
 
 test("no request leaves the host and no page error occurred", () => {
-  assert.ok(requests.length > 10, `requests were recorded (${requests.length})`);
-  const outside = requests.filter((u) => !u.startsWith(base + "/") && !u.startsWith("data:") && !u.startsWith("blob:"));
-  assert.deepEqual(outside, []);
-  assert.deepEqual(pageErrors, []);
+  assertStayedHome(base, requests, pageErrors);
 });

@@ -1,6 +1,7 @@
-// Client of the meshtrace query API (same origin). The `/api/v1` types are generated from the
-// server's OpenAPI document (docs/openapi.json, `npm run types`); the Jaeger API's types are
-// Jaeger's and written out here.
+// Client of the meshtrace query API (same origin). The response types of `/api/v1` and of the
+// RED metrics (Jaeger's SPM API, `/api/metrics`) are generated from the server's OpenAPI
+// document (docs/openapi.json, `npm run types`); the other Jaeger API types are Jaeger's and
+// written out here.
 
 import type { components } from "../generated/openapi";
 
@@ -24,6 +25,22 @@ export type PriorityMatch = Schemas["MatchJson"];
 export type Assignment = Schemas["AssignmentJson"];
 export type PriorityVersion = Schemas["PublishedVersion"];
 export type ProxyInfo = Schemas["ProxyInfo"];
+export type MetricFamily = Schemas["MetricFamily"];
+/** Span kinds the metrics API counts (Jaeger's `spanKind`). */
+export type SpanKindName = "server" | "client" | "producer" | "consumer" | "internal" | "unspecified";
+
+/** The parameters `/api/metrics/{calls,errors,latencies}` share (Jaeger's); times in ms. */
+export interface RedQuery {
+  service: string;
+  spanKind?: SpanKindName;
+  /** One series per operation instead of one for the service. */
+  groupByOperation?: boolean;
+  endTs?: number;
+  lookback?: number;
+  step?: number;
+  /** The window each point is computed over, ending at the point. */
+  ratePer?: number;
+}
 
 export interface KeyValue {
   key: string;
@@ -192,6 +209,31 @@ export async function budgetHistory(klass?: string, sinceMs?: number): Promise<C
   if (sinceMs !== undefined) q.set("since", String(Math.floor(sinceMs)));
   const qs = q.toString();
   return (await getJson(`/api/v1/budgets/history${qs ? `?${qs}` : ""}`)) as ClassBudgetHistory[];
+}
+
+/** The smallest step (ms) the RED metrics resolve: `GET /api/metrics/minstep`. */
+export async function metricsMinStep(signal?: AbortSignal): Promise<number> {
+  return ((await getJson("/api/metrics/minstep", signal)) as Schemas["MinStep"]).data;
+}
+
+/**
+ * Calls per second, or the fraction of calls with an error status, over time (Jaeger's SPM
+ * API): one series per service, or per operation with `groupByOperation`; a window without
+ * calls has no point.
+ */
+export async function redMetric(metric: "calls" | "errors", query: RedQuery, signal?: AbortSignal): Promise<MetricFamily> {
+  return (await getJson(`/api/metrics/${metric}?${metricsQuery(query)}`, signal)) as MetricFamily;
+}
+
+/** A latency quantile (0 < q <= 1, in ms) over time, series as in `redMetric`. */
+export async function latencyMetric(query: RedQuery & { quantile: number }, signal?: AbortSignal): Promise<MetricFamily> {
+  return (await getJson(`/api/metrics/latencies?${metricsQuery(query)}`, signal)) as MetricFamily;
+}
+
+function metricsQuery(query: RedQuery & { quantile?: number }): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) if (v !== undefined) q.set(k, String(v));
+  return q.toString();
 }
 
 /** The proxies that polled or watched their priorities. */

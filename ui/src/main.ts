@@ -7,6 +7,7 @@ import { TracePage } from "./trace";
 import { GraphPage } from "./graph";
 import { ClassesPage } from "./classes";
 import { PrioritiesPage } from "./priorities";
+import { ServicesPage } from "./services";
 
 export interface Page {
   el: HTMLElement;
@@ -45,6 +46,7 @@ class App implements Router {
     if (path === "/" || path === "/search") page = new SearchPage(this);
     else if (trace) page = new TracePage(this, decodeURIComponent(trace[1]));
     else if (path === "/graph") page = new GraphPage(this);
+    else if (path === "/services") page = new ServicesPage(this);
     else if (path === "/classes") page = new ClassesPage(this);
     else if (path === "/priorities") page = new PrioritiesPage(this);
     else page = notFound(path);
@@ -86,6 +88,7 @@ class App implements Router {
       h("a", { class: "brand", href: "/search" }, "meshtrace"),
       h("a", { href: "/search", "data-section": "search" }, "Search"),
       h("a", { href: "/graph", "data-section": "graph" }, "Service graph"),
+      h("a", { href: "/services", "data-section": "services" }, "Services"),
       h("a", { href: "/classes", "data-section": "classes" }, "Classes"),
       h("a", { href: "/priorities", "data-section": "priorities" }, "Priorities"),
       h("span", { class: "spacer" }),

@@ -4,11 +4,12 @@
 //! request reads the rollup rows of its time range, never the spans.
 //!
 //! Points follow Prometheus range-query semantics, which Jaeger's own metrics backend uses:
-//! one point every `step` from `end - lookback` to `end`, each computed over the window
-//! `(t - ratePer, t]` (with minute resolution: a minute counts when it overlaps the window).
-//! The call rate is calls per second over the window, the error rate errors over calls, a
-//! latency the quantile of span durations in milliseconds. A window without calls has no
-//! point. Steps and windows shorter than a minute are raised to one ([`MIN_STEP_NS`]), and
+//! one point every `step` from `end - lookback` to `end`, each computed over the `ratePer`
+//! before its time `t`. With minute resolution, that window is the whole minutes that ended by
+//! `t` (`ratePer` rounded up to whole minutes, the minute in progress not counted), so a
+//! steady rate is answered exactly. The call rate is calls per second over the window, the
+//! error rate errors over calls, a latency the quantile of span durations in milliseconds. A
+//! window without calls has no point. Steps and windows shorter than a minute are raised to one ([`MIN_STEP_NS`]), and
 //! the step so that a series has at most [`MAX_POINTS`] points.
 
 use std::collections::BTreeMap;
@@ -219,14 +220,21 @@ fn labels(service: String, operation: Option<String>) -> Vec<Label> {
 fn points(metric: RedMetric, q: &RedQuery, start: i64, minutes: &Minutes) -> Vec<MetricPoint> {
     let mut out = Vec::new();
     let mut t = start;
+    // The window in whole minutes: ratePer rounded up to a minute.
+    let whole = q.rate_per_ns / MIN_STEP_NS + i64::from(q.rate_per_ns % MIN_STEP_NS != 0);
+    let width = whole.saturating_mul(MIN_STEP_NS);
     while t <= q.end_ns {
-        // Minutes overlapping (t - ratePer, t]: starting after t - ratePer - 1 minute, by t.
-        let from = t.saturating_sub(q.rate_per_ns).saturating_sub(MIN_STEP_NS);
+        // The whole minutes that ended by t: [minute(t) - width, minute(t)).
+        let to = minute_of(t);
         let mut window = Rollup::default();
-        for (_, r) in minutes.range((Bound::Excluded(from), Bound::Included(t))) {
+        let range = (
+            Bound::Included(to.saturating_sub(width)),
+            Bound::Excluded(to),
+        );
+        for (_, r) in minutes.range(range) {
             window.merge(r);
         }
-        if let Some(v) = metric.value(&window, q.rate_per_ns) {
+        if let Some(v) = metric.value(&window, width) {
             out.push(MetricPoint {
                 gauge_value: GaugeValue { double_value: v },
                 timestamp: rfc3339(t),

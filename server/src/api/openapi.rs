@@ -57,10 +57,9 @@ pub fn v1_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(priorities::history))
         .routes(routes!(priorities::proxies))
         .routes(routes!(sql::query))
-        .routes(routes!(spm::latencies))
-        .routes(routes!(spm::calls))
-        .routes(routes!(spm::errors))
         .routes(routes!(spm::minstep))
+        .routes(routes!(spm::latencies))
+        .routes(routes!(spm::rates))
 }
 
 /// The document (built once).
@@ -112,8 +111,7 @@ mod tests {
             "/api/v1/proxies",
             "/api/v1/sql",
             "/api/metrics/latencies",
-            "/api/metrics/calls",
-            "/api/metrics/errors",
+            "/api/metrics/{metric}",
             "/api/metrics/minstep",
         ] {
             assert!(

@@ -4,12 +4,12 @@
 //! step in ms. The numbers come from the query layer's RED metrics ([`meshtrace_query::red`]),
 //! computed from per-minute rollups of the stored spans; no metrics backend is needed.
 //!
-//! Parameters as Jaeger reads them: `service` (repeated or comma-separated, required),
+//! Parameters as Jaeger reads them: `service` (repeated for several, required),
 //! `spanKind` (repeated; `server` by default), `groupByOperation`, `quantile` (latencies only),
 //! `endTs` (unix ms, default now) and `lookback`, `step`, `ratePer` in ms (defaults 1 h, 5 s,
 //! 10 min; Go durations such as `10m` are accepted too).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use meshtrace_model::SpanKind;
 use meshtrace_query::red::MIN_STEP_NS;
@@ -39,9 +39,7 @@ fn millis(params: &Params, key: &str, default_ms: i64) -> Result<i64, ApiError> 
 fn red_query(params: &Params) -> Result<RedQuery, ApiError> {
     let services: Vec<String> = params
         .all("service")
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.trim().is_empty())
         .map(str::to_string)
         .collect();
     if services.is_empty() {
@@ -76,19 +74,15 @@ fn red_query(params: &Params) -> Result<RedQuery, ApiError> {
     })
 }
 
-async fn answer(state: ApiState, params: Params, metric: RedMetric) -> Answer<MetricFamily> {
-    let query = red_query(&params)?;
-    Ok(Json(state.queries.red_metrics(metric, &query).await?))
-}
-
-/// `GET /api/metrics/latencies`: a latency quantile (ms) per service or operation.
+/// `GET /api/metrics/latencies`: a quantile of span durations (ms), per service or per
+/// operation.
 #[utoipa::path(
     get,
     path = "/api/metrics/latencies",
     tag = "metrics",
     params(
-        ("service" = String, Query, pattern = "[^,\\s]", description = "a service; repeat the parameter or separate names with commas for several"),
         ("quantile" = f64, Query, exclusive_minimum = 0, maximum = 1, description = "in (0, 1], e.g. 0.95"),
+        ("service" = String, Query, pattern = "\\S", description = "a service; repeat the parameter for several"),
         ("spanKind" = Option<String>, Query, pattern = "^(unspecified|internal|server|client|producer|consumer)$", description = "`server` (default), `client`, `internal`, `producer`, `consumer`, `unspecified`; repeat for several"),
         ("groupByOperation" = Option<bool>, Query, description = "one series per operation"),
         ("endTs" = Option<i64>, Query, description = "unix ms; default now"),
@@ -105,16 +99,19 @@ pub async fn latencies(State(state): State<ApiState>, params: Params) -> Answer<
     let quantile = params
         .number::<f64>("quantile")?
         .ok_or_else(|| ApiError::invalid("quantile", "please provide a quantile between (0, 1]"))?;
-    answer(state, params, RedMetric::Latencies { quantile }).await
+    answer(&state, &params, RedMetric::Latencies { quantile }).await
 }
 
-/// `GET /api/metrics/calls`: calls per second per service or operation.
+/// `GET /api/metrics/{metric}`: `calls` (calls per second) or `errors` (the fraction of calls
+/// with an error status), per service or per operation; the same parameters as `latencies`
+/// without `quantile`.
 #[utoipa::path(
     get,
-    path = "/api/metrics/calls",
+    path = "/api/metrics/{metric}",
     tag = "metrics",
     params(
-        ("service" = String, Query, pattern = "[^,\\s]", description = "a service; repeat the parameter or separate names with commas for several"),
+        ("metric" = String, Path, pattern = "^(calls|errors)$", description = "`calls` or `errors`"),
+        ("service" = String, Query, pattern = "\\S", description = "a service; repeat the parameter for several"),
         ("spanKind" = Option<String>, Query, pattern = "^(unspecified|internal|server|client|producer|consumer)$", description = "default `server`; repeat for several"),
         ("groupByOperation" = Option<bool>, Query, description = "one series per operation"),
         ("endTs" = Option<i64>, Query, description = "unix ms; default now"),
@@ -125,33 +122,25 @@ pub async fn latencies(State(state): State<ApiState>, params: Params) -> Answer<
     responses(
         (status = 200, body = MetricFamily),
         (status = 400, description = "a missing service, or a malformed parameter"),
+        (status = 404, description = "neither `calls` nor `errors`"),
     )
 )]
-pub async fn calls(State(state): State<ApiState>, params: Params) -> Answer<MetricFamily> {
-    answer(state, params, RedMetric::Calls).await
+pub async fn rates(
+    State(state): State<ApiState>,
+    Path(metric): Path<String>,
+    params: Params,
+) -> Answer<MetricFamily> {
+    let metric = match metric.as_str() {
+        "calls" => RedMetric::Calls,
+        "errors" => RedMetric::Errors,
+        _ => return Err(ApiError::not_found("no such metric").into()),
+    };
+    answer(&state, &params, metric).await
 }
 
-/// `GET /api/metrics/errors`: the fraction of calls with an error status.
-#[utoipa::path(
-    get,
-    path = "/api/metrics/errors",
-    tag = "metrics",
-    params(
-        ("service" = String, Query, pattern = "[^,\\s]", description = "a service; repeat the parameter or separate names with commas for several"),
-        ("spanKind" = Option<String>, Query, pattern = "^(unspecified|internal|server|client|producer|consumer)$", description = "default `server`; repeat for several"),
-        ("groupByOperation" = Option<bool>, Query, description = "one series per operation"),
-        ("endTs" = Option<i64>, Query, description = "unix ms; default now"),
-        ("lookback" = Option<i64>, Query, minimum = 1, description = "ms; default 3600000"),
-        ("step" = Option<i64>, Query, minimum = 1, description = "ms; default 5000, at least 60000 is used"),
-        ("ratePer" = Option<i64>, Query, minimum = 1, description = "window of each point, ms; default 600000"),
-    ),
-    responses(
-        (status = 200, body = MetricFamily),
-        (status = 400, description = "a missing service, or a malformed parameter"),
-    )
-)]
-pub async fn errors(State(state): State<ApiState>, params: Params) -> Answer<MetricFamily> {
-    answer(state, params, RedMetric::Errors).await
+async fn answer(state: &ApiState, params: &Params, metric: RedMetric) -> Answer<MetricFamily> {
+    let query = red_query(params)?;
+    Ok(Json(state.queries.red_metrics(metric, &query).await?))
 }
 
 /// `GET /api/metrics/minstep`: the smallest step the metrics resolve, in ms (`data`).

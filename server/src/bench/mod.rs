@@ -3,10 +3,12 @@
 //! spans per second, export latency, bytes per span on disk, and, measured in the same run, the
 //! spans per second of decoding the same payloads alone: the ceiling, so the ratio is
 //! meaningful on a noisy machine. The generator sends pre-encoded payloads ([`payload`]) so
-//! that it takes little of the CPU it shares with the server.
+//! that it takes little of the CPU it shares with the server. `bench assembly` ([`assembly`])
+//! and `bench red` ([`red`]) measure trace assembly and RED-metrics queries alone.
 
 mod assembly;
 mod payload;
+mod red;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,8 @@ pub enum BenchWhat {
     Ingest(IngestArgs),
     /// CPU per span of each trace-assembly stage, on one thread, against decoding
     Assembly(assembly::AssemblyArgs),
+    /// Cost of RED-metrics (SPM) queries as stored spans grow, against a SQL scan
+    Red(red::RedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -399,6 +403,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let args = match args.what {
         BenchWhat::Ingest(args) => args,
         BenchWhat::Assembly(args) => return tokio::task::block_in_place(|| assembly::run(args)),
+        BenchWhat::Red(args) => return red::run(args).await,
     };
     let decode_rate = decode_only(&args).await?;
     let compare = args.compare_assembly && args.target.is_none();
