@@ -92,6 +92,18 @@ impl Collector for StoreMetrics {
         )?;
         counter(
             e,
+            "meshtrace_wal_records_lost",
+            "write-ahead log records found damaged at start-up and not stored elsewhere",
+            w.records_lost,
+        )?;
+        counter(
+            e,
+            "meshtrace_wal_records_skipped",
+            "write-ahead log records found damaged at start-up, already stored in Parquet",
+            w.records_skipped,
+        )?;
+        counter(
+            e,
             "meshtrace_flushes",
             "flushes of the buffer to Parquet",
             s.flushes,

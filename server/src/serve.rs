@@ -108,7 +108,8 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     } else {
         FsyncPolicy::Never
     };
-    let (wal, replayed) = Wal::open(wal_config).context("opening the write-ahead log")?;
+    let (wal, replayed) =
+        Wal::open_at(wal_config, checkpoint).context("opening the write-ahead log")?;
     wal.advance_past(checkpoint);
     let (mut spans, records) = (0, replayed.len());
     for record in replayed.into_iter().filter(|r| r.seq > checkpoint) {

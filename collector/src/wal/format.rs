@@ -101,39 +101,95 @@ pub(crate) struct SeqBounds {
     pub before: Option<u64>,
 }
 
+/// Damaged bytes in the middle of a segment, with valid records after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Gap {
+    /// Where the damage starts (the end of the last good record before it).
+    pub offset: u64,
+    /// Bytes skipped up to the next valid record.
+    pub len: u64,
+    /// What was wrong with the record at `offset`.
+    pub reason: String,
+    /// The sequence numbers of the records lost in it, first and last (`first > last` when no
+    /// record was lost: damaged bytes between two consecutive records).
+    pub first_lost: u64,
+    pub last_lost: u64,
+}
+
 /// The outcome of scanning one segment.
 #[derive(Debug)]
 pub(crate) struct Scan {
     pub records: Vec<Replayed>,
-    /// Length of the valid prefix: the offset just past the last good record.
+    /// The byte range of every valid record, in order.
+    pub ranges: Vec<std::ops::Range<usize>>,
+    /// The offset just past the last good record.
     pub valid_len: u64,
-    /// Why scanning stopped before the end of the bytes, if it did.
+    /// Damage in the middle: valid records follow each gap.
+    pub gaps: Vec<Gap>,
+    /// Why the segment ends in bytes that are not a record, if it does (nothing valid follows).
     pub damage: Option<String>,
 }
 
-/// Reads records from a segment's bytes until the end or the first damaged record.
+/// How far past the last good sequence number a record found after damage may be: sequence
+/// numbers are consecutive within a segment, so a header further off is noise, not a record.
+const MAX_SEQ_SKIP: u64 = 1 << 20;
+
+/// Reads every valid record of a segment's bytes. Damage followed by valid records is skipped
+/// as a [`Gap`] (the next record is found by its header and checksum); damage that nothing
+/// valid follows ends the scan ([`Scan::damage`]).
 pub(crate) fn scan(bytes: &[u8], bounds: SeqBounds) -> Scan {
-    let mut records = Vec::new();
+    let mut out = Scan {
+        records: Vec::new(),
+        ranges: Vec::new(),
+        valid_len: 0,
+        gaps: Vec::new(),
+        damage: None,
+    };
     let mut offset = 0usize;
     let mut prev = bounds.after;
-    let damage = loop {
-        if offset == bytes.len() {
-            break None;
-        }
+    while offset < bytes.len() {
         match read_record(&bytes[offset..], prev, bounds) {
             Ok((seq, spans, len)) => {
-                records.push(Replayed { seq, spans });
+                out.records.push(Replayed { seq, spans });
+                out.ranges.push(offset..offset + len);
                 prev = seq;
                 offset += len;
+                out.valid_len = offset as u64;
             }
-            Err(reason) => break Some(reason),
+            Err(reason) => match resync(bytes, offset, prev, bounds) {
+                Some((next, next_seq)) => {
+                    out.gaps.push(Gap {
+                        offset: offset as u64,
+                        len: (next - offset) as u64,
+                        reason,
+                        first_lost: prev + 1,
+                        last_lost: next_seq - 1,
+                    });
+                    offset = next;
+                }
+                None => {
+                    out.damage = Some(reason);
+                    break;
+                }
+            },
         }
-    };
-    Scan {
-        records,
-        valid_len: offset as u64,
-        damage,
     }
+    out
+}
+
+/// The offset and sequence number of the first valid record after damage at `from`.
+fn resync(bytes: &[u8], from: usize, prev: u64, bounds: SeqBounds) -> Option<(usize, u64)> {
+    (from + 1..bytes.len().saturating_sub(HEADER_LEN - 1)).find_map(|at| {
+        let header = &bytes[at..at + HEADER_LEN];
+        let len = (u32::from_le_bytes(header[0..4].try_into().ok()?) & !OTLP_PAYLOAD) as usize;
+        let seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
+        // Cheap checks first: most offsets fail them without a checksum.
+        let plausible = len > 0
+            && at + HEADER_LEN + len <= bytes.len()
+            && seq > prev
+            && seq - prev <= MAX_SEQ_SKIP;
+        (plausible && read_record(&bytes[at..], prev, bounds).is_ok()).then_some((at, seq))
+    })
 }
 
 /// Decodes the record at the start of `buf`: its sequence number, spans and framed length.
@@ -242,6 +298,39 @@ mod tests {
         assert_eq!(scan.records[1].spans[0].name, "b");
         assert_eq!(scan.valid_len, good as u64);
         assert!(scan.damage.unwrap().contains("checksum"));
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_a_gap_and_the_records_after_it_are_read() {
+        let mut bytes = record(1, "a");
+        let damaged_at = bytes.len();
+        bytes.extend(record(2, "b"));
+        let resumed_at = bytes.len();
+        bytes.extend(record(3, "c"));
+        bytes.extend(record(4, "d"));
+        bytes[damaged_at + HEADER_LEN + 2] ^= 0x55;
+        let s = scan(&bytes, bounds());
+        let seqs: Vec<u64> = s.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 3, 4]);
+        assert_eq!(s.damage, None);
+        assert_eq!(s.valid_len, bytes.len() as u64);
+        let gap = &s.gaps[..];
+        assert_eq!(gap.len(), 1);
+        assert_eq!(
+            (gap[0].offset, gap[0].len),
+            (damaged_at as u64, (resumed_at - damaged_at) as u64)
+        );
+        assert_eq!((gap[0].first_lost, gap[0].last_lost), (2, 2));
+        assert!(gap[0].reason.contains("checksum"));
+        // The valid records' bytes are what a rewrite keeps.
+        let kept: Vec<u8> = s
+            .ranges
+            .iter()
+            .flat_map(|r| bytes[r.clone()].to_vec())
+            .collect();
+        let again = scan(&kept, bounds());
+        assert_eq!(again.records.len(), 3);
+        assert!(again.gaps.is_empty() && again.damage.is_none());
     }
 
     #[test]

@@ -69,12 +69,17 @@
 //! # Recovery
 //!
 //! [`Wal::open`] reads every segment in order and checks each record's length, checksum,
-//! sequence order and encoding. Damage in the **last** segment is a torn tail (a group that was
-//! being written when the process died, hence never acknowledged): the segment is truncated
-//! at the last good record, with a warning, and records after the damage are dropped. Damage in
-//! a **sealed** segment cannot come from a crash (sealed segments were synced before the next
-//! one was created) and fails `open` with an error rather than silently losing acknowledged
-//! spans. New records continue after the last replayed sequence number.
+//! sequence order and encoding. Damage is a **torn tail** only when nothing valid follows it in
+//! the last segment (a group that was being written when the process died, hence never
+//! acknowledged): the segment is truncated at the last good record, with a warning. Any other
+//! damage (a bad disk, a stray write) never throws valid records away to get past it: the scan
+//! finds the next valid record by its header and checksum, the segment is copied into
+//! `damaged/` as evidence and rewritten with its valid records only, and every record lost is
+//! reported ([`Loss`], [`Wal::recovery_losses`], `WalStats::records_lost`): an ERROR naming
+//! the file, offset and sequence numbers when the records are above the caller's checkpoint
+//! ([`Wal::open_at`]), a warning when they are already stored in Parquet. The same holds for
+//! a damaged end of a sealed segment: the records up to the next segment's first are lost.
+//! New records continue after the last replayed sequence number.
 //!
 //! # Truncation and Parquet checkpoints
 //!
@@ -117,6 +122,7 @@ use tracing::info;
 
 use crate::Error;
 use recover::{segment_path, SegMeta};
+pub use recover::{Loss, DAMAGED_DIR};
 use writer::{Msg, Writer};
 
 /// When the writer syncs written records to stable storage.
@@ -227,6 +233,10 @@ pub struct WalStats {
     pub segments: u64,
     /// Gauge: sequence number of the last record written (0 if none).
     pub last_seq: u64,
+    /// Records found damaged at open and not stored elsewhere (above the checkpoint).
+    pub records_lost: u64,
+    /// Records found damaged at open that were already stored (at or below the checkpoint).
+    pub records_skipped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -255,6 +265,8 @@ struct Shared {
     poison: OnceLock<String>,
     /// Becomes true when the writer thread has exited.
     stopped: watch::Sender<bool>,
+    /// What recovery at open could not read back.
+    losses: Vec<Loss>,
     counters: Counters,
 }
 
@@ -290,14 +302,21 @@ impl Wal {
     /// Opens the log in `cfg.dir`, recovers it, starts the writer thread and returns every
     /// valid record in sequence order (see the module docs for the recovery rules).
     pub fn open(cfg: WalConfig) -> Result<(Wal, Vec<Replayed>), Error> {
-        Wal::open_inner(cfg, None)
+        Wal::open_inner(cfg, None, 0)
+    }
+
+    /// [`Wal::open`] for a caller whose records up to `checkpoint` are stored elsewhere:
+    /// damaged records at or below it are reported as skipped, not lost.
+    pub fn open_at(cfg: WalConfig, checkpoint: u64) -> Result<(Wal, Vec<Replayed>), Error> {
+        Wal::open_inner(cfg, None, checkpoint)
     }
 
     fn open_inner(
         cfg: WalConfig,
         gate: Option<std::sync::mpsc::Receiver<()>>,
+        checkpoint: u64,
     ) -> Result<(Wal, Vec<Replayed>), Error> {
-        let rec = recover::recover(&cfg.dir)?;
+        let rec = recover::recover(&cfg.dir, checkpoint)?;
         let on_disk: u64 = rec.segments.iter().map(|s| s.bytes).sum();
         let active_len = rec.segments.back().map_or(0, |s| s.bytes);
         let shared = Arc::new(Shared {
@@ -308,6 +327,7 @@ impl Wal {
             segments: Mutex::new(rec.segments),
             poison: OnceLock::new(),
             stopped: watch::Sender::new(false),
+            losses: rec.losses,
             counters: Counters::default(),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
@@ -410,7 +430,20 @@ impl Wal {
             bytes_on_disk: self.bytes_on_disk(),
             segments: self.shared.lock_segments().len() as u64,
             last_seq: self.last_seq(),
+            records_lost: self.lost(false),
+            records_skipped: self.lost(true),
         }
+    }
+
+    /// Records recovery found damaged, already stored (`stored`) or not.
+    fn lost(&self, stored: bool) -> u64 {
+        let losses = self.shared.losses.iter().filter(|l| l.stored == stored);
+        losses.map(Loss::records).sum()
+    }
+
+    /// What recovery at open could not read back, in file order.
+    pub fn recovery_losses(&self) -> &[Loss] {
+        &self.shared.losses
     }
 
     /// Writes and syncs every append already queued, refuses new ones and stops the writer.

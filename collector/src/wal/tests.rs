@@ -227,26 +227,76 @@ async fn damaged_length_in_the_last_header_is_dropped() {
     .await;
 }
 
+/// The files in `damaged/`, where a segment is copied before it is rewritten.
+fn damaged_copies(dir: &Path) -> usize {
+    fs::read_dir(dir.join(DAMAGED_DIR)).map_or(0, |d| d.count())
+}
+
 #[tokio::test]
-async fn damage_in_a_sealed_segment_fails_open() {
+async fn damage_in_a_sealed_segment_loses_only_its_record() {
+    for (checkpoint, lost, skipped) in [(0, 1, 0), (1, 0, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig {
+            segment_bytes: 1,
+            ..cfg(dir.path())
+        })
+        .unwrap();
+        append_all(&wal, 0..3).await;
+        wal.close().await.unwrap();
+        let first = dir.path().join(&segment_files(dir.path())[0]);
+        let mut bytes = fs::read(&first).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&first, bytes).unwrap();
+
+        let (wal, replayed) = Wal::open_at(cfg(dir.path()), checkpoint).unwrap();
+        let seqs: Vec<u64> = replayed.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![2, 3], "the records after the damage are kept");
+        let stats = wal.stats();
+        assert_eq!((stats.records_lost, stats.records_skipped), (lost, skipped));
+        let loss = &wal.recovery_losses()[0];
+        assert_eq!((loss.first_seq, loss.last_seq, loss.offset), (1, 1, 0));
+        assert!(loss.reason.contains("checksum"), "{}", loss.reason);
+        assert_eq!(damaged_copies(dir.path()), 1);
+        assert_eq!(wal.append(batch(9, 1)).await.unwrap(), 4);
+        wal.close().await.unwrap();
+        // Rewritten: the next open meets no damage.
+        let (wal, replayed) = Wal::open_at(cfg(dir.path()), checkpoint).unwrap();
+        assert_eq!(replayed.len(), 3);
+        assert!(wal.recovery_losses().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_of_the_last_segment_keeps_what_follows() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(WalConfig {
-        segment_bytes: 1,
-        ..cfg(dir.path())
-    })
-    .unwrap();
-    append_all(&wal, 0..3).await;
+    let (wal, _) = Wal::open(cfg(dir.path())).unwrap();
+    append_all(&wal, 0..2).await;
+    let third = wal.bytes_on_disk();
+    append_all(&wal, 2..5).await;
     wal.close().await.unwrap();
-    let first = dir.path().join(&segment_files(dir.path())[0]);
-    let mut bytes = fs::read(&first).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    fs::write(&first, bytes).unwrap();
-    let err = Wal::open(cfg(dir.path())).unwrap_err();
-    assert!(
-        matches!(&err, Error::Wal(m) if m.contains("corrupt sealed segment")),
-        "{err}"
+    let file = dir.path().join(&segment_files(dir.path())[0]);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[third as usize + 40] ^= 0x10;
+    fs::write(&file, bytes).unwrap();
+
+    let (wal, replayed) = Wal::open(cfg(dir.path())).unwrap();
+    let seqs: Vec<u64> = replayed.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 4, 5],
+        "a damaged record is not a torn tail"
     );
+    assert_eq!(replayed[2].spans, *batch(3, 3));
+    assert_eq!(wal.stats().records_lost, 1);
+    let loss = &wal.recovery_losses()[0];
+    assert_eq!((loss.first_seq, loss.last_seq, loss.offset), (3, 3, third));
+    assert_eq!(damaged_copies(dir.path()), 1);
+    assert_eq!(wal.append(batch(7, 1)).await.unwrap(), 6);
+    wal.close().await.unwrap();
+    let (wal, replayed) = Wal::open(cfg(dir.path())).unwrap();
+    assert_eq!(replayed.len(), 5);
+    assert!(wal.recovery_losses().is_empty());
 }
 
 #[tokio::test]
@@ -320,6 +370,7 @@ async fn full_queue_is_reported_as_overload() {
             ..cfg(dir.path())
         },
         Some(gate_rx),
+        0,
     )
     .unwrap();
     let first = wal.append(batch(0, 1));
@@ -348,7 +399,7 @@ async fn full_queue_is_reported_as_overload() {
 async fn shutdown_writes_what_was_queued() {
     let dir = tempfile::tempdir().unwrap();
     let (gate, gate_rx) = std::sync::mpsc::channel();
-    let (wal, _) = Wal::open_inner(cfg(dir.path()), Some(gate_rx)).unwrap();
+    let (wal, _) = Wal::open_inner(cfg(dir.path()), Some(gate_rx), 0).unwrap();
     let mut waiting = Vec::new();
     for tag in 0..5 {
         let wal = wal.clone();
