@@ -110,6 +110,12 @@ impl Collector for StoreMetrics {
         )?;
         counter(
             e,
+            "meshtrace_segments_quarantined",
+            "Parquet files without a catalog row whose spans the log no longer holds, moved to quarantine/",
+            s.segments_quarantined,
+        )?;
+        counter(
+            e,
             "meshtrace_segments_written",
             "Parquet segments written",
             s.segments_written,

@@ -111,6 +111,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let (wal, replayed) =
         Wal::open_at(wal_config, checkpoint).context("opening the write-ahead log")?;
     wal.advance_past(checkpoint);
+    // Segment files without a catalog row: deleted when the log replays them, else quarantined.
+    let log_first = replayed.first().map_or(wal.last_seq() + 1, |r| r.seq);
+    store.settle_orphans(log_first).await?;
     let (mut spans, records) = (0, replayed.len());
     for record in replayed.into_iter().filter(|r| r.seq > checkpoint) {
         store.append(record.seq, &record.spans)?;

@@ -63,8 +63,9 @@
 //!
 //! If the `put` or the commit fails, the marked batches are unmarked and wait for the next
 //! flush; a file written without a committed row is invisible (readers take the catalog's
-//! list) and is removed at the next open. Retention deletes the catalog row first, then the
-//! file; a query that snapshotted the segment just before treats the missing object as gone.
+//! list) and is settled at the next start ([`crate::orphans`]). Retention deletes the file
+//! first, then its catalog row; a query that snapshotted the segment just before treats the
+//! missing object as gone.
 //!
 //! ## Reading
 //!
@@ -79,13 +80,15 @@
 //!
 //! - Crash before or during the `put`: no file (or a temporary one), no row; the WAL still
 //!   holds the spans (the checkpoint did not move) and replays them.
-//! - Crash after the `put`, before the commit: a file without a row. [`crate::Store::open`]
-//!   deletes every object under `spans/` that has no catalog row, and the WAL replays.
+//! - Crash after the `put`, before the commit: a file without a row. The server's start-up
+//!   ([`crate::Store::settle_orphans`]) deletes it when the WAL holds its sequences (the WAL
+//!   replays them) and quarantines it otherwise (a catalog restored from an older copy); a
+//!   temporary file of a `put` cut short is removed at open.
 //! - Crash after the commit: the segment and the checkpoint are durable together; the WAL
 //!   replays only what comes after the checkpoint, so nothing is stored twice (and
 //!   [`crate::Store::append`] ignores a sequence number at or below the checkpoint).
-//! - Crash during retention between the row delete and the file delete: the file is an orphan
-//!   and is deleted at the next open.
+//! - Crash during retention between the file delete and the row delete: a row without its
+//!   file, which queries treat as gone and the next retention pass deletes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

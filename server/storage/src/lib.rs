@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod derived;
 pub mod error;
 pub mod layout;
+pub mod orphans;
 pub mod rollup;
 
 mod budget_store;
@@ -111,7 +112,11 @@ pub struct StoreStats {
     pub row_groups_pruned: u64,
     pub row_groups_read: u64,
     pub segments_deleted: u64,
+    /// Segment files without a catalog row deleted (the log replays them), and temporary
+    /// files of interrupted writes.
     pub orphans_removed: u64,
+    /// Segment files without a catalog row moved to `quarantine/` (the log no longer has them).
+    pub segments_quarantined: u64,
     /// Trace searches: segments scanned, and skipped by the catalog's time range and services.
     pub search_segments_scanned: u64,
     pub search_segments_skipped: u64,

@@ -10,7 +10,6 @@ use arrow_array::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use futures::TryStreamExt;
 use meshtrace_model::arrow_conv::spans_to_batch;
 use meshtrace_model::time::now_unix_nanos;
 use meshtrace_model::{Span, SpanKind};
@@ -21,7 +20,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::buffer::{Buffered, Names, Snapshot, View};
 use crate::catalog::{Catalog, SegmentInfo};
 use crate::error::StorageError;
-use crate::layout::{encode_segment, segment_path, SegmentReader, SEGMENT_PREFIX};
+use crate::layout::{encode_segment, segment_path, SegmentReader};
+use crate::orphans::{self, Settled};
 use crate::rollup::{rollups_of, RollupFilter, Rollups};
 use crate::{StoreConfig, StoreStats};
 
@@ -43,6 +43,7 @@ pub(crate) struct Counters {
     pub row_groups_read: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub orphans_removed: AtomicU64,
+    pub segments_quarantined: AtomicU64,
     pub search_segments_scanned: AtomicU64,
     pub search_segments_skipped: AtomicU64,
     pub replayed_appends_skipped: AtomicU64,
@@ -62,6 +63,8 @@ pub(crate) struct Inner {
     pub tables: Mutex<Vec<(String, Arc<dyn TableProvider>)>>,
     /// Shared by every SQL session, so DataFusion's file metadata cache outlives a query.
     pub runtime: Arc<RuntimeEnv>,
+    /// Segment files found without a catalog row at open, until [`Store::settle_orphans`].
+    pub orphans: Mutex<Vec<ObjectPath>>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -89,14 +92,23 @@ pub fn span_names(spans: &[Span]) -> impl Iterator<Item = (&str, &str, SpanKind)
 
 impl Store {
     /// Opens the store on a local directory: creates it, connects the catalog, runs the
-    /// migrations and deletes segment files the catalog does not know (crash leftovers).
+    /// migrations, removes temporary files of interrupted writes and lists the segment files
+    /// the catalog does not know, for [`Store::settle_orphans`].
     pub async fn open(cfg: StoreConfig) -> Result<Store, StorageError> {
         tokio::fs::create_dir_all(&cfg.data_dir)
             .await
             .map_err(|e| StorageError::Config(format!("cannot create {:?}: {e}", cfg.data_dir)))?;
         let store: Arc<dyn ObjectStore> =
             Arc::new(LocalFileSystem::new_with_prefix(&cfg.data_dir)?);
-        Store::open_with_object_store(cfg, store).await
+        let temporary = orphans::remove_temporary_files(&cfg.data_dir)
+            .map_err(|e| StorageError::Config(format!("sweeping {:?}: {e}", cfg.data_dir)))?;
+        let opened = Store::open_with_object_store(cfg, store).await?;
+        opened
+            .inner
+            .counters
+            .orphans_removed
+            .fetch_add(temporary as u64, Ordering::Relaxed);
+        Ok(opened)
     }
 
     /// Opens the store on any object store (`cfg.data_dir` still holds the default catalog).
@@ -106,13 +118,13 @@ impl Store {
     ) -> Result<Store, StorageError> {
         let catalog = Catalog::connect(&cfg.data_dir, cfg.catalog_url.as_deref()).await?;
         let segments = catalog.segments().await?;
-        let orphans = remove_orphans(store.as_ref(), &segments).await?;
+        let orphans = orphans::find(store.as_ref(), &segments).await?;
         let names = catalog.names().await?;
         let checkpoint = catalog.checkpoint().await?;
         tracing::info!(
             backend = catalog.backend(),
             segments = segments.len(),
-            orphans,
+            orphans = orphans.len(),
             checkpoint,
             "span store opened"
         );
@@ -132,11 +144,8 @@ impl Store {
             counters: Counters::default(),
             tables: Mutex::new(Vec::new()),
             runtime,
+            orphans: Mutex::new(orphans),
         };
-        inner
-            .counters
-            .orphans_removed
-            .store(orphans as u64, Ordering::Relaxed);
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -352,8 +361,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes every segment whose newest span started before `now - retention` (catalog row
-    /// first, then the file); returns how many.
+    /// Deletes every segment whose newest span started before `now - retention` (the file
+    /// first, then its catalog row); returns how many.
     pub async fn apply_retention(&self) -> Result<usize, StorageError> {
         let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
         let cutoff = now_unix_nanos().saturating_sub(retention);
@@ -365,7 +374,9 @@ impl Store {
             .cloned()
             .collect();
         for seg in &expired {
-            self.inner.catalog.delete_segment(seg.id).await?;
+            // The file goes before its row: a crash in between leaves a row whose file is gone
+            // (the next pass deletes the row), never a file without a row, which start-up
+            // could not tell from spans the catalog lost.
             self.write_view().segments.retain(|s| s.id != seg.id);
             self.inner.reader.forget(&seg.path);
             match self
@@ -376,9 +387,11 @@ impl Store {
             {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    tracing::warn!(path = %seg.path, error = %e, "cannot delete expired segment")
+                    tracing::warn!(path = %seg.path, error = %e, "cannot delete expired segment");
+                    continue;
                 }
             }
+            self.inner.catalog.delete_segment(seg.id).await?;
             self.inner
                 .counters
                 .segments_deleted
@@ -412,6 +425,7 @@ impl Store {
             row_groups_read: get(&c.row_groups_read),
             segments_deleted: get(&c.segments_deleted),
             orphans_removed: get(&c.orphans_removed),
+            segments_quarantined: get(&c.segments_quarantined),
             search_segments_scanned: get(&c.search_segments_scanned),
             search_segments_skipped: get(&c.search_segments_skipped),
             replayed_appends_skipped: get(&c.replayed_appends_skipped),
@@ -421,30 +435,28 @@ impl Store {
         }
     }
 
+    /// Deletes or quarantines the segment files found without a catalog row at open, now that
+    /// the caller's log is open: `log_first` is the first sequence number it holds (see
+    /// [`crate::orphans`]). Returns (deleted, quarantined).
+    pub async fn settle_orphans(&self, log_first: u64) -> Result<(usize, usize), StorageError> {
+        let found = std::mem::take(&mut *lock(&self.inner.orphans));
+        let (mut deleted, mut quarantined) = (0, 0);
+        for path in found {
+            match orphans::settle(self.inner.store.as_ref(), &path, log_first).await? {
+                Settled::Deleted => deleted += 1,
+                Settled::Quarantined => quarantined += 1,
+            }
+        }
+        let c = &self.inner.counters;
+        c.orphans_removed
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        c.segments_quarantined
+            .fetch_add(quarantined as u64, Ordering::Relaxed);
+        Ok((deleted, quarantined))
+    }
+
     /// Closes the catalog connections (buffered spans are not flushed: call [`Store::flush`]).
     pub async fn close(&self) {
         self.inner.catalog.close().await;
     }
-}
-
-/// Deletes every object under the segment prefix that has no catalog row; returns how many.
-async fn remove_orphans(
-    store: &dyn ObjectStore,
-    segments: &[SegmentInfo],
-) -> Result<usize, StorageError> {
-    let known: HashSet<&str> = segments.iter().map(|s| s.path.as_str()).collect();
-    let prefix = ObjectPath::from(SEGMENT_PREFIX);
-    let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-    let mut removed = 0;
-    for obj in objects {
-        if known.contains(obj.location.as_ref()) {
-            continue;
-        }
-        tracing::warn!(path = %obj.location, "removing segment file without catalog row");
-        match store.delete(&obj.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(removed)
 }

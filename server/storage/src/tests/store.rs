@@ -127,29 +127,42 @@ async fn lookup_prunes_row_groups_inside_a_segment() {
     assert!(stats.row_groups_pruned >= 9, "{stats:?}");
 }
 
+/// A store with one committed segment and, beside it, a segment file the catalog does not know
+/// (WAL sequences 5 to 6) and the temporary file of a write cut short.
+async fn store_with_leftovers(dir: &std::path::Path, spans: &[meshtrace_model::Span]) {
+    let store = open(dir).await;
+    store.append(1, spans).unwrap();
+    store.flush().await.unwrap();
+    let leftover = ObjectPath::from("spans/date=2024-01-01/hour=00/seg-5-6.parquet");
+    store
+        .object_store()
+        .put(&leftover, PutPayload::from_static(b"PAR1 torn"))
+        .await
+        .unwrap();
+    store.close().await;
+    let temporary = dir.join("spans/date=2024-01-01/hour=00/seg-7-7.parquet#3");
+    std::fs::write(temporary, b"half a write").unwrap();
+}
+
 #[tokio::test]
-async fn open_removes_segment_files_missing_from_the_catalog() {
+async fn orphans_the_log_replays_are_deleted_and_temporary_files_removed() {
     let dir = tempfile::tempdir().unwrap();
     let spans = mesh_traffic(4, 100, now_ns(), 1_000_000);
-    {
-        let store = open(dir.path()).await;
-        store.append(1, &spans).unwrap();
-        store.flush().await.unwrap();
-        let leftover = ObjectPath::from("spans/date=2024-01-01/hour=00/seg-5-6.parquet");
-        store
-            .object_store()
-            .put(&leftover, PutPayload::from_static(b"PAR1 torn"))
-            .await
-            .unwrap();
-        store.close().await;
-    }
-    let leftover = dir
-        .path()
-        .join("spans/date=2024-01-01/hour=00/seg-5-6.parquet");
-    assert!(leftover.is_file());
+    store_with_leftovers(dir.path(), &spans).await;
+    let hour = dir.path().join("spans/date=2024-01-01/hour=00");
     let store = open(dir.path()).await;
-    assert!(!leftover.exists(), "crash leftover must be removed at open");
-    assert_eq!(store.stats().orphans_removed, 1);
+    assert!(
+        !hour.join("seg-7-7.parquet#3").exists(),
+        "temporary file removed at open"
+    );
+    assert!(
+        hour.join("seg-5-6.parquet").is_file(),
+        "open only lists orphans"
+    );
+    // The log still holds sequence 5 onwards: the replay writes the file again.
+    assert_eq!(store.settle_orphans(5).await.unwrap(), (1, 0));
+    assert!(!hour.join("seg-5-6.parquet").exists());
+    assert_eq!(store.stats().orphans_removed, 2);
     let committed = store.segments();
     assert_eq!(committed.len(), 1);
     assert!(dir.path().join(&committed[0].path).is_file());
@@ -159,6 +172,30 @@ async fn open_removes_segment_files_missing_from_the_catalog() {
             .iter()
             .filter(|s| s.trace_id == spans[0].trace_id)
             .count()
+    );
+}
+
+#[tokio::test]
+async fn orphans_the_log_no_longer_holds_are_quarantined_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spans = mesh_traffic(4, 100, now_ns(), 1_000_000);
+    store_with_leftovers(dir.path(), &spans).await;
+    let store = open(dir.path()).await;
+    // As after a catalog restored from an older copy: the log starts past the file's sequences.
+    assert_eq!(store.settle_orphans(10).await.unwrap(), (0, 1));
+    let aside = dir
+        .path()
+        .join("quarantine/spans/date=2024-01-01/hour=00/seg-5-6.parquet");
+    assert_eq!(std::fs::read(aside).unwrap(), b"PAR1 torn");
+    assert!(!dir
+        .path()
+        .join("spans/date=2024-01-01/hour=00/seg-5-6.parquet")
+        .exists());
+    assert_eq!(store.stats().segments_quarantined, 1);
+    assert_eq!(
+        store.segments().len(),
+        1,
+        "the committed segment is untouched"
     );
 }
 
