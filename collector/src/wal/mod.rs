@@ -79,6 +79,8 @@
 //! the file, offset and sequence numbers when the records are above the caller's checkpoint
 //! ([`Wal::open_at`]), a warning when they are already stored in Parquet. The same holds for
 //! a damaged end of a sealed segment: the records up to the next segment's first are lost.
+//! With a checkpoint, sequence numbers above it that no segment holds (a segment file deleted,
+//! a catalog older than the log's truncation) are reported as lost too.
 //! New records continue after the last replayed sequence number.
 //!
 //! # Truncation and Parquet checkpoints
@@ -302,19 +304,21 @@ impl Wal {
     /// Opens the log in `cfg.dir`, recovers it, starts the writer thread and returns every
     /// valid record in sequence order (see the module docs for the recovery rules).
     pub fn open(cfg: WalConfig) -> Result<(Wal, Vec<Replayed>), Error> {
-        Wal::open_inner(cfg, None, 0)
+        Wal::open_inner(cfg, None, None)
     }
 
     /// [`Wal::open`] for a caller whose records up to `checkpoint` are stored elsewhere:
-    /// damaged records at or below it are reported as skipped, not lost.
+    /// damaged records at or below it are reported as skipped, not lost, and sequence numbers
+    /// above it that no segment holds (a deleted segment file, a checkpoint older than the
+    /// log's truncation) are reported as lost.
     pub fn open_at(cfg: WalConfig, checkpoint: u64) -> Result<(Wal, Vec<Replayed>), Error> {
-        Wal::open_inner(cfg, None, checkpoint)
+        Wal::open_inner(cfg, None, Some(checkpoint))
     }
 
     fn open_inner(
         cfg: WalConfig,
         gate: Option<std::sync::mpsc::Receiver<()>>,
-        checkpoint: u64,
+        checkpoint: Option<u64>,
     ) -> Result<(Wal, Vec<Replayed>), Error> {
         let rec = recover::recover(&cfg.dir, checkpoint)?;
         let on_disk: u64 = rec.segments.iter().map(|s| s.bytes).sum();

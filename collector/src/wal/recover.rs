@@ -77,8 +77,10 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Opens (creating if needed) the log directory and replays every valid record in order.
-/// `checkpoint` is the caller's: records at or below it are already stored elsewhere.
-pub(crate) fn recover(dir: &Path, checkpoint: u64) -> Result<Recovered, Error> {
+/// `checkpoint` is the caller's, if it has one: records at or below it are already stored
+/// elsewhere, and sequence numbers above it that no segment holds are reported as lost.
+pub(crate) fn recover(dir: &Path, known: Option<u64>) -> Result<Recovered, Error> {
+    let checkpoint = known.unwrap_or(0);
     fs::create_dir_all(dir)?;
     let firsts = list_segments(dir)?;
     let mut segments = VecDeque::with_capacity(firsts.len() + 1);
@@ -117,6 +119,11 @@ pub(crate) fn recover(dir: &Path, checkpoint: u64) -> Result<Recovered, Error> {
             first_seq: first,
             bytes: size,
         });
+    }
+    if let Some(checkpoint) = known {
+        let missing = missing_after(dir, checkpoint, &records, &losses);
+        missing.iter().for_each(report);
+        losses.extend(missing);
     }
     let mut next_seq = prev + 1;
     if let Some(last) = segments.back() {
@@ -255,4 +262,32 @@ fn rewrite(dir: &Path, path: &Path, bytes: &[u8], scanned: &Scan) -> Result<u64,
     warn!(segment = %path.display(), copy = %copy.display(), kept_bytes = kept.len(),
         dropped_bytes = bytes.len() - kept.len(), "damaged wal segment copied aside and rewritten");
     Ok(kept.len() as u64)
+}
+
+/// Sequence numbers above the checkpoint, before the last one the log holds, that neither a
+/// record nor a reported loss covers: a segment file deleted or a catalog checkpoint older than
+/// the log's truncation. Spans there are neither in Parquet nor in the log.
+fn missing_after(dir: &Path, checkpoint: u64, records: &[Replayed], losses: &[Loss]) -> Vec<Loss> {
+    let mut covered: Vec<(u64, u64)> = records.iter().map(|r| (r.seq, r.seq)).collect();
+    covered.extend(losses.iter().map(|l| (l.first_seq, l.last_seq)));
+    covered.sort_unstable();
+    let mut expected = checkpoint + 1;
+    let mut out = Vec::new();
+    for (first, last) in covered {
+        if first > expected {
+            out.push(Loss {
+                segment: dir.to_path_buf(),
+                offset: 0,
+                first_seq: expected,
+                last_seq: first - 1,
+                stored: false,
+                reason: format!(
+                    "no log segment holds these sequences, and the checkpoint ({checkpoint}) \
+                     is below them"
+                ),
+            });
+        }
+        expected = expected.max(last + 1);
+    }
+    out
 }

@@ -260,10 +260,17 @@ async fn damage_in_a_sealed_segment_loses_only_its_record() {
         assert_eq!(damaged_copies(dir.path()), 1);
         assert_eq!(wal.append(batch(9, 1)).await.unwrap(), 4);
         wal.close().await.unwrap();
-        // Rewritten: the next open meets no damage.
+        // Rewritten: the next open meets no damage (no second copy); a record lost above the
+        // checkpoint is still reported, now as a sequence no segment holds.
         let (wal, replayed) = Wal::open_at(cfg(dir.path()), checkpoint).unwrap();
         assert_eq!(replayed.len(), 3);
-        assert!(wal.recovery_losses().is_empty());
+        assert_eq!(damaged_copies(dir.path()), 1);
+        let still: Vec<(u64, u64)> = wal
+            .recovery_losses()
+            .iter()
+            .map(|l| (l.first_seq, l.last_seq))
+            .collect();
+        assert_eq!(still, if lost == 1 { vec![(1, 1)] } else { vec![] });
     }
 }
 
@@ -296,6 +303,34 @@ async fn damage_in_the_middle_of_the_last_segment_keeps_what_follows() {
     wal.close().await.unwrap();
     let (wal, replayed) = Wal::open(cfg(dir.path())).unwrap();
     assert_eq!(replayed.len(), 5);
+    assert!(wal.recovery_losses().is_empty());
+}
+
+#[tokio::test]
+async fn sequences_no_segment_holds_above_the_checkpoint_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalConfig {
+        segment_bytes: 1,
+        ..cfg(dir.path())
+    })
+    .unwrap();
+    append_all(&wal, 0..5).await;
+    wal.close().await.unwrap();
+    // A segment file deleted by hand: record 3 is in neither Parquet nor the log.
+    fs::remove_file(dir.path().join(format::segment_name(3))).unwrap();
+    let (wal, replayed) = Wal::open_at(cfg(dir.path()), 1).unwrap();
+    assert_eq!(replayed.len(), 4);
+    assert_eq!(wal.stats().records_lost, 1);
+    let loss = &wal.recovery_losses()[0];
+    assert_eq!((loss.first_seq, loss.last_seq), (3, 3));
+    assert!(loss.reason.contains("no log segment"), "{}", loss.reason);
+    wal.close().await.unwrap();
+    // Below the checkpoint nothing is missing: those spans are in Parquet.
+    let (wal, _) = Wal::open_at(cfg(dir.path()), 3).unwrap();
+    assert!(wal.recovery_losses().is_empty());
+    wal.close().await.unwrap();
+    // Without a checkpoint the log cannot tell a gap from a truncation.
+    let (wal, _) = Wal::open(cfg(dir.path())).unwrap();
     assert!(wal.recovery_losses().is_empty());
 }
 
@@ -370,7 +405,7 @@ async fn full_queue_is_reported_as_overload() {
             ..cfg(dir.path())
         },
         Some(gate_rx),
-        0,
+        None,
     )
     .unwrap();
     let first = wal.append(batch(0, 1));
@@ -399,7 +434,7 @@ async fn full_queue_is_reported_as_overload() {
 async fn shutdown_writes_what_was_queued() {
     let dir = tempfile::tempdir().unwrap();
     let (gate, gate_rx) = std::sync::mpsc::channel();
-    let (wal, _) = Wal::open_inner(cfg(dir.path()), Some(gate_rx), 0).unwrap();
+    let (wal, _) = Wal::open_inner(cfg(dir.path()), Some(gate_rx), None).unwrap();
     let mut waiting = Vec::new();
     for tag in 0..5 {
         let wal = wal.clone();
