@@ -38,10 +38,7 @@ fn invalid(msg: String) -> Error {
 /// Decodes an already-parsed OTLP/JSON document into `batch`.
 pub fn decode_value(root: &Value, limits: &Limits, batch: &mut Batch) -> Result<(), String> {
     let root = object(root, "the body")?;
-    let root = match root.get("result") {
-        Some(result) => object(result, "result")?,
-        None => root,
-    };
+    let root = optional_object(root.get("result"), "result")?.unwrap_or(root);
     let resources = field(root, &["resourceSpans", "batches"]);
     for (r, rs) in array(resources, "resourceSpans")?.iter().enumerate() {
         decode_resource(r, object(rs, "resourceSpans[]")?, limits, batch)
@@ -51,8 +48,8 @@ pub fn decode_value(root: &Value, limits: &Limits, batch: &mut Batch) -> Result<
 }
 
 fn decode_resource(r: usize, rs: &Obj, limits: &Limits, batch: &mut Batch) -> Result<(), String> {
-    let mut resource_attributes = match rs.get("resource") {
-        Some(res) => attributes(object(res, "resource")?.get("attributes"))?,
+    let mut resource_attributes = match optional_object(rs.get("resource"), "resource")? {
+        Some(res) => attributes(res.get("attributes"))?,
         None => Vec::new(),
     };
     let service_name = match resource_attributes
@@ -67,10 +64,8 @@ fn decode_resource(r: usize, rs: &Obj, limits: &Limits, batch: &mut Batch) -> Re
     for (s, ss) in array(scopes, "scopeSpans")?.iter().enumerate() {
         let ss = object(ss, "scopeSpans[]")?;
         let empty = Obj::new();
-        let scope = match field(ss, &["scope", "instrumentationLibrary"]) {
-            Some(v) => object(v, "scope")?,
-            None => &empty,
-        };
+        let scope = optional_object(field(ss, &["scope", "instrumentationLibrary"]), "scope")?
+            .unwrap_or(&empty);
         let base = Span {
             service_name: service_name.clone(),
             resource_attributes: resource_attributes.clone(),
@@ -273,6 +268,15 @@ fn field<'a>(o: &'a Obj, names: &[&str]) -> Option<&'a Value> {
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Obj, String> {
     v.as_object()
         .ok_or_else(|| format!("{what} must be an object, got {}", kind_of(v)))
+}
+
+/// An optional message field: absent or `null` (proto3's JSON mapping reads `null` as the
+/// field's default, and the serde form of `opentelemetry-proto` writes it) is `None`.
+fn optional_object<'a>(v: Option<&'a Value>, what: &str) -> Result<Option<&'a Obj>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => object(v, what).map(Some),
+    }
 }
 
 /// An absent or null field is an empty array.

@@ -204,6 +204,29 @@ fn bad_ids_reject_only_their_span() {
 }
 
 #[test]
+fn null_message_fields_read_as_absent() {
+    // proto3's JSON mapping reads `null` as the field's default; the serde form of
+    // `opentelemetry-proto` (what Rust exporters send) writes `"scope": null`.
+    let mut sp = base_span();
+    sp["status"] = Value::Null;
+    let doc = json!({ "resourceSpans": [{
+        "resource": null,
+        "scopeSpans": [{ "scope": null, "spans": [sp], "schemaUrl": "" }],
+    }] });
+    let batch = decode(&serde_json::to_vec(&doc).unwrap(), &Limits::default()).unwrap();
+    assert_eq!(batch.spans.len(), 1);
+    assert_eq!(batch.spans[0].scope_name, "");
+    assert_eq!(batch.spans[0].service_name, "unknown_service");
+    // Anything else than an object or null is still refused.
+    let bad = json!({ "resourceSpans": [{ "scopeSpans": [{ "scope": 5, "spans": [] }] }] });
+    let err = decode(&serde_json::to_vec(&bad).unwrap(), &Limits::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("scope must be an object, got"),
+        "{err}"
+    );
+}
+
+#[test]
 fn undecodable_bodies_are_invalid_argument() {
     let msg = |body: &[u8]| match decode(body, &Limits::default()) {
         Err(Error::InvalidArgument(m)) => m,
