@@ -91,7 +91,11 @@ struct StoredClass {
 
 /// The class the rules give a trace that has no derived row yet.
 pub fn classify_open(spans: &[Span], rules: &[ClassRule]) -> String {
-    let tree = build_tree(spans);
+    classify_tree(&build_tree(spans), rules)
+}
+
+/// The class the rules give a trace's tree: its entry span's.
+fn classify_tree(tree: &TraceTree, rules: &[ClassRule]) -> String {
     match tree.primary_root() {
         Some(root) => classify(&tree.nodes[root].span, rules),
         None => DEFAULT_CLASS.to_string(),
@@ -118,7 +122,7 @@ impl Queries {
             trace_id: trace_id_text(&id),
             class: match &stored {
                 Some(s) => s.class.clone(),
-                None => classify_open(&spans, rules),
+                None => classify_tree(&tree, rules),
             },
             complete: stored.as_ref().is_some_and(|s| s.complete),
             derived: stored.is_some(),

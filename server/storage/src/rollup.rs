@@ -18,7 +18,7 @@
 //! operation, kind) series in one segment, further operations are counted under
 //! [`OVERFLOW_OPERATION`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, StringArray};
 use arrow_array::cast::AsArray;
@@ -104,13 +104,17 @@ fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, St
         .ok_or_else(|| ArrowError::SchemaError(format!("{name} is missing or not a string")).into())
 }
 
-/// Rolls up span batches (the span schema); rows of services `only` wants, if given.
+/// A rollup key borrowing its names from the batches being rolled up.
+type BorrowedKey<'a> = (i64, &'a str, &'a str, SpanKind);
+
+/// Rolls up span batches (the span schema); rows of services `only` wants, if given. Names
+/// are borrowed from the batches while counting and copied once per key at the end.
 pub fn rollups_of(
     batches: &[RecordBatch],
     only: Option<&RollupFilter>,
 ) -> Result<Rollups, StorageError> {
-    let mut out = Rollups::new();
-    let mut series: HashSet<(String, String, SpanKind)> = HashSet::new();
+    let mut counted: HashMap<BorrowedKey<'_>, Rollup> = HashMap::new();
+    let mut series: HashSet<(&str, &str, SpanKind)> = HashSet::new();
     for batch in batches {
         let service = strings(batch, "service_name")?;
         let name = strings(batch, "name")?;
@@ -131,24 +135,18 @@ pub fn rollups_of(
                 continue;
             }
             let mut op = name.value(row);
-            let id = (svc.to_string(), op.to_string(), span_kind);
-            if !series.contains(&id) {
+            if !series.contains(&(svc, op, span_kind)) {
                 if series.len() < MAX_SERIES_PER_SEGMENT {
-                    series.insert(id);
+                    series.insert((svc, op, span_kind));
                 } else {
                     op = OVERFLOW_OPERATION;
                 }
             }
-            let key = RollupKey {
-                minute_ns: minute_of(start.value(row)),
-                service: svc.to_string(),
-                operation: op.to_string(),
-                kind: span_kind,
-            };
-            if only.is_some_and(|f| !f.wants(&key)) {
+            let minute_ns = minute_of(start.value(row));
+            if only.is_some_and(|f| minute_ns < f.from_ns || minute_ns > f.to_ns) {
                 continue;
             }
-            let r = out.entry(key).or_default();
+            let r = counted.entry((minute_ns, svc, op, span_kind)).or_default();
             r.calls += 1;
             r.errors += u64::from(status.value(row) == "error");
             r.durations.add(if duration.is_null(row) {
@@ -158,7 +156,18 @@ pub fn rollups_of(
             });
         }
     }
-    Ok(out)
+    Ok(counted
+        .into_iter()
+        .map(|((minute_ns, service, operation, kind), r)| {
+            let key = RollupKey {
+                minute_ns,
+                service: service.to_string(),
+                operation: operation.to_string(),
+                kind,
+            };
+            (key, r)
+        })
+        .collect())
 }
 
 #[cfg(test)]
