@@ -41,8 +41,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge { size: usize, limit: usize },
-    #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
-    UnsupportedMediaType(String),
+    #[error("unsupported content type {got:?}; use {expected}")]
+    UnsupportedMediaType { got: String, expected: &'static str },
     #[error("ingest pipeline is full; retry after {}ms", retry_after.as_millis())]
     Overloaded { retry_after: Duration },
     #[error("write-ahead log: {0}")]
@@ -56,7 +56,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Error::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
             Error::Overloaded { .. } => ErrorCode::ResourceExhausted,
             Error::Wal(_) | Error::Io(_) => ErrorCode::Internal,
         }

@@ -4,8 +4,9 @@
 //! They decode requests into [`meshtrace_model::Span`]s ([`decode`]), validate and bound them
 //! ([`validate`]), and hand each batch to a [`sink::SpanSink`]: protocol code never reaches into
 //! storage. The server's sink appends to the write-ahead log ([`wal`]) and acknowledges only once
-//! the batch is durable.
+//! the batch is durable. Every receiver first checks who is calling ([`auth`]).
 
+pub mod auth;
 pub mod decode;
 pub mod error;
 pub mod metrics;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use meshtrace_budget::Objective;
+use meshtrace_collector::auth::{read_tokens_file, Auth, TokenConfig};
 use meshtrace_collector::receiver::ReceiverConfig;
 use meshtrace_provenance::{AssemblerConfig, ClassRule, GraphConfig};
 pub use meshtrace_query::QueryConfig;
@@ -29,6 +30,33 @@ pub struct Config {
     pub query: QueryConfig,
     pub provenance: ProvenanceSettings,
     pub budgets: BudgetSettings,
+    pub auth: AuthSettings,
+}
+
+/// Tokens and browser rules (`[auth]`); see [`meshtrace_collector::auth`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `[[auth.tokens]]`: name, token, scopes (ingest, read, proxy, admin), services, classes.
+    pub tokens: Vec<TokenConfig>,
+    /// A TOML file of more `[[tokens]]`, e.g. a mounted secret.
+    pub tokens_file: Option<PathBuf>,
+    /// `Host` names the query port answers to besides localhost and its bind address
+    /// (`*.example.com` for subdomains, `*` for any).
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose pages may call the query API (CORS); none by default.
+    pub cors_origins: Vec<String>,
+}
+
+impl AuthSettings {
+    /// The configured tokens and those of the tokens file, checked.
+    pub fn build(&self) -> anyhow::Result<Auth> {
+        let mut tokens = self.tokens.clone();
+        if let Some(path) = &self.tokens_file {
+            tokens.extend(read_tokens_file(path).map_err(anyhow::Error::msg)?);
+        }
+        Auth::new(tokens).map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,18 +212,21 @@ impl Default for Config {
             query: QueryConfig::default(),
             provenance: ProvenanceSettings::default(),
             budgets: BudgetSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
 
 impl Default for Listen {
     fn default() -> Self {
+        // Ingest on every interface (as Jaeger's and Tempo's); the query port, which can
+        // change the mesh, on loopback until configured otherwise.
         let addr = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Listen {
             otlp_grpc: addr(4317),
             otlp_http: addr(4318),
             zipkin: addr(9411),
-            http: addr(16686),
+            http: SocketAddr::from(([127, 0, 0, 1], 16686)),
         }
     }
 }
@@ -239,7 +270,7 @@ pub struct ServeArgs {
     /// Zipkin v2 listen address [default: 0.0.0.0:9411]
     #[arg(long, env = "MESHTRACE_ZIPKIN_LISTEN")]
     pub zipkin_listen: Option<SocketAddr>,
-    /// Query API, metrics and dashboard listen address [default: 0.0.0.0:16686]
+    /// Query API, metrics and dashboard listen address [default: 127.0.0.1:16686]
     #[arg(long, env = "MESHTRACE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Catalog database: postgres://... or sqlite://... [default: SQLite in the data dir]
@@ -278,6 +309,9 @@ pub struct ServeArgs {
     /// Sliding window of budget observations, e.g. 60s [default: 60s]
     #[arg(long, env = "MESHTRACE_BUDGET_WINDOW", value_parser = humantime::parse_duration)]
     pub budget_window: Option<Duration>,
+    /// TOML file of `[[tokens]]` (name, token, scopes, services, classes) required by every port
+    #[arg(long, env = "MESHTRACE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
     /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
     #[arg(long, env = "MESHTRACE_NO_FSYNC")]
     pub no_fsync: bool,
@@ -330,6 +364,9 @@ impl Config {
         set(&mut self.provenance.idle, &a.provenance_idle);
         set(&mut self.budgets.step, &a.budget_step);
         set(&mut self.budgets.window, &a.budget_window);
+        if a.auth_tokens_file.is_some() {
+            self.auth.tokens_file = a.auth_tokens_file.clone();
+        }
         if a.no_fsync {
             self.wal.fsync = false;
         }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use meshtrace_query::Queries;
 
+use crate::api::access::AllowedHosts;
 use crate::api::timing::RequestTiming;
 use crate::api::{self, ApiState};
 use crate::config::Config;
@@ -87,6 +88,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         flush_max_age: config.storage.flush_age,
         retention: config.storage.retention,
         row_group_rows: config.storage.row_group_rows,
+        sql: config.query.sql_limits(),
     })
     .await
     .context("opening the store")?;
@@ -168,7 +170,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
     let ingest_metrics = IngestMetrics::register(&mut registry);
     let timing = RequestTiming::register(&mut registry);
-    let ingest = Ingest::new(Arc::new(pipeline), ingest_metrics, config.ingest.clone());
+    let auth = config.auth.build().context("reading the auth tokens")?;
+    if !auth.enabled() {
+        tracing::warn!(
+            "no auth tokens configured: anyone who reaches the ports may send spans and read; \
+             changes (classes, objectives, overrides) and SQL are served to loopback clients only"
+        );
+    }
+    let ingest = Ingest::new(Arc::new(pipeline), ingest_metrics, config.ingest.clone())
+        .with_auth(auth.clone());
     let shutdown = CancellationToken::new();
     let priorities = Priorities::start(
         &store,
@@ -201,10 +211,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     let token = shutdown.clone();
     let grpc_service = grpc::service(ingest.clone());
+    let watch_auth = auth.clone();
+    let security = api::Security {
+        auth,
+        hosts: AllowedHosts::new(l.http, &config.auth.allowed_hosts),
+        cors_origins: config.auth.cors_origins.clone(),
+    };
     tasks.push(tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(grpc_service)
-            .add_service(WatchService::server(priorities))
+            .add_service(WatchService::server(priorities, watch_auth))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
                 token.cancelled_owned(),
@@ -215,11 +231,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for (listener, router) in [
         (otlp_l, http::otlp_router(ingest.clone())),
         (zipkin_l, http::zipkin_router(ingest.clone())),
-        (http_l, api::router(state.clone(), timing)),
+        (http_l, api::router(state.clone(), timing, security)),
     ] {
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service)
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await
                 .context("http server")

@@ -101,9 +101,11 @@ class Server:
         catalog_url: str | None = None,
         flush_age: str = "1s",
         subcommand: str = "serve",
+        http_host: str = "127.0.0.1",
     ) -> None:
         self.binary = Path(binary)
         self.subcommand = subcommand
+        self.http_host = http_host
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -157,7 +159,7 @@ class Server:
             "--zipkin-listen",
             f"127.0.0.1:{self.zipkin_port}",
             "--http-listen",
-            f"127.0.0.1:{self.http_port}",
+            f"{self.http_host}:{self.http_port}",
             "--flush-age",
             self.flush_age,
         ]

@@ -8,7 +8,8 @@
 //! message as one `Bytes` (split off the buffer, not copied) and [`otlp::decode_protobuf`]
 //! decodes it from a plain slice, as the bench's decode-only ceiling does; the same bytes are
 //! what the write-ahead log keeps for a batch accepted whole. Routing, gzip and
-//! the decoded size limit are tonic's, as in the generated server.
+//! the decoded size limit are tonic's, as in the generated server. The caller's token is
+//! checked ([`crate::auth`]) before the message is read.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::Ingest;
+use crate::auth::{authorization, Access};
 use crate::decode::otlp;
 use crate::Error;
 
@@ -69,6 +71,11 @@ where
         if req.uri().path() != EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
+        let peer = peer_ip(&req);
+        let auth = self.ingest.auth();
+        if let Err(e) = auth.authorize(authorization(req.headers()), peer, Access::INGEST) {
+            return Box::pin(async move { Ok(e.grpc_status().into_http()) });
+        }
         let this = self.clone();
         Box::pin(async move {
             let mut grpc = Grpc::new(RequestCodec)
@@ -78,6 +85,14 @@ where
             Ok(grpc.unary(Export(this.ingest), req).await)
         })
     }
+}
+
+/// The client's address, as tonic's TCP listener records it.
+pub fn peer_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.remote_addr())
+        .map(|a| a.ip())
 }
 
 /// One export call.

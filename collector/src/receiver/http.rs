@@ -20,21 +20,34 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use super::{Ingest, Outcome};
+use crate::auth;
 use crate::decode::{otlp, otlp_json, zipkin};
 use crate::Error;
 
 /// The router of the OTLP HTTP port.
 pub fn otlp_router(ingest: Ingest) -> Router {
+    let guard = ingest_guard(&ingest);
     Router::new()
         .route("/v1/traces", post(otlp_traces))
+        .route_layer(axum::middleware::from_fn_with_state(guard, auth::require))
         .with_state(ingest)
 }
 
 /// The router of the Zipkin port.
 pub fn zipkin_router(ingest: Ingest) -> Router {
+    let guard = ingest_guard(&ingest);
     Router::new()
         .route("/api/v2/spans", post(zipkin_spans))
+        .route_layer(axum::middleware::from_fn_with_state(guard, auth::require))
         .with_state(ingest)
+}
+
+/// Every ingest route needs the `ingest` scope.
+fn ingest_guard(ingest: &Ingest) -> auth::Guard {
+    auth::Guard {
+        auth: ingest.auth().clone(),
+        access: |_, _| Some(auth::Access::INGEST),
+    }
 }
 
 /// Turns a collector error into an HTTP response.
@@ -96,9 +109,10 @@ pub async fn read_body(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Resu
     match encoding.as_str() {
         "" | "identity" => Ok(raw),
         "gzip" | "x-gzip" => gunzip(&raw, ingest.config().max_decompressed_bytes),
-        other => Err(Error::UnsupportedMediaType(format!(
-            "content-encoding {other}"
-        ))),
+        other => Err(Error::UnsupportedMediaType {
+            got: format!("content-encoding {other}"),
+            expected: "identity or gzip",
+        }),
     }
 }
 
@@ -123,7 +137,10 @@ async fn otlp_traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Bod
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
         other => {
-            let e = Error::UnsupportedMediaType(other.to_string());
+            let e = Error::UnsupportedMediaType {
+                got: other.to_string(),
+                expected: "application/x-protobuf or application/json",
+            };
             ingest.record_failure("otlp_http", &e);
             return error_response(&e);
         }
@@ -186,9 +203,14 @@ fn otlp_success(encoding: Encoding, outcome: Outcome) -> Response {
 }
 
 async fn zipkin_spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    // A JSON content type also keeps browsers from sending spans cross-origin without a
+    // CORS preflight (which this port never grants).
     let media = media_type(&headers);
-    if media != "application/json" && !media.is_empty() {
-        let e = Error::UnsupportedMediaType(media);
+    if media != "application/json" {
+        let e = Error::UnsupportedMediaType {
+            got: media,
+            expected: "application/json",
+        };
         ingest.record_failure("zipkin", &e);
         return error_response(&e);
     }

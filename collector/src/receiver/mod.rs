@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Auth;
 use crate::metrics::IngestMetrics;
 use crate::{Batch, Error, Limits, SpanSink};
 
@@ -50,6 +51,7 @@ pub struct Ingest {
     sink: Arc<dyn SpanSink>,
     metrics: IngestMetrics,
     config: Arc<ReceiverConfig>,
+    auth: Auth,
 }
 
 /// How many rejection messages are quoted in a partial-success message.
@@ -61,7 +63,18 @@ impl Ingest {
             sink,
             metrics,
             config: Arc::new(config),
+            auth: Auth::default(),
         }
+    }
+
+    /// Requires the `ingest` scope of these tokens (when any are configured).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     pub fn config(&self) -> &ReceiverConfig {

@@ -56,14 +56,39 @@ pub struct QueryConfig {
     pub sql_timeout: Duration,
     /// Traces a search answers at most.
     pub max_traces: usize,
+    /// Threads SQL plans run on, apart from ingest (default: half the cores, at least one).
+    pub threads: usize,
+    /// SQL plans running at once; more wait up to `queue_wait`, then get 429.
+    pub max_concurrent: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
+    /// Memory all running plans may hold together, in MiB (sorts spill, the rest fails).
+    pub memory_mib: usize,
+}
+
+impl QueryConfig {
+    /// The store's limits for DataFusion plans.
+    pub fn sql_limits(&self) -> meshtrace_storage::SqlLimits {
+        meshtrace_storage::SqlLimits {
+            threads: self.threads.max(1),
+            max_concurrent: self.max_concurrent.max(1),
+            queue_wait: self.queue_wait,
+            memory_bytes: self.memory_mib.max(16) << 20,
+        }
+    }
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
+        let limits = meshtrace_storage::SqlLimits::default();
         QueryConfig {
             sql_max_rows: 10_000,
             sql_timeout: Duration::from_secs(30),
             max_traces: 1_500,
+            threads: limits.threads,
+            max_concurrent: limits.max_concurrent,
+            queue_wait: limits.queue_wait,
+            memory_mib: limits.memory_bytes >> 20,
         }
     }
 }

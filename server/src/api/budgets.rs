@@ -17,19 +17,14 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::access::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::params::Params;
 use super::ApiState;
 use crate::priorities::history::ClassHistory;
 use crate::priorities::Source;
 
-/// Longest class, service or node name accepted, in characters (the OpenAPI `maxLength`).
-pub const MAX_NAME_CHARS: usize = 256;
-
-/// Whether `name` is 1 to [`MAX_NAME_CHARS`] characters.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().count() <= MAX_NAME_CHARS
-}
+pub use crate::priorities::{is_valid_name, MAX_NAME_CHARS};
 
 /// A 400 naming `what` when `name` is empty or too long.
 pub fn check_name(what: &'static str, name: &str) -> Result<(), ApiError> {
@@ -117,12 +112,15 @@ pub async fn get_objective(
     responses(
         (status = 200, body = ClassObjective),
         (status = 400, description = "a malformed objective; `field` names the field", body = ErrorBody),
+        (status = 401, description = "no bearer token, or an unknown one (when tokens are configured)", body = ErrorBody),
+        (status = 403, description = "the token lacks the admin scope; without tokens, the client is not on loopback", body = ErrorBody),
+        (status = 415, description = "the body is not sent as `application/json`", body = ErrorBody),
     )
 )]
 pub async fn put_objective(
     State(state): State<ApiState>,
     Path(class): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<ClassObjective>, ApiError> {
     check_name("class", &class)?;
     let objective = parse_objective(&body).map_err(|(field, msg)| ApiError::invalid(field, msg))?;

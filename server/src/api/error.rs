@@ -87,13 +87,24 @@ pub struct ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let (status, code) = (self.status(), self.code);
         let body = ErrorBody {
             error: self.message,
             field: self.field,
         };
-        (status, Json(body)).into_response()
+        with_retry_after(code, (status, Json(body)).into_response())
     }
+}
+
+/// Adds `Retry-After` to the errors a client should retry later.
+fn with_retry_after(code: ErrorCode, mut response: Response) -> Response {
+    if code == ErrorCode::Overloaded {
+        let second = axum::http::HeaderValue::from_static("1");
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, second);
+    }
+    response
 }
 
 /// An [`ApiError`] in the Jaeger query API's envelope.
@@ -114,12 +125,12 @@ impl From<QueryError> for JaegerError {
 
 impl IntoResponse for JaegerError {
     fn into_response(self) -> Response {
-        let status = self.0.status();
+        let (status, code) = (self.0.status(), self.0.code);
         let body = Envelope::<()>::failed(JaegerErrorItem {
             code: status.as_u16(),
             msg: self.0.message,
         });
-        (status, Json(body)).into_response()
+        with_retry_after(code, (status, Json(body)).into_response())
     }
 }
 
@@ -147,12 +158,12 @@ impl From<QueryError> for RpcStatus {
 
 impl IntoResponse for RpcStatus {
     fn into_response(self) -> Response {
-        let status = self.0.status();
+        let (status, code) = (self.0.status(), self.0.code);
         let body = StatusBody {
-            code: self.0.code.grpc_code(),
+            code: code.grpc_code(),
             message: self.0.message,
         };
-        (status, Json(body)).into_response()
+        with_retry_after(code, (status, Json(body)).into_response())
     }
 }
 

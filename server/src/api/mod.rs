@@ -8,6 +8,7 @@
 //! and return a `Serialize` type or an [`error::ApiError`] in the envelope of their API. Every
 //! request is timed by one layer ([`timing`]).
 
+pub mod access;
 pub mod budgets;
 pub mod error;
 pub mod jaeger;
@@ -30,6 +31,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use meshtrace_collector::auth::{self, Auth};
 use meshtrace_query::Queries;
 use prometheus_client::registry::Registry;
 
@@ -46,10 +48,23 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
 }
 
+/// Who may use the query port and from where ([`access`]).
+#[derive(Clone)]
+pub struct Security {
+    pub auth: Auth,
+    pub hosts: access::AllowedHosts,
+    /// Origins granted CORS; empty: none.
+    pub cors_origins: Vec<String>,
+}
+
 /// The router of the query port.
-pub fn router(state: ApiState, timing: timing::RequestTiming) -> Router {
+pub fn router(state: ApiState, timing: timing::RequestTiming, security: Security) -> Router {
     let (v1, _) = openapi::v1_router().split_for_parts();
-    Router::new()
+    let guard = auth::Guard {
+        auth: security.auth,
+        access: access::route_access,
+    };
+    let router = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -70,7 +85,32 @@ pub fn router(state: ApiState, timing: timing::RequestTiming) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(timing, timing::time))
         .fallback(ui::serve)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard, auth::require))
+        .layer(axum::middleware::from_fn_with_state(
+            security.hosts,
+            access::check_request,
+        ))
+        .with_state(state);
+    match cors(&security.cors_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins (none by default: browsers then keep other origins' pages
+/// from reading the API).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::PUT])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
 }
 
 /// A handler that panicked answers 500 with the JSON error body instead of a dropped

@@ -15,7 +15,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
+use meshtrace_collector::auth::{AuthError, Caller, Scope};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
@@ -23,6 +25,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
+use super::access::JsonBody;
 use super::budgets::{check_name, is_valid_name, MAX_NAME_CHARS};
 use super::error::{ApiError, ErrorBody};
 use super::params::Params;
@@ -78,6 +81,7 @@ fn if_none_match(headers: &HeaderMap) -> (Vec<u64>, bool) {
 )]
 pub async fn priorities(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
@@ -85,6 +89,13 @@ pub async fn priorities(
         .get("service")
         .ok_or_else(|| ApiError::invalid("service", "missing service"))?;
     check_name("service", service)?;
+    if let Some(Extension(c)) = caller.filter(|c| !c.may_act_for(Scope::Proxy, service)) {
+        let refusal = format!(
+            "{} may not read the priorities of service {service:?}",
+            c.name()
+        );
+        return Ok(AuthError::PermissionDenied(refusal).into_response());
+    }
     let node = params.get("node").unwrap_or("-");
     check_name("node", node)?;
     let wait = params.parsed("wait", |w| {
@@ -198,11 +209,14 @@ impl ToSchema for OverridesBody {}
     responses(
         (status = 200, body = BTreeMap<String, u8>, description = "the overrides now"),
         (status = 400, description = "a malformed override; `field` names the class", body = ErrorBody),
+        (status = 401, description = "no bearer token, or an unknown one (when tokens are configured)", body = ErrorBody),
+        (status = 403, description = "the token lacks the admin scope; without tokens, the client is not on loopback", body = ErrorBody),
+        (status = 415, description = "the body is not sent as `application/json`", body = ErrorBody),
     )
 )]
 pub async fn put_overrides(
     State(state): State<ApiState>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<BTreeMap<String, u8>>, ApiError> {
     let levels = state.priorities.settings().levels;
     let overrides =

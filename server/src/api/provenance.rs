@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::access::JsonBody;
 use super::budgets::{is_valid_name, MAX_NAME_CHARS};
 use super::error::{ApiError, ErrorBody, JaegerError};
 use super::jaeger_json::{list, Envelope};
@@ -264,11 +265,14 @@ pub fn validate_rules(body: &[u8]) -> Result<Vec<ClassRule>, String> {
     responses(
         (status = 200, body = Vec<ClassRule>, description = "the catalog rules now"),
         (status = 400, description = "a malformed rule, named", body = ErrorBody),
+        (status = 401, description = "no bearer token, or an unknown one (when tokens are configured)", body = ErrorBody),
+        (status = 403, description = "the token lacks the admin scope; without tokens, the client is not on loopback", body = ErrorBody),
+        (status = 415, description = "the body is not sent as `application/json`", body = ErrorBody),
     )
 )]
 pub async fn put_classes(
     State(state): State<ApiState>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Vec<ClassRule>>, ApiError> {
     let rules = validate_rules(&body).map_err(|e| {
         let field = e.split(':').next().unwrap_or("body").to_string();

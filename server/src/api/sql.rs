@@ -6,6 +6,7 @@ use meshtrace_query::SqlResult;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::access::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 
@@ -27,12 +28,16 @@ pub struct SqlRequest {
     responses(
         (status = 200, description = "the rows, IDs as hex", body = SqlResult),
         (status = 400, description = "not a read-only query, or it does not plan", body = ErrorBody),
+        (status = 401, description = "no bearer token, or an unknown one (when tokens are configured)", body = ErrorBody),
+        (status = 403, description = "the token lacks the read scope; without tokens, the client is not on loopback", body = ErrorBody),
+        (status = 415, description = "the body is not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "too many queries are running; retry after `Retry-After` seconds", body = ErrorBody),
         (status = 504, description = "the query ran past the time limit", body = ErrorBody),
     )
 )]
 pub async fn query(
     State(state): State<ApiState>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<SqlResult>, ApiError> {
     // Any content type is accepted: `curl -d` sends form encoding by default.
     let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {

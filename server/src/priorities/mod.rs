@@ -37,6 +37,14 @@ pub use observe::Recorder;
 use publish::{Board, SetJson};
 
 use crate::config::BudgetSettings;
+
+/// Longest class, service or node name accepted, in characters (the OpenAPI `maxLength`).
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// Whether `name` is 1 to [`MAX_NAME_CHARS`] characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= MAX_NAME_CHARS
+}
 use crate::provenance::Provenance;
 pub use metrics::PrioritiesMetrics;
 

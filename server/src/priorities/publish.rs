@@ -13,9 +13,12 @@ use meshtrace_budget::{Assignment, AssignmentSet, MatchRule, Signature};
 use meshtrace_proto::priorities::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::{Request, Response, Status};
 
-use super::Priorities;
+use super::{is_valid_name, Priorities, MAX_NAME_CHARS};
+use axum::http::HeaderValue;
+use meshtrace_collector::auth::{Access, Auth, Caller, Scope};
 
 /// The watch channels of every service asked about or published.
 #[derive(Default)]
@@ -212,9 +215,36 @@ pub struct WatchService {
     p: Priorities,
 }
 
+/// The watch service behind the token check ([`meshtrace_collector::auth`]): `proxy` (or
+/// `read`) scope; the caller is left in the request's extensions.
+pub type GuardedWatch =
+    InterceptedService<pb::priorities_server::PrioritiesServer<WatchService>, TokenCheck>;
+
+/// The interceptor of [`GuardedWatch`].
+#[derive(Clone)]
+pub struct TokenCheck(Auth);
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let peer = req.remote_addr().map(|a| a.ip());
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+        let access = Access::of(&[Scope::Proxy, Scope::Read]);
+        let caller = self
+            .0
+            .authorize(header.as_ref(), peer, access)
+            .map_err(|e| e.grpc_status())?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
 impl WatchService {
-    pub fn server(p: Priorities) -> pb::priorities_server::PrioritiesServer<WatchService> {
-        pb::priorities_server::PrioritiesServer::new(WatchService { p })
+    pub fn server(p: Priorities, auth: Auth) -> GuardedWatch {
+        let server = pb::priorities_server::PrioritiesServer::new(WatchService { p });
+        InterceptedService::new(server, TokenCheck(auth))
     }
 }
 
@@ -237,9 +267,24 @@ impl pb::priorities_server::Priorities for WatchService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<SetStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
-        if req.service.is_empty() {
-            return Err(Status::invalid_argument("service is required"));
+        if !is_valid_name(&req.service) {
+            return Err(Status::invalid_argument(format!(
+                "service must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+        if !req.node.is_empty() && !is_valid_name(&req.node) {
+            return Err(Status::invalid_argument(format!(
+                "node must be at most {MAX_NAME_CHARS} characters"
+            )));
+        }
+        if let Some(c) = caller.filter(|c| !c.may_act_for(Scope::Proxy, &req.service)) {
+            return Err(Status::permission_denied(format!(
+                "{} may not watch the priorities of service {:?}",
+                c.name(),
+                req.service
+            )));
         }
         let node = if req.node.is_empty() {
             "-".to_string()

@@ -8,6 +8,8 @@ pub enum ErrorCode {
     InvalidArgument,
     NotFound,
     Timeout,
+    /// Too busy now; retry later (429 with `Retry-After`).
+    Overloaded,
     Internal,
 }
 
@@ -18,6 +20,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::Timeout => 504,
+            ErrorCode::Overloaded => 429,
             ErrorCode::Internal => 500,
         }
     }
@@ -28,6 +31,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 3,
             ErrorCode::NotFound => 5,
             ErrorCode::Timeout => 4,
+            ErrorCode::Overloaded => 8,
             ErrorCode::Internal => 13,
         }
     }
@@ -42,6 +46,8 @@ pub enum StorageError {
     NotFound(String),
     #[error("query timed out after {0:?}")]
     Timeout(Duration),
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("catalog: {0}")]
@@ -71,6 +77,7 @@ impl StorageError {
             StorageError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StorageError::NotFound(_) => ErrorCode::NotFound,
             StorageError::Timeout(_) => ErrorCode::Timeout,
+            StorageError::Overloaded(_) => ErrorCode::Overloaded,
             _ => ErrorCode::Internal,
         }
     }

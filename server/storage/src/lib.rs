@@ -16,11 +16,14 @@ pub mod layout;
 pub mod orphans;
 pub mod rollup;
 
+mod bounded;
 mod budget_store;
 mod buffer;
+mod cancel;
 mod object_reader;
 mod query;
 mod sql;
+mod sql_runtime;
 mod store;
 
 #[cfg(test)]
@@ -32,6 +35,7 @@ use std::time::Duration;
 pub use catalog::{SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
+pub use sql_runtime::SqlLimits;
 pub use store::{span_names, Store};
 
 /// Re-exported so callers name the same types as the store's API.
@@ -55,6 +59,8 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Threads, slots and memory of DataFusion queries.
+    pub sql: SqlLimits,
 }
 
 impl StoreConfig {
@@ -76,6 +82,7 @@ impl Default for StoreConfig {
             flush_max_age: Duration::from_secs(2),
             retention: Duration::from_secs(7 * 24 * 3600),
             row_group_rows: 16_384,
+            sql: SqlLimits::default(),
         }
     }
 }

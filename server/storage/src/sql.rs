@@ -4,6 +4,7 @@
 //! snapshot so no span is missing or doubled. More tables can be added with
 //! [`Store::register_table`].
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -131,28 +132,40 @@ fn check_read_only(sql: &str) -> Result<(), StorageError> {
     }
 }
 
-/// Errors the user's SQL caused, as opposed to failures of the engine.
-fn is_user_error(e: &DataFusionError) -> bool {
-    matches!(
-        e.find_root(),
+/// A DataFusion error as the store reports it: mistakes in the user's SQL and plans past
+/// the memory limits are invalid arguments (the message says which), the rest the engine's.
+fn classify(e: DataFusionError) -> StorageError {
+    match e.find_root() {
         DataFusionError::Plan(_)
-            | DataFusionError::SQL(..)
-            | DataFusionError::SchemaError(..)
-            | DataFusionError::NotImplemented(_)
-    )
+        | DataFusionError::SQL(..)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => StorageError::InvalidArgument(e.to_string()),
+        DataFusionError::ResourcesExhausted(why) => StorageError::InvalidArgument(format!(
+            "the query needs more memory than it may use: {why}"
+        )),
+        _ => e.into(),
+    }
 }
+
+/// What a plan's task sends back: its batches, then an error if it failed.
+type PlanSender = tokio::sync::mpsc::Sender<Result<RecordBatch, StorageError>>;
 
 impl Store {
     /// A DataFusion session with the `spans` table (segments and buffer as of now) and the
-    /// registered extra tables. Strings stay `Utf8` (no view types).
+    /// registered extra tables. Strings stay `Utf8` (no view types); partitions follow the
+    /// query runtime's threads; size-chosen functions are bounded ([`crate::bounded`]).
     pub async fn session(&self) -> Result<SessionContext, StorageError> {
-        let mut config = SessionConfig::new().with_information_schema(true);
+        let limits = &self.inner.sql_runtime.limits;
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(limits.threads.max(1));
         config
             .options_mut()
             .execution
             .parquet
             .schema_force_view_types = false;
         let ctx = SessionContext::new_with_config_rt(config, self.inner.runtime.clone());
+        crate::bounded::register(&ctx, limits.function_output_bytes())?;
         let table = SpansTable::new(&ctx, &self.snapshot())?;
         ctx.register_table("spans", Arc::new(table))?;
         let extra = lock(&self.inner.tables).clone();
@@ -198,8 +211,9 @@ impl Store {
     /// Runs one read-only query with values bound to its placeholders and hands each result
     /// batch to `each` as the engine produces it, until `each` answers `false` or the result
     /// ends: for callers that fold a large result into something small (the query layer's
-    /// aggregations) instead of holding it. Fails with [`StorageError::Timeout`] past
-    /// `timeout`.
+    /// aggregations) instead of holding it. The plan runs on the query runtime under its
+    /// limits ([`crate::sql_runtime`]); past `timeout` it is cancelled and this fails with
+    /// [`StorageError::Timeout`].
     pub async fn sql_each<E: From<StorageError>>(
         &self,
         sql: &str,
@@ -208,35 +222,63 @@ impl Store {
         mut each: impl FnMut(RecordBatch) -> Result<bool, E>,
     ) -> Result<(), E> {
         check_read_only(sql)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = self.inner.sql_runtime.slot(deadline).await?;
         let ctx = self.session().await?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let run = async {
-            let df = ctx.sql_with_options(sql, options).await.map_err(|e| {
-                if is_user_error(&e) {
-                    StorageError::InvalidArgument(e.to_string())
-                } else {
-                    e.into()
-                }
-            })?;
-            let df = match params.is_empty() {
-                true => df,
-                false => df.with_param_values(params).map_err(StorageError::from)?,
-            };
-            let mut stream = df.execute_stream().await.map_err(StorageError::from)?;
-            while let Some(batch) = stream.try_next().await.map_err(StorageError::from)? {
-                if !each(batch)? {
-                    break;
-                }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let sql = sql.to_owned();
+        let mut task = self.inner.sql_runtime.spawn(|cancelled| async move {
+            let _slot = slot;
+            if let Err(e) = run_plan(ctx, &sql, params, &cancelled, &tx).await {
+                let _ = tx.send(Err(e)).await;
             }
-            Ok::<(), E>(())
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| E::from(StorageError::Timeout(timeout)))?
+        });
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return Err(StorageError::Timeout(timeout).into()),
+                Ok(Some(Ok(batch))) => {
+                    if !each(batch)? {
+                        return Ok(());
+                    }
+                }
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(None) => break,
+            }
+        }
+        // The channel closed: the plan ended, or its task panicked.
+        (&mut task.task).await.map_err(StorageError::from)?;
+        Ok(())
     }
+}
+
+/// Plans and runs one query on the query runtime, sending its batches until the receiver
+/// goes away.
+async fn run_plan(
+    ctx: SessionContext,
+    sql: &str,
+    params: Vec<ScalarValue>,
+    cancelled: &Arc<AtomicBool>,
+    tx: &PlanSender,
+) -> Result<(), StorageError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
+    let df = match params.is_empty() {
+        true => df,
+        false => df.with_param_values(params).map_err(classify)?,
+    };
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await.map_err(classify)?;
+    let plan = crate::cancel::cancellable(plan, cancelled).map_err(classify)?;
+    let mut stream = execute_stream(plan, task).map_err(classify)?;
+    while let Some(batch) = stream.try_next().await.map_err(classify)? {
+        if tx.send(Ok(batch)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use meshtrace_model::arrow_conv::spans_to_batch;
@@ -23,6 +24,7 @@ use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path, SegmentReader};
 use crate::orphans::{self, Settled};
 use crate::rollup::{rollups_of, RollupFilter, Rollups};
+use crate::sql_runtime::SqlRuntime;
 use crate::{StoreConfig, StoreStats};
 
 /// The span store. Cheap to clone; all clones share one state.
@@ -63,6 +65,8 @@ pub(crate) struct Inner {
     pub tables: Mutex<Vec<(String, Arc<dyn TableProvider>)>>,
     /// Shared by every SQL session, so DataFusion's file metadata cache outlives a query.
     pub runtime: Arc<RuntimeEnv>,
+    /// The threads, slots and limits SQL plans run under.
+    pub(crate) sql_runtime: SqlRuntime,
     /// Segment files found without a catalog row at open, until [`Store::settle_orphans`].
     pub orphans: Mutex<Vec<ObjectPath>>,
 }
@@ -71,9 +75,15 @@ pub(crate) struct Inner {
 pub(crate) const STORE_URL: &str = "meshtrace://store/";
 
 /// The DataFusion runtime shared by the store's sessions, with the store's object store
-/// registered under [`STORE_URL`].
-pub(crate) fn runtime(store: &Arc<dyn ObjectStore>) -> Result<Arc<RuntimeEnv>, StorageError> {
-    let runtime = RuntimeEnvBuilder::new().build_arc()?;
+/// registered under [`STORE_URL`] and one memory pool of `memory_bytes` for all their plans.
+pub(crate) fn runtime(
+    store: &Arc<dyn ObjectStore>,
+    memory_bytes: usize,
+) -> Result<Arc<RuntimeEnv>, StorageError> {
+    let pool = FairSpillPool::new(memory_bytes);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(pool))
+        .build_arc()?;
     let url = ObjectStoreUrl::parse(STORE_URL)?;
     runtime.register_object_store(url.as_ref(), store.clone());
     Ok(runtime)
@@ -128,7 +138,8 @@ impl Store {
             checkpoint,
             "span store opened"
         );
-        let runtime = runtime(&store)?;
+        let runtime = runtime(&store, cfg.sql.memory_bytes)?;
+        let sql_runtime = SqlRuntime::new(cfg.sql.clone())?;
         let inner = Inner {
             reader: SegmentReader::new(store.clone()),
             cfg,
@@ -144,6 +155,7 @@ impl Store {
             counters: Counters::default(),
             tables: Mutex::new(Vec::new()),
             runtime,
+            sql_runtime,
             orphans: Mutex::new(orphans),
         };
         Ok(Store {

@@ -405,3 +405,83 @@ async fn queries_during_flushes_see_every_span_once() {
     let found = store.traces(&ids).await.unwrap();
     assert_eq!(found.values().map(Vec::len).sum::<usize>(), spans.len());
 }
+
+/// A store whose SQL runs one plan at a time, in 16 MiB.
+async fn open_with_one_query_slot(dir: &std::path::Path, queue_wait: Duration) -> Store {
+    let cfg = StoreConfig {
+        sql: crate::SqlLimits {
+            threads: 1,
+            max_concurrent: 1,
+            queue_wait,
+            memory_bytes: 16 << 20,
+        },
+        ..config(dir)
+    };
+    Store::open(cfg).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_query_is_cancelled_at_its_time_limit_and_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_one_query_slot(dir.path(), Duration::from_secs(5)).await;
+    let spans = mesh_traffic(4, 2000, now_ns(), 1_000_000);
+    store.append(1, &spans).unwrap();
+    // The condition keeps DataFusion from answering from statistics: 8 billion rows to test.
+    let cross = "SELECT count(*) FROM spans a, spans b, spans c \
+                 WHERE a.duration_ns + b.duration_ns > c.duration_ns";
+    let started = std::time::Instant::now();
+    let err = store
+        .sql(cross, 10, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The only slot is free again: the cancelled plan stopped.
+    let out = store
+        .sql("SELECT count(*) FROM spans", 1, Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_eq!(count(&out) as usize, spans.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_slots_are_refused_as_overloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_one_query_slot(dir.path(), Duration::from_millis(200)).await;
+    let slow = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let sql = "SELECT count(*) FROM generate_series(1, 5000000000) a";
+            store.sql(sql, 1, Duration::from_secs(3)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = store
+        .sql("SELECT 1", 1, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Overloaded, "{err}");
+    assert_eq!(err.code().http_status(), 429);
+    let slow = slow.await.unwrap().unwrap_err();
+    assert_eq!(slow.code(), ErrorCode::Timeout, "{slow}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_past_the_memory_limit_fail_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_one_query_slot(dir.path(), Duration::from_secs(1)).await;
+    let t = Duration::from_secs(20);
+    for sql in [
+        "SELECT array_agg(value) FROM generate_series(1, 100000000)",
+        "SELECT repeat('x', 2000000000)",
+        "SELECT range(1, 10000000000)",
+    ] {
+        let err = store.sql(sql, 1, t).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{sql}: {err}");
+        assert!(err.to_string().contains("more memory"), "{sql}: {err}");
+    }
+}

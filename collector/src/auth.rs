@@ -1,0 +1,423 @@
+//! Who may do what on every listener: bearer tokens with scopes, checked by one HTTP middleware
+//! ([`require`]) on the OTLP, Zipkin and query ports and by [`Auth::authorize`] in the gRPC
+//! services.
+//!
+//! Tokens are configured as `[[auth.tokens]]` entries (`name`, `token`, `scopes`, optionally
+//! `services` and `classes`) and compared in constant time. A scope grants one kind of access:
+//! [`Scope::Ingest`] (OTLP and Zipkin), [`Scope::Read`] (query APIs, dashboard data, SQL),
+//! [`Scope::Proxy`] (priority polls and watches, only for the token's `services` when it lists
+//! some) and [`Scope::Admin`] (classes, objectives, overrides; implies every other scope). A
+//! missing or unknown token is 401 / `UNAUTHENTICATED`, a token without the scope 403 /
+//! `PERMISSION_DENIED`, both naming what is missing.
+//!
+//! With no tokens configured (the demo), every request is served as today except those an
+//! [`Access`] marks `loopback_only` (changing the mesh, SQL), which only loopback clients may
+//! make. The caller's identity ([`Caller`]) is put into the request's extensions for handlers
+//! that bind it further (a proxy token's service, an ingest token's classes).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+/// One kind of access a token grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Ingest,
+    Read,
+    Proxy,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Proxy => "proxy",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// One configured token (`[[auth.tokens]]`). Its `Debug` form leaves the token out.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (logged, never the token itself).
+    pub name: String,
+    pub token: String,
+    pub scopes: Vec<Scope>,
+    /// `proxy`: the services it may read priorities of and register as; `ingest`: the
+    /// services whose entry spans may set a trace class. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// `ingest`: the trace classes its spans may claim. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("services", &self.services)
+            .field("classes", &self.classes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file of tokens (`--auth-tokens-file`): `[[tokens]]` entries as in `[[auth.tokens]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenConfig>,
+}
+
+/// Reads the `[[tokens]]` of a tokens file.
+pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenConfig>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading tokens file {}: {e}", path.display()))?;
+    let file: TokensFile = toml::from_str(&text)
+        .map_err(|e| format!("parsing tokens file {}: {e}", path.display()))?;
+    Ok(file.tokens)
+}
+
+/// What a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Any one of these scopes will do (admin always does).
+    pub scopes: &'static [Scope],
+    /// Without tokens configured, only loopback clients may do this.
+    pub loopback_only: bool,
+}
+
+impl Access {
+    pub const INGEST: Access = Access::of(&[Scope::Ingest]);
+    pub const READ: Access = Access::of(&[Scope::Read]);
+    pub const ADMIN: Access = Access {
+        scopes: &[],
+        loopback_only: true,
+    };
+
+    pub const fn of(scopes: &'static [Scope]) -> Access {
+        Access {
+            scopes,
+            loopback_only: false,
+        }
+    }
+
+    /// The same scopes, for loopback clients only when no tokens are configured.
+    pub const fn loopback_only(self) -> Access {
+        Access {
+            loopback_only: true,
+            ..self
+        }
+    }
+}
+
+/// Who made a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Caller {
+    /// The holder of a configured token.
+    Token(Arc<TokenConfig>),
+    /// Anyone: no tokens are configured.
+    Anonymous,
+}
+
+impl Caller {
+    /// The token's name, for messages and logs.
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Token(t) => &t.name,
+            Caller::Anonymous => "anonymous",
+        }
+    }
+
+    /// Whether this caller may act for `service` under `scope` (a token's `services` bind
+    /// it; admins and anonymous callers may act for any).
+    pub fn may_act_for(&self, scope: Scope, service: &str) -> bool {
+        match self {
+            Caller::Token(t) if !t.scopes.contains(&Scope::Admin) && t.scopes.contains(&scope) => {
+                t.services.is_empty() || t.services.iter().any(|s| s == service)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether spans from this caller may claim `class` (see [`TokenConfig::classes`]).
+    pub fn may_claim_class(&self, class: &str) -> bool {
+        match self {
+            Caller::Token(t) => t.classes.is_empty() || t.classes.iter().any(|c| c == class),
+            Caller::Anonymous => true,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+impl AuthError {
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            AuthError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn grpc_status(&self) -> tonic::Status {
+        match self {
+            AuthError::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
+            AuthError::PermissionDenied(m) => tonic::Status::permission_denied(m.clone()),
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        let body = serde_json::json!({ "error": self.to_string() });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = HeaderValue::from_static("Bearer realm=\"meshtrace\"");
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+}
+
+/// The configured tokens. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    tokens: Arc<[Arc<TokenConfig>]>,
+}
+
+impl Auth {
+    /// Checks the tokens: names and tokens non-empty, tokens at least 16 characters and
+    /// distinct, every token with a scope.
+    pub fn new(tokens: Vec<TokenConfig>) -> Result<Auth, String> {
+        for (i, t) in tokens.iter().enumerate() {
+            if t.name.is_empty() || t.scopes.is_empty() {
+                return Err(format!("auth token #{} needs a name and scopes", i + 1));
+            }
+            if t.token.chars().count() < 16 {
+                return Err(format!(
+                    "auth token {:?} is shorter than 16 characters",
+                    t.name
+                ));
+            }
+            if tokens[..i].iter().any(|o| o.token == t.token) {
+                return Err(format!("auth token {:?} repeats another token", t.name));
+            }
+        }
+        Ok(Auth {
+            tokens: tokens.into_iter().map(Arc::new).collect(),
+        })
+    }
+
+    /// Whether tokens are configured (and so required).
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The token an `Authorization: Bearer` value names, compared in constant time with every
+    /// configured token.
+    fn find(&self, presented: &[u8]) -> Option<Arc<TokenConfig>> {
+        let mut found = None;
+        for t in self.tokens.iter() {
+            if bool::from(t.token.as_bytes().ct_eq(presented)) {
+                found = Some(t.clone());
+            }
+        }
+        found
+    }
+
+    /// Decides one request from its `Authorization` header and its peer.
+    pub fn authorize(
+        &self,
+        authorization: Option<&HeaderValue>,
+        peer: Option<IpAddr>,
+        access: Access,
+    ) -> Result<Caller, AuthError> {
+        if !self.enabled() {
+            let loopback = peer.is_some_and(|ip| ip.is_loopback());
+            if access.loopback_only && !loopback {
+                return Err(AuthError::PermissionDenied(
+                    "no auth tokens are configured, so this endpoint only serves loopback \
+                     clients; configure [[auth.tokens]] to use it remotely"
+                        .into(),
+                ));
+            }
+            return Ok(Caller::Anonymous);
+        }
+        let needed = || {
+            let mut names: Vec<&str> = access.scopes.iter().map(|s| s.as_str()).collect();
+            names.push("admin");
+            names.join(" or ")
+        };
+        let Some(value) = authorization else {
+            return Err(AuthError::Unauthenticated(format!(
+                "missing bearer token: send Authorization: Bearer <token> with scope {}",
+                needed()
+            )));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+            .ok_or_else(|| {
+                AuthError::Unauthenticated("the Authorization header must be Bearer <token>".into())
+            })?;
+        let token = self
+            .find(presented.trim_ascii())
+            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))?;
+        let granted = token.scopes.contains(&Scope::Admin)
+            || access.scopes.iter().any(|s| token.scopes.contains(s));
+        if !granted {
+            return Err(AuthError::PermissionDenied(format!(
+                "token {:?} lacks scope {}",
+                token.name,
+                needed()
+            )));
+        }
+        Ok(Caller::Token(token))
+    }
+}
+
+/// The state of [`require`]: the tokens and which access each request needs (`None`: open).
+#[derive(Clone)]
+pub struct Guard {
+    pub auth: Auth,
+    pub access: fn(&http::Method, &str) -> Option<Access>,
+}
+
+/// The peer of a request served with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn peer_of(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The middleware: refuses what the caller may not do, else serves it with the [`Caller`] in
+/// the request's extensions.
+pub async fn require(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+    let Some(access) = (guard.access)(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let peer = peer_of(&request);
+    match guard
+        .auth
+        .authorize(authorization(request.headers()), peer, access)
+    {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => {
+            tracing::debug!(path = request.uri().path(), ?peer, error = %e, "request refused");
+            e.into_response()
+        }
+    }
+}
+
+/// The `Authorization` header, if any.
+pub fn authorization(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(AUTHORIZATION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str, token: &str, scopes: &[Scope]) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            token: token.into(),
+            scopes: scopes.to_vec(),
+            services: vec![],
+            classes: vec![],
+        }
+    }
+
+    fn bearer(t: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Bearer {t}")).unwrap()
+    }
+
+    #[test]
+    fn scopes_decide_and_errors_name_what_is_missing() {
+        let auth = Auth::new(vec![
+            token("collector", "ingest-token-0123456789", &[Scope::Ingest]),
+            token("ops", "admin-token-0123456789", &[Scope::Admin]),
+        ])
+        .unwrap();
+        let remote = Some("10.0.0.7".parse().unwrap());
+        let ingest = bearer("ingest-token-0123456789");
+        assert!(auth
+            .authorize(Some(&ingest), remote, Access::INGEST)
+            .is_ok());
+        let e = auth
+            .authorize(Some(&ingest), remote, Access::READ)
+            .unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        assert!(e.to_string().contains("lacks scope read or admin"), "{e}");
+        let admin = bearer("admin-token-0123456789");
+        assert!(auth.authorize(Some(&admin), remote, Access::READ).is_ok());
+        let e = auth.authorize(None, remote, Access::READ).unwrap_err();
+        assert_eq!(e.http_status(), 401);
+        let wrong = bearer("ingest-token-012345678");
+        let e = auth
+            .authorize(Some(&wrong), remote, Access::INGEST)
+            .unwrap_err();
+        assert_eq!(e, AuthError::Unauthenticated("unknown bearer token".into()));
+    }
+
+    #[test]
+    fn without_tokens_only_loopback_may_do_loopback_only_things() {
+        let auth = Auth::default();
+        let remote = Some("192.168.1.9".parse().unwrap());
+        let local = Some("127.0.0.1".parse().unwrap());
+        assert!(auth.authorize(None, remote, Access::READ).is_ok());
+        assert!(auth.authorize(None, local, Access::ADMIN).is_ok());
+        let e = auth.authorize(None, remote, Access::ADMIN).unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        assert!(auth.authorize(None, None, Access::ADMIN).is_err());
+    }
+
+    #[test]
+    fn weak_or_repeated_tokens_are_refused() {
+        assert!(Auth::new(vec![token("a", "short", &[Scope::Read])]).is_err());
+        let t = "a-long-enough-token-here";
+        let two = vec![
+            token("a", t, &[Scope::Read]),
+            token("b", t, &[Scope::Admin]),
+        ];
+        assert!(Auth::new(two).unwrap_err().contains("repeats"));
+        assert!(Auth::new(vec![token("a", t, &[])]).is_err());
+    }
+
+    #[test]
+    fn a_proxy_token_acts_only_for_its_services() {
+        let mut t = token("reviews-sidecar", "proxy-token-0123456789", &[Scope::Proxy]);
+        t.services = vec!["reviews".into()];
+        let caller = Caller::Token(Arc::new(t));
+        assert!(caller.may_act_for(Scope::Proxy, "reviews"));
+        assert!(!caller.may_act_for(Scope::Proxy, "ratings"));
+        assert!(Caller::Anonymous.may_act_for(Scope::Proxy, "ratings"));
+    }
+}

@@ -1,0 +1,230 @@
+"""Who may change the mesh (issue 22): bearer tokens with scopes on every port, loopback-only
+changes without tokens, JSON-only bodies and a Host allow-list against browsers.
+
+The OpenTelemetry SDK sends with its `headers` option carrying the token, as a user sets it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import pytest
+import requests
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpExporter,
+)
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+from mtlib import eventually, new_trace_id, now_ns, request_json, span_json
+
+INGEST = "ingest-token-4f9c2a7d1e"
+READER = "reader-token-8b3e6f0a2c"
+ADMIN = "admin-token-1d7a9c4e6b"
+REVIEWS = "reviews-proxy-token-5e2b"
+
+TOKENS = f"""
+[[auth.tokens]]
+name = "collector"
+token = "{INGEST}"
+scopes = ["ingest"]
+
+[[auth.tokens]]
+name = "grafana"
+token = "{READER}"
+scopes = ["read"]
+
+[[auth.tokens]]
+name = "ops"
+token = "{ADMIN}"
+scopes = ["admin"]
+"""
+
+# Loaded with --auth-tokens-file, as a mounted secret would be.
+PROXY_FILE = f"""
+[[tokens]]
+name = "reviews-sidecar"
+token = "{REVIEWS}"
+scopes = ["proxy"]
+services = ["reviews"]
+"""
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def secured(server_factory, tmp_path):
+    config = tmp_path / "meshtrace.toml"
+    config.write_text(TOKENS)
+    proxies = tmp_path / "tokens.toml"
+    proxies.write_text(PROXY_FILE)
+    return server_factory("--config", str(config), "--auth-tokens-file", str(proxies))
+
+
+def export_with_sdk(server, protocol: str, token: str | None) -> tuple[SpanExportResult, str]:
+    headers = bearer(token) if token else {}
+    if protocol == "grpc":
+        exporter = GrpcExporter(
+            endpoint=f"http://{server.grpc_target}",
+            insecure=True,
+            timeout=5,
+            headers={k.lower(): v for k, v in headers.items()},
+        )
+    else:
+        exporter = HttpExporter(endpoint=server.traces_url, timeout=5, headers=headers)
+    results = []
+
+    class Recording:
+        def export(self, spans):
+            results.append(exporter.export(spans))
+            return results[-1]
+
+        def shutdown(self):
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis=1000):
+            return True
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"sdk-{protocol}"}))
+    provider.add_span_processor(SimpleSpanProcessor(Recording()))
+    with provider.get_tracer("e2e").start_as_current_span("GET /secure") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    return results[0], trace_id
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_sdk_exports_with_its_token_and_nothing_without(secured, protocol):
+    result, trace_id = export_with_sdk(secured, protocol, INGEST)
+    assert result == SpanExportResult.SUCCESS
+    refused, refused_id = export_with_sdk(secured, protocol, None)
+    assert refused == SpanExportResult.FAILURE
+    wrong, wrong_id = export_with_sdk(secured, protocol, READER)
+    assert wrong == SpanExportResult.FAILURE
+    url = f"{secured.query_url}/api/traces/{trace_id}"
+    found = eventually(
+        lambda: requests.get(url, headers=bearer(READER), timeout=5).status_code == 200 or None,
+        what="the exported trace",
+    )
+    assert found
+    for other in (refused_id, wrong_id):
+        r = requests.get(f"{secured.query_url}/api/traces/{other}", headers=bearer(READER), timeout=5)
+        assert r.status_code == 404, "a refused export stored spans"
+
+
+def test_grpc_says_unauthenticated_and_permission_denied(secured):
+    channel = grpc.insecure_channel(secured.grpc_target)
+    stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.Export(request, timeout=5)
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "bearer token" in missing.value.details()
+    with pytest.raises(grpc.RpcError) as lacking:
+        stub.Export(request, timeout=5, metadata=[("authorization", f"Bearer {READER}")])
+    assert lacking.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "ingest" in lacking.value.details()
+    stub.Export(request, timeout=5, metadata=[("authorization", f"Bearer {INGEST}")])
+
+
+def test_every_http_port_wants_the_right_scope(secured):
+    q = secured.query_url
+    trace = new_trace_id().hex()
+    body = request_json("scoped", [span_json(trace, "op", now_ns(), now_ns() + 1000)])
+    r = requests.post(secured.traces_url, json=body, timeout=5)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "bearer token" in r.json()["error"]
+    zipkin = [{"traceId": trace, "id": trace[:16], "name": "z", "timestamp": 1, "localEndpoint": {"serviceName": "z"}}]
+    r = requests.post(f"{secured.zipkin_url}/api/v2/spans", json=zipkin, timeout=5)
+    assert r.status_code == 401
+    r = requests.post(f"{secured.zipkin_url}/api/v2/spans", json=zipkin, headers=bearer(INGEST), timeout=5)
+    assert r.status_code == 202, r.text
+    # The query port: open health, metrics and dashboard files; the API wants `read`.
+    assert requests.get(f"{q}/readyz", timeout=5).status_code == 200
+    assert requests.get(f"{q}/metrics", timeout=5).status_code == 200
+    assert requests.get(f"{q}/", timeout=5).status_code == 200
+    assert requests.get(f"{q}/api/services", timeout=5).status_code == 401
+    r = requests.get(f"{q}/api/services", headers=bearer(INGEST), timeout=5)
+    assert r.status_code == 403 and "lacks scope read or admin" in r.json()["error"], r.text
+    assert requests.get(f"{q}/api/services", headers=bearer(READER), timeout=5).status_code == 200
+    r = requests.post(f"{q}/api/v1/sql", json={"sql": "SELECT count(*) FROM spans"}, headers=bearer(READER), timeout=5)
+    assert r.status_code == 200, r.text
+    # Changing the mesh wants `admin`.
+    override = {"batch": 0}
+    r = requests.put(f"{q}/api/v1/priorities/overrides", json=override, headers=bearer(READER), timeout=5)
+    assert r.status_code == 403 and "admin" in r.json()["error"], r.text
+    r = requests.put(f"{q}/api/v1/priorities/overrides", json=override, headers=bearer(ADMIN), timeout=5)
+    assert r.status_code == 200, r.text
+    got = requests.get(f"{q}/api/v1/priorities/overrides", headers=bearer(READER), timeout=5).json()
+    assert got == override
+
+
+def test_a_proxy_token_reads_only_its_own_service(secured):
+    q = f"{secured.query_url}/api/v1/priorities"
+    mine = requests.get(q, params={"service": "reviews", "node": "reviews-v1-abc"}, headers=bearer(REVIEWS), timeout=5)
+    assert mine.status_code == 200, mine.text
+    other = requests.get(q, params={"service": "ratings"}, headers=bearer(REVIEWS), timeout=5)
+    assert other.status_code == 403 and "reviews-sidecar" in other.json()["error"]
+    r = requests.get(f"{secured.query_url}/api/traces", params={"service": "x"}, headers=bearer(REVIEWS), timeout=5)
+    assert r.status_code == 403, "a proxy token reads traces"
+    proxies = requests.get(f"{secured.query_url}/api/v1/proxies", headers=bearer(READER), timeout=5).json()
+    assert [p["service"] for p in proxies["proxies"]] == ["reviews"]
+
+
+def test_bodies_must_be_json_and_hosts_must_be_ours(server):
+    q = server.query_url
+    for method, path, body in [
+        ("PUT", "/api/v1/priorities/overrides", '{"batch": 0}'),
+        ("POST", "/api/v1/sql", '{"sql": "SELECT 1"}'),
+        ("PUT", "/api/v1/classes", "[]"),
+    ]:
+        r = requests.request(method, q + path, data=body, headers={"Content-Type": "text/plain"}, timeout=5)
+        assert r.status_code == 415, f"{method} {path}: {r.status_code} {r.text}"
+        assert "application/json" in r.json()["error"]
+    assert requests.get(f"{q}/api/v1/priorities/overrides", timeout=5).json() == {}
+    # DNS rebinding: the page's origin resolves to us, but its Host header names it.
+    r = requests.get(f"{q}/api/services", headers={"Host": "attacker.example:16686"}, timeout=5)
+    assert r.status_code == 421 and "allowed_hosts" in r.json()["error"]
+    r = requests.get(f"{q}/api/services", headers={"Host": f"localhost:{server.http_port}"}, timeout=5)
+    assert r.status_code == 200
+    # Zipkin without a JSON content type (a "simple" cross-origin request) is refused.
+    r = requests.post(f"{server.zipkin_url}/api/v2/spans", data="[]", timeout=5)
+    assert r.status_code == 415, r.text
+    # No CORS unless configured.
+    r = requests.options(f"{q}/api/v1/sql", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, timeout=5)
+    assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_without_tokens_changes_and_sql_are_for_loopback_only(server_factory):
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    server = server_factory(http_host="0.0.0.0")
+    remote = f"http://{address}:{server.http_port}"
+    host = {"Host": f"localhost:{server.http_port}"}
+    assert requests.get(f"{remote}/api/services", headers=host, timeout=5).status_code == 200
+    r = requests.put(f"{remote}/api/v1/priorities/overrides", json={"batch": 0}, headers=host, timeout=5)
+    assert r.status_code == 403 and "loopback" in r.json()["error"], r.text
+    r = requests.post(f"{remote}/api/v1/sql", json={"sql": "SELECT 1"}, headers=host, timeout=5)
+    assert r.status_code == 403
+    r = requests.put(f"{server.query_url}/api/v1/priorities/overrides", json={"batch": 0}, timeout=5)
+    assert r.status_code == 200
+    assert "no auth tokens configured" in server.log_text()

@@ -1,0 +1,130 @@
+"""Attacks on a running server, each written as the attacker would run it (issue 22).
+
+Queries that cannot hurt ingest: a CPU-bound cross join runs on the query threads while OTLP
+keeps being acknowledged and /readyz answers; it is cancelled at the SQL time limit and
+SIGTERM still stops the server quickly; memory bombs are refused before the RSS grows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from mtlib import new_span_id, new_trace_id, now_ns, post_otlp_json, request_json, span_json
+
+CROSS_JOIN = (
+    "SELECT count(*) FROM spans a, spans b, spans c "
+    "WHERE a.duration_ns + b.duration_ns > c.duration_ns"
+)
+
+
+def write_config(tmp_path, text: str):
+    path = tmp_path / "meshtrace.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def load_spans(server, n: int) -> None:
+    t = now_ns()
+    for _ in range(n // 100):
+        trace = new_trace_id().hex()
+        spans = [span_json(trace, f"op{i}", t + i, t + 1000 + i) for i in range(100)]
+        r = post_otlp_json(server, request_json("load", spans))
+        assert r.status_code == 200, r.text
+
+
+def ingest_once(server) -> float:
+    trace = new_trace_id().hex()
+    t = now_ns()
+    started = time.monotonic()
+    r = post_otlp_json(server, request_json("during", [span_json(trace, "op", t, t + 1000)]))
+    assert r.status_code == 200, r.text
+    return time.monotonic() - started
+
+
+def rss_peak_mib(server) -> float:
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_a_runaway_cross_join_neither_stops_ingest_nor_shutdown(server_factory, tmp_path):
+    config = write_config(tmp_path, '[query]\nsql_timeout = "6s"\nthreads = 1\n')
+    server = server_factory("--config", config)
+    load_spans(server, 2000)
+    answers: list[requests.Response] = []
+
+    def attack():
+        answers.append(
+            requests.post(f"{server.query_url}/api/v1/sql", json={"sql": CROSS_JOIN}, timeout=60)
+        )
+
+    attacker = threading.Thread(target=attack)
+    started = time.monotonic()
+    attacker.start()
+    time.sleep(0.5)
+    slowest_ready, slowest_ingest = 0.0, 0.0
+    while time.monotonic() - started < 5:
+        t = time.monotonic()
+        assert requests.get(f"{server.query_url}/readyz", timeout=1).status_code == 200
+        slowest_ready = max(slowest_ready, time.monotonic() - t)
+        slowest_ingest = max(slowest_ingest, ingest_once(server))
+    assert slowest_ready < 1, f"/readyz took {slowest_ready:.2f}s during the cross join"
+    assert slowest_ingest < 1, f"an OTLP export took {slowest_ingest:.2f}s during the cross join"
+    attacker.join(30)
+    [answer] = answers
+    assert answer.status_code == 504, answer.text
+    assert time.monotonic() - started < 10, "the time limit was not enforced"
+    # The cancelled plan left its thread: the next query answers at once.
+    t = time.monotonic()
+    [[n]] = server.api.sql_rows("SELECT count(*) FROM spans")
+    assert int(n) >= 2000 and time.monotonic() - t < 3
+    # A second runaway query is running when SIGTERM comes: the server still stops in time.
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    time.sleep(1)
+    stopping = time.monotonic()
+    assert server.stop(timeout=10) == 0
+    assert time.monotonic() - stopping < 10
+
+
+def test_memory_bombs_are_refused_before_the_memory_grows(server_factory, tmp_path):
+    config = write_config(tmp_path, "[query]\nmemory_mib = 256\n")
+    server = server_factory("--config", config)
+    load_spans(server, 200)
+    before = rss_peak_mib(server)
+    for bomb in [
+        "SELECT repeat('x', 2000000000)",
+        "SELECT length(repeat(service_name, 100000000)) FROM spans",
+        "SELECT range(1, 10000000000)",
+        "SELECT rpad('x', 2000000000, 'y')",
+        "SELECT array_agg(value) FROM generate_series(1, 1000000000)",
+    ]:
+        r = server.api.sql_response(bomb)
+        assert r.status_code == 400, f"{bomb}: {r.status_code} {r.text[:300]}"
+        assert "more memory" in r.json()["error"], r.text
+    peak = rss_peak_mib(server)
+    assert peak < before + 256 + 200, f"peak RSS {peak:.0f} MiB (was {before:.0f} before the bombs)"
+    [[n]] = server.api.sql_rows("SELECT count(*) FROM spans")
+    assert int(n) == 200
+
+
+def test_queries_past_the_concurrency_limit_get_429_with_retry_after(server_factory, tmp_path):
+    config = write_config(
+        tmp_path, '[query]\nmax_concurrent = 1\nqueue_wait = "200ms"\nsql_timeout = "4s"\n'
+    )
+    server = server_factory("--config", config)
+    load_spans(server, 2000)
+    attacker = threading.Thread(target=server.api.sql_response, args=(CROSS_JOIN,), daemon=True)
+    attacker.start()
+    time.sleep(0.5)
+    r = server.api.sql_response("SELECT 1")
+    assert r.status_code == 429, r.text
+    assert r.headers.get("Retry-After") == "1"
+    assert "retry" in r.json()["error"]
+    attacker.join(15)
+    assert server.api.sql_rows("SELECT 1") == [[1]]
