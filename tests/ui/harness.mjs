@@ -50,8 +50,8 @@ export async function waitFor(fn, what, timeoutMs = 30_000) {
   throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
 }
 
-export async function post(url, body) {
-  const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+export async function post(url, body, headers = {}) {
+  const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: JSON.stringify(body) });
   const text = await res.text();
   assert.ok(res.ok, `POST ${url} -> ${res.status} ${text}`);
   return text;
@@ -59,18 +59,22 @@ export async function post(url, body) {
 
 /**
  * Starts the server (its log in artifacts/`logName`) and waits until it is ready; `stop()` ends
- * it and removes its data.
+ * it and removes its data. `config`: the text of a TOML config file to start it with.
  */
-export async function startServer(logName) {
+export async function startServer(logName, { config } = {}) {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   assert.ok(fs.existsSync(binary()), `meshtrace binary not found at ${binary()} (set MESHTRACE_BIN)`);
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "meshtrace-ui-"));
   const [http, grpc, otlpHttp, zipkin] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const log = fs.openSync(path.join(ARTIFACTS, logName), "w");
+  const configDir = config === undefined ? null : fs.mkdtempSync(path.join(os.tmpdir(), "meshtrace-ui-config-"));
+  const configArgs = configDir ? ["--config", path.join(configDir, "meshtrace.toml")] : [];
+  if (configDir) fs.writeFileSync(configArgs[1], config, { mode: 0o600 });
   const child = spawn(
     binary(),
     [
       "serve",
+      ...configArgs,
       "--data-dir", dataDir,
       "--http-listen", `127.0.0.1:${http}`,
       "--otlp-grpc-listen", `127.0.0.1:${grpc}`,
@@ -91,6 +95,7 @@ export async function startServer(logName) {
       if (child.exitCode === null) child.kill("SIGKILL");
     }
     fs.rmSync(dataDir, { recursive: true, force: true });
+    if (configDir) fs.rmSync(configDir, { recursive: true, force: true });
   };
   try {
     await waitFor(async () => (await fetch(`${base}/readyz`)).ok, "server readiness");

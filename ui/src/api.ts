@@ -1,9 +1,11 @@
 // Client of the meshtrace query API (same origin). The response types of `/api/v1` and of the
 // RED metrics (Jaeger's SPM API, `/api/metrics`) are generated from the server's OpenAPI
 // document (docs/openapi.json, `npm run types`); the other Jaeger API types are Jaeger's and
-// written out here.
+// written out here. Every request carries the stored bearer token (auth.ts); a 401 answer
+// makes the dashboard ask for one.
 
 import type { components } from "../generated/openapi";
+import { authHeaders, storedToken, unauthorized } from "./auth";
 
 type Schemas = components["schemas"];
 export type Provenance = Schemas["TraceProvenance"];
@@ -95,7 +97,40 @@ export class ApiError extends Error {
 }
 
 async function getJson(path: string, signal?: AbortSignal): Promise<unknown> {
-  return readJson(await fetch(path, { signal, headers: { Accept: "application/json" } }));
+  return readJson(await send(path, { signal }));
+}
+
+/** Fetches a same-origin path with the stored token; a 401 is reported to auth.ts. */
+async function send(path: string, init: RequestInit & { headers?: Record<string, string> }): Promise<Response> {
+  const token = storedToken();
+  const headers = { Accept: "application/json", ...init.headers, ...authHeaders(token) };
+  const res = await fetch(path, { ...init, headers });
+  if (res.status === 401) {
+    const body = (await res.clone().json().catch(() => null)) as unknown;
+    unauthorized(errorMessage(body) ?? "this server requires an access token", token);
+  }
+  return res;
+}
+
+/**
+ * Whether the server accepts a token for reading (the dashboard's needs): throws the
+ * server's ApiError (401 unknown token, 403 lacking the read scope) when not.
+ */
+export async function checkToken(token: string): Promise<void> {
+  await readJson(await fetch("/api/services", { headers: { Accept: "application/json", ...authHeaders(token) } }));
+}
+
+/**
+ * Opens a path's raw JSON in a new tab. With a token stored, a link cannot carry it: the
+ * JSON is fetched with the token and shown from a blob URL.
+ */
+export async function openRaw(path: string): Promise<void> {
+  const res = await send(path, {});
+  if (res.status === 401) return; // the dashboard asks for a token instead
+  const blob = new Blob([await res.arrayBuffer()], { type: "application/json" });
+  const url = URL.createObjectURL(blob);
+  window.open(url, "_blank", "noopener");
+  window.setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** The JSON body of a response (null when it is not JSON); throws ApiError when not ok. */
@@ -261,9 +296,9 @@ export async function priorityOverrides(signal?: AbortSignal): Promise<Overrides
 
 /** Replaces every operator override (`{}` clears them); answers the stored overrides. */
 export async function setPriorityOverrides(overrides: Overrides): Promise<Overrides> {
-  const res = await fetch("/api/v1/priorities/overrides", {
+  const res = await send("/api/v1/priorities/overrides", {
     method: "PUT",
-    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    headers: { "Content-Type": "application/json" },
     body: JSON.stringify(overrides),
   });
   return (await readJson(res)) as Overrides;

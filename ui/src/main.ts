@@ -1,6 +1,8 @@
-// Entry point of the meshtrace dashboard: top bar, client-side routing between pages.
+// Entry point of the meshtrace dashboard: top bar, client-side routing between pages, and the
+// token prompt in place of the page when the server asks for a bearer token (signin.ts).
 
 import "./style.css";
+import { forgetToken, setUnauthorizedHandler, storedToken } from "./auth";
 import { h } from "./dom";
 import { SearchPage } from "./search";
 import { TracePage } from "./trace";
@@ -8,6 +10,7 @@ import { GraphPage } from "./graph";
 import { ClassesPage } from "./classes";
 import { PrioritiesPage } from "./priorities";
 import { ServicesPage } from "./services";
+import { SignInPage } from "./signin";
 
 export interface Page {
   el: HTMLElement;
@@ -22,6 +25,11 @@ const TRACE_ID_RE = /^[0-9a-fA-F]{1,32}$/;
 
 class App implements Router {
   private page: Page | null = null;
+  private readonly forget = h(
+    "button",
+    { type: "button", class: "forget", title: "Remove the access token stored in this browser", "data-testid": "forget-token", onclick: () => this.forgetToken() },
+    "Forget token",
+  );
 
   constructor(
     private readonly root: HTMLElement,
@@ -29,6 +37,7 @@ class App implements Router {
   ) {
     window.addEventListener("popstate", () => this.route());
     document.addEventListener("click", (e) => this.interceptLink(e));
+    setUnauthorizedHandler((message, refused) => this.askForToken(message, refused));
     this.buildNav();
   }
 
@@ -40,6 +49,7 @@ class App implements Router {
 
   route(): void {
     this.page?.dispose();
+    this.forget.hidden = !storedToken();
     const path = location.pathname.replace(/\/+$/, "") || "/";
     let page: Page;
     const trace = /^\/trace\/([^/]+)$/.exec(path);
@@ -55,6 +65,22 @@ class App implements Router {
     for (const a of this.nav.querySelectorAll<HTMLAnchorElement>("a[data-section]")) {
       a.classList.toggle("active", a.dataset.section === section(path));
     }
+  }
+
+  /** Replaces the page with the token prompt; signing in loads the page again. */
+  private askForToken(message: string, refused: boolean): void {
+    this.forget.hidden = !storedToken();
+    if (this.page instanceof SignInPage) return this.page.update(message, refused);
+    this.page?.dispose();
+    const prompt = new SignInPage(message, refused, () => this.route());
+    this.page = prompt;
+    this.root.replaceChildren(prompt.el);
+    prompt.focus();
+  }
+
+  private forgetToken(): void {
+    forgetToken();
+    this.route();
   }
 
   private interceptLink(e: MouseEvent): void {
@@ -93,6 +119,7 @@ class App implements Router {
       h("a", { href: "/priorities", "data-section": "priorities" }, "Priorities"),
       h("span", { class: "spacer" }),
       form,
+      this.forget,
     );
   }
 }

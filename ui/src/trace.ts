@@ -2,6 +2,7 @@
 // a link to the raw JSON, and critical-path highlighting when the provenance API answers.
 
 import * as api from "./api";
+import { storedToken } from "./auth";
 import { spanDetails } from "./details";
 import { h, plainLabel } from "./dom";
 import { formatDuration, formatTime } from "./format";
@@ -91,7 +92,7 @@ export class TracePage implements Page {
       { class: "actions" },
       h("button", { type: "button", onclick: () => wf.expandAll() }, "Expand all"),
       h("button", { type: "button", onclick: () => wf.collapseBelow(1) }, "Collapse to depth 1"),
-      h("a", { href: api.traceUrl(trace.traceID), target: "_blank", rel: "noopener", "data-testid": "raw-json" }, "Raw JSON"),
+      h("a", { href: api.traceUrl(trace.traceID), target: "_blank", rel: "noopener", "data-testid": "raw-json", onclick: rawJson }, "Raw JSON"),
     );
     const warnings = trace.warnings?.length
       ? h("p", { class: "warn" }, `Warnings: ${trace.warnings.map((w) => plainLabel(String(w))).join("; ")}`)
@@ -136,6 +137,14 @@ export class TracePage implements Page {
       this.waterfall?.setCriticalPath(path);
     }
   }
+}
+
+/** A link cannot send the bearer token: with one stored, the raw JSON is fetched with it. */
+function rawJson(e: Event): void {
+  if (!storedToken()) return;
+  e.preventDefault();
+  const href = (e.currentTarget as HTMLAnchorElement).getAttribute("href") ?? "";
+  api.openRaw(href).catch(() => undefined); // a failed fetch opens nothing, as a dead link would
 }
 
 function stat(label: string, value: string | HTMLElement): HTMLElement {
