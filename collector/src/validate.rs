@@ -8,6 +8,7 @@
 
 use std::fmt::Display;
 
+use meshtrace_model::time::now_unix_nanos;
 use meshtrace_model::{AttrValue, KeyValue, Span, SpanId, TraceId};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,10 @@ pub struct Limits {
     pub max_events: usize,
     pub max_links: usize,
     pub max_name_bytes: usize,
+    /// A span ending further than this in the future is rejected: a forged date would pin its
+    /// segment past retention and skew budgets.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -33,6 +38,7 @@ impl Default for Limits {
             max_events: 128,
             max_links: 128,
             max_name_bytes: 1024,
+            max_future_skew: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -45,6 +51,7 @@ pub enum RejectReason {
     InvalidParentSpanId,
     EndBeforeStart,
     MissingTimestamp,
+    FutureTimestamp,
 }
 
 impl RejectReason {
@@ -55,6 +62,7 @@ impl RejectReason {
             RejectReason::InvalidParentSpanId => "invalid_parent_span_id",
             RejectReason::EndBeforeStart => "end_before_start",
             RejectReason::MissingTimestamp => "missing_timestamp",
+            RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
 }
@@ -175,6 +183,15 @@ pub fn validate_at(at: impl Display, mut span: Span, limits: &Limits, batch: &mu
     if span.duration_nano < 0 {
         let problem = format!("end time is {} ns before start time", -span.duration_nano);
         return batch.reject(RejectReason::EndBeforeStart, at, problem);
+    }
+    let skew = i64::try_from(limits.max_future_skew.as_nanos()).unwrap_or(i64::MAX);
+    let latest = now_unix_nanos().saturating_add(skew);
+    if span.start_unix_nano.saturating_add(span.duration_nano) > latest {
+        let problem = format!(
+            "end time is more than {} in the future",
+            humantime::format_duration(limits.max_future_skew)
+        );
+        return batch.reject(RejectReason::FutureTimestamp, at, problem);
     }
     if span.service_name.is_empty() {
         span.service_name = UNKNOWN_SERVICE.to_string();
@@ -311,6 +328,35 @@ mod tests {
     }
 
     #[test]
+    fn rejects_spans_ending_past_the_allowed_future_skew() {
+        let now = now_unix_nanos();
+        let minute = 60_000_000_000;
+        let at = |start: i64, duration: i64| Span {
+            start_unix_nano: start,
+            duration_nano: duration,
+            ..good()
+        };
+        let mut batch = Batch::default();
+        validate(at(now + 5 * minute, 1_000), &Limits::default(), &mut batch);
+        assert_eq!(
+            batch.spans.len(),
+            1,
+            "five minutes of clock drift is accepted"
+        );
+        let year_2100 = 4_102_444_800_000_000_000;
+        for span in [at(year_2100, 1_000), at(now, 20 * minute)] {
+            let mut batch = Batch::default();
+            validate(span, &Limits::default(), &mut batch);
+            let (reason, msg) = rejected(&batch);
+            assert_eq!(reason, RejectReason::FutureTimestamp);
+            assert!(
+                msg.ends_with("end time is more than 10m in the future"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_zero_trace_id() {
         let (reason, msg) = rejected(&run_raw(&[0; 16], &[8; 8], &[]));
         assert_eq!(reason, RejectReason::InvalidTraceId);
@@ -390,6 +436,7 @@ mod tests {
             max_events: 1,
             max_links: 1,
             max_name_bytes: 3,
+            ..Limits::default()
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Listen {
     pub otlp_http: SocketAddr,
     pub zipkin: SocketAddr,
     pub http: SocketAddr,
+    /// Connections, header timeout and HTTP/2 streams of every listener.
+    pub limits: crate::listener::ConnectionLimits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +229,7 @@ impl Default for Listen {
             otlp_http: addr(4318),
             zipkin: addr(9411),
             http: SocketAddr::from(([127, 0, 0, 1], 16686)),
+            limits: Default::default(),
         }
     }
 }

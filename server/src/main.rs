@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod experiment;
 mod import;
+mod listener;
 mod metrics;
 mod pipeline;
 mod priorities;
@@ -75,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     }
     init_tracing();
     disable_transparent_huge_pages();
+    listener::raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -16,6 +16,7 @@ use meshtrace_collector::metrics::IngestMetrics;
 use meshtrace_collector::receiver::{grpc, http, Ingest};
 use meshtrace_collector::wal::{FsyncPolicy, Wal, WalConfig};
 use meshtrace_storage::{Store, StoreConfig};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::api::access::AllowedHosts;
 use crate::api::timing::RequestTiming;
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::listener::{serve_http, Gate};
 use crate::metrics::StoreMetrics;
 use crate::pipeline::Pipeline;
 use crate::priorities::publish::WatchService;
@@ -194,6 +196,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }));
     registry.register_collector(Box::new(opened.provenance.metrics()));
     registry.register_collector(Box::new(priorities.metrics()));
+    let refused = Counter::default();
+    registry.register(
+        "meshtrace_connections_refused",
+        "Connections closed as soon as accepted because their listener was at max_connections",
+        refused.clone(),
+    );
     let state = ApiState {
         queries: Queries::new(store.clone(), config.query.clone()),
         provenance: opened.provenance.clone(),
@@ -202,46 +210,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         ready: Arc::default(),
     };
     let l = &config.listen;
-    let (grpc_l, otlp_l, zipkin_l, http_l) = (
-        bind(l.otlp_grpc, "otlp grpc").await?,
-        bind(l.otlp_http, "otlp http").await?,
-        bind(l.zipkin, "zipkin").await?,
-        bind(l.http, "query http").await?,
-    );
-    let mut tasks = Vec::new();
-    let token = shutdown.clone();
-    let grpc_service = grpc::service(ingest.clone());
-    let watch_auth = auth.clone();
     let security = api::Security {
-        auth,
+        auth: auth.clone(),
         hosts: AllowedHosts::new(l.http, &config.auth.allowed_hosts),
         cors_origins: config.auth.cors_origins.clone(),
     };
-    tasks.push(tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(grpc_service)
-            .add_service(WatchService::server(priorities, watch_auth))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
-                token.cancelled_owned(),
-            )
-            .await
-            .context("otlp grpc server")
-    }));
-    for (listener, router) in [
-        (otlp_l, http::otlp_router(ingest.clone())),
-        (zipkin_l, http::zipkin_router(ingest.clone())),
-        (http_l, api::router(state.clone(), timing, security)),
-    ] {
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, service)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .context("http server")
-        }));
-    }
+    let http_routers = [
+        (l.otlp_http, "otlp http", http::otlp_router(ingest.clone())),
+        (l.zipkin, "zipkin", http::zipkin_router(ingest.clone())),
+        (
+            l.http,
+            "query http",
+            api::router(state.clone(), timing, security),
+        ),
+    ];
+    let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(l.limits.max_streams))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(grpc::service(ingest.clone()))
+        .add_service(WatchService::server(priorities, auth));
+    let mut tasks = listen(l, grpc, http_routers, refused, &shutdown).await?;
     tasks.push(tokio::spawn(background(
         store.clone(),
         wal.clone(),
@@ -257,6 +245,34 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// Binds every listener behind its connection gate and serves it until `shutdown`.
+async fn listen(
+    l: &crate::config::Listen,
+    grpc: tonic::transport::server::Router,
+    http_routers: [(SocketAddr, &'static str, axum::Router); 3],
+    refused: Counter,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let gate = |listener| Gate::new(listener, l.limits.max_connections, refused.clone());
+    let grpc_gate = gate(bind(l.otlp_grpc, "otlp grpc").await?);
+    let mut tasks = Vec::new();
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        grpc.serve_with_incoming_shutdown(grpc_gate.incoming(), token.cancelled_owned())
+            .await
+            .context("otlp grpc server")
+    }));
+    for (addr, what, router) in http_routers {
+        let gate = gate(bind(addr, what).await?);
+        let (token, limits) = (shutdown.clone(), l.limits.clone());
+        tasks.push(tokio::spawn(async move {
+            serve_http(gate, router, &limits, token).await;
+            Ok(())
+        }));
+    }
+    Ok(tasks)
 }
 
 /// Flushes by size or age and applies retention until shutdown.

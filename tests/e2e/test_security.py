@@ -128,3 +128,62 @@ def test_queries_past_the_concurrency_limit_get_429_with_retry_after(server_fact
     assert "retry" in r.json()["error"]
     attacker.join(15)
     assert server.api.sql_rows("SELECT 1") == [[1]]
+
+
+def test_a_span_dated_in_2100_is_rejected_and_its_batch_mates_kept(server):
+    trace = new_trace_id().hex()
+    t = now_ns()
+    year_2100 = 4_102_444_800_000_000_000
+    spans = [
+        span_json(trace, "honest", t, t + 1000),
+        span_json(trace, "forged", year_2100, year_2100 + 1000),
+    ]
+    r = post_otlp_json(server, request_json("clock", spans))
+    assert r.status_code == 200, r.text
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1
+    assert "more than 10m in the future" in partial["errorMessage"]
+    got = server.api.trace(trace)
+    assert [s["operationName"] for s in got["spans"]] == ["honest"]
+
+
+def test_trace_id_lists_are_capped(server):
+    ids = [new_trace_id().hex() for _ in range(1001)]
+    r = server.api.get("/api/traces", params={"traceID": ids}, expect=400)
+    assert "at most 1000" in r.json()["errors"][0]["msg"]
+    server.api.get("/api/traces", params={"traceID": ids[:1000]})
+
+
+def test_a_thousand_idle_connections_do_not_stop_ingest(server_factory, tmp_path):
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    config = write_config(
+        tmp_path, '[listen.limits]\nmax_connections = 300\nheader_read_timeout = "2s"\n'
+    )
+    server = server_factory("--config", config)
+    idle = []
+    try:
+        for _ in range(1000):
+            s = socket.create_connection(("127.0.0.1", server.otlp_http_port), timeout=5)
+            idle.append(s)
+        # Ingest on the other ports and the query port answer at once meanwhile.
+        t = time.monotonic()
+        assert requests.get(f"{server.query_url}/readyz", timeout=1).status_code == 200
+        zipkin = [{"traceId": new_trace_id().hex(), "id": "00000000000000a1", "name": "z",
+                   "timestamp": now_ns() // 1000, "duration": 5, "localEndpoint": {"serviceName": "z"}}]
+        r = requests.post(f"{server.zipkin_url}/api/v2/spans", json=zipkin, timeout=1)
+        assert r.status_code == 202 and time.monotonic() - t < 2
+        # Past the limit, connections were closed at once, not left in the backlog.
+        refused = server.api.metric("meshtrace_connections_refused_total")
+        assert refused >= 650, refused
+        # The idle ones that were accepted are closed after the header timeout...
+        time.sleep(3)
+
+        # ...and the port serves again.
+        assert ingest_once(server) < 2
+    finally:
+        for s in idle:
+            s.close()

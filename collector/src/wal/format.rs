@@ -240,6 +240,7 @@ fn decode_otlp(payload: &[u8]) -> Result<Vec<Span>, String> {
         max_events: usize::MAX,
         max_links: usize::MAX,
         max_name_bytes: usize::MAX,
+        max_future_skew: std::time::Duration::MAX,
     };
     let batch =
         otlp_wire::decode(payload, &unbounded).map_err(|e| format!("undecodable payload: {e}"))?;

@@ -141,11 +141,18 @@ pub fn trace_query(params: &Params) -> Result<TraceQuery, ApiError> {
     })
 }
 
+/// The most traces one `/api/traces?traceID=` request may name.
+const MAX_TRACE_IDS: usize = 1000;
+
 /// `GET /api/traces`: search, or fetch the traces named by repeated `traceID`.
 pub async fn find_traces(
     State(state): State<ApiState>,
     params: Params,
 ) -> Answer<Vec<JaegerTrace>> {
+    if params.all("traceID").count() > MAX_TRACE_IDS {
+        let many = format!("at most {MAX_TRACE_IDS} traceID values per request");
+        return Err(ApiError::invalid("traceID", many).into());
+    }
     let ids: Vec<TraceId> = params
         .all("traceID")
         .map(|id| parse_trace_id(id).map_err(|e| ApiError::invalid("traceID", e)))

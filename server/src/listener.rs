@@ -1,0 +1,236 @@
+//! Serving a listener with bounded connections, so idle or slow clients cannot exhaust the
+//! process's file descriptors or hold connections open forever.
+//!
+//! Every listener (the three HTTP ports and OTLP gRPC) accepts at most
+//! [`ConnectionLimits::max_connections`] connections at once: past that, a new connection is
+//! accepted and closed at once (refused fast, counted in
+//! `meshtrace_connections_refused_total`) instead of waiting in the kernel's backlog. HTTP/1
+//! connections must send a request's headers within
+//! [`ConnectionLimits::header_read_timeout`] of connecting or of their previous response,
+//! which also closes keep-alive connections that sit idle; HTTP/2 connections carry at most
+//! [`ConnectionLimits::max_streams`] concurrent streams. Accept errors (a full descriptor
+//! table) back off briefly instead of spinning. At start-up the soft limit of open files is
+//! raised to the hard limit.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Connection limits of every listener (`[listen.limits]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Open connections per listener; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time an HTTP/1 client has to send a request's headers (also the keep-alive idle limit).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Concurrent streams per HTTP/2 (and gRPC) connection.
+    pub max_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(30),
+            max_streams: 256,
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (as Go's runtime does), so the
+/// connection limits, not the descriptor table, decide when connections are refused.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, soft, hard, "could not raise the open files limit");
+            }
+        }
+    }
+}
+
+/// Accepts connections up to the limit; the rest are closed at once and counted.
+pub struct Gate {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    refused: Counter,
+}
+
+impl Gate {
+    pub fn new(listener: TcpListener, max_connections: usize, refused: Counter) -> Gate {
+        Gate {
+            listener,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            refused,
+        }
+    }
+
+    /// The next connection within the limit.
+    pub async fn accept(&self) -> (Limited, SocketAddr) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        Limited {
+                            stream,
+                            _slot: slot,
+                        },
+                        peer,
+                    );
+                }
+                Err(_) => {
+                    self.refused.inc();
+                    drop(stream);
+                }
+            }
+        }
+    }
+
+    /// The accepted connections as a stream, for tonic's `serve_with_incoming_shutdown`.
+    pub fn incoming(self) -> impl futures::Stream<Item = io::Result<Limited>> {
+        futures::stream::unfold(self, |gate| async move {
+            let (conn, _) = gate.accept().await;
+            Some((Ok(conn), gate))
+        })
+    }
+}
+
+/// A connection holding one of its listener's slots until it closes.
+pub struct Limited {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Limited {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// Serves `router` on `gate` until `shutdown`, then lets open requests finish (at most 10 s).
+/// Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_http(
+    gate: Gate,
+    router: Router,
+    limits: &ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (conn, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = gate.accept() => accepted,
+        };
+        let router = router.clone();
+        let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(req.map(axum::body::Body::new)).await;
+                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+            }
+        });
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let header_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            // The client must send something before hyper sees the connection: the HTTP/1
+            // or HTTP/2 sniffing of the auto builder has no timeout of its own.
+            let mut first = [0u8; 1];
+            let sent = tokio::time::timeout(header_timeout, conn.stream.peek(&mut first)).await;
+            if !matches!(sent, Ok(Ok(1))) {
+                return;
+            }
+            let service = TowerToHyperService::new(service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(gate);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open requests did not finish within 10 s of shutdown");
+    }
+}
