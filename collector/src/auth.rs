@@ -24,8 +24,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
+use meshtrace_model::class::strip_class_claims;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+
+use crate::validate::{Batch, RejectReason};
 
 /// One kind of access a token grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -159,6 +162,35 @@ impl Caller {
         match self {
             Caller::Token(t) => t.classes.is_empty() || t.classes.iter().any(|c| c == class),
             Caller::Anonymous => true,
+        }
+    }
+}
+
+/// Applies what an ingest token may speak for to a decoded batch: spans of services outside
+/// its `services` are rejected (named in the partial success), and class claims outside its
+/// `classes` are removed (counted in [`Batch::stripped`]), so the trace is classified by the
+/// rules instead. Anonymous callers (no tokens configured) may claim anything.
+pub fn police(caller: &Caller, batch: &mut Batch) {
+    let Caller::Token(token) = caller else { return };
+    if !token.services.is_empty() {
+        let spans = std::mem::take(&mut batch.spans);
+        for span in spans {
+            if token.services.contains(&span.service_name) {
+                batch.spans.push(span);
+            } else {
+                let at = format!("span {}", hex::encode(span.span_id));
+                let problem = format!(
+                    "token {:?} may not send spans of service {:?}",
+                    token.name, span.service_name
+                );
+                batch.reject(RejectReason::ServiceNotAllowed, at, problem);
+            }
+        }
+    }
+    if !token.classes.is_empty() {
+        for span in &mut batch.spans {
+            let allowed = |class: &str| token.classes.iter().any(|c| c == class);
+            batch.stripped += u64::from(strip_class_claims(span, allowed));
         }
     }
 }

@@ -25,6 +25,7 @@ pub struct IngestMetrics {
     pub spans_accepted: Counter,
     pub spans_rejected: Family<ReasonLabel, Counter>,
     pub values_truncated: Counter,
+    pub class_claims_stripped: Counter,
     pub requests: Family<RequestLabels, Counter>,
 }
 
@@ -36,6 +37,11 @@ impl IngestMetrics {
             "meshtrace_spans_received",
             "spans received by any receiver, before validation",
             m.spans_received.clone(),
+        );
+        registry.register(
+            "meshtrace_class_claims_stripped",
+            "spans whose trace class claim was removed: their ingest token may not claim it",
+            m.class_claims_stripped.clone(),
         );
         registry.register(
             "meshtrace_spans_accepted",

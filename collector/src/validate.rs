@@ -43,6 +43,16 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The defaults for recorded traces read from files (import, test fixtures): any date.
+    pub fn for_files() -> Limits {
+        Limits {
+            max_future_skew: std::time::Duration::MAX,
+            ..Limits::default()
+        }
+    }
+}
+
 /// Why a span was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectReason {
@@ -52,6 +62,7 @@ pub enum RejectReason {
     EndBeforeStart,
     MissingTimestamp,
     FutureTimestamp,
+    ServiceNotAllowed,
 }
 
 impl RejectReason {
@@ -63,6 +74,7 @@ impl RejectReason {
             RejectReason::EndBeforeStart => "end_before_start",
             RejectReason::MissingTimestamp => "missing_timestamp",
             RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::ServiceNotAllowed => "service_not_allowed",
         }
     }
 }
@@ -83,6 +95,8 @@ pub struct Batch {
     pub truncated: u64,
     /// Records folded into another record of the same span (Zipkin fragments).
     pub merged: u64,
+    /// Spans whose class claim was removed: their sender may not make it ([`crate::auth`]).
+    pub stripped: u64,
 }
 
 impl Batch {

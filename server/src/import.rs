@@ -109,7 +109,7 @@ async fn send_http(client: &reqwest::Client, url: &str, spans: &[Span]) -> anyho
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
-    let limits = Limits::default();
+    let limits = Limits::for_files();
     let target = match (&args.to, &args.data_dir) {
         (Some(to), _) => Target::Http {
             client: reqwest::Client::new(),

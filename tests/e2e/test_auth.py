@@ -228,3 +228,55 @@ def test_without_tokens_changes_and_sql_are_for_loopback_only(server_factory):
     r = requests.put(f"{server.query_url}/api/v1/priorities/overrides", json={"batch": 0}, timeout=5)
     assert r.status_code == 200
     assert "no auth tokens configured" in server.log_text()
+
+
+SHOP = "shop-ingest-token-7c1f9e"
+
+
+def test_an_ingest_token_speaks_only_for_its_services_and_classes(server_factory, tmp_path):
+    config = tmp_path / "meshtrace.toml"
+    config.write_text(
+        TOKENS
+        + f"""
+[[auth.tokens]]
+name = "shop"
+token = "{SHOP}"
+scopes = ["ingest"]
+services = ["productpage", "reviews"]
+classes = ["batch"]
+"""
+    )
+    server = server_factory("--config", str(config))
+    t = now_ns()
+    forged, honest, foreign = (new_trace_id().hex() for _ in range(3))
+    body = {
+        "resourceSpans": [
+            request_json(
+                "productpage",
+                [
+                    span_json(forged, "GET /", t, t + 5_000_000_000, attrs={"mesh.class": "interactive"}),
+                    span_json(honest, "GET /", t, t + 1000, attrs={"baggage": "mesh.class=batch"}),
+                ],
+            )["resourceSpans"][0],
+            request_json("payments", [span_json(foreign, "charge", t, t + 1000)])["resourceSpans"][0],
+        ]
+    }
+    r = requests.post(server.traces_url, json=body, headers=bearer(SHOP), timeout=5)
+    assert r.status_code == 200, r.text
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1
+    assert 'token "shop" may not send spans of service "payments"' in partial["errorMessage"]
+    classes = requests.get(
+        f"{server.query_url}/api/v1/traces/classes",
+        params={"traceID": [forged, honest]},
+        headers=bearer(READER),
+        timeout=5,
+    ).json()
+    by_id = {trace_id: c["class"] for trace_id, c in classes["classes"].items()}
+    assert by_id[forged] == "default", f"a forged class claim was kept: {classes}"
+    assert by_id[honest] == "batch"
+    stripped = [
+        line for line in requests.get(f"{server.query_url}/metrics", timeout=5).text.splitlines()
+        if line.startswith("meshtrace_class_claims_stripped_total ")
+    ]
+    assert stripped == ["meshtrace_class_claims_stripped_total 1"], stripped

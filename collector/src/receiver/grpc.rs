@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::Ingest;
-use crate::auth::{authorization, Access};
+use crate::auth::{authorization, police, Access, Caller};
 use crate::decode::otlp;
 use crate::Error;
 
@@ -73,16 +73,17 @@ where
         }
         let peer = peer_ip(&req);
         let auth = self.ingest.auth();
-        if let Err(e) = auth.authorize(authorization(req.headers()), peer, Access::INGEST) {
-            return Box::pin(async move { Ok(e.grpc_status().into_http()) });
-        }
+        let caller = match auth.authorize(authorization(req.headers()), peer, Access::INGEST) {
+            Ok(caller) => caller,
+            Err(e) => return Box::pin(async move { Ok(e.grpc_status().into_http()) }),
+        };
         let this = self.clone();
         Box::pin(async move {
             let mut grpc = Grpc::new(RequestCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(this.max_decoded);
-            Ok(grpc.unary(Export(this.ingest), req).await)
+            Ok(grpc.unary(Export(this.ingest, caller), req).await)
         })
     }
 }
@@ -96,26 +97,28 @@ pub fn peer_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
 }
 
 /// One export call.
-struct Export(Arc<Ingest>);
+struct Export(Arc<Ingest>, Caller);
 
 impl UnaryService<Bytes> for Export {
     type Response = ExportTraceServiceResponse;
     type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let ingest = self.0.clone();
-        Box::pin(async move { export(&ingest, request.into_inner()).await })
+        let (ingest, caller) = (self.0.clone(), self.1.clone());
+        Box::pin(async move { export(&ingest, &caller, request.into_inner()).await })
     }
 }
 
 async fn export(
     ingest: &Ingest,
+    caller: &Caller,
     body: Bytes,
 ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-    let batch = otlp::decode_protobuf(&body, ingest.limits()).map_err(|e| {
+    let mut batch = otlp::decode_protobuf(&body, ingest.limits()).map_err(|e| {
         ingest.record_failure("otlp_grpc", &e);
         to_status(&e)
     })?;
+    police(caller, &mut batch);
     let outcome = ingest
         .submit_otlp("otlp_grpc", batch, body)
         .await

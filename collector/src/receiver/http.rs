@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -20,7 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use super::{Ingest, Outcome};
-use crate::auth;
+use crate::auth::{self, Caller};
 use crate::decode::{otlp, otlp_json, zipkin};
 use crate::Error;
 
@@ -132,7 +133,13 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Error> {
     Ok(Bytes::from(out))
 }
 
-async fn otlp_traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+async fn otlp_traces(
+    State(ingest): State<Ingest>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = caller.map_or(Caller::Anonymous, |Extension(c)| c);
     let encoding = match media_type(&headers).as_str() {
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
@@ -145,7 +152,7 @@ async fn otlp_traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Bod
             return error_response(&e);
         }
     };
-    match otlp_ingest(&ingest, &headers, body, encoding).await {
+    match otlp_ingest(&ingest, &caller, &headers, body, encoding).await {
         Ok(outcome) => otlp_success(encoding, outcome),
         Err(e) => {
             ingest.record_failure("otlp_http", &e);
@@ -156,6 +163,7 @@ async fn otlp_traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Bod
 
 async fn otlp_ingest(
     ingest: &Ingest,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
@@ -163,11 +171,13 @@ async fn otlp_ingest(
     let bytes = read_body(ingest, headers, body).await?;
     match encoding {
         Encoding::Protobuf => {
-            let batch = otlp::decode_protobuf(&bytes, ingest.limits())?;
+            let mut batch = otlp::decode_protobuf(&bytes, ingest.limits())?;
+            auth::police(caller, &mut batch);
             ingest.submit_otlp("otlp_http", batch, bytes).await
         }
         Encoding::Json => {
-            let batch = otlp_json::decode(&bytes, ingest.limits())?;
+            let mut batch = otlp_json::decode(&bytes, ingest.limits())?;
+            auth::police(caller, &mut batch);
             ingest.submit("otlp_http", batch).await
         }
     }
@@ -202,7 +212,13 @@ fn otlp_success(encoding: Encoding, outcome: Outcome) -> Response {
     }
 }
 
-async fn zipkin_spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+async fn zipkin_spans(
+    State(ingest): State<Ingest>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = caller.map_or(Caller::Anonymous, |Extension(c)| c);
     // A JSON content type also keeps browsers from sending spans cross-origin without a
     // CORS preflight (which this port never grants).
     let media = media_type(&headers);
@@ -216,7 +232,8 @@ async fn zipkin_spans(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
     }
     let result = async {
         let bytes = read_body(&ingest, &headers, body).await?;
-        let batch = zipkin::decode(&bytes, ingest.limits())?;
+        let mut batch = zipkin::decode(&bytes, ingest.limits())?;
+        auth::police(&caller, &mut batch);
         ingest.submit("zipkin", batch).await
     }
     .await;

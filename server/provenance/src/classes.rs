@@ -10,7 +10,6 @@
 //!    name;
 //! 3. else [`DEFAULT_CLASS`].
 
-use meshtrace_model::{find_attribute, KeyValue};
 use serde::{Deserialize, Serialize};
 
 use crate::span::SlimSpan;
@@ -18,8 +17,7 @@ use crate::span::SlimSpan;
 /// The class of traces that match no rule.
 pub const DEFAULT_CLASS: &str = "default";
 
-/// Attribute keys that carry an explicit class, in priority order.
-pub const CLASS_KEYS: &[&str] = &["mesh.class", "request.class"];
+pub use meshtrace_model::class::CLASS_KEYS;
 
 /// Attribute keys giving the route of an entry span, in priority order (else the span name).
 pub const ROUTE_KEYS: &[&str] = &["http.route", "http.target", "rpc.method"];
@@ -91,40 +89,7 @@ pub fn route_of(span: &SlimSpan) -> String {
 
 /// The class carried explicitly by a span, if any (see the module docs).
 pub fn explicit_class(span: &SlimSpan) -> Option<String> {
-    let in_list = |attrs: &[KeyValue]| {
-        CLASS_KEYS.iter().find_map(|k| {
-            find_attribute(attrs, k)
-                .map(|v| v.to_display())
-                .filter(|v| !v.is_empty())
-        })
-    };
-    in_list(&span.attributes)
-        .or_else(|| in_list(&span.resource_attributes))
-        .or_else(|| {
-            span.attribute("baggage")
-                .and_then(|b| from_baggage(&b.to_display()))
-        })
-}
-
-/// Reads a class key from a W3C baggage header value.
-fn from_baggage(baggage: &str) -> Option<String> {
-    let members: Vec<(&str, &str)> = baggage
-        .split(',')
-        .filter_map(|m| {
-            let kv = m.split(';').next()?;
-            let (k, v) = kv.split_once('=')?;
-            Some((k.trim(), v.trim()))
-        })
-        .collect();
-    CLASS_KEYS
-        .iter()
-        .find_map(|k| {
-            members
-                .iter()
-                .find(|(mk, _)| mk == k)
-                .map(|(_, v)| v.to_string())
-        })
-        .filter(|v| !v.is_empty())
+    meshtrace_model::class::explicit_class(&span.attributes, &span.resource_attributes)
 }
 
 /// The class of a trace whose entry span is `root`.

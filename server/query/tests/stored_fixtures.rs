@@ -26,12 +26,14 @@ fn fixture(rel: &str) -> Vec<u8> {
 
 fn zipkin(name: &str) -> Vec<Span> {
     let body = fixture(&format!("zipkin/{name}"));
-    zipkin::decode(&body, &Limits::default()).unwrap().spans
+    zipkin::decode(&body, &Limits::for_files()).unwrap().spans
 }
 
 fn bookinfo() -> Vec<Span> {
     let body = fixture("istio/responseTrace.json");
-    otlp_json::decode(&body, &Limits::default()).unwrap().spans
+    otlp_json::decode(&body, &Limits::for_files())
+        .unwrap()
+        .spans
 }
 
 /// The spans stored, their traces derived and stored, both flushed; the in-memory graph of

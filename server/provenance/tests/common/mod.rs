@@ -20,25 +20,25 @@ pub fn read(rel: &str) -> Vec<u8> {
 }
 
 pub fn zipkin(name: &str) -> Vec<Span> {
-    zipkin::decode(&read(&format!("zipkin/{name}")), &Limits::default())
+    zipkin::decode(&read(&format!("zipkin/{name}")), &Limits::for_files())
         .unwrap()
         .spans
 }
 
 pub fn jaeger(rel: &str) -> Vec<Span> {
-    jaeger_json::decode(&read(rel), &Limits::default())
+    jaeger_json::decode(&read(rel), &Limits::for_files())
         .unwrap()
         .spans
 }
 
 pub fn otlp_json_bytes(body: &[u8]) -> Vec<Span> {
-    otlp_json::decode(body, &Limits::default()).unwrap().spans
+    otlp_json::decode(body, &Limits::for_files()).unwrap().spans
 }
 
 pub fn nezha(rel: &str) -> Vec<Span> {
     nezha::decode(
         std::fs::File::open(fixture(rel)).unwrap(),
-        &Limits::default(),
+        &Limits::for_files(),
     )
     .unwrap()
     .spans
