@@ -31,6 +31,7 @@ pub struct Config {
     pub provenance: ProvenanceSettings,
     pub budgets: BudgetSettings,
     pub auth: AuthSettings,
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// Tokens and browser rules (`[auth]`); see [`meshtrace_collector::auth`].
@@ -215,6 +216,7 @@ impl Default for Config {
             provenance: ProvenanceSettings::default(),
             budgets: BudgetSettings::default(),
             auth: AuthSettings::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -312,6 +314,12 @@ pub struct ServeArgs {
     /// Sliding window of budget observations, e.g. 60s [default: 60s]
     #[arg(long, env = "MESHTRACE_BUDGET_WINDOW", value_parser = humantime::parse_duration)]
     pub budget_window: Option<Duration>,
+    /// PEM certificate chain served on every port (with --tls-key)
+    #[arg(long, env = "MESHTRACE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "MESHTRACE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// TOML file of `[[tokens]]` (name, token, scopes, services, classes) required by every port
     #[arg(long, env = "MESHTRACE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
@@ -367,6 +375,12 @@ impl Config {
         set(&mut self.provenance.idle, &a.provenance_idle);
         set(&mut self.budgets.step, &a.budget_step);
         set(&mut self.budgets.window, &a.budget_window);
+        if a.tls_cert.is_some() {
+            self.tls.cert = a.tls_cert.clone();
+        }
+        if a.tls_key.is_some() {
+            self.tls.key = a.tls_key.clone();
+        }
         if a.auth_tokens_file.is_some() {
             self.auth.tokens_file = a.auth_tokens_file.clone();
         }

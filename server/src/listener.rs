@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -71,19 +73,30 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// Accepts connections up to the limit; the rest are closed at once and counted.
+/// Accepts connections up to the limit (the rest are closed at once and counted) and secures
+/// them with TLS when configured.
 pub struct Gate {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     refused: Counter,
+    tls: Option<TlsAcceptor>,
+    /// Time a new connection has to complete its TLS handshake, or to send its first byte.
+    first_byte_timeout: Duration,
 }
 
 impl Gate {
-    pub fn new(listener: TcpListener, max_connections: usize, refused: Counter) -> Gate {
+    pub fn new(
+        listener: TcpListener,
+        limits: &ConnectionLimits,
+        tls: Option<TlsAcceptor>,
+        refused: Counter,
+    ) -> Gate {
         Gate {
             listener,
-            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             refused,
+            tls,
+            first_byte_timeout: limits.header_read_timeout,
         }
     }
 
@@ -117,12 +130,119 @@ impl Gate {
         }
     }
 
-    /// The accepted connections as a stream, for tonic's `serve_with_incoming_shutdown`.
-    pub fn incoming(self) -> impl futures::Stream<Item = io::Result<Limited>> {
-        futures::stream::unfold(self, |gate| async move {
-            let (conn, _) = gate.accept().await;
-            Some((Ok(conn), gate))
-        })
+    /// Waits for a new connection to complete its TLS handshake, or without TLS to send its
+    /// first byte (the HTTP/1-or-2 sniffing of hyper's auto builder has no timeout of its
+    /// own); `None` if it does not in time.
+    pub async fn secure(&self, conn: Limited) -> Option<Conn> {
+        let deadline = self.first_byte_timeout;
+        match &self.tls {
+            Some(tls) => match tokio::time::timeout(deadline, tls.accept(conn)).await {
+                Ok(Ok(stream)) => Some(Conn::Tls(Box::new(stream))),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => None,
+            },
+            None => {
+                let mut first = [0u8; 1];
+                let sent = tokio::time::timeout(deadline, conn.stream.peek(&mut first)).await;
+                matches!(sent, Ok(Ok(1))).then_some(Conn::Plain(conn))
+            }
+        }
+    }
+
+    /// The secured connections as a stream, for tonic's `serve_with_incoming_shutdown`;
+    /// handshakes run side by side, so a slow client holds up no one else.
+    pub fn incoming(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl futures::Stream<Item = io::Result<Conn>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let gate = Arc::new(self);
+        tokio::spawn(async move {
+            loop {
+                let (conn, _) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = gate.accept() => accepted,
+                };
+                let (gate, tx) = (gate.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Some(conn) = gate.secure(conn).await {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// An accepted connection, plain or TLS.
+pub enum Conn {
+    Plain(Limited),
+    Tls(Box<TlsStream<Limited>>),
+}
+
+impl Conn {
+    /// Whether TLS negotiated HTTP/2 (`Some(true)`) or HTTP/1.1 (`Some(false)`) by ALPN.
+    fn alpn_h2(&self) -> Option<bool> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => s.get_ref().1.alpn_protocol().map(|p| p == b"h2"),
+        }
+    }
+}
+
+macro_rules! delegate_io {
+    ($self:ident, $inner:ident => $call:expr) => {
+        match $self.get_mut() {
+            Conn::Plain($inner) => {
+                let $inner = Pin::new($inner);
+                $call
+            }
+            Conn::Tls($inner) => {
+                let $inner = Pin::new($inner.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate_io!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate_io!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_io!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_io!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Conn::Plain(c) => c.stream.connect_info(),
+            Conn::Tls(s) => s.get_ref().0.stream.connect_info(),
+        }
     }
 }
 
@@ -168,14 +288,6 @@ impl AsyncWrite for Limited {
     }
 }
 
-impl tonic::transport::server::Connected for Limited {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
 /// Serves `router` on `gate` until `shutdown`, then lets open requests finish (at most 10 s).
 /// Handlers see the client's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve_http(
@@ -195,6 +307,7 @@ pub async fn serve_http(
         .max_concurrent_streams(limits.max_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
+    let gate = Arc::new(gate);
     loop {
         let (conn, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -209,16 +322,16 @@ pub async fn serve_http(
                 Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
         });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        let header_timeout = limits.header_read_timeout;
+        let (builder, watcher, gate) = (builder.clone(), graceful.watcher(), gate.clone());
         tokio::spawn(async move {
-            // The client must send something before hyper sees the connection: the HTTP/1
-            // or HTTP/2 sniffing of the auto builder has no timeout of its own.
-            let mut first = [0u8; 1];
-            let sent = tokio::time::timeout(header_timeout, conn.stream.peek(&mut first)).await;
-            if !matches!(sent, Ok(Ok(1))) {
+            let Some(conn) = gate.secure(conn).await else {
                 return;
-            }
+            };
+            let builder = match conn.alpn_h2() {
+                Some(true) => builder.http2_only(),
+                Some(false) => builder.http1_only(),
+                None => builder,
+            };
             let service = TowerToHyperService::new(service);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {

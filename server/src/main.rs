@@ -13,6 +13,7 @@ mod pipeline;
 mod priorities;
 mod provenance;
 mod serve;
+mod tls;
 
 use clap::{Parser, Subcommand};
 

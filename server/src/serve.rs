@@ -229,7 +229,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(grpc::service(ingest.clone()))
         .add_service(WatchService::server(priorities, auth));
-    let mut tasks = listen(l, grpc, http_routers, refused, &shutdown).await?;
+    let tls = config.tls.acceptor().context("setting up TLS")?;
+    let mut tasks = listen(l, tls, grpc, http_routers, refused, &shutdown).await?;
     tasks.push(tokio::spawn(background(
         store.clone(),
         wal.clone(),
@@ -250,17 +251,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// Binds every listener behind its connection gate and serves it until `shutdown`.
 async fn listen(
     l: &crate::config::Listen,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     grpc: tonic::transport::server::Router,
     http_routers: [(SocketAddr, &'static str, axum::Router); 3],
     refused: Counter,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
-    let gate = |listener| Gate::new(listener, l.limits.max_connections, refused.clone());
+    let gate = |listener| Gate::new(listener, &l.limits, tls.clone(), refused.clone());
     let grpc_gate = gate(bind(l.otlp_grpc, "otlp grpc").await?);
     let mut tasks = Vec::new();
     let token = shutdown.clone();
+    let incoming = grpc_gate.incoming(token.clone());
     tasks.push(tokio::spawn(async move {
-        grpc.serve_with_incoming_shutdown(grpc_gate.incoming(), token.cancelled_owned())
+        grpc.serve_with_incoming_shutdown(incoming, token.cancelled_owned())
             .await
             .context("otlp grpc server")
     }));

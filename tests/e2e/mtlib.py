@@ -102,10 +102,17 @@ class Server:
         flush_age: str = "1s",
         subcommand: str = "serve",
         http_host: str = "127.0.0.1",
+        tls_ca: Path | None = None,
+        tls_client: tuple[str, str] | None = None,
     ) -> None:
         self.binary = Path(binary)
         self.subcommand = subcommand
         self.http_host = http_host
+        # With a CA (the server was given --tls-cert/--tls-key): https URLs, verified by it.
+        self.tls_ca = tls_ca
+        self.scheme = "https" if tls_ca else "http"
+        # (certificate, key) the probes and `api` present when the server requires one.
+        self.tls_client = tls_client
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -123,6 +130,9 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.api = Api(self.query_url)
+        if tls_ca:
+            self.api.session.verify = str(tls_ca)
+            self.api.session.cert = tls_client
 
     # URLs ------------------------------------------------------------------------------------
     @property
@@ -131,7 +141,7 @@ class Server:
 
     @property
     def otlp_http_url(self) -> str:
-        return f"http://127.0.0.1:{self.otlp_http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.otlp_http_port}"
 
     @property
     def traces_url(self) -> str:
@@ -139,11 +149,11 @@ class Server:
 
     @property
     def zipkin_url(self) -> str:
-        return f"http://127.0.0.1:{self.zipkin_port}"
+        return f"{self.scheme}://127.0.0.1:{self.zipkin_port}"
 
     @property
     def query_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     # Lifecycle -------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -200,7 +210,10 @@ class Server:
                     f"--- {self.log_path} ---\n{self.log_tail()}"
                 )
             try:
-                r = requests.get(f"{self.query_url}/readyz", timeout=2)
+                verify = str(self.tls_ca) if self.tls_ca else True
+                r = requests.get(
+                    f"{self.query_url}/readyz", timeout=2, verify=verify, cert=self.tls_client
+                )
                 if r.status_code == 200:
                     return
                 last = f"HTTP {r.status_code}: {r.text[:200]}"
