@@ -179,6 +179,13 @@ pub struct BudgetSettings {
     /// Hop positions (paths from the entry) kept per class in each step; samples at further
     /// new positions count towards their nearest kept ancestor.
     pub max_positions_per_class: usize,
+    /// Hop positions visited by fewer traces in the window do not move budgets.
+    pub min_hop_traces: u64,
+    /// Proxies kept in the registry (`GET /api/v1/proxies`); new ones past it are not recorded.
+    pub max_proxies: usize,
+    /// Proxies not seen for this long leave the registry.
+    #[serde(with = "humantime_serde")]
+    pub proxy_ttl: Duration,
     /// Objectives per class; those set with PUT /api/v1/classes/{class}/objective win.
     pub objectives: std::collections::BTreeMap<String, Objective>,
 }
@@ -198,6 +205,9 @@ impl Default for BudgetSettings {
             max_wait: Duration::from_secs(60),
             history_len: 64,
             max_positions_per_class: w.max_positions,
+            min_hop_traces: w.min_hop_traces,
+            max_proxies: 10_000,
+            proxy_ttl: Duration::from_secs(3600),
             objectives: Default::default(),
         }
     }

@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from mtlib import new_span_id, new_trace_id, now_ns, post_otlp_json, request_json, span_json
+from mtlib import eventually, new_span_id, new_trace_id, now_ns, post_otlp_json, request_json, span_json
 
 CROSS_JOIN = (
     "SELECT count(*) FROM spans a, spans b, spans c "
@@ -161,14 +161,16 @@ def test_a_thousand_idle_connections_do_not_stop_ingest(server_factory, tmp_path
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     config = write_config(
-        tmp_path, '[listen.limits]\nmax_connections = 300\nheader_read_timeout = "2s"\n'
+        tmp_path, '[listen.limits]\nmax_connections = 300\nheader_read_timeout = "5s"\n'
     )
     server = server_factory("--config", config)
     idle = []
     try:
+        opening = time.monotonic()
         for _ in range(1000):
             s = socket.create_connection(("127.0.0.1", server.otlp_http_port), timeout=5)
             idle.append(s)
+        opened_in = time.monotonic() - opening
         # Ingest on the other ports and the query port answer at once meanwhile.
         t = time.monotonic()
         assert requests.get(f"{server.query_url}/readyz", timeout=1).status_code == 200
@@ -176,14 +178,33 @@ def test_a_thousand_idle_connections_do_not_stop_ingest(server_factory, tmp_path
                    "timestamp": now_ns() // 1000, "duration": 5, "localEndpoint": {"serviceName": "z"}}]
         r = requests.post(f"{server.zipkin_url}/api/v2/spans", json=zipkin, timeout=1)
         assert r.status_code == 202 and time.monotonic() - t < 2
-        # Past the limit, connections were closed at once, not left in the backlog.
-        refused = server.api.metric("meshtrace_connections_refused_total")
-        assert refused >= 650, refused
+        # Past the limit, connections are closed as soon as accepted, not left in the backlog
+        # (all 700 when none of the first 300 timed out while the rest were opened).
+        expected = 700 if opened_in < 4 else 1
+        eventually(
+            lambda: server.api.metric("meshtrace_connections_refused_total") >= expected or None,
+            what=f"{expected} connections refused",
+        )
         # The idle ones that were accepted are closed after the header timeout...
-        time.sleep(3)
+        time.sleep(6)
 
         # ...and the port serves again.
         assert ingest_once(server) < 2
     finally:
         for s in idle:
             s.close()
+
+
+def test_made_up_proxy_names_cannot_grow_the_registry(server_factory, tmp_path):
+    config = write_config(tmp_path, "[budgets]\nmax_proxies = 50\n")
+    server = server_factory("--config", config)
+    url = f"{server.query_url}/api/v1/priorities"
+    with requests.Session() as s:
+        for i in range(100):
+            r = s.get(url, params={"service": "reviews", "node": f"forged-{i}"}, timeout=5)
+            assert r.status_code == 200, r.text
+        too_long = s.get(url, params={"service": "reviews", "node": "n" * 300}, timeout=5)
+    assert too_long.status_code == 400 and "node" in too_long.text
+    proxies = server.api.json("/api/v1/proxies")["proxies"]
+    assert len(proxies) == 50
+    assert server.api.metric("meshtrace_proxies_refused_total") == 50

@@ -89,7 +89,9 @@ fn flat_critical_path_rows_split_the_same_way() {
         HopSample::new("b", "rpc", 30 * MS),
         HopSample::new("c", "query", 20 * MS),
     ];
-    obs.record_trace("interactive", 100 * MS, &hops, S);
+    for _ in 0..5 {
+        obs.record_trace("interactive", 100 * MS, &hops, S);
+    }
     let objs = objectives(&[("interactive", objective(0.99, 250.0, 10))]);
     let b = &compute_budgets(&obs, &objs, S)[0];
     let budgets: Vec<(f64, f64)> = b
@@ -263,4 +265,32 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_few_forged_slow_traces_at_a_made_up_hop_move_no_budget() {
+    let honest = [
+        HopSample::new("productpage", "GET /", 40 * MS),
+        HopSample::new("reviews", "GET /reviews", 60 * MS),
+    ];
+    let objs = objectives(&[("batch", objective(0.99, 500.0, 1))]);
+    let mut obs = Observations::new(WindowConfig::default());
+    for _ in 0..50 {
+        obs.record_trace("batch", 100 * MS, &honest, S);
+    }
+    let before = compute_budgets(&obs, &objs, S);
+    let forged = [HopSample::new("no-such-service", "GET /", 5_000 * MS)];
+    for _ in 0..4 {
+        obs.record_trace("batch", 5_000 * MS, &forged, S);
+    }
+    let after = compute_budgets(&obs, &objs, S);
+    assert_eq!(
+        hop(&after[0], "reviews").budget_ms,
+        hop(&before[0], "reviews").budget_ms
+    );
+    assert!(after[0].hops.iter().all(|h| h.service != "no-such-service"));
+    // Seen in enough traces, the hop counts.
+    obs.record_trace("batch", 5_000 * MS, &forged, S);
+    let seen = compute_budgets(&obs, &objs, S);
+    assert!(hop(&seen[0], "reviews").budget_ms < hop(&before[0], "reviews").budget_ms);
 }

@@ -42,6 +42,14 @@ pub struct WindowConfig {
     /// Hop positions kept per class in each step (default 1000); see [`Observations`].
     #[serde(default = "default_max_positions")]
     pub max_positions: usize,
+    /// A hop position visited by fewer traces in the window is left out of the window's
+    /// statistics (default 5), so a few traces, forged or rare, do not move budgets.
+    #[serde(default = "default_min_hop_traces")]
+    pub min_hop_traces: u64,
+}
+
+fn default_min_hop_traces() -> u64 {
+    5
 }
 
 fn default_max_positions() -> usize {
@@ -54,6 +62,7 @@ impl Default for WindowConfig {
             window: Duration::from_secs(60),
             step: Duration::from_secs(10),
             max_positions: default_max_positions(),
+            min_hop_traces: default_min_hop_traces(),
         }
     }
 }
@@ -338,6 +347,7 @@ impl Observations {
                 let hops = m
                     .hops
                     .into_iter()
+                    .filter(|(_, h)| h.visits() >= self.cfg.min_hop_traces)
                     .map(|(id, h)| (self.positions.path(id), h))
                     .collect();
                 (class.to_string(), ClassStats { e2e: m.e2e, hops })
@@ -473,6 +483,7 @@ mod tests {
     fn positions_past_the_limit_fold_into_their_ancestor() {
         let cfg = WindowConfig {
             max_positions: 3,
+            min_hop_traces: 1,
             ..WindowConfig::default()
         };
         let mut o = Observations::new(cfg);

@@ -53,6 +53,12 @@ impl Collector for PrioritiesMetrics {
         )?;
         counter(
             e,
+            "meshtrace_proxies_refused",
+            "polls and watches of new proxies not recorded: the registry held max_proxies",
+            i.proxies.refused(),
+        )?;
+        counter(
+            e,
             "meshtrace_budget_folded_hop_samples",
             "hop samples counted towards an ancestor position: their class had \
              max_positions_per_class positions in the step",

@@ -12,6 +12,7 @@
 pub mod history;
 mod metrics;
 pub mod observe;
+pub mod proxies;
 pub mod publish;
 mod task;
 
@@ -25,8 +26,8 @@ use meshtrace_budget::{
     compute_budgets, AssignmentSet, ClassBudget, Objective, Observations, Prioritizer,
     PriorityConfig, WindowConfig,
 };
-use meshtrace_model::time::{now_unix_nanos, rfc3339};
-use meshtrace_storage::{StorageError, Store, StoredPrioritySet, StoredProxy};
+use meshtrace_model::time::now_unix_nanos;
+use meshtrace_storage::{StorageError, Store, StoredPrioritySet};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use history::{BudgetHistory, ClassHistory};
 pub use observe::Recorder;
+use proxies::ProxyRegistry;
 use publish::{Board, SetJson};
 
 use crate::config::BudgetSettings;
@@ -81,8 +83,7 @@ struct Inner {
     /// Stored version per service at start-up: published versions continue from it.
     base_versions: BTreeMap<String, u64>,
     board: Board,
-    proxies: Mutex<BTreeMap<(String, String), ProxyInfo>>,
-    dirty_proxies: Mutex<Vec<(String, String)>>,
+    proxies: ProxyRegistry,
     wake: Notify,
     stop: CancellationToken,
     updates: AtomicU64,
@@ -115,6 +116,7 @@ pub fn window_config(settings: &BudgetSettings) -> WindowConfig {
         window: settings.window.max(Duration::from_millis(1)),
         step: settings.step.max(Duration::from_millis(1)),
         max_positions: settings.max_positions_per_class.max(1),
+        min_hop_traces: settings.min_hop_traces,
     }
 }
 
@@ -174,23 +176,8 @@ impl Priorities {
                 Err(e) => tracing::warn!(service = %stored.service, error = %e, "bad stored set"),
             }
         }
-        let proxies = store
-            .proxies()
-            .await
-            .context("reading proxies")?
-            .into_iter()
-            .map(|p| {
-                let info = ProxyInfo {
-                    last_seen: rfc3339(p.last_seen_ns),
-                    service: p.service,
-                    node: p.node,
-                    via: p.via,
-                    last_seen_ns: p.last_seen_ns,
-                    version: p.version,
-                };
-                ((info.service.clone(), info.node.clone()), info)
-            })
-            .collect();
+        let stored = store.proxies().await.context("reading proxies")?;
+        let proxies = ProxyRegistry::new(stored, settings.max_proxies, settings.proxy_ttl);
         let inner = Inner {
             settings: settings.clone(),
             store: store.clone(),
@@ -201,8 +188,7 @@ impl Priorities {
             prioritizer: Mutex::new(Prioritizer::new(priority_config(settings))),
             base_versions,
             board,
-            proxies: Mutex::new(proxies),
-            dirty_proxies: Mutex::default(),
+            proxies,
             wake: Notify::new(),
             stop,
             updates: AtomicU64::new(0),
@@ -342,72 +328,23 @@ impl Priorities {
     /// Records that a proxy polled or watched (kept in memory, written to the catalog by the
     /// task).
     pub fn record_proxy(&self, service: &str, node: &str, via: &str, version: u64) {
-        let now = now_unix_nanos();
-        let key = (service.to_string(), node.to_string());
-        let info = ProxyInfo {
-            service: service.to_string(),
-            node: node.to_string(),
-            via: via.to_string(),
-            last_seen: rfc3339(now),
-            last_seen_ns: now,
-            version,
-        };
-        self.inner
-            .proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), info);
-        self.inner
-            .dirty_proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(key);
+        self.inner.proxies.record(service, node, via, version);
     }
 
-    /// Every proxy seen, by service and node.
+    /// Every proxy seen within `[budgets] proxy_ttl`, by service and node.
     pub fn proxies(&self) -> Vec<ProxyInfo> {
-        let proxies = self
-            .inner
-            .proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        proxies.values().cloned().collect()
+        self.inner.proxies.list()
     }
 
-    /// Writes the dirty proxies to the catalog.
+    /// Writes the changed proxies to the catalog and deletes the aged-out ones.
     async fn persist_proxies(&self) {
-        let keys = std::mem::take(
-            &mut *self
-                .inner
-                .dirty_proxies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        if keys.is_empty() {
-            return;
-        }
-        let rows: Vec<StoredProxy> = {
-            let proxies = self
-                .inner
-                .proxies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut keys = keys;
-            keys.sort();
-            keys.dedup();
-            keys.iter()
-                .filter_map(|k| proxies.get(k))
-                .map(|p| StoredProxy {
-                    service: p.service.clone(),
-                    node: p.node.clone(),
-                    via: p.via.clone(),
-                    last_seen_ns: p.last_seen_ns,
-                    version: p.version,
-                })
-                .collect()
-        };
-        if let Err(e) = self.inner.store.upsert_proxies(&rows).await {
+        let (rows, oldest_kept) = self.inner.proxies.take_changes();
+        let store = &self.inner.store;
+        if let Err(e) = store.upsert_proxies(&rows).await {
             tracing::warn!(error = %e, "could not store proxies");
+        }
+        if let Err(e) = store.delete_proxies_seen_before(oldest_kept).await {
+            tracing::warn!(error = %e, "could not age out proxies");
         }
     }
 

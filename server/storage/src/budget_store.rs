@@ -72,6 +72,11 @@ impl Store {
         self.inner.catalog.upsert_proxies(proxies).await
     }
 
+    /// Deletes the proxies last seen before `ns`.
+    pub async fn delete_proxies_seen_before(&self, ns: i64) -> Result<u64, StorageError> {
+        self.inner.catalog.delete_proxies_seen_before(ns).await
+    }
+
     /// Every proxy seen.
     pub async fn proxies(&self) -> Result<Vec<StoredProxy>, StorageError> {
         self.inner.catalog.proxies().await

@@ -552,6 +552,15 @@ impl Catalog {
         Ok(())
     }
 
+    /// Deletes the proxies last seen before `ns`; answers how many.
+    pub async fn delete_proxies_seen_before(&self, ns: i64) -> Result<u64, StorageError> {
+        const SQL: &str = "DELETE FROM proxies WHERE last_seen_ns < $1";
+        let deleted = on_pool!(self, pool => {
+            sqlx::query(SQL).bind(ns).execute(pool).await?.rows_affected()
+        });
+        Ok(deleted)
+    }
+
     /// Every proxy seen, by service and node.
     pub async fn proxies(&self) -> Result<Vec<StoredProxy>, StorageError> {
         const SQL: &str = "SELECT service, node, via, last_seen_ns, version FROM proxies \
