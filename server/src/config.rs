@@ -80,6 +80,10 @@ pub struct StorageConfig {
     pub flush_age: Duration,
     pub flush_rows: usize,
     pub row_group_rows: usize,
+    /// Service names the name lists keep (`/api/services`); spans of others are still stored.
+    pub max_services: usize,
+    /// Operation names kept per service.
+    pub max_operations_per_service: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +119,8 @@ pub struct ProvenanceSettings {
     #[serde(with = "humantime_serde")]
     pub flush_age: Duration,
     pub flush_rows: usize,
+    /// (caller, callee, operation) signatures the learned class mapping holds at most.
+    pub max_mapping_signatures: usize,
     /// Trace-class rules, first match wins (rules set with PUT /api/v1/classes come first).
     pub classes: Vec<ClassRule>,
     pub graph: GraphConfig,
@@ -146,6 +152,7 @@ impl Default for ProvenanceSettings {
             queue_depth: 4096,
             flush_age: Duration::from_secs(30),
             flush_rows: 100_000,
+            max_mapping_signatures: meshtrace_provenance::mapping::DEFAULT_MAX_SIGNATURES,
             classes: Vec::new(),
             graph: GraphConfig::default(),
         }
@@ -253,6 +260,8 @@ impl Default for StorageConfig {
             flush_age: Duration::from_secs(2),
             flush_rows: 100_000,
             row_group_rows: 16_384,
+            max_services: 10_000,
+            max_operations_per_service: 2_000,
         }
     }
 }

@@ -90,6 +90,14 @@ impl Collector for StoreMetrics {
             "write-ahead log fsync calls",
             w.fsyncs,
         )?;
+        let (services, operations) = self.store.names_refused();
+        labelled_counter(
+            e,
+            "meshtrace_names_refused",
+            "span names left out of the service and operation lists: the lists were full",
+            "kind",
+            &[("service", services), ("operation", operations)],
+        )?;
         counter(
             e,
             "meshtrace_wal_records_lost",

@@ -91,6 +91,10 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         retention: config.storage.retention,
         row_group_rows: config.storage.row_group_rows,
         sql: config.query.sql_limits(),
+        names: meshtrace_storage::NameLimits {
+            max_services: config.storage.max_services,
+            max_operations_per_service: config.storage.max_operations_per_service,
+        },
     })
     .await
     .context("opening the store")?;

@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from mtlib import eventually, new_span_id, new_trace_id, now_ns, post_otlp_json, request_json, span_json
+from mtlib import eventually, metric_value, new_span_id, new_trace_id, now_ns, post_otlp_json, request_json, span_json
 
 CROSS_JOIN = (
     "SELECT count(*) FROM spans a, spans b, spans c "
@@ -208,3 +208,23 @@ def test_made_up_proxy_names_cannot_grow_the_registry(server_factory, tmp_path):
     proxies = server.api.json("/api/v1/proxies")["proxies"]
     assert len(proxies) == 50
     assert server.api.metric("meshtrace_proxies_refused_total") == 50
+
+
+def test_made_up_service_names_cannot_grow_the_name_lists(server_factory, tmp_path):
+    config = write_config(tmp_path, "[storage]\nmax_services = 5\nmax_operations_per_service = 3\n")
+    server = server_factory("--config", config)
+    t = now_ns()
+    traces = {}
+    for i in range(20):
+        trace = new_trace_id().hex()
+        traces[f"svc-{i:02}"] = trace
+        spans = [span_json(trace, f"op-{o}", t, t + 1000) for o in range(6)]
+        assert post_otlp_json(server, request_json(f"svc-{i:02}", spans)).status_code == 200
+    assert server.api.services() == [f"svc-{i:02}" for i in range(5)]
+    assert len(server.api.operations("svc-00")) == 3
+    text = server.api.metrics_text()
+    assert metric_value(text, "meshtrace_names_refused_total", kind="service") >= 15
+    assert metric_value(text, "meshtrace_names_refused_total", kind="operation") >= 15
+    # Spans past the lists are stored and found all the same.
+    found = server.api.find_traces(service="svc-19", lookback="1h")
+    assert [tr["traceID"] for tr in found] == [traces["svc-19"]]

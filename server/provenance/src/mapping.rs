@@ -5,6 +5,10 @@
 //! the same signature ten times still counts once). Partial traces are not learned from. When
 //! the assembler hands out a replacement, [`ClassMapping::forget`] the earlier rows and
 //! [`ClassMapping::learn`] the new ones so nothing is counted twice.
+//!
+//! Signatures are names clients chose, so the mapping holds at most
+//! [`ClassMapping::with_limit`] of them (default [`DEFAULT_MAX_SIGNATURES`]): a new signature
+//! past it is not learned, and counted ([`ClassMapping::refused`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -38,10 +42,21 @@ pub struct Learned {
 /// Learned signature → class counts. Hashed (foldhash, seeded per process: names come from
 /// clients) rather than ordered: every complete trace looks up each of its signatures, and
 /// only the API lists them in order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClassMapping {
     counts: HashMap<Signature, BTreeMap<Name, u64>, foldhash::fast::RandomState>,
     traces: u64,
+    max_signatures: usize,
+    refused: u64,
+}
+
+/// Signatures a mapping holds unless told otherwise.
+pub const DEFAULT_MAX_SIGNATURES: usize = 100_000;
+
+impl Default for ClassMapping {
+    fn default() -> Self {
+        ClassMapping::with_limit(DEFAULT_MAX_SIGNATURES)
+    }
 }
 
 fn signatures(d: &Derived) -> BTreeSet<Signature> {
@@ -62,16 +77,42 @@ impl ClassMapping {
         ClassMapping::default()
     }
 
+    /// A mapping of at most `max_signatures` signatures.
+    pub fn with_limit(max_signatures: usize) -> Self {
+        ClassMapping {
+            counts: HashMap::default(),
+            traces: 0,
+            max_signatures,
+            refused: 0,
+        }
+    }
+
+    /// Signatures of complete traces not learned because the mapping was full.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Learns from one trace's rows; returns what it learned (to [`ClassMapping::forget`] it
     /// if the trace is replaced), or None (learning nothing) for a partial trace.
     pub fn learn(&mut self, d: &Derived) -> Option<Learned> {
         if !d.trace.complete {
             return None;
         }
-        let learned = Learned {
+        let mut learned = Learned {
             class: d.trace.class.clone(),
             signatures: signatures(d),
         };
+        let before = learned.signatures.len();
+        let mut room = self.max_signatures.saturating_sub(self.counts.len());
+        learned.signatures.retain(|sig| {
+            if self.counts.contains_key(sig) {
+                return true;
+            }
+            let fits = room > 0;
+            room = room.saturating_sub(1);
+            fits
+        });
+        self.refused += (before - learned.signatures.len()) as u64;
         for sig in &learned.signatures {
             let classes = self.counts.entry(sig.clone()).or_default();
             match classes.get_mut(&learned.class) {

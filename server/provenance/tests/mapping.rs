@@ -70,3 +70,28 @@ fn shares_per_signature() {
     );
     assert!(m.classes_for("web", "api", "nope").is_empty());
 }
+
+#[test]
+fn a_full_mapping_learns_no_new_signatures_and_forgets_cleanly() {
+    let mut m = ClassMapping::with_limit(2);
+    let mut learned = Vec::new();
+    for (t, op) in [(1, "GET /a"), (2, "GET /b"), (3, "GET /c"), (4, "GET /a")] {
+        learned.push(m.learn(&derive(&call(t, "gold", op, false), &[])).unwrap());
+    }
+    let ops = |m: &ClassMapping| {
+        m.entries()
+            .into_iter()
+            .map(|e| e.operation)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ops(&m),
+        ["GET /a", "GET /b"],
+        "a known signature is still counted"
+    );
+    assert_eq!(m.refused(), 1);
+    m.forget(&learned[2]);
+    m.forget(&learned[1]);
+    assert_eq!(ops(&m), ["GET /a"]);
+    assert_eq!(m.entries()[0].count, 2);
+}

@@ -22,6 +22,11 @@ impl Collector for ProvenanceMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let shared = &self.0.feed.shared;
         let s = *shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let refused = shared
+            .mapping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refused();
         let d = self.0.derived.stats();
         let e = &mut e;
         let counters = [
@@ -69,6 +74,11 @@ impl Collector for ProvenanceMetrics {
                 "meshtrace_provenance_duplicate_spans",
                 "exact duplicate spans ignored",
                 s.duplicate_spans,
+            ),
+            (
+                "meshtrace_provenance_mapping_signatures_refused",
+                "call signatures not learned: the class mapping held max_mapping_signatures",
+                refused,
             ),
             (
                 "meshtrace_provenance_derived_segments_written",

@@ -169,7 +169,7 @@ impl Provenance {
             queue_dropped: AtomicU64::new(0),
             stats: Mutex::default(),
             open_traces: AtomicU64::new(0),
-            mapping: Mutex::new(ClassMapping::new()),
+            mapping: Mutex::new(ClassMapping::with_limit(settings.max_mapping_signatures)),
             config_rules: settings.classes.clone(),
             catalog_rules: RwLock::new(parse_stored(stored)),
             graph: settings.graph.clone(),

@@ -97,11 +97,31 @@ pub(crate) struct Names {
     /// known name is found from borrowed strings, without copying them.
     operations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     pending: NewNames,
+    limits: NameLimits,
+    /// (services, operations) not indexed because the limits were reached.
+    pub refused: (u64, u64),
+}
+
+/// How many names the index keeps: span names come from clients. Spans past the limits are
+/// stored and found by search all the same; only the name lists leave them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameLimits {
+    pub max_services: usize,
+    pub max_operations_per_service: usize,
+}
+
+impl Default for NameLimits {
+    fn default() -> Self {
+        NameLimits {
+            max_services: 10_000,
+            max_operations_per_service: 2_000,
+        }
+    }
 }
 
 impl Names {
     /// Starts from the names the catalog already holds.
-    pub fn from_catalog(names: NewNames) -> Names {
+    pub fn from_catalog(names: NewNames, limits: NameLimits) -> Names {
         let mut operations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
         for (service, name, kind) in names.operations {
             let kinds = operations.entry(service).or_default().entry(name);
@@ -111,6 +131,8 @@ impl Names {
             services: names.services.into_iter().collect(),
             operations,
             pending: NewNames::default(),
+            limits,
+            refused: (0, 0),
         }
     }
 
@@ -124,15 +146,22 @@ impl Names {
             }
             last = Some((service, name, kind));
             if !self.services.contains(service) {
+                if self.services.len() >= self.limits.max_services {
+                    self.refused.0 += 1;
+                    continue;
+                }
                 self.services.insert(service.to_string());
                 self.pending.services.push(service.to_string());
             }
-            let known = self
-                .operations
-                .get(service)
+            let ops = self.operations.get(service);
+            let known = ops
                 .and_then(|ops| ops.get(name))
                 .is_some_and(|kinds| kinds.contains(kind.as_str()));
-            if !known {
+            let new_name = ops.is_none_or(|ops| !ops.contains_key(name));
+            let full = ops.is_some_and(|ops| ops.len() >= self.limits.max_operations_per_service);
+            if new_name && full {
+                self.refused.1 += 1;
+            } else if !known {
                 let ops = self.operations.entry(service.to_string()).or_default();
                 let kinds = ops.entry(name.to_string()).or_default();
                 kinds.insert(kind.as_str().to_string());
@@ -171,5 +200,34 @@ impl Names {
             .filter_map(|(name, k)| Some((name.clone(), SpanKind::parse(k)?)))
             .filter(|(_, k)| kind.is_none_or(|want| *k == want))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_lists_stop_growing_at_their_limits() {
+        let limits = NameLimits {
+            max_services: 2,
+            max_operations_per_service: 3,
+        };
+        let mut names = Names::from_catalog(NewNames::default(), limits);
+        let made_up: Vec<(String, String)> = (0..10)
+            .flat_map(|s| (0..10).map(move |o| (format!("svc-{s}"), format!("op-{o}"))))
+            .collect();
+        names.observe(
+            made_up
+                .iter()
+                .map(|(s, o)| (s.as_str(), o.as_str(), SpanKind::Server)),
+        );
+        assert_eq!(names.services(), ["svc-0", "svc-1"]);
+        assert_eq!(names.operations("svc-1", None).len(), 3);
+        assert_eq!(names.refused, (80, 14));
+        // A known operation under a new kind is still indexed.
+        names.observe([("svc-0", "op-0", SpanKind::Client)]);
+        assert_eq!(names.operations("svc-0", None).len(), 4);
+        assert_eq!(names.take_pending().services.len(), 2);
     }
 }

@@ -32,6 +32,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use buffer::NameLimits;
 pub use catalog::{SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
@@ -61,6 +62,8 @@ pub struct StoreConfig {
     pub row_group_rows: usize,
     /// Threads, slots and memory of DataFusion queries.
     pub sql: SqlLimits,
+    /// Names the service and operation lists keep.
+    pub names: NameLimits,
 }
 
 impl StoreConfig {
@@ -83,6 +86,7 @@ impl Default for StoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             row_group_rows: 16_384,
             sql: SqlLimits::default(),
+            names: NameLimits::default(),
         }
     }
 }

@@ -139,6 +139,7 @@ impl Store {
             "span store opened"
         );
         let runtime = runtime(&store, cfg.sql.memory_bytes)?;
+        let names = Names::from_catalog(names, cfg.names);
         let sql_runtime = SqlRuntime::new(cfg.sql.clone())?;
         let inner = Inner {
             reader: SegmentReader::new(store.clone()),
@@ -149,7 +150,7 @@ impl Store {
                 segments: segments.into_iter().map(Arc::new).collect(),
                 batches: Vec::new(),
             }),
-            names: Mutex::new(Names::from_catalog(names)),
+            names: Mutex::new(names),
             flush_lock: tokio::sync::Mutex::new(()),
             checkpoint: AtomicU64::new(checkpoint),
             counters: Counters::default(),
@@ -183,6 +184,11 @@ impl Store {
     }
 
     /// The configuration the store was opened with.
+    /// (services, operations) left out of the name lists because they were full.
+    pub fn names_refused(&self) -> (u64, u64) {
+        lock(&self.inner.names).refused
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.inner.cfg
     }
