@@ -195,6 +195,23 @@ pub fn police(caller: &Caller, batch: &mut Batch) {
     }
 }
 
+/// Handlers behind [`require`] take the caller as an argument; without the middleware (no
+/// caller recorded) it is [`Caller::Anonymous`].
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Caller, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Anonymous))
+    }
+}
+
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

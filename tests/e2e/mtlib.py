@@ -647,3 +647,31 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 def micros(t: dt.datetime) -> int:
     """Exact µs since the epoch (no float rounding)."""
     return (t - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def export_one_span(exporter: Any, service: str, name: str) -> tuple[Any, str]:
+    """Exports one span through a real OpenTelemetry SDK pipeline with `exporter`; returns the
+    exporter's result and the span's trace ID (hex)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    results = []
+
+    class Recording:
+        def export(self, spans):
+            results.append(exporter.export(spans))
+            return results[-1]
+
+        def shutdown(self):
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis=1000):
+            return True
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(Recording()))
+    with provider.get_tracer("e2e").start_as_current_span(name) as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    return results[0], trace_id

@@ -18,11 +18,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
-from mtlib import eventually, new_trace_id, now_ns, request_json, span_json
+from mtlib import eventually, export_one_span, new_trace_id, now_ns, request_json, span_json
 
 INGEST = "ingest-token-4f9c2a7d1e"
 READER = "reader-token-8b3e6f0a2c"
@@ -80,25 +78,7 @@ def export_with_sdk(server, protocol: str, token: str | None) -> tuple[SpanExpor
         )
     else:
         exporter = HttpExporter(endpoint=server.traces_url, timeout=5, headers=headers)
-    results = []
-
-    class Recording:
-        def export(self, spans):
-            results.append(exporter.export(spans))
-            return results[-1]
-
-        def shutdown(self):
-            exporter.shutdown()
-
-        def force_flush(self, timeout_millis=1000):
-            return True
-
-    provider = TracerProvider(resource=Resource.create({"service.name": f"sdk-{protocol}"}))
-    provider.add_span_processor(SimpleSpanProcessor(Recording()))
-    with provider.get_tracer("e2e").start_as_current_span("GET /secure") as span:
-        trace_id = format(span.get_span_context().trace_id, "032x")
-    provider.shutdown()
-    return results[0], trace_id
+    return export_one_span(exporter, f"sdk-{protocol}", "GET /secure")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -17,11 +17,9 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
-from mtlib import eventually
+from mtlib import eventually, export_one_span
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -53,25 +51,7 @@ def pki(tmp_path, monkeypatch) -> dict[str, Path]:
 
 
 def export(exporter) -> tuple[SpanExportResult, str]:
-    results = []
-
-    class Recording:
-        def export(self, spans):
-            results.append(exporter.export(spans))
-            return results[-1]
-
-        def shutdown(self):
-            exporter.shutdown()
-
-        def force_flush(self, timeout_millis=1000):
-            return True
-
-    provider = TracerProvider(resource=Resource.create({"service.name": "tls-client"}))
-    provider.add_span_processor(SimpleSpanProcessor(Recording()))
-    with provider.get_tracer("e2e").start_as_current_span("GET /tls") as span:
-        trace_id = format(span.get_span_context().trace_id, "032x")
-    provider.shutdown()
-    return results[0], trace_id
+    return export_one_span(exporter, "tls-client", "GET /tls")
 
 
 def test_every_port_speaks_tls(server_factory, pki):

@@ -11,7 +11,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Extension;
 use axum::Router;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -135,11 +134,10 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Error> {
 
 async fn otlp_traces(
     State(ingest): State<Ingest>,
-    caller: Option<Extension<Caller>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = caller.map_or(Caller::Anonymous, |Extension(c)| c);
     let encoding = match media_type(&headers).as_str() {
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
@@ -214,11 +212,10 @@ fn otlp_success(encoding: Encoding, outcome: Outcome) -> Response {
 
 async fn zipkin_spans(
     State(ingest): State<Ingest>,
-    caller: Option<Extension<Caller>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = caller.map_or(Caller::Anonymous, |Extension(c)| c);
     // A JSON content type also keeps browsers from sending spans cross-origin without a
     // CORS preflight (which this port never grants).
     let media = media_type(&headers);

@@ -15,7 +15,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use meshtrace_collector::auth::{AuthError, Caller, Scope};
 use rand::Rng;
@@ -81,7 +80,7 @@ fn if_none_match(headers: &HeaderMap) -> (Vec<u64>, bool) {
 )]
 pub async fn priorities(
     State(state): State<ApiState>,
-    caller: Option<Extension<Caller>>,
+    caller: Caller,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
@@ -89,10 +88,10 @@ pub async fn priorities(
         .get("service")
         .ok_or_else(|| ApiError::invalid("service", "missing service"))?;
     check_name("service", service)?;
-    if let Some(Extension(c)) = caller.filter(|c| !c.may_act_for(Scope::Proxy, service)) {
+    if !caller.may_act_for(Scope::Proxy, service) {
         let refusal = format!(
             "{} may not read the priorities of service {service:?}",
-            c.name()
+            caller.name()
         );
         return Ok(AuthError::PermissionDenied(refusal).into_response());
     }
