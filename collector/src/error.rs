@@ -9,6 +9,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     ResourceExhausted,
+    /// A dependency (the disk) failed for now; retry later.
+    Unavailable,
     Internal,
 }
 
@@ -19,6 +21,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::ResourceExhausted => http::StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -29,6 +32,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => tonic::Code::InvalidArgument,
             ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }
@@ -47,6 +51,12 @@ pub enum Error {
     Overloaded { retry_after: Duration },
     #[error("write-ahead log: {0}")]
     Wal(String),
+    /// The write-ahead log could not write (a full disk); nothing was logged, retry later.
+    #[error("write-ahead log unavailable: {reason}; retry after {}ms", retry_after.as_millis())]
+    WalUnavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,6 +68,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
             Error::Overloaded { .. } => ErrorCode::ResourceExhausted,
+            Error::WalUnavailable { .. } => ErrorCode::Unavailable,
             Error::Wal(_) | Error::Io(_) => ErrorCode::Internal,
         }
     }
@@ -65,7 +76,9 @@ impl Error {
     /// The delay a client should wait before retrying, for overload errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Overloaded { retry_after } => Some(*retry_after),
+            Error::Overloaded { retry_after } | Error::WalUnavailable { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }

@@ -134,6 +134,7 @@ impl Ingest {
             if let Err(e) = durable.await {
                 let reason = match e {
                     Error::Overloaded { .. } => "overloaded",
+                    Error::WalUnavailable { .. } => "unavailable",
                     _ => "internal",
                 };
                 self.metrics.reject(reason, accepted as u64);
@@ -169,6 +170,7 @@ impl Ingest {
             crate::ErrorCode::PayloadTooLarge => "too_large",
             crate::ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             crate::ErrorCode::ResourceExhausted => "overloaded",
+            crate::ErrorCode::Unavailable => "unavailable",
             crate::ErrorCode::Internal => "internal",
         };
         self.metrics.request(protocol, outcome);

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::format::Frame;
 use super::recover::{segment_path, sync_dir, SegMeta};
@@ -124,11 +124,7 @@ impl Writer {
         let first = self.shared.next_seq.fetch_add(n, SeqCst);
         let written = self.write_group(group, first);
         if let Err(e) = written {
-            let reason = format!("write failed: {e}");
-            error!(error = %e, first_seq = first, records = n, "wal write failed; refusing further appends");
-            let _ = self.shared.poison.set(reason.clone());
-            fail(group, &reason);
-            return;
+            return self.recover_from(e, group, first);
         }
         let last = first + n - 1;
         self.shared.last_seq.store(last, SeqCst);
@@ -142,10 +138,36 @@ impl Writer {
         }
     }
 
+    /// A group that could not be written is refused as unavailable (clients retry) and the
+    /// log stays usable: a write that failed (a full disk) is cut back off the segment and its
+    /// sequence numbers given back. A failed fsync poisons the log instead: after it, the
+    /// kernel may have dropped pages the log counted on, so only a restart (which recovers
+    /// from what is on disk) is safe.
+    fn recover_from(&mut self, e: WriteError, group: &mut Vec<Pending>, first: u64) {
+        let n = group.len();
+        if let WriteError::Write(e) = &e {
+            if self.file.set_len(self.active_len).is_ok() {
+                self.shared.next_seq.store(first, SeqCst);
+                warn!(error = %e, first_seq = first, records = n, "wal write failed; refused, log kept");
+                for p in group.drain(..) {
+                    let _ = p.done.send(Err(Error::WalUnavailable {
+                        reason: format!("write failed: {e}"),
+                        retry_after: std::time::Duration::from_secs(1),
+                    }));
+                }
+                return;
+            }
+        }
+        let reason = format!("{e}");
+        error!(error = %e, first_seq = first, records = n, "wal failed; refusing further appends");
+        let _ = self.shared.poison.set(reason.clone());
+        fail(group, &reason);
+    }
+
     /// Rolls the segment if it is full, then writes and (by policy) syncs the group.
-    fn write_group(&mut self, group: &mut [Pending], first: u64) -> std::io::Result<()> {
+    fn write_group(&mut self, group: &mut [Pending], first: u64) -> Result<(), WriteError> {
         if self.active_len >= self.segment_bytes && self.active_len > 0 {
-            self.roll(first)?;
+            self.roll(first).map_err(WriteError::Sync)?;
         }
         let total: usize = group.iter().map(|p| p.frame.len()).sum();
         if self.buf.capacity() > 2 * MAX_GROUP_BYTES {
@@ -158,13 +180,13 @@ impl Writer {
             self.buf.extend_from_slice(&p.frame.header);
             self.buf.extend_from_slice(&p.frame.payload);
         }
-        self.file.write_all(&self.buf)?;
+        self.file.write_all(&self.buf).map_err(WriteError::Write)?;
         self.active_len += total as u64;
         let c = &self.shared.counters;
         c.bytes_written.fetch_add(total as u64, Relaxed);
         self.shared.bytes_on_disk.fetch_add(total as u64, Relaxed);
         if self.fsync == FsyncPolicy::Always {
-            self.file.sync_data()?;
+            self.file.sync_data().map_err(WriteError::Sync)?;
             c.fsyncs.fetch_add(1, Relaxed);
         }
         Ok(())
@@ -226,6 +248,24 @@ fn take(msg: Msg, group: &mut Vec<Pending>, bytes: &mut usize) -> bool {
             false
         }
         Msg::Shutdown => true,
+    }
+}
+
+/// Why a group was not logged.
+#[derive(Debug)]
+enum WriteError {
+    /// Writing the bytes failed: nothing past the segment's old length counts.
+    Write(std::io::Error),
+    /// Rolling or syncing failed: what is durable is unknown.
+    Sync(std::io::Error),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Write(e) => write!(f, "write failed: {e}"),
+            WriteError::Sync(e) => write!(f, "sync failed: {e}"),
+        }
     }
 }
 
