@@ -60,7 +60,7 @@ pub struct TokenConfig {
     pub token: String,
     pub scopes: Vec<Scope>,
     /// `proxy`: the services it may read priorities of and register as; `ingest`: the
-    /// services whose entry spans may set a trace class. Empty: any.
+    /// services it may send spans of (others are rejected). Empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
     /// `ingest`: the trace classes its spans may claim. Empty: any.
@@ -90,9 +90,25 @@ struct TokensFile {
 pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenConfig>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("reading tokens file {}: {e}", path.display()))?;
-    let file: TokensFile = toml::from_str(&text)
-        .map_err(|e| format!("parsing tokens file {}: {e}", path.display()))?;
+    let file: TokensFile = toml::from_str(&text).map_err(|e| {
+        format!(
+            "parsing tokens file {}: {}",
+            path.display(),
+            toml_error(&text, &e)
+        )
+    })?;
     Ok(file.tokens)
+}
+
+/// A TOML error without the quoted source line (which may hold a token): its message and line.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!("{} (line {line})", e.message())
+        }
+        None => e.message().to_string(),
+    }
 }
 
 /// What a request needs.
@@ -304,7 +320,8 @@ impl Auth {
         access: Access,
     ) -> Result<Caller, AuthError> {
         if !self.enabled() {
-            let loopback = peer.is_some_and(|ip| ip.is_loopback());
+            // `::ffff:127.0.0.1` when an IPv6 socket accepts IPv4.
+            let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
             if access.loopback_only && !loopback {
                 return Err(AuthError::PermissionDenied(
                     "no auth tokens are configured, so this endpoint only serves loopback \
@@ -458,6 +475,21 @@ mod tests {
         ];
         assert!(Auth::new(two).unwrap_err().contains("repeats"));
         assert!(Auth::new(vec![token("a", t, &[])]).is_err());
+    }
+
+    #[test]
+    fn a_malformed_tokens_file_is_reported_without_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let secret = "s3cret-token-value-0123";
+        std::fs::write(
+            &path,
+            format!("[[tokens]]\nname = \"a\"\ntoken = \"{secret}\\q\"\n"),
+        )
+        .unwrap();
+        let e = read_tokens_file(&path).unwrap_err();
+        assert!(!e.contains(secret), "{e}");
+        assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -354,8 +354,10 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str(&text).map_err(|e| {
+                    let why = meshtrace_collector::auth::toml_error(&text, &e);
+                    anyhow::anyhow!("parsing config file {}: {why}", path.display())
+                })?
             }
             None => Config::default(),
         };

@@ -317,11 +317,18 @@ impl Running {
     /// Stops accepting, drains the log, flushes to Parquet and truncates the log.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        for task in self.tasks {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "task ended with an error"),
-                Err(e) => tracing::warn!(error = %e, "task panicked"),
+        // Listeners wait for open requests; a client that never finishes its request must not
+        // hold shutdown (and the final flush) up forever.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "task ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "task panicked"),
+                Err(_) => {
+                    tracing::warn!("a listener still had open requests after 10 s; closing it");
+                    task.abort();
+                }
             }
         }
         self.opened.close().await?;

@@ -43,10 +43,19 @@ impl TlsSettings {
     /// The acceptor for these settings; `None` without a certificate.
     pub fn acceptor(&self) -> anyhow::Result<Option<TlsAcceptor>> {
         let (cert, key) = match (&self.cert, &self.key) {
+            (None, None)
+                if self.client_ca.is_some() || self.client_auth == ClientAuth::Required =>
+            {
+                anyhow::bail!("[tls] client_ca and client_auth need cert and key")
+            }
             (None, None) => return Ok(None),
             (Some(cert), Some(key)) => (cert, key),
             _ => anyhow::bail!("[tls] needs both cert and key"),
         };
+        anyhow::ensure!(
+            self.client_auth == ClientAuth::Optional || self.client_ca.is_some(),
+            "[tls] client_auth = \"required\" needs client_ca"
+        );
         // ring builds with the C compiler alone (aws-lc-rs, which rustls now prefers for its
         // post-quantum key exchange, needs more tooling); its classical suites are sound.
         #[allow(deprecated)]

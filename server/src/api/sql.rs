@@ -39,7 +39,6 @@ pub async fn query(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<SqlResult>, ApiError> {
-    // Any content type is accepted: `curl -d` sends form encoding by default.
     let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(
             "body",

@@ -20,6 +20,9 @@ use super::{is_valid_name, Priorities, MAX_NAME_CHARS};
 use axum::http::HeaderValue;
 use meshtrace_collector::auth::{Access, Auth, Caller, Scope};
 
+/// Channels kept before unwatched, unpublished ones are dropped.
+const PRUNE_AT: usize = 1024;
+
 /// The watch channels of every service asked about or published.
 #[derive(Default)]
 pub struct Board {
@@ -29,6 +32,11 @@ pub struct Board {
 impl Board {
     fn with<T>(&self, service: &str, f: impl FnOnce(&watch::Sender<Arc<AssignmentSet>>) -> T) -> T {
         let mut chans = self.chans.lock().unwrap_or_else(PoisonError::into_inner);
+        // Anyone may ask about any name: past a size, channels nobody watches of services
+        // never published are dropped, so the map holds published and watched services only.
+        if chans.len() >= PRUNE_AT && !chans.contains_key(service) {
+            chans.retain(|_, tx| tx.receiver_count() > 0 || tx.borrow().version > 0);
+        }
         let tx = chans
             .entry(service.to_string())
             .or_insert_with(|| watch::channel(Arc::new(AssignmentSet::empty(service))).0);

@@ -115,20 +115,25 @@ fn output_bytes(shape: Shape, args: &[ColumnarValue], rows: usize) -> Result<u64
         Shape::Repeat => {
             let lens = byte_lengths(args.first(), rows)?;
             let n = counts(1)?;
-            lens.iter().zip(&n).map(|(l, n)| l.saturating_mul(*n)).sum()
+            saturating_sum(lens.iter().zip(&n).map(|(l, n)| l.saturating_mul(*n)))
         }
-        Shape::Pad => counts(1)?.iter().map(|n| n.saturating_mul(4)).sum(),
+        Shape::Pad => saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(4))),
         Shape::ArrayRepeat => {
             let element = element_bytes(args.first());
-            counts(1)?.iter().map(|n| n.saturating_mul(element)).sum()
+            saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(element)))
         }
-        Shape::ArrayResize => counts(1)?.iter().map(|n| n.saturating_mul(8)).sum(),
-        Shape::Series => series_lengths(args, rows)?
-            .iter()
-            .map(|n| n.saturating_mul(8))
-            .sum(),
+        Shape::ArrayResize => saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(8))),
+        Shape::Series => saturating_sum(
+            series_lengths(args, rows)?
+                .iter()
+                .map(|n| n.saturating_mul(8)),
+        ),
     };
     Ok(total)
+}
+
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
 }
 
 /// Non-negative per-row integers of an argument (null and negative count as 0).
@@ -243,10 +248,14 @@ fn step_units(
         // Per-row intervals: assume the smallest unit (refuses more than it needs to).
         _ => return Ok(vec![Some(1); rows]),
     };
-    let days = i64::from(interval.months) * 30 + i64::from(interval.days);
+    // A descending series steps by a negative interval: its length is the same.
+    let days = (i64::from(interval.months) * 30 + i64::from(interval.days)).unsigned_abs();
     let nanos_per_unit = 86_400_000_000_000 / per_day;
-    let units = days.saturating_mul(per_day) + interval.nanoseconds / nanos_per_unit.max(1);
-    Ok(vec![Some(units.max(1)); rows])
+    let units = days
+        .saturating_mul(per_day.unsigned_abs())
+        .saturating_add(interval.nanoseconds.unsigned_abs() / nanos_per_unit.unsigned_abs().max(1));
+    let units = i64::try_from(units).unwrap_or(i64::MAX).max(1);
+    Ok(vec![Some(units); rows])
 }
 
 #[cfg(test)]
@@ -293,6 +302,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(text.contains("| ababab | 007 | 10 |"), "{text}");
+        let descending =
+            "SELECT cardinality(range(TIMESTAMP '2020-01-10', TIMESTAMP '2020-01-01', \
+                          INTERVAL '-1 day'))";
+        assert_eq!(run(&ctx, descending).await.unwrap(), 1);
         assert_eq!(
             run(&ctx, "SELECT * FROM range(1, 100001)").await.unwrap(),
             100_000,
