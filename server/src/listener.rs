@@ -8,8 +8,10 @@
 //! connections must send a request's headers within
 //! [`ConnectionLimits::header_read_timeout`] of connecting or of their previous response,
 //! which also closes keep-alive connections that sit idle; HTTP/2 connections carry at most
-//! [`ConnectionLimits::max_streams`] concurrent streams. Accept errors (a full descriptor
-//! table) back off briefly instead of spinning. At start-up the soft limit of open files is
+//! [`ConnectionLimits::max_streams`] concurrent streams; request bodies must arrive within the
+//! header timeout too; any connection older than [`ConnectionLimits::max_connection_age`] is
+//! asked to finish and close (which also ends stalled or idle HTTP/2 connections). Accept
+//! errors (a full descriptor table) back off briefly instead of spinning. At start-up the soft limit of open files is
 //! raised to the hard limit.
 
 use std::convert::Infallible;
@@ -25,7 +27,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 (and gRPC) connection.
     pub max_streams: u32,
+    /// A connection this old is asked to finish its requests and close (clients reconnect);
+    /// this also ends HTTP/2 connections that stall or sit idle.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -56,6 +61,7 @@ impl Default for ConnectionLimits {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(30),
             max_streams: 256,
+            max_connection_age: Duration::from_secs(300),
         }
     }
 }
@@ -306,8 +312,13 @@ pub async fn serve_http(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
+    // A request body has as long as its headers had to arrive (a slow-loris body is cut).
+    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.header_read_timeout,
+    ));
+    let connections = tokio_util::task::TaskTracker::new();
     let gate = Arc::new(gate);
+    let max_age = limits.max_connection_age;
     loop {
         let (conn, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -322,8 +333,8 @@ pub async fn serve_http(
                 Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
         });
-        let (builder, watcher, gate) = (builder.clone(), graceful.watcher(), gate.clone());
-        tokio::spawn(async move {
+        let (builder, gate, shutdown) = (builder.clone(), gate.clone(), shutdown.clone());
+        connections.spawn(async move {
             let Some(conn) = gate.secure(conn).await else {
                 return;
             };
@@ -334,16 +345,34 @@ pub async fn serve_http(
             };
             let service = TowerToHyperService::new(service);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::trace!(error = %e, "connection ended with an error");
+            // At shutdown or past `max_age` (which also ends HTTP/2 connections that stall or
+            // idle) the connection is asked to finish its requests and close, and dropped
+            // 10 s later if it has not.
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => return log_end(result),
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(max_age) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(Duration::from_secs(10), conn).await {
+                Ok(result) => log_end(result),
+                Err(_) => tracing::debug!("connection dropped 10 s after it was asked to close"),
             }
         });
     }
     drop(gate);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(10), connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("open requests did not finish within 10 s of shutdown");
+    }
+}
+
+fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        tracing::trace!(error = %e, "connection ended with an error");
     }
 }

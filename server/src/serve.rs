@@ -230,6 +230,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ];
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(l.limits.max_streams))
+        .max_connection_age(l.limits.max_connection_age)
+        .max_connection_age_grace(Duration::from_secs(10))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(grpc::service(ingest.clone()))
         .add_service(WatchService::server(priorities, auth));

@@ -228,3 +228,17 @@ def test_made_up_service_names_cannot_grow_the_name_lists(server_factory, tmp_pa
     # Spans past the lists are stored and found all the same.
     found = server.api.find_traces(service="svc-19", lookback="1h")
     assert [tr["traceID"] for tr in found] == [traces["svc-19"]]
+
+
+def test_a_connection_that_stalls_in_the_http2_preface_is_closed_at_its_max_age(server_factory, tmp_path):
+    import socket
+
+    config = write_config(tmp_path, '[listen.limits]\nmax_connection_age = "2s"\n')
+    server = server_factory("--config", config)
+    s = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+    s.sendall(b"PRI * HTTP/2.0")  # half a preface, then nothing
+    started = time.monotonic()
+    assert s.recv(1) == b"", "the stalled connection got an answer instead of being closed"
+    assert time.monotonic() - started < 8
+    s.close()
+    assert server.api.get("/readyz").status_code == 200
