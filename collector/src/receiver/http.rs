@@ -70,7 +70,8 @@ enum Encoding {
     Json,
 }
 
-fn media_type(headers: &HeaderMap) -> String {
+/// The media type of a request's `Content-Type`, lowercase, without parameters ("" if none).
+pub fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meshtrace_collector::auth::{Access, Scope};
+use meshtrace_collector::receiver::http::media_type;
 
 /// The access a request on the query port needs; `None`: open to anyone.
 pub fn route_access(method: &Method, path: &str) -> Option<Access> {
@@ -113,13 +114,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<JsonBody, Response> {
-        let media = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .unwrap_or_default();
+        let media = media_type(request.headers());
         if media != "application/json" {
             return Err(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
