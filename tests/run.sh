@@ -33,6 +33,14 @@ else
   echo "requirements unchanged, skipping pip install"
 fi
 
+# The TLS tests make their CA and certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+  step "installing openssl"
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 # --- Dashboard (ui/) -----------------------------------------------------------------------
 # The dashboard is built by server/build.rs (npm ci + vite) during the cargo build below, and
 # embedded in the binary; the browser tests at the end install Debian's Chromium if needed.
