@@ -18,10 +18,20 @@ use crate::catalog::{NewNames, SegmentInfo};
 #[derive(Debug)]
 pub(crate) struct Buffered {
     pub seq: u64,
+    /// Cluster mode: the partition the batch was consumed from (`seq` is its stream sequence).
+    pub partition: Option<u32>,
     pub batch: RecordBatch,
     pub at: Instant,
     /// Taken by the flush in progress; still visible to queries.
     pub flushing: bool,
+}
+
+/// A batch taken by a flush.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub seq: u64,
+    pub partition: Option<u32>,
+    pub batch: RecordBatch,
 }
 
 /// What a query sees: the committed segments and the buffered batches, taken together.
@@ -58,16 +68,26 @@ impl View {
         self.batches.iter().filter(|b| !b.flushing)
     }
 
-    /// Marks every pending batch as being flushed and returns them with their sequence numbers.
-    pub fn mark_for_flush(&mut self) -> Vec<(u64, RecordBatch)> {
+    /// Marks every pending batch as being flushed and returns them with their sequence numbers
+    /// and partitions.
+    pub fn mark_for_flush(&mut self) -> Vec<Taken> {
         self.batches
             .iter_mut()
             .filter(|b| !b.flushing)
             .map(|b| {
                 b.flushing = true;
-                (b.seq, b.batch.clone())
+                Taken {
+                    seq: b.seq,
+                    partition: b.partition,
+                    batch: b.batch.clone(),
+                }
             })
             .collect()
+    }
+
+    /// Drops every batch of `partition`, those being flushed included (it changed owner).
+    pub fn drop_partition(&mut self, partition: u32) {
+        self.batches.retain(|b| b.partition != Some(partition));
     }
 
     /// Gives the marked batches back to the buffer after a failed flush.
@@ -133,6 +153,16 @@ impl Names {
             pending: NewNames::default(),
             limits,
             refused: (0, 0),
+        }
+    }
+
+    /// Adds names a peer committed to the catalog (cluster mode), bypassing the limits: the
+    /// peer applied them.
+    pub fn absorb(&mut self, names: NewNames) {
+        self.services.extend(names.services);
+        for (service, name, kind) in names.operations {
+            let kinds = self.operations.entry(service).or_default().entry(name);
+            kinds.or_default().insert(kind);
         }
     }
 

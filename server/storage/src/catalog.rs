@@ -82,6 +82,17 @@ pub struct StoredProxy {
     pub version: u64,
 }
 
+/// Cluster mode: how far a segment commit moves one partition's checkpoint, under the epoch
+/// the committing node claimed it with. The commit fails as [`StorageError::Fenced`] when the
+/// partition was claimed again since (by a node that took it over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionMark {
+    pub partition: u32,
+    pub epoch: i64,
+    /// The highest stream sequence number of the partition in the segment.
+    pub seq: u64,
+}
+
 /// The names to persist with a segment: services and (service, operation, kind) triples.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NewNames {
@@ -219,15 +230,19 @@ impl Catalog {
         }
     }
 
-    /// Commits a segment row, its names, its rollups and the new checkpoint in one
-    /// transaction; returns the segment id.
+    /// Commits a segment row, its names, its rollups, the new checkpoint and (cluster mode)
+    /// its partitions' checkpoints in one transaction; returns the segment id.
     pub async fn commit_segment(
         &self,
         seg: &SegmentInfo,
         names: &NewNames,
         checkpoint: u64,
         rollups: &Rollups,
+        marks: &[PartitionMark],
     ) -> Result<i64, StorageError> {
+        const MARK: &str = "UPDATE cluster_partitions SET checkpoint = \
+             CASE WHEN checkpoint > $1 THEN checkpoint ELSE $1 END \
+             WHERE partition_id = $2 AND epoch = $3";
         const INSERT: &str = "INSERT INTO segments (path, min_start_ns, max_start_ns, row_count, \
              byte_size, wal_seq_min, wal_seq_max, services, created_at_ns) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
@@ -259,6 +274,14 @@ impl Catalog {
             sqlx::query(META).bind(CHECKPOINT_KEY).bind(checkpoint.to_string())
                 .execute(&mut *tx).await?;
             let id: i64 = row.try_get("id")?;
+            for m in marks {
+                let done = sqlx::query(MARK).bind(to_i64(m.seq, "checkpoint")?)
+                    .bind(i64::from(m.partition)).bind(m.epoch)
+                    .execute(&mut *tx).await?;
+                if done.rows_affected() != 1 {
+                    return Err(StorageError::Fenced { partition: m.partition });
+                }
+            }
             for (k, r) in rollups {
                 sqlx::query(ROLLUP)
                     .bind(id).bind(k.minute_ns).bind(&k.service).bind(&k.operation)
@@ -270,6 +293,26 @@ impl Catalog {
             id
         });
         Ok(id)
+    }
+
+    /// Cluster mode: claims `partition` for `owner`, moving its epoch on (so the previous
+    /// owner's later commits fail); returns (epoch, checkpoint).
+    pub async fn claim_partition(
+        &self,
+        partition: u32,
+        owner: &str,
+    ) -> Result<(i64, u64), StorageError> {
+        const SQL: &str =
+            "INSERT INTO cluster_partitions (partition_id, epoch, checkpoint, owner) \
+             VALUES ($1, 1, 0, $2) ON CONFLICT (partition_id) DO UPDATE \
+             SET epoch = cluster_partitions.epoch + 1, owner = excluded.owner \
+             RETURNING epoch, checkpoint";
+        let (epoch, checkpoint): (i64, i64) = on_pool!(self, pool => {
+            let row = sqlx::query(SQL).bind(i64::from(partition)).bind(owner)
+                .fetch_one(pool).await?;
+            (row.try_get("epoch")?, row.try_get("checkpoint")?)
+        });
+        Ok((epoch, to_u64(checkpoint, "cluster_partitions.checkpoint")?))
     }
 
     /// The rollups of `filter`'s services and minutes, with the ID of the segment each row

@@ -199,7 +199,11 @@ impl DerivedStore {
         cfg: DerivedConfig,
     ) -> Result<DerivedStore, StorageError> {
         let segments = store.inner.catalog.derived_segments().await?;
-        let orphans = remove_orphans(store.inner.store.as_ref(), &segments).await?;
+        let orphans = match store.inner.cfg.cluster_node {
+            // A peer may be between writing a file and committing its row.
+            Some(_) => 0,
+            None => remove_orphans(store.inner.store.as_ref(), &segments).await?,
+        };
         let mut states = Vec::new();
         for t in tables {
             check_schema(&t)?;
@@ -311,8 +315,12 @@ impl DerivedStore {
         let enc = tokio::task::spawn_blocking(move || encode(&schema, &batches, rg)).await??;
         let created = now_unix_nanos();
         let day = chrono::DateTime::from_timestamp_nanos(enc.min_start_ns).format("%Y-%m-%d");
+        let node = match &self.inner.store.config().cluster_node {
+            Some(node) => format!("-{node}"),
+            None => String::new(),
+        };
         let path = format!(
-            "{DERIVED_PREFIX}/{}/date={day}/seg-{created}.parquet",
+            "{DERIVED_PREFIX}/{}/date={day}/seg-{created}{node}.parquet",
             t.name
         );
         let byte_size = enc.bytes.len() as i64;
@@ -403,6 +411,29 @@ impl DerivedStore {
             bytes_written: get(&c.bytes_written),
             segments_deleted: get(&c.segments_deleted),
         }
+    }
+
+    /// Re-reads every table's segment list from the catalog (cluster mode: segments peers
+    /// committed, and those deleted by retention anywhere).
+    pub async fn refresh(&self) -> Result<(), StorageError> {
+        let _serial = self.inner.flush_lock.lock().await;
+        let listed = self.inner.store.inner.catalog.derived_segments().await?;
+        for t in &self.inner.tables {
+            let mut view = t.view();
+            let known: std::collections::HashMap<i64, Arc<DerivedSegment>> =
+                view.segments.iter().map(|s| (s.id, s.clone())).collect();
+            view.segments = listed
+                .iter()
+                .filter(|s| s.table == t.name)
+                .map(|s| {
+                    known
+                        .get(&s.id)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(s.clone()))
+                })
+                .collect();
+        }
+        Ok(())
     }
 
     /// The committed segments of one table, oldest first.

@@ -66,6 +66,9 @@ pub enum StorageError {
     Model(#[from] meshtrace_model::ModelError),
     #[error("catalog holds a bad value for {what}: {value}")]
     BadCatalogValue { what: &'static str, value: String },
+    /// Cluster mode: another node claimed the partition since this one did (its epoch moved).
+    #[error("partition {partition} is owned by another node now")]
+    Fenced { partition: u32 },
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -14,13 +14,16 @@ pub mod derived;
 pub mod error;
 pub mod layout;
 pub mod orphans;
+pub mod remote;
 pub mod rollup;
 
 mod bounded;
 mod budget_store;
 mod buffer;
 mod cancel;
+pub mod cluster;
 mod object_reader;
+mod ownership;
 mod query;
 mod sql;
 mod sql_runtime;
@@ -33,9 +36,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use buffer::NameLimits;
-pub use catalog::{SegmentInfo, StoredPrioritySet, StoredProxy};
+pub use catalog::{PartitionMark, SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
+pub use remote::object_store_from_url;
 pub use sql_runtime::SqlLimits;
 pub use store::{span_names, Store};
 
@@ -64,6 +68,10 @@ pub struct StoreConfig {
     pub sql: SqlLimits,
     /// Names the service and operation lists keep.
     pub names: NameLimits,
+    /// `Some(node id)` in cluster mode: several nodes share the object store and the catalog,
+    /// so nothing is swept as an orphan at open (a peer may be between its `put` and its
+    /// commit), segment names carry the node id, and [`Store::refresh`] reads peers' segments.
+    pub cluster_node: Option<String>,
 }
 
 impl StoreConfig {
@@ -87,6 +95,7 @@ impl Default for StoreConfig {
             row_group_rows: 16_384,
             sql: SqlLimits::default(),
             names: NameLimits::default(),
+            cluster_node: None,
         }
     }
 }

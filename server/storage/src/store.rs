@@ -18,11 +18,12 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::buffer::{Buffered, Names, Snapshot, View};
+use crate::buffer::{Buffered, Names, Snapshot, Taken, View};
 use crate::catalog::{Catalog, SegmentInfo};
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path, SegmentReader};
 use crate::orphans::{self, Settled};
+use crate::ownership::Owned;
 use crate::rollup::{rollups_of, RollupFilter, Rollups};
 use crate::sql_runtime::SqlRuntime;
 use crate::{StoreConfig, StoreStats};
@@ -69,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) sql_runtime: SqlRuntime,
     /// Segment files found without a catalog row at open, until [`Store::settle_orphans`].
     pub orphans: Mutex<Vec<ObjectPath>>,
+    /// Cluster mode: the partitions this node owns (see [`crate::cluster`]).
+    pub owned: Mutex<Owned>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -128,7 +131,11 @@ impl Store {
     ) -> Result<Store, StorageError> {
         let catalog = Catalog::connect(&cfg.data_dir, cfg.catalog_url.as_deref()).await?;
         let segments = catalog.segments().await?;
-        let orphans = orphans::find(store.as_ref(), &segments).await?;
+        let orphans = match cfg.cluster_node {
+            // A peer may be between writing a file and committing its row.
+            Some(_) => Vec::new(),
+            None => orphans::find(store.as_ref(), &segments).await?,
+        };
         let names = catalog.names().await?;
         let checkpoint = catalog.checkpoint().await?;
         tracing::info!(
@@ -158,6 +165,7 @@ impl Store {
             runtime,
             sql_runtime,
             orphans: Mutex::new(orphans),
+            owned: Mutex::default(),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -171,7 +179,7 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_view(&self) -> RwLockWriteGuard<'_, View> {
+    pub(crate) fn write_view(&self) -> RwLockWriteGuard<'_, View> {
         self.inner
             .view
             .write()
@@ -250,6 +258,7 @@ impl Store {
         lock(&self.inner.names).observe(names);
         self.write_view().batches.push(Buffered {
             seq: wal_seq,
+            partition: None,
             batch,
             at: Instant::now(),
             flushing: false,
@@ -286,6 +295,19 @@ impl Store {
         }
         match self.write_segment(taken).await {
             Ok(checkpoint) => Ok(Some(checkpoint)),
+            Err(StorageError::Fenced { partition }) => {
+                // Another node owns it now and consumes it from its checkpoint: these rows
+                // are its to write. The rest are flushed again next time.
+                self.forget_partition(partition);
+                let mut view = self.write_view();
+                view.drop_partition(partition);
+                view.unmark();
+                tracing::warn!(
+                    partition,
+                    "partition taken over by another node; its buffered rows dropped"
+                );
+                Err(StorageError::Fenced { partition })
+            }
             Err(e) => {
                 self.write_view().unmark();
                 tracing::warn!(error = %e, "flush failed; batches stay buffered");
@@ -294,17 +316,21 @@ impl Store {
         }
     }
 
-    async fn write_segment(&self, taken: Vec<(u64, RecordBatch)>) -> Result<u64, StorageError> {
+    async fn write_segment(&self, taken: Vec<Taken>) -> Result<u64, StorageError> {
         let started = Instant::now();
-        let seq_min = taken.iter().map(|t| t.0).min().unwrap_or_default();
-        let seq_max = taken.iter().map(|t| t.0).max().unwrap_or_default();
-        let batches: Vec<RecordBatch> = taken.into_iter().map(|t| t.1).collect();
+        let seq_min = taken.iter().map(|t| t.seq).min().unwrap_or_default();
+        let seq_max = taken.iter().map(|t| t.seq).max().unwrap_or_default();
+        let marks = self.partition_marks(&taken)?;
+        let batches: Vec<RecordBatch> = taken.into_iter().map(|t| t.batch).collect();
         let rg = self.inner.cfg.row_group_rows;
         let (enc, rollups) = tokio::task::spawn_blocking(move || {
             Ok::<_, StorageError>((encode_segment(&batches, rg)?, rollups_of(&batches, None)?))
         })
         .await??;
         let mut path = segment_path(enc.min_start_ns, seq_min, seq_max);
+        if let Some(node) = &self.inner.cfg.cluster_node {
+            path = path.replace(".parquet", &format!("-{node}.parquet"));
+        }
         if self.read_view().segments.iter().any(|s| s.path == path) {
             path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
         }
@@ -334,10 +360,13 @@ impl Store {
         match self
             .inner
             .catalog
-            .commit_segment(&info, &names, checkpoint, &rollups)
+            .commit_segment(&info, &names, checkpoint, &rollups, &marks)
             .await
         {
-            Ok(id) => info.id = id,
+            Ok(id) => {
+                info.id = id;
+                self.committed(&marks);
+            }
             Err(e) => {
                 lock(&self.inner.names).restore_pending(names);
                 return Err(e);

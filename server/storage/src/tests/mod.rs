@@ -1,6 +1,7 @@
 //! Tests of the whole store: buffer and Parquet round trips, pruning, crash leftovers, the
 //! checkpoint, retention, trace search semantics, SQL, segment size and PostgreSQL.
 
+mod cluster;
 mod derived;
 mod gen;
 mod postgres;

@@ -1,0 +1,187 @@
+//! Cluster mode in the store: the partitions this node owns, the spans consumed from them,
+//! fenced commits, and reading the segments peers commit.
+//!
+//! In cluster mode the JetStream span stream replaces the write-ahead log. Each partition of
+//! the stream has one owner at a time; the owner [claims](Store::claim_partition) it in the
+//! catalog, which moves the partition's epoch on and returns its checkpoint (the highest stream
+//! sequence number whose spans are in a committed segment). The owner consumes from just past
+//! the checkpoint and [appends](Store::append_partition) each message's spans with its stream
+//! sequence number. A flush commits, in the segment's own transaction, the new checkpoint of
+//! every partition in it, but only under the epoch it claimed the partition with: a node that
+//! lost a partition (a pause longer than its lease) fails to commit it and drops those rows,
+//! which the new owner consumes again from the checkpoint. So every acknowledged message is in
+//! exactly one committed segment, whatever node dies when.
+//!
+//! Peers' segments become visible through [`Store::refresh`], which re-reads the catalog's
+//! segment list and names (the server calls it every second).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use meshtrace_model::SpanKind;
+
+use crate::buffer::{Buffered, Taken};
+use crate::catalog::PartitionMark;
+use crate::error::StorageError;
+use crate::ownership::Partition;
+use crate::store::{lock, Store};
+
+/// A claimed partition: its epoch and its checkpoint when claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: i64,
+    pub checkpoint: u64,
+}
+
+impl Store {
+    /// Claims `partition` for this node (see the module docs): the claim's epoch and the
+    /// stream sequence number its consumer starts after. Rows of an earlier ownership still
+    /// buffered are dropped: they are consumed again.
+    pub async fn claim_partition(&self, partition: u32) -> Result<Claim, StorageError> {
+        let node = self
+            .inner
+            .cfg
+            .cluster_node
+            .as_deref()
+            .unwrap_or("standalone");
+        let _serial = self.inner.flush_lock.lock().await;
+        let (epoch, checkpoint) = self.inner.catalog.claim_partition(partition, node).await?;
+        self.write_view().drop_partition(partition);
+        let state = Partition {
+            epoch,
+            committed: checkpoint,
+            appended: checkpoint,
+        };
+        lock(&self.inner.owned).0.insert(partition, state);
+        tracing::info!(partition, epoch, checkpoint, "partition claimed");
+        Ok(Claim { epoch, checkpoint })
+    }
+
+    /// Gives `partition` up: waits for a flush in progress, then forgets it and drops its rows
+    /// still buffered (flush first to keep the new owner from consuming them again).
+    pub async fn release_partition(&self, partition: u32) {
+        let _serial = self.inner.flush_lock.lock().await;
+        self.forget_partition(partition);
+        self.write_view().drop_partition(partition);
+    }
+
+    pub(crate) fn forget_partition(&self, partition: u32) {
+        lock(&self.inner.owned).0.remove(&partition);
+    }
+
+    /// The partitions owned now, sorted.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = lock(&self.inner.owned).0.keys().copied().collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The highest stream sequence number of `partition` in a committed segment, if owned.
+    pub fn partition_committed(&self, partition: u32) -> Option<u64> {
+        lock(&self.inner.owned)
+            .0
+            .get(&partition)
+            .map(|p| p.committed)
+    }
+
+    /// Buffers the spans of stream message `seq` of an owned `partition`. Returns `false`
+    /// (and buffers nothing) for a message at or below what was already appended (a
+    /// redelivery) or of a partition not owned.
+    pub fn append_partition<'a>(
+        &self,
+        partition: u32,
+        seq: u64,
+        names: impl IntoIterator<Item = (&'a str, &'a str, SpanKind)>,
+        batch: RecordBatch,
+    ) -> bool {
+        {
+            let mut owned = lock(&self.inner.owned);
+            match owned.0.get_mut(&partition) {
+                Some(p) if seq > p.appended => p.appended = seq,
+                _ => {
+                    let c = &self.inner.counters.replayed_appends_skipped;
+                    c.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
+        if batch.num_rows() == 0 {
+            return true;
+        }
+        lock(&self.inner.names).observe(names);
+        self.write_view().batches.push(Buffered {
+            seq,
+            partition: Some(partition),
+            batch,
+            at: Instant::now(),
+            flushing: false,
+        });
+        true
+    }
+
+    /// The checkpoint each partition in `taken` moves to, with the epoch it is owned under.
+    pub(crate) fn partition_marks(
+        &self,
+        taken: &[Taken],
+    ) -> Result<Vec<PartitionMark>, StorageError> {
+        let mut highest: HashMap<u32, u64> = HashMap::new();
+        for t in taken {
+            if let Some(p) = t.partition {
+                let e = highest.entry(p).or_default();
+                *e = (*e).max(t.seq);
+            }
+        }
+        let owned = lock(&self.inner.owned);
+        let mut marks = Vec::with_capacity(highest.len());
+        for (partition, seq) in highest {
+            let Some(state) = owned.0.get(&partition) else {
+                return Err(StorageError::Fenced { partition });
+            };
+            marks.push(PartitionMark {
+                partition,
+                epoch: state.epoch,
+                seq,
+            });
+        }
+        marks.sort_by_key(|m| m.partition);
+        Ok(marks)
+    }
+
+    /// Records a commit's partition checkpoints.
+    pub(crate) fn committed(&self, marks: &[PartitionMark]) {
+        let mut owned = lock(&self.inner.owned);
+        for m in marks {
+            if let Some(p) = owned.0.get_mut(&m.partition) {
+                if p.epoch == m.epoch {
+                    p.committed = p.committed.max(m.seq);
+                }
+            }
+        }
+    }
+
+    /// Re-reads the catalog's segment list (segments peers committed, and those deleted by
+    /// retention anywhere) and its names; returns how many segments were new.
+    pub async fn refresh(&self) -> Result<usize, StorageError> {
+        let _serial = self.inner.flush_lock.lock().await;
+        let listed = self.inner.catalog.segments().await?;
+        let names = self.inner.catalog.names().await?;
+        let mut view = self.write_view();
+        let known: HashMap<i64, Arc<crate::SegmentInfo>> =
+            view.segments.iter().map(|s| (s.id, s.clone())).collect();
+        let listed_ids: HashSet<i64> = listed.iter().map(|s| s.id).collect();
+        let new = listed.iter().filter(|s| !known.contains_key(&s.id)).count();
+        for gone in view.segments.iter().filter(|s| !listed_ids.contains(&s.id)) {
+            self.inner.reader.forget(&gone.path);
+        }
+        view.segments = listed
+            .into_iter()
+            .map(|s| known.get(&s.id).cloned().unwrap_or_else(|| Arc::new(s)))
+            .collect();
+        drop(view);
+        lock(&self.inner.names).absorb(names);
+        Ok(new)
+    }
+}
