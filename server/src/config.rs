@@ -32,6 +32,50 @@ pub struct Config {
     pub budgets: BudgetSettings,
     pub auth: AuthSettings,
     pub tls: crate::tls::TlsSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Cluster mode (`[cluster]`): on when `name` is set. See `docs/scaling.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The cluster's name: its JetStream stream, subjects and buckets are named after it.
+    pub name: Option<String>,
+    /// This node's ID, unique in the cluster [default: the host name].
+    pub node_id: Option<String>,
+    pub nats_url: String,
+    /// Where segments go: `s3://BUCKET/PREFIX` (`AWS_*` variables give credentials, region,
+    /// endpoint and `AWS_ALLOW_HTTP`) or `file:///PATH`.
+    pub object_store: Option<String>,
+    /// Partitions of the span stream; fixed when the cluster is created.
+    pub partitions: u32,
+    /// A node that stops renewing its leases loses its partitions after this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long JetStream keeps span messages (consumed or not).
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Duration,
+    /// Ingest answers 503 when JetStream has not acknowledged a request within this.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Requests being published at once; past it, ingest answers 429.
+    pub max_in_flight: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            name: None,
+            node_id: None,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            object_store: None,
+            partitions: meshtrace_cluster::partition::DEFAULT_PARTITIONS,
+            lease_ttl: Duration::from_secs(10),
+            stream_max_age: Duration::from_secs(24 * 3600),
+            publish_timeout: Duration::from_secs(5),
+            max_in_flight: 1024,
+        }
+    }
 }
 
 /// Tokens and browser rules (`[auth]`); see [`meshtrace_collector::auth`].
@@ -234,6 +278,7 @@ impl Default for Config {
             budgets: BudgetSettings::default(),
             auth: AuthSettings::default(),
             tls: Default::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -342,6 +387,21 @@ pub struct ServeArgs {
     /// TOML file of `[[tokens]]` (name, token, scopes, services, classes) required by every port
     #[arg(long, env = "MESHTRACE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Run as a node of this cluster (NATS JetStream, object store, PostgreSQL catalog)
+    #[arg(long, env = "MESHTRACE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This node's ID in the cluster [default: the host name]
+    #[arg(long, env = "MESHTRACE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// NATS server of the cluster [default: nats://127.0.0.1:4222]
+    #[arg(long, env = "MESHTRACE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Object store of the cluster's segments: s3://BUCKET/PREFIX or file:///PATH
+    #[arg(long, env = "MESHTRACE_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Partitions of a new cluster's span stream [default: 32]
+    #[arg(long, env = "MESHTRACE_PARTITIONS")]
+    pub partitions: Option<u32>,
     /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
     #[arg(long, env = "MESHTRACE_NO_FSYNC")]
     pub no_fsync: bool,
@@ -405,6 +465,18 @@ impl Config {
         if a.auth_tokens_file.is_some() {
             self.auth.tokens_file = a.auth_tokens_file.clone();
         }
+        let c = &mut self.cluster;
+        for (target, value) in [
+            (&mut c.name, &a.cluster),
+            (&mut c.node_id, &a.node_id),
+            (&mut c.object_store, &a.object_store),
+        ] {
+            if value.is_some() {
+                *target = value.clone();
+            }
+        }
+        set(&mut c.nats_url, &a.nats_url);
+        set(&mut c.partitions, &a.partitions);
         if a.no_fsync {
             self.wal.fsync = false;
         }

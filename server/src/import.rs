@@ -121,7 +121,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
                 ..Default::default()
             })?;
             let opened = crate::serve::open(&config).await?;
-            let pipeline = opened.pipeline();
+            let pipeline = opened.pipeline()?;
             Target::Local {
                 pipeline,
                 running: Box::new(opened),

@@ -59,7 +59,8 @@ where
 /// The store's and the write-ahead log's counters.
 pub struct StoreMetrics {
     pub store: Store,
-    pub wal: Wal,
+    /// `None` in cluster mode.
+    pub wal: Option<Wal>,
 }
 
 impl std::fmt::Debug for StoreMetrics {
@@ -70,7 +71,10 @@ impl std::fmt::Debug for StoreMetrics {
 
 impl Collector for StoreMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (w, s) = (self.wal.stats(), self.store.stats());
+        let (w, s) = (
+            self.wal.as_ref().map(Wal::stats).unwrap_or_default(),
+            self.store.stats(),
+        );
         let e = &mut e;
         gauge(
             e,
@@ -115,6 +119,12 @@ impl Collector for StoreMetrics {
             "meshtrace_flushes",
             "flushes of the buffer to Parquet",
             s.flushes,
+        )?;
+        gauge(
+            e,
+            "meshtrace_cluster_partitions_owned",
+            "cluster mode: span-stream partitions this node owns and consumes",
+            self.store.owned_partitions().len() as i64,
         )?;
         counter(
             e,

@@ -15,6 +15,7 @@ use anyhow::Context;
 use meshtrace_collector::metrics::IngestMetrics;
 use meshtrace_collector::receiver::{grpc, http, Ingest};
 use meshtrace_collector::wal::{FsyncPolicy, Wal, WalConfig};
+use meshtrace_collector::SpanSink;
 use meshtrace_storage::{Store, StoreConfig};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -26,6 +27,7 @@ use meshtrace_query::Queries;
 use crate::api::access::AllowedHosts;
 use crate::api::timing::RequestTiming;
 use crate::api::{self, ApiState};
+use crate::cluster;
 use crate::config::Config;
 use crate::listener::{serve_http, Gate};
 use crate::metrics::StoreMetrics;
@@ -39,12 +41,17 @@ pub struct Running {
     pub opened: Opened,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Cluster mode: the leases and partition consumers.
+    node: Option<cluster::Node>,
 }
 
 /// The store and the log, opened and recovered, before any listener.
 pub struct Opened {
     pub store: Store,
-    pub wal: Wal,
+    /// The write-ahead log; `None` in cluster mode, where JetStream takes its place.
+    pub wal: Option<Wal>,
+    /// Cluster mode: the checked connections to NATS and the object store.
+    pub cluster: Option<cluster::Connected>,
     pub provenance: Provenance,
     /// Where provenance records completed traces for the budgets engine.
     pub recorder: Recorder,
@@ -53,37 +60,51 @@ pub struct Opened {
 }
 
 impl Opened {
-    /// The sink that writes to this log and store.
-    pub fn pipeline(&self) -> Pipeline {
-        let pipeline = Pipeline::new(self.wal.clone(), self.store.clone(), self.next_seq);
-        match self.provenance_enabled {
+    /// The sink that writes to this log and store (not in cluster mode: see [`Opened::sink`]).
+    pub fn pipeline(&self) -> anyhow::Result<Pipeline> {
+        let Some(wal) = &self.wal else {
+            anyhow::bail!(
+                "a cluster node has no local write-ahead log; send spans to its receivers"
+            );
+        };
+        let pipeline = Pipeline::new(wal.clone(), self.store.clone(), self.next_seq);
+        Ok(match self.provenance_enabled {
             true => pipeline.with_provenance(self.provenance.feed()),
             false => pipeline,
-        }
+        })
+    }
+
+    /// Where receivers hand spans: the log and store, or in cluster mode the span stream.
+    pub fn sink(&self) -> anyhow::Result<Arc<dyn SpanSink>> {
+        Ok(match &self.cluster {
+            Some(c) => Arc::new(c.sink()),
+            None => Arc::new(self.pipeline()?),
+        })
     }
 
     /// Drains the log, flushes the buffer to Parquet and truncates the log.
     pub async fn close(self) -> anyhow::Result<()> {
-        self.wal
-            .shutdown()
-            .await
-            .context("closing the write-ahead log")?;
+        if let Some(wal) = &self.wal {
+            wal.shutdown()
+                .await
+                .context("closing the write-ahead log")?;
+        }
         // Appends completed by the drain are delivered by their tasks; give them a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Completes the open traces and writes their derived rows before the final flush.
         self.provenance.close().await;
         if let Some(checkpoint) = self.store.flush().await.context("final flush")? {
-            self.wal.truncate_through(checkpoint)?;
+            if let Some(wal) = &self.wal {
+                wal.truncate_through(checkpoint)?;
+            }
         }
         Ok(())
     }
 }
 
-/// Opens the store and the log and re-buffers what the log holds past the checkpoint.
-pub async fn open(config: &Config) -> anyhow::Result<Opened> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = Store::open(StoreConfig {
+/// The store's settings from the server's.
+fn store_config(config: &Config) -> StoreConfig {
+    StoreConfig {
         data_dir: config.data_dir.clone(),
         catalog_url: config.catalog_url.clone(),
         flush_max_rows: config.storage.flush_rows,
@@ -95,19 +116,80 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
             max_services: config.storage.max_services,
             max_operations_per_service: config.storage.max_operations_per_service,
         },
-    })
-    .await
-    .context("opening the store")?;
-    let checkpoint = store.checkpoint().await?;
+        cluster_node: None,
+    }
+}
+
+/// Starts provenance on the store, recording completed traces for the budgets.
+async fn start_provenance(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<(Provenance, Recorder)> {
     let recorder = Recorder::new(priorities::window_config(&config.budgets));
     let provenance = Provenance::start(
-        &store,
+        store,
         &config.provenance,
         config.storage.retention,
         config.storage.row_group_rows,
         Some(Arc::new(recorder.clone())),
     )
     .await?;
+    Ok((provenance, recorder))
+}
+
+/// Cluster mode: checks NATS and the object store, opens the store on them and the
+/// PostgreSQL catalog. Nothing is replayed: the partitions' consumers do that once claimed.
+async fn open_cluster(config: &Config) -> anyhow::Result<Opened> {
+    let connected = cluster::connect(config).await?;
+    let mut store_cfg = store_config(config);
+    store_cfg.cluster_node = Some(connected.node.clone());
+    let catalog = config
+        .catalog_url
+        .as_deref()
+        .map(mask_password)
+        .unwrap_or_default();
+    let store = Store::open_with_object_store(store_cfg, connected.object_store.clone())
+        .await
+        .with_context(|| format!("cannot reach the catalog at {catalog}"))?;
+    let (provenance, recorder) = start_provenance(config, &store).await?;
+    Ok(Opened {
+        store,
+        wal: None,
+        cluster: Some(connected),
+        provenance,
+        recorder,
+        next_seq: 0,
+        provenance_enabled: config.provenance.enabled,
+    })
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+fn mask_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Opens the store and the log and re-buffers what the log holds past the checkpoint (or, in
+/// cluster mode, connects to the cluster's dependencies).
+pub async fn open(config: &Config) -> anyhow::Result<Opened> {
+    if config.cluster.name.is_some() {
+        return open_cluster(config).await;
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store = Store::open(store_config(config))
+        .await
+        .context("opening the store")?;
+    let checkpoint = store.checkpoint().await?;
+    let (provenance, recorder) = start_provenance(config, &store).await?;
     let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
     wal_config.queue_depth = config.wal.queue_depth;
     wal_config.segment_bytes = config.wal.segment_bytes;
@@ -154,7 +236,8 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let next_seq = wal.last_seq().max(checkpoint) + 1;
     Ok(Opened {
         store,
-        wal,
+        wal: Some(wal),
+        cluster: None,
         provenance,
         recorder,
         next_seq,
@@ -171,7 +254,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Starts everything and returns once every listener is bound and ready.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let opened = open(config).await?;
-    let pipeline = opened.pipeline();
+    let sink = opened.sink()?;
     let (store, wal) = (opened.store.clone(), opened.wal.clone());
     let mut registry = Registry::default();
     let ingest_metrics = IngestMetrics::register(&mut registry);
@@ -183,8 +266,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
              changes (classes, objectives, overrides) and SQL are served to loopback clients only"
         );
     }
-    let ingest = Ingest::new(Arc::new(pipeline), ingest_metrics, config.ingest.clone())
-        .with_auth(auth.clone());
+    let ingest = Ingest::new(sink, ingest_metrics, config.ingest.clone()).with_auth(auth.clone());
     let shutdown = CancellationToken::new();
     let priorities = Priorities::start(
         &store,
@@ -242,6 +324,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         wal.clone(),
         shutdown.clone(),
     )));
+    let node = match &opened.cluster {
+        Some(c) => Some(
+            c.start(cluster::Shared {
+                store: store.clone(),
+                provenance: opened.provenance.clone(),
+                assemble: config.provenance.enabled,
+                priorities: state.priorities.clone(),
+                ready: state.ready.clone(),
+            })
+            .await?,
+        ),
+        None => None,
+    };
     state.ready.store(true, Ordering::Release);
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -251,6 +346,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         opened,
         shutdown,
         tasks,
+        node,
     })
 }
 
@@ -285,7 +381,11 @@ async fn listen(
 }
 
 /// Flushes by size or age and applies retention until shutdown.
-async fn background(store: Store, wal: Wal, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn background(
+    store: Store,
+    wal: Option<Wal>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut last_retention = std::time::Instant::now() - Duration::from_secs(3600);
     loop {
@@ -295,13 +395,13 @@ async fn background(store: Store, wal: Wal, shutdown: CancellationToken) -> anyh
         }
         match store.flush_if_due().await {
             Ok(Some(checkpoint)) => {
-                if let Err(e) = wal.truncate_through(checkpoint) {
+                if let Some(Err(e)) = wal.as_ref().map(|w| w.truncate_through(checkpoint)) {
                     tracing::warn!(error = %e, "could not truncate the write-ahead log");
                 }
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %e, "flush failed; spans stay in the write-ahead log")
+                tracing::error!(error = %e, "flush failed; the spans stay buffered (and in the write-ahead log or JetStream) and are flushed again")
             }
         }
         if last_retention.elapsed() > Duration::from_secs(60) {
@@ -333,7 +433,18 @@ impl Running {
                 }
             }
         }
+        // Cluster mode: stop consuming, flush (in close), then give the leases up so peers
+        // take the partitions over at once.
+        let leases = match self.node {
+            Some(node) => node.stop().await,
+            None => None,
+        };
         self.opened.close().await?;
+        if let Some(mut leases) = leases {
+            if let Err(e) = leases.leave().await {
+                tracing::warn!(error = %e, "could not give the leases up; they expire");
+            }
+        }
         tracing::info!("meshtrace stopped cleanly");
         Ok(())
     }

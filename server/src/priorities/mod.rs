@@ -111,6 +111,30 @@ pub struct Priorities {
 }
 
 /// The budget window of these settings (what a [`Recorder`] is made with).
+/// The objectives (valid ones; bad rows are logged and skipped) and the priority overrides the
+/// catalog holds.
+async fn read_catalog(
+    store: &Store,
+) -> anyhow::Result<(BTreeMap<String, Objective>, BTreeMap<String, u8>)> {
+    let mut objectives = BTreeMap::new();
+    for (class, json) in store.objectives().await.context("reading objectives")? {
+        match serde_json::from_str::<Objective>(&json) {
+            Ok(o) if o.validate().is_ok() => {
+                objectives.insert(class, o);
+            }
+            _ => tracing::warn!(%class, objective = %json, "ignoring a bad stored objective"),
+        }
+    }
+    let overrides = store
+        .priority_overrides()
+        .await
+        .context("reading priority overrides")?
+        .into_iter()
+        .map(|(c, l)| (c, u8::try_from(l.clamp(0, 255)).unwrap_or(u8::MAX)))
+        .collect();
+    Ok((objectives, overrides))
+}
+
 pub fn window_config(settings: &BudgetSettings) -> WindowConfig {
     WindowConfig {
         window: settings.window.max(Duration::from_millis(1)),
@@ -147,22 +171,7 @@ impl Priorities {
             o.validate()
                 .with_context(|| format!("budgets.objectives.{class}"))?;
         }
-        let mut catalog_objectives = BTreeMap::new();
-        for (class, json) in store.objectives().await.context("reading objectives")? {
-            match serde_json::from_str::<Objective>(&json) {
-                Ok(o) if o.validate().is_ok() => {
-                    catalog_objectives.insert(class, o);
-                }
-                _ => tracing::warn!(%class, objective = %json, "ignoring a bad stored objective"),
-            }
-        }
-        let overrides = store
-            .priority_overrides()
-            .await
-            .context("reading priority overrides")?
-            .into_iter()
-            .map(|(c, l)| (c, u8::try_from(l.clamp(0, 255)).unwrap_or(u8::MAX)))
-            .collect();
+        let (catalog_objectives, overrides) = read_catalog(store).await?;
         let board = Board::default();
         let mut base_versions = BTreeMap::new();
         for stored in store
@@ -257,6 +266,39 @@ impl Priorities {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(class.to_string(), o);
         self.wake();
+        Ok(())
+    }
+
+    /// Re-reads objectives and overrides from the catalog (cluster mode: a peer may have
+    /// changed them) and triggers an update when they changed.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let (objectives, overrides) = read_catalog(&self.inner.store).await?;
+        let mut changed = false;
+        {
+            let mut mine = self
+                .inner
+                .catalog_objectives
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *mine != objectives {
+                *mine = objectives;
+                changed = true;
+            }
+        }
+        {
+            let mut mine = self
+                .inner
+                .overrides
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *mine != overrides {
+                *mine = overrides;
+                changed = true;
+            }
+        }
+        if changed {
+            self.wake();
+        }
         Ok(())
     }
 

@@ -212,6 +212,23 @@ impl Provenance {
         }
     }
 
+    /// Feeds spans consumed in cluster mode, waiting for room (the consumer slows down
+    /// instead of dropping spans from provenance).
+    pub async fn feed_waiting(&self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        let spans = Arc::new(self.feed.slim_owned(spans));
+        if self.feed.tx.send(Msg::Live(spans)).await.is_err() {
+            tracing::warn!("provenance task is gone; consumed spans skip provenance");
+        }
+    }
+
+    /// The derived tables.
+    pub fn derived(&self) -> &DerivedStore {
+        &self.derived
+    }
+
     /// Completes every open trace, writes the derived rows to Parquet and stops the task.
     pub async fn close(&self) {
         self.stop.cancel();
@@ -253,6 +270,25 @@ impl Provenance {
             .catalog_rules
             .write()
             .unwrap_or_else(PoisonError::into_inner) = rules;
+        shared.update_slimmer();
+        Ok(())
+    }
+
+    /// Re-reads the class rules from the catalog (cluster mode: a peer may have changed them)
+    /// and applies them to traces completed from now on.
+    pub async fn reload_rules(&self) -> anyhow::Result<()> {
+        let rules = parse_stored(self.store.class_rules().await?);
+        let shared = &self.feed.shared;
+        {
+            let mut mine = shared
+                .catalog_rules
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *mine == rules {
+                return Ok(());
+            }
+            *mine = rules;
+        }
         shared.update_slimmer();
         Ok(())
     }
