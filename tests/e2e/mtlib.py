@@ -104,8 +104,11 @@ class Server:
         http_host: str = "127.0.0.1",
         tls_ca: Path | None = None,
         tls_client: tuple[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.binary = Path(binary)
+        # Extra environment for the child (e.g. AWS_* for an s3:// object store).
+        self.env = dict(env or {})
         self.subcommand = subcommand
         self.http_host = http_host
         # With a CA (the server was given --tls-cert/--tls-key): https URLs, verified by it.
@@ -193,7 +196,7 @@ class Server:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=server_env(),
+                env={**server_env(), **self.env},
                 cwd=self.workdir,
             )
         if wait:

@@ -1,0 +1,524 @@
+"""Cluster mode (`meshtrace serve --cluster`): several nodes on NATS JetStream, an S3 object
+store (moto) and one PostgreSQL catalog answer as one server.
+
+Covers: three nodes fed by the OpenTelemetry SDK over OTLP HTTP and gRPC give every query the
+same answer, and the same counts as a standalone server given the same load; `kill -9` of a
+node under load loses no acknowledged span and duplicates none once the survivors have taken
+its partitions over; a node whose NATS, object store or catalog is missing refuses to start
+and says which; the partition count of a cluster cannot change.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcExporter,
+)
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpExporter,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from mtlib import (
+    eventually,
+    new_span_id,
+    new_trace_id,
+    now_ns,
+    request_pb,
+    span_pb,
+    span_service,
+    tag_map,
+)
+
+TRACES_PER_SENDER = 60
+ERROR_EVERY = 5  # every 5th trace has a failed client span
+SERVICES = {"n1": "cluster-frontend", "n2": "cluster-cart", "n3": "cluster-payment"}
+PROTOCOLS = {"n1": "http", "n2": "grpc", "n3": "http+gzip"}
+
+# --------------------------------------------------------------------------------------------
+# Sending with the OpenTelemetry SDK
+# --------------------------------------------------------------------------------------------
+
+
+class RecordingExporter(SpanExporter):
+    """Keeps every export's result, so a refused export fails the test as such."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.results: list[SpanExportResult] = []
+
+    def export(self, spans):
+        self.results.append(self.inner.export(spans))
+        return self.results[-1]
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def exporter_for(server, protocol: str) -> SpanExporter:
+    if protocol == "grpc":
+        return GrpcExporter(endpoint=f"http://{server.grpc_target}", insecure=True, timeout=10)
+    gzip = protocol == "http+gzip"
+    return HttpExporter(
+        endpoint=server.traces_url,
+        timeout=10,
+        compression=HttpCompression.Gzip if gzip else HttpCompression.NoCompression,
+    )
+
+
+def send_with_sdk(server, service: str, protocol: str) -> dict[str, dict[str, bool]]:
+    """Sends TRACES_PER_SENDER traces of 3 spans (server → client → internal) as `service`;
+    returns {trace ID: {span ID: failed}} (hex IDs)."""
+    exporter = RecordingExporter(exporter_for(server, protocol))
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = provider.get_tracer("e2e.cluster")
+    sent: dict[str, dict[str, bool]] = {}
+    for i in range(TRACES_PER_SENDER):
+        failed = i % ERROR_EVERY == 0
+        with tracer.start_as_current_span("GET /checkout", kind=SpanKind.SERVER) as root:
+            ctx = trace.set_span_in_context(root)
+            with tracer.start_as_current_span(
+                "call upstream", context=ctx, kind=SpanKind.CLIENT
+            ) as call:
+                if failed:
+                    call.set_status(Status(StatusCode.ERROR, "upstream reset"))
+                with tracer.start_as_current_span(
+                    "encode", context=trace.set_span_in_context(call), kind=SpanKind.INTERNAL
+                ) as enc:
+                    pass
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        sent[trace_id] = {
+            format(root.get_span_context().span_id, "016x"): False,
+            format(call.get_span_context().span_id, "016x"): failed,
+            format(enc.get_span_context().span_id, "016x"): False,
+        }
+    assert provider.force_flush(10_000), "force_flush timed out"
+    provider.shutdown()
+    assert exporter.results and all(r == SpanExportResult.SUCCESS for r in exporter.results), (
+        f"{service} via {protocol}: exports {exporter.results}"
+    )
+    return sent
+
+
+# --------------------------------------------------------------------------------------------
+# What a user sees
+# --------------------------------------------------------------------------------------------
+
+
+def counts(server) -> dict:
+    """Span counts overall and per service, and the service list."""
+    [[spans, distinct]] = server.api.sql_rows(
+        "SELECT count(*), count(DISTINCT span_id) FROM spans"
+    )
+    per_service = server.api.sql_rows(
+        "SELECT service_name, count(*), count(DISTINCT trace_id), "
+        "sum(CASE WHEN status_code = 'error' THEN 1 ELSE 0 END) "
+        "FROM spans GROUP BY service_name ORDER BY service_name"
+    )
+    return {
+        "spans": int(spans),
+        "distinct span ids": int(distinct),
+        "per service [spans, traces, errors]": {
+            s: [int(n), int(t), int(e)] for s, n, t, e in per_service
+        },
+        "services": sorted(server.api.services()),
+    }
+
+
+def expected_counts(sent: dict[str, dict[str, dict[str, bool]]]) -> dict:
+    """What `counts` must answer for {service: {trace: {span: failed}}}."""
+    per_service = {
+        service: [
+            sum(len(spans) for spans in traces.values()),
+            len(traces),
+            sum(failed for spans in traces.values() for failed in spans.values()),
+        ]
+        for service, traces in sent.items()
+    }
+    total = sum(n for n, _, _ in per_service.values())
+    return {
+        "spans": total,
+        "distinct span ids": total,
+        "per service [spans, traces, errors]": dict(sorted(per_service.items())),
+        "services": sorted(sent),
+    }
+
+
+def trace_view(t: dict) -> dict:
+    """A Jaeger trace as {span ID: (service, operation, parents, error tag)}: what the UI
+    shows, independent of span order and process numbering."""
+    view = {}
+    for span in t["spans"]:
+        parents = [r["spanID"] for r in span.get("references") or [] if r["refType"] == "CHILD_OF"]
+        error = tag_map(span.get("tags")).get("error", (None, False))[1]
+        view[span["spanID"]] = (span_service(t, span), span["operationName"], parents, error)
+    return view
+
+
+def answers(server, sent: dict[str, dict[str, dict[str, bool]]]) -> dict:
+    """Everything the checks read from one node; fails (for `eventually`) until complete."""
+    c = counts(server)
+    assert c == expected_counts(sent), f"{server.name}: {c}"
+    found = {
+        service: sorted(
+            t["traceID"]
+            for t in server.api.find_traces(service=service, limit=1000, lookback="1h")
+        )
+        for service in sent
+    }
+    traces = {}
+    for service, by_trace in sent.items():
+        assert found[service] == sorted(by_trace), f"{server.name}: search by {service}"
+        for trace_id, spans in by_trace.items():
+            t = server.api.trace(trace_id)
+            assert t is not None, f"{server.name}: trace {trace_id} not found"
+            view = trace_view(t)
+            assert {s: v[3] for s, v in view.items()} == spans, f"{server.name}: {trace_id}"
+            assert {v[0] for v in view.values()} == {service}
+            traces[trace_id] = view
+    return {"counts": c, "found": found, "traces": traces}
+
+
+def test_three_nodes_answer_as_one(cluster, server_factory):
+    nodes = [cluster.node(node_id) for node_id in SERVICES]
+    sent = {
+        SERVICES[n.name]: send_with_sdk(n, SERVICES[n.name], PROTOCOLS[n.name]) for n in nodes
+    }
+
+    def complete(node):
+        return eventually(lambda: answers(node, sent), timeout=20, what=f"all on {node.name}")
+
+    with ThreadPoolExecutor(len(nodes)) as pool:  # the nodes are checked side by side
+        per_node = list(pool.map(complete, nodes))
+    first = per_node[0]
+    for node, got in zip(nodes[1:], per_node[1:]):
+        assert got == first, f"{node.name} answers differently from {nodes[0].name}"
+
+    # An objective and an override set through one node apply on every node.
+    objective = {"quantile": 0.99, "latency_ms": 250, "importance": 10}
+    r = requests.put(f"{nodes[0].query_url}/api/v1/classes/checkout/objective", json=objective)
+    assert r.status_code in (200, 204), r.text
+    r = requests.put(f"{nodes[1].query_url}/api/v1/priorities/overrides", json={"checkout": 3})
+    assert r.status_code in (200, 204), r.text
+    for node in nodes:
+        eventually(
+            lambda: node.api.json("/api/v1/classes/checkout/objective")["objective"]["latency_ms"]
+            == 250
+            and node.api.json("/api/v1/priorities/overrides") == {"checkout": 3},
+            timeout=5,
+            what=f"objective and override on {node.name}",
+        )
+
+    # A standalone server given the same load answers the same counts.
+    standalone = server_factory(name="standalone")
+    sent_alone = {service: send_with_sdk(standalone, service, "http") for service in sent}
+    alone = eventually(lambda: answers(standalone, sent_alone), timeout=20, what="standalone")
+    assert alone["counts"] == first["counts"]
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 under load
+# --------------------------------------------------------------------------------------------
+
+SPANS_PER_REQUEST = 100  # an SDK's batch holds up to 512
+
+
+class Load:
+    """One thread per node posting OTLP protobuf requests (one new trace of SPANS_PER_REQUEST
+    spans each) until stopped, recording which traces each node acknowledged with HTTP 200
+    and when."""
+
+    def __init__(self, nodes) -> None:
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.acked: dict[str, list[tuple[float, str]]] = {n.name: [] for n in nodes}
+        self.refused: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in nodes]
+
+    def _run(self, node) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            trace_id = new_trace_id()
+            t = now_ns()
+            root = new_span_id()
+            spans = [span_pb(trace_id, "root", t, t + 5_000_000, span_id=root)] + [
+                span_pb(trace_id, f"child-{i}", t + i, t + i + 1000, parent=root, kind=3)
+                for i in range(SPANS_PER_REQUEST - 1)
+            ]
+            body = request_pb(f"load-{node.name}", spans).SerializeToString()
+            try:
+                r = session.post(
+                    node.traces_url,
+                    data=body,
+                    headers={"Content-Type": "application/x-protobuf"},
+                    timeout=20,
+                )
+            except requests.RequestException:
+                if not node.running:
+                    return  # killed: nothing more to send it
+                continue
+            with self.lock:
+                if r.status_code == 200:
+                    self.acked[node.name].append((time.monotonic(), trace_id.hex()))
+                else:
+                    self.refused.append(f"{node.name}: HTTP {r.status_code} {r.text[:200]}")
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def acked_traces(self) -> set[str]:
+        with self.lock:
+            return {trace_id for acks in self.acked.values() for _, trace_id in acks}
+
+    def acked_after(self, name: str, since: float) -> int:
+        with self.lock:
+            return sum(1 for at, _ in self.acked[name] if at > since)
+
+
+def assert_exactly_once(server, acked: set[str]) -> bool:
+    """Every acknowledged trace is stored with all its spans, and no span ID twice."""
+    duplicated = server.api.sql_rows(
+        "SELECT span_id, count(*) FROM spans GROUP BY span_id HAVING count(*) > 1 LIMIT 20"
+    )
+    assert not duplicated, f"{server.name}: duplicated span IDs (id, copies): {duplicated}"
+    stored = {
+        trace_id: (int(n), int(distinct))
+        for trace_id, n, distinct in server.api.sql_rows(
+            "SELECT trace_id, count(*), count(DISTINCT span_id) FROM spans "
+            "WHERE service_name LIKE 'load-%' GROUP BY trace_id"
+        )
+    }
+    complete = (SPANS_PER_REQUEST, SPANS_PER_REQUEST)
+    incomplete = {t: stored.get(t) for t in acked if stored.get(t) != complete}
+    assert not incomplete, (
+        f"{server.name}: {len(incomplete)} of {len(acked)} acknowledged traces missing or "
+        f"incomplete (trace: (spans, distinct span IDs) stored, None: absent), e.g. "
+        f"{dict(list(incomplete.items())[:5])}"
+    )
+    return True
+
+
+def test_kill9_loses_nothing_and_duplicates_nothing(cluster):
+    config = '[cluster]\nlease_ttl = "3s"\n'
+    n1, n2, n3 = (cluster.node(node_id, config=config) for node_id in ("n1", "n2", "n3"))
+
+    with Load([n1, n2, n3]) as load:
+        time.sleep(2)  # load on all three nodes
+        n3.kill9()
+        killed_at = time.monotonic()
+        time.sleep(3)  # load on the survivors while they take n3's partitions over
+    stopped_at = time.monotonic()
+
+    acked = load.acked_traces()
+    assert not load.refused, f"survivors refused requests: {load.refused[:5]}"
+    for survivor in (n1, n2):
+        assert load.acked_after(survivor.name, killed_at) > 0, f"{survivor.name} stopped acking"
+    assert load.acked["n3"], "n3 acknowledged nothing before it was killed"
+
+    for survivor in (n1, n2):
+        eventually(
+            lambda: assert_exactly_once(survivor, acked),
+            timeout=40,
+            interval=0.5,
+            what=f"{len(acked)} acknowledged traces exactly once on {survivor.name}",
+        )
+    print(
+        f"\n{len(acked)} acknowledged traces ({len(load.acked['n3'])} by n3 before kill -9) "
+        f"complete on both survivors {time.monotonic() - stopped_at:.1f}s after the load "
+        f"stopped"
+    )
+    for survivor in (n1, n2):
+        [[n, distinct]] = survivor.api.sql_rows(
+            "SELECT count(*), count(DISTINCT span_id) FROM spans"
+        )
+        assert int(n) == int(distinct) >= len(acked) * SPANS_PER_REQUEST
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up refusals
+# --------------------------------------------------------------------------------------------
+
+EXIT_TIMEOUT_S = 15
+
+
+def start_error(node) -> str:
+    """Starts `node`, expects it to exit non-zero within EXIT_TIMEOUT_S; returns the error
+    it printed (from `Error:` up to the backtrace)."""
+    node.start(wait=False)
+    try:
+        code = node.proc.wait(EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{node.name} still running after {EXIT_TIMEOUT_S}s:\n{node.log_tail()}")
+    assert code != 0, f"{node.name} exited with 0:\n{node.log_tail()}"
+    run = node.log_text().rsplit("\n=== start #", 1)[-1]
+    assert "\nError: " in run, f"{node.name} exited {code} without an error:\n{node.log_tail()}"
+    return run.split("\nError: ", 1)[1].split("Stack backtrace:", 1)[0]
+
+
+@pytest.mark.parametrize("missing", ["nats", "object store", "catalog"])
+def test_start_fails_naming_the_missing_dependency(cluster, missing):
+    if missing == "nats":
+        node = cluster.node("n1", start=False, nats_url="nats://127.0.0.1:1")
+        must_name = ["NATS", "nats://127.0.0.1:1"]
+    elif missing == "object store":
+        node = cluster.node("n1", start=False, env={"AWS_ENDPOINT": "http://127.0.0.1:1"})
+        must_name = ["object store", cluster.object_store]
+    else:
+        base = cluster.catalog_url.rsplit("/", 1)[0]
+        database = f"meshtrace_missing_{uuid.uuid4().hex[:8]}"
+        node = cluster.node("n1", start=False, catalog_url=f"{base}/{database}")
+        must_name = ["catalog", database]
+    error = start_error(node)
+    for word in must_name:
+        assert word in error, f"the error does not name {word!r}:\n{error}"
+
+
+def test_partition_count_is_fixed(cluster):
+    cluster.node("n1", "--partitions", "8")
+    error = start_error(cluster.node("n2", "--partitions", "16", start=False))
+    assert "created with 8 partitions" in error, error
+    # The same count joins.
+    cluster.node("n3", "--partitions", "8")
+
+
+# --------------------------------------------------------------------------------------------
+# NATS outage
+# --------------------------------------------------------------------------------------------
+
+OUTAGE_SPANS = 3  # spans per request in the outage test
+
+
+def otlp_body(service: str) -> tuple[str, bytes]:
+    """A new trace of OUTAGE_SPANS spans as an OTLP protobuf request: (hex trace ID, body)."""
+    trace_id = new_trace_id()
+    t = now_ns()
+    root = new_span_id()
+    spans = [span_pb(trace_id, "root", t, t + 5_000_000, span_id=root)] + [
+        span_pb(trace_id, f"child-{i}", t + i, t + i + 1000, parent=root, kind=3)
+        for i in range(OUTAGE_SPANS - 1)
+    ]
+    return trace_id.hex(), request_pb(service, spans).SerializeToString()
+
+
+def post_body(node, body: bytes) -> requests.Response:
+    return requests.post(
+        node.traces_url,
+        data=body,
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=30,
+    )
+
+
+def readyz(node) -> int:
+    return requests.get(f"{node.query_url}/readyz", timeout=5).status_code
+
+
+def stored(node, trace_id: str) -> tuple[int, int]:
+    """(spans, distinct span IDs) stored for one trace. SQL answers trace IDs as hex text,
+    but the column is 16 bytes: it compares with a hex blob literal."""
+    [[n, distinct]] = node.api.sql_rows(
+        "SELECT count(*), count(DISTINCT span_id) FROM spans "
+        f"WHERE trace_id = X'{trace_id}'"
+    )
+    return int(n), int(distinct)
+
+
+def test_nats_outage_answers_503_and_recovers(private_nats, cluster):
+    cluster.shared_nats = False  # the streams live on the private server, removed with it
+    node = cluster.node("n1", nats_url=private_nats.url)
+    service = "outage-frontend"
+
+    # 1. Up: acknowledged and queryable.
+    first, body = otlp_body(service)
+    r = post_body(node, body)
+    assert r.status_code == 200, f"before the outage: HTTP {r.status_code} {r.text[:300]}"
+    eventually(lambda: node.api.trace(first), timeout=20, what=f"trace {first} queryable")
+
+    # 2. NATS stopped: ingest answers 503 with Retry-After, /readyz 503, the node stays up.
+    private_nats.stop()
+    outage_at = time.monotonic()
+    acked_in_outage: list[str] = []  # a 200 here would be a finding, but must not be lost
+
+    def within_10s() -> float:  # both checks count from the stop
+        return max(0.1, outage_at + 10 - time.monotonic())
+
+    eventually(
+        lambda: readyz(node) == 503, timeout=within_10s(), what="/readyz 503 while NATS is down"
+    )
+    unready_after = time.monotonic() - outage_at
+
+    def refused() -> tuple[str, bytes, requests.Response]:
+        trace_id, body = otlp_body(service)
+        r = post_body(node, body)
+        if r.status_code == 200:
+            acked_in_outage.append(trace_id)
+        assert r.status_code == 503, f"HTTP {r.status_code} {r.text[:300]}"
+        return trace_id, body, r
+
+    refused_trace, refused_body, r = eventually(
+        refused, timeout=within_10s(), interval=0.5, what="OTLP HTTP 503 while NATS is down"
+    )
+    refused_after = time.monotonic() - outage_at
+    retry_after = r.headers.get("Retry-After")
+    assert retry_after is not None, f"503 without Retry-After: {dict(r.headers)} {r.text[:300]}"
+    assert retry_after.isdigit(), f"Retry-After is not a number of seconds: {retry_after!r}"
+    assert readyz(node) == 503, "/readyz no longer 503 while NATS is down"
+    assert node.running, f"the node exited during the NATS outage:\n{node.log_tail()}"
+    outage_s = time.monotonic() - outage_at
+
+    # 3. NATS back on the same port and store: ready, acknowledging, nothing lost or doubled.
+    private_nats.start()
+    back_at = time.monotonic()
+    eventually(lambda: readyz(node) == 200, timeout=20, what="/readyz 200 after NATS is back")
+    ready_after = time.monotonic() - back_at
+    new, body = otlp_body(service)
+    r = post_body(node, body)
+    assert r.status_code == 200, f"after recovery: HTTP {r.status_code} {r.text[:300]}"
+    r = post_body(node, refused_body)
+    assert r.status_code == 200, (
+        f"the refused request sent again: HTTP {r.status_code} {r.text[:300]}"
+    )
+
+    def all_stored() -> bool:
+        for trace_id in (first, new, refused_trace, *acked_in_outage):
+            assert node.api.trace(trace_id) is not None, f"trace {trace_id} not found"
+            got = stored(node, trace_id)
+            assert got == (OUTAGE_SPANS, OUTAGE_SPANS), (
+                f"trace {trace_id}: (spans, distinct span IDs) stored {got}, "
+                f"expected ({OUTAGE_SPANS}, {OUTAGE_SPANS})"
+            )
+        return True
+
+    eventually(all_stored, timeout=20, interval=0.5, what="all traces stored exactly once")
+    stored_after = time.monotonic() - back_at
+    assert node.running, f"the node exited after the NATS outage:\n{node.log_tail()}"
+    assert not acked_in_outage, f"acknowledged while NATS was down: {acked_in_outage}"
+    print(
+        f"\nNATS down: /readyz 503 after {unready_after:.1f}s, OTLP 503 (Retry-After: "
+        f"{retry_after}) after {refused_after:.1f}s, outage {outage_s:.1f}s; NATS back: "
+        f"/readyz 200 after {ready_after:.1f}s, all traces stored exactly once after "
+        f"{stored_after:.1f}s"
+    )
