@@ -33,13 +33,27 @@ else
   echo "requirements unchanged, skipping pip install"
 fi
 
-# The TLS tests make their CA and certificates with the openssl command.
-if ! command -v openssl >/dev/null 2>&1; then
-  step "installing openssl"
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# Debian packages the tests run: the TLS tests make their certificates with openssl, and the
+# cluster tests start a NATS server of their own (besides the one at 127.0.0.1:4222) to stop
+# it mid-test.
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+MISSING=()
+command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+[ -x /usr/sbin/nats-server ] || MISSING+=(nats-server)
+if [ ${#MISSING[@]} -gt 0 ]; then
+  step "installing ${MISSING[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
+
+# The cluster tests and those of the PostgreSQL catalog need the servers this machine runs.
+for service in "PostgreSQL 127.0.0.1 5432" "NATS 127.0.0.1 4222"; do
+  set -- $service
+  if ! (exec 3<>"/dev/tcp/$2/$3") 2>/dev/null; then
+    echo "$1 is not answering at $2:$3: the tests need it running (see README)" >&2
+    exit 1
+  fi
+done
 
 # --- Dashboard (ui/) -----------------------------------------------------------------------
 # The dashboard is built by server/build.rs (npm ci + vite) during the cargo build below, and
