@@ -34,7 +34,7 @@ use crate::metrics::StoreMetrics;
 use crate::pipeline::Pipeline;
 use crate::priorities::publish::WatchService;
 use crate::priorities::{self, Priorities, Recorder};
-use crate::provenance::Provenance;
+use crate::provenance::{Provenance, TraceObserver};
 
 /// A running server: its store and log, for callers (demo, bench) that embed it.
 pub struct Running {
@@ -120,18 +120,21 @@ fn store_config(config: &Config) -> StoreConfig {
     }
 }
 
-/// Starts provenance on the store, recording completed traces for the budgets.
+/// Starts provenance on the store. Completed traces go to the budgets' recorder, or in
+/// cluster mode to `forward` (which shares them with every node's recorder).
 async fn start_provenance(
     config: &Config,
     store: &Store,
+    forward: Option<Arc<dyn TraceObserver>>,
 ) -> anyhow::Result<(Provenance, Recorder)> {
     let recorder = Recorder::new(priorities::window_config(&config.budgets));
+    let observer = forward.unwrap_or_else(|| Arc::new(recorder.clone()));
     let provenance = Provenance::start(
         store,
         &config.provenance,
         config.storage.retention,
         config.storage.row_group_rows,
-        Some(Arc::new(recorder.clone())),
+        Some(observer),
     )
     .await?;
     Ok((provenance, recorder))
@@ -151,7 +154,8 @@ async fn open_cluster(config: &Config) -> anyhow::Result<Opened> {
     let store = Store::open_with_object_store(store_cfg, connected.object_store.clone())
         .await
         .with_context(|| format!("cannot reach the catalog at {catalog}"))?;
-    let (provenance, recorder) = start_provenance(config, &store).await?;
+    let forward: Arc<dyn TraceObserver> = connected.forwarder.clone();
+    let (provenance, recorder) = start_provenance(config, &store, Some(forward)).await?;
     Ok(Opened {
         store,
         wal: None,
@@ -189,7 +193,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         .await
         .context("opening the store")?;
     let checkpoint = store.checkpoint().await?;
-    let (provenance, recorder) = start_provenance(config, &store).await?;
+    let (provenance, recorder) = start_provenance(config, &store, None).await?;
     let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
     wal_config.queue_depth = config.wal.queue_depth;
     wal_config.segment_bytes = config.wal.segment_bytes;
@@ -273,6 +277,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         &config.budgets,
         &opened.provenance,
         opened.recorder.clone(),
+        // In cluster mode the elected node leads; the others follow its published sets.
+        opened.cluster.is_none(),
         shutdown.child_token(),
     )
     .await?;
@@ -331,6 +337,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 provenance: opened.provenance.clone(),
                 assemble: config.provenance.enabled,
                 priorities: state.priorities.clone(),
+                recorder: opened.recorder.clone(),
                 ready: state.ready.clone(),
             })
             .await?,

@@ -33,6 +33,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mtlib import (
     eventually,
+    post_otlp_json,
+    request_json,
+    span_json,
     new_span_id,
     new_trace_id,
     now_ns,
@@ -522,3 +525,111 @@ def test_nats_outage_answers_503_and_recovers(private_nats, cluster):
         f"/readyz 200 after {ready_after:.1f}s, all traces stored exactly once after "
         f"{stored_after:.1f}s"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets and priorities, cluster-wide
+# --------------------------------------------------------------------------------------------
+
+PRIORITY_CONFIG = """
+[cluster]
+lease_ttl = "3s"
+[budgets]
+max_wait = "3s"
+[budgets.objectives.batch]
+quantile = 0.99
+latency_ms = 5000
+importance = 1
+min_share = 0.2
+[budgets.objectives.interactive]
+quantile = 0.99
+latency_ms = 50
+importance = 10
+"""
+
+
+def class_traffic(n: int) -> list[dict]:
+    """`n` traces of each class as OTLP/JSON bodies: frontend (120 ms) -> reviews (100 ms) for
+    interactive, which misses its 50 ms objective, and batchjob (40 ms) -> reviews (20 ms)."""
+    bodies = []
+    for _ in range(n):
+        for cls, root, root_ms, child_ms in [
+            ("interactive", "frontend", 120, 100),
+            ("batch", "batchjob", 40, 20),
+        ]:
+            trace, root_id, t = new_trace_id().hex(), new_span_id().hex(), now_ns() - 500_000_000
+            top = span_json(trace, f"GET /{cls}", t, t + root_ms * 1_000_000,
+                            span_id_hex=root_id, attrs={"mesh.class": cls})  # fmt: skip
+            t2 = t + 5_000_000
+            child = span_json(trace, "GET /reviews", t2, t2 + child_ms * 1_000_000,
+                              parent_hex=root_id)  # fmt: skip
+            bodies.append({
+                "resourceSpans": request_json(root, [top])["resourceSpans"]
+                + request_json("reviews", [child])["resourceSpans"]
+            })  # fmt: skip
+    return bodies
+
+
+def reviews_set(node) -> dict:
+    return node.api.json("/api/v1/priorities", {"service": "reviews"})
+
+
+def level(s: dict, cls: str) -> int | None:
+    return next((a["priority"] for a in s["assignments"] if a["class"] == cls), None)
+
+
+def interactive_first(s: dict) -> bool:
+    i, b = level(s, "interactive"), level(s, "batch")
+    return i is not None and b is not None and i < b
+
+
+def same_set_everywhere(nodes, check) -> dict:
+    """The `reviews` set every node serves, once they all serve the same one and it passes
+    `check`."""
+    sets = [reviews_set(n) for n in nodes]
+    assert all(s == sets[0] for s in sets), [(s["version"], s["assignments"]) for s in sets]
+    assert check(sets[0]), sets[0]
+    return sets[0]
+
+
+def leaders(nodes) -> list:
+    return [n for n in nodes if n.api.metric("meshtrace_priorities_leading") == 1]
+
+
+def test_priorities_are_cluster_wide_and_survive_the_leader(cluster):
+    fast = ("--provenance-idle", "1s", "--budget-step", "1s")
+    nodes = [cluster.node(f"n{i}", *fast, config=PRIORITY_CONFIG) for i in (1, 2, 3)]
+    eventually(lambda: len(leaders(nodes)) == 1, timeout=15, what="one leader")
+
+    # Traces enter through every node, so each node assembles only some of them: the budgets
+    # see them all only if observations are shared.
+    for i, body in enumerate(class_traffic(20)):
+        r = post_otlp_json(nodes[i % 3], body)
+        assert r.status_code == 200, r.text
+    first = eventually(
+        lambda: same_set_everywhere(nodes, lambda s: s["version"] >= 1 and interactive_first(s)),
+        timeout=40, what="interactive raised above batch at reviews, the same set on every node",
+    )  # fmt: skip
+
+    def all_traces_observed(n) -> bool:
+        classes = {b["class"]: b for b in n.api.json("/api/v1/budgets")["classes"]}
+        assert classes["interactive"]["samples"] == 20, f"{n.name}: {classes['interactive']}"
+        return True
+
+    for n in nodes:  # every node's budgets count the traces every node assembled
+        eventually(lambda: all_traces_observed(n), timeout=15, what=f"budgets on {n.name}")
+
+    # The leader dies: another node is elected, and versions go on from the stored ones.
+    [leader] = leaders(nodes)
+    leader.kill9()
+    survivors = [n for n in nodes if n is not leader]
+    eventually(lambda: len(leaders(survivors)) == 1, timeout=15, what="a new leader")
+    r = requests.put(f"{survivors[0].query_url}/api/v1/priorities/overrides",
+                     json={"interactive": 3}, timeout=5)  # fmt: skip
+    assert r.status_code in (200, 204), r.text
+    after = eventually(
+        lambda: same_set_everywhere(survivors, lambda s: s["version"] > first["version"]
+                                    and level(s, "interactive") == 3),
+        timeout=20, what="the override published by the new leader on both survivors",
+    )  # fmt: skip
+    assert after["version"] > first["version"]

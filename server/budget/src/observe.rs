@@ -90,7 +90,7 @@ impl WindowConfig {
 }
 
 /// One hop of one trace: its critical-path self time and its place in the call tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HopSample {
     pub hop: HopKey,
     /// Time this hop itself spent on the critical path (ns); for a parallel branch off the

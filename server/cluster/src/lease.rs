@@ -15,6 +15,9 @@
 //! it holds above its share once a node joined. A lease alone cannot stop a paused owner
 //! from writing after it expired; the catalog's per-partition epoch does (see the store's
 //! `cluster` module).
+//!
+//! The same bucket elects one leader (the `leader` key, taken with `create` and renewed like a
+//! partition lease), which computes budgets and publishes priority versions for the cluster.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +49,10 @@ pub enum Change {
     Lost(u32),
     /// Above this node's share: flush what was consumed, then call [`Leases::release`].
     Release(u32),
+    /// This node now holds the `leader` key: it computes and publishes priorities.
+    Elected,
+    /// Another node took the `leader` key over.
+    Deposed,
 }
 
 /// This node's leases.
@@ -54,7 +61,12 @@ pub struct Leases {
     cfg: LeaseConfig,
     /// Held partitions and the revision of their key this node last wrote.
     held: BTreeMap<u32, u64>,
+    /// The revision of the `leader` key this node last wrote, while it leads.
+    leader: Option<u64>,
 }
+
+/// The key the leader holds.
+const LEADER_KEY: &str = "leader";
 
 fn partition_key(p: u32) -> String {
     format!("partition.{p}")
@@ -78,6 +90,7 @@ impl Leases {
             kv,
             cfg,
             held: BTreeMap::new(),
+            leader: None,
         })
     }
 
@@ -112,7 +125,7 @@ impl Leases {
             .put(member, Bytes::from(self.cfg.node.clone()))
             .await
             .map_err(|e| ClusterError::nats("writing the heartbeat", e))?;
-        let mut changes = Vec::new();
+        let mut changes = self.elect().await?;
         for (p, revision) in std::mem::take(&mut self.held) {
             let node = Bytes::from(self.cfg.node.clone());
             match self.kv.update(partition_key(p), node, revision).await {
@@ -159,6 +172,37 @@ impl Leases {
         Ok(changes)
     }
 
+    /// Whether this node holds the `leader` key now.
+    pub fn leading(&self) -> bool {
+        self.leader.is_some()
+    }
+
+    /// Renews the `leader` key when held, or takes it when free: at most one node leads, and
+    /// when it dies another takes over within `ttl` plus a tick.
+    async fn elect(&mut self) -> Result<Vec<Change>, ClusterError> {
+        let node = Bytes::from(self.cfg.node.clone());
+        match self.leader {
+            Some(revision) => match self.kv.update(LEADER_KEY, node, revision).await {
+                Ok(r) => {
+                    self.leader = Some(r);
+                    Ok(Vec::new())
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.leader = None;
+                    Ok(vec![Change::Deposed])
+                }
+                Err(e) => Err(ClusterError::nats("renewing the leader key", e)),
+            },
+            None => match self.kv.create(LEADER_KEY, node).await {
+                Ok(r) => {
+                    self.leader = Some(r);
+                    Ok(vec![Change::Elected])
+                }
+                Err(_) => Ok(Vec::new()),
+            },
+        }
+    }
+
     /// Gives a partition up (after its consumed spans were flushed), so another node may
     /// claim it at once.
     pub async fn release(&mut self, partition: u32) -> Result<(), ClusterError> {
@@ -171,10 +215,17 @@ impl Leases {
         Ok(())
     }
 
-    /// Releases every lease and the heartbeat (a clean shutdown, after the final flush).
+    /// Releases every lease, the leader key and the heartbeat (a clean shutdown, after the
+    /// final flush).
     pub async fn leave(&mut self) -> Result<(), ClusterError> {
         for p in self.held() {
             self.release(p).await?;
+        }
+        if let Some(revision) = self.leader.take() {
+            self.kv
+                .delete_expect_revision(LEADER_KEY, Some(revision))
+                .await
+                .map_err(|e| ClusterError::nats("releasing the leader key", e))?;
         }
         self.kv
             .delete(format!("member.{}", self.cfg.node))

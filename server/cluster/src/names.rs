@@ -60,6 +60,11 @@ impl ClusterNames {
         format!("{}_p{partition}_e", self.cluster)
     }
 
+    /// Where nodes forward the budget observation of every trace they complete.
+    pub fn observations(&self) -> String {
+        format!("{}.observations", self.cluster)
+    }
+
     pub fn lease_bucket(&self) -> String {
         format!("{}_leases", self.cluster)
     }

@@ -86,6 +86,24 @@ async fn partitions_spread_over_nodes_and_move_when_one_dies() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         tick(&mut b).await;
     }
+    assert!(b.leading(), "the survivor leads");
+    b.leave().await.unwrap();
+    delete_bucket(&js, &names.lease_bucket()).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_node_leads_and_another_takes_over_when_it_stops() {
+    let js = context().await;
+    let names = unique("leader");
+    let mut a = leases(&js, &names, "a").await;
+    let mut b = leases(&js, &names, "b").await;
+    assert!(tick(&mut a).await.contains(&Change::Elected));
+    assert!(!tick(&mut b).await.contains(&Change::Elected));
+    tick(&mut a).await;
+    assert!(a.leading() && !b.leading(), "exactly one leader");
+    // a leaves cleanly: b is elected at its next tick.
+    a.leave().await.unwrap();
+    assert!(tick(&mut b).await.contains(&Change::Elected));
     b.leave().await.unwrap();
     delete_bucket(&js, &names.lease_bucket()).await.unwrap();
 }

@@ -5,6 +5,7 @@
 //! the design and the failure cases are in `docs/scaling.md`.
 
 pub mod consume;
+pub mod observations;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterSettings, Config};
+use crate::priorities::observe::{Observation, Recorder};
 use crate::priorities::Priorities;
 use crate::provenance::Provenance;
 use consume::Consuming;
@@ -37,6 +39,9 @@ pub struct Connected {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub object_store: Arc<dyn ObjectStore>,
+    /// Provenance's observer: forwards budget observations to every node.
+    pub forwarder: Arc<observations::Forwarder>,
+    forwarded: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Observation>>>,
 }
 
 /// This host's name, the default node ID.
@@ -95,7 +100,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
         .with_context(|| format!("cannot use JetStream at {url}"))?;
     names.check_partitions(&js, settings.partitions).await?;
     tracing::info!(cluster = %name, node = %node, nats = %url, object_store = %store_url, partitions = settings.partitions, "cluster dependencies reachable");
+    let (forwarder, forwarded) = observations::forwarder();
     Ok(Connected {
+        forwarder,
+        forwarded: std::sync::Mutex::new(Some(forwarded)),
         settings,
         node,
         names,
@@ -126,6 +134,7 @@ impl Connected {
             provenance,
             assemble,
             priorities,
+            recorder,
             ready,
         } = shared;
         let stream = self
@@ -147,8 +156,27 @@ impl Connected {
             provenance: assemble.then(|| provenance.clone()),
         };
         let stop = CancellationToken::new();
+        let subject = self.names.observations();
+        let receive =
+            observations::receive(self.client.clone(), subject.clone(), recorder, stop.clone());
+        tokio::spawn(receive);
+        let queued = self.forwarded.lock().ok().and_then(|mut q| q.take());
+        if let Some(rx) = queued {
+            tokio::spawn(observations::publish(
+                self.client.clone(),
+                subject,
+                rx,
+                stop.clone(),
+            ));
+        }
         let tick = self.settings.lease_ttl / 4;
-        let owner = tokio::spawn(own(leases, consuming, tick, stop.clone()));
+        let owner = tokio::spawn(own(
+            leases,
+            consuming,
+            priorities.clone(),
+            tick,
+            stop.clone(),
+        ));
         let watch = Watch {
             store,
             provenance,
@@ -195,6 +223,7 @@ async fn stop_consumer(running: &mut Running, partition: u32) {
 async fn own(
     mut leases: Leases,
     consuming: Consuming,
+    priorities: Priorities,
     tick: Duration,
     stop: CancellationToken,
 ) -> Leases {
@@ -221,6 +250,14 @@ async fn own(
                     consuming.store.release_partition(p).await;
                 }
                 Change::Release(p) => surplus.push(p),
+                Change::Elected => {
+                    if let Err(e) = priorities.lead().await {
+                        // Not leading, yet holding the key: give it up for another node.
+                        tracing::error!(error = %e, "cannot take the lead; stepping down");
+                        priorities.step_down();
+                    }
+                }
+                Change::Deposed => priorities.step_down(),
             }
         }
         if !surplus.is_empty() {
@@ -280,6 +317,8 @@ pub struct Shared {
     /// Whether consumed spans go to trace assembly (`[provenance] enabled`).
     pub assemble: bool,
     pub priorities: Priorities,
+    /// Where this node records every node's budget observations.
+    pub recorder: Recorder,
     /// The `/readyz` flag.
     pub ready: Arc<AtomicBool>,
 }
@@ -320,6 +359,9 @@ impl Watch {
             }
             if let Err(e) = self.priorities.reload().await {
                 tracing::warn!(error = %e, "cannot re-read objectives and overrides");
+            }
+            if let Err(e) = self.priorities.follow().await {
+                tracing::warn!(error = %e, "cannot read the leader's priority sets");
             }
         }
     }

@@ -35,6 +35,13 @@ impl Collector for PrioritiesMetrics {
         )?;
         gauge(
             e,
+            "meshtrace_priorities_leading",
+            "1 when this node computes and publishes priority sets (always outside cluster mode; \
+             the elected leader in a cluster)",
+            i64::from(i.leading.load(Ordering::Acquire)),
+        )?;
+        gauge(
+            e,
             "meshtrace_priority_watchers",
             "open priority long polls and WatchPriorities streams",
             i.watchers.load(Ordering::Relaxed),

@@ -10,6 +10,7 @@
 //! the catalog's after a restart, and the stored current sets are served until replaced.
 
 pub mod history;
+mod leader;
 mod metrics;
 pub mod observe;
 pub mod proxies;
@@ -17,7 +18,7 @@ pub mod publish;
 mod task;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -80,8 +81,12 @@ struct Inner {
     catalog_objectives: RwLock<BTreeMap<String, Objective>>,
     overrides: RwLock<BTreeMap<String, u8>>,
     prioritizer: Mutex<Prioritizer>,
-    /// Stored version per service at start-up: published versions continue from it.
-    base_versions: BTreeMap<String, u64>,
+    /// Stored version per service when this node started publishing: published versions
+    /// continue from it.
+    base_versions: Mutex<BTreeMap<String, u64>>,
+    /// Whether this node computes and publishes priority sets: always in standalone mode; in
+    /// cluster mode only the elected leader, the others follow the catalog ([`leader`]).
+    leading: AtomicBool,
     board: Board,
     proxies: ProxyRegistry,
     wake: Notify,
@@ -144,6 +149,10 @@ pub fn window_config(settings: &BudgetSettings) -> WindowConfig {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn priority_config(s: &BudgetSettings) -> PriorityConfig {
     PriorityConfig {
         levels: s.levels.max(1),
@@ -165,6 +174,7 @@ impl Priorities {
         settings: &BudgetSettings,
         provenance: &Provenance,
         recorder: Recorder,
+        leading: bool,
         stop: CancellationToken,
     ) -> anyhow::Result<Priorities> {
         for (class, o) in &settings.objectives {
@@ -195,7 +205,8 @@ impl Priorities {
             catalog_objectives: RwLock::new(catalog_objectives),
             overrides: RwLock::new(overrides),
             prioritizer: Mutex::new(Prioritizer::new(priority_config(settings))),
-            base_versions,
+            base_versions: Mutex::new(base_versions),
+            leading: AtomicBool::new(leading),
             board,
             proxies,
             wake: Notify::new(),

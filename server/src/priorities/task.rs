@@ -17,7 +17,7 @@ use meshtrace_storage::StoredPrioritySet;
 use super::publish::SetJson;
 use meshtrace_model::time::now_unix_nanos;
 
-use super::Priorities;
+use super::{lock, Priorities};
 
 /// The next multiple of `step` on the wall clock (unix ns) after `now`.
 fn next_step(step: Duration, now: i64) -> i64 {
@@ -101,6 +101,10 @@ async fn update(p: &Priorities, step_end: i64) {
         compute_budgets(&obs, &objectives, now)
     };
     inner.history.record(&budgets, step_end);
+    if !inner.leading.load(Ordering::Acquire) {
+        // Cluster mode, not the leader: the leader's sets arrive through the catalog.
+        return;
+    }
     let mapping: Vec<MappingRow> = inner
         .provenance
         .mapping()
@@ -115,7 +119,10 @@ async fn update(p: &Priorities, step_end: i64) {
         .update(&budgets, &mapping, &overrides, now);
     inner.updates.fetch_add(1, Ordering::Relaxed);
     for mut set in changed {
-        set.version += inner.base_versions.get(&set.service).copied().unwrap_or(0);
+        set.version += lock(&inner.base_versions)
+            .get(&set.service)
+            .copied()
+            .unwrap_or(0);
         set.generated_at_ns = step_end;
         let prev = inner.board.current(&set.service);
         let reason = summarize(&prev, &set);
