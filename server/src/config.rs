@@ -55,6 +55,10 @@ pub struct ClusterSettings {
     /// How long JetStream keeps span messages (consumed or not).
     #[serde(with = "humantime_serde")]
     pub stream_max_age: Duration,
+    /// A request resent within this long (a client's retry) does not store its spans twice:
+    /// JetStream's duplicate window of the span stream. Longer than clients retry for.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
     /// Ingest answers 503 when JetStream has not acknowledged a request within this.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -72,6 +76,7 @@ impl Default for ClusterSettings {
             partitions: meshtrace_cluster::partition::DEFAULT_PARTITIONS,
             lease_ttl: Duration::from_secs(10),
             stream_max_age: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(600),
             publish_timeout: Duration::from_secs(5),
             max_in_flight: 1024,
         }

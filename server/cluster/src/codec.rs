@@ -11,7 +11,7 @@
 //! messages over its `max_payload`, 1 MiB by default) are split over several messages. Each
 //! message's ID (`Nats-Msg-Id`) is derived from its bytes, so a client's retry of a request
 //! (to the same node or any other) publishes messages with the same IDs, which JetStream
-//! drops as duplicates within the stream's duplicate window.
+//! drops as duplicates within the stream's duplicate window (`[cluster] duplicate_window`).
 
 use bytes::Bytes;
 use meshtrace_model::Span;

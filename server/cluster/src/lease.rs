@@ -125,8 +125,15 @@ impl Leases {
             .put(member, Bytes::from(self.cfg.node.clone()))
             .await
             .map_err(|e| ClusterError::nats("writing the heartbeat", e))?;
-        let mut changes = self.elect().await?;
-        for (p, revision) in std::mem::take(&mut self.held) {
+        let mut changes = match self.elect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader key not renewed this round");
+                Vec::new()
+            }
+        };
+        let held: Vec<(u32, u64)> = self.held.iter().map(|(p, r)| (*p, *r)).collect();
+        for (p, revision) in held {
             let node = Bytes::from(self.cfg.node.clone());
             match self.kv.update(partition_key(p), node, revision).await {
                 Ok(r) => {
@@ -134,17 +141,21 @@ impl Leases {
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(partition = p, "partition lease lost to another node");
+                    self.held.remove(&p);
                     changes.push(Change::Lost(p));
                 }
-                Err(e) => {
-                    // NATS may be away; the lease may still be ours (the catalog's epoch
-                    // settles it). Keep it and try again next tick.
-                    self.held.insert(p, revision);
-                    return Err(ClusterError::nats("renewing a lease", e));
-                }
+                // NATS may be away: the lease may still be ours (the catalog's epoch settles
+                // it). Keep it and try again next round.
+                Err(e) => tracing::warn!(partition = p, error = %e, "lease not renewed this round"),
             }
         }
-        let live = self.members().await?.len().max(1) as u32;
+        let live = match self.members().await {
+            Ok(m) => m.len().max(1) as u32,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count members; no claims this round");
+                return Ok(changes);
+            }
+        };
         let share = self.cfg.partitions.div_ceil(live) as usize;
         let preference = self.preference();
         if self.held.len() < share {
@@ -203,6 +214,17 @@ impl Leases {
         }
     }
 
+    /// Gives the `leader` key up (a node that cannot lead), so another node is elected.
+    pub async fn resign(&mut self) -> Result<(), ClusterError> {
+        if let Some(revision) = self.leader.take() {
+            self.kv
+                .delete_expect_revision(LEADER_KEY, Some(revision))
+                .await
+                .map_err(|e| ClusterError::nats("releasing the leader key", e))?;
+        }
+        Ok(())
+    }
+
     /// Gives a partition up (after its consumed spans were flushed), so another node may
     /// claim it at once.
     pub async fn release(&mut self, partition: u32) -> Result<(), ClusterError> {
@@ -221,12 +243,7 @@ impl Leases {
         for p in self.held() {
             self.release(p).await?;
         }
-        if let Some(revision) = self.leader.take() {
-            self.kv
-                .delete_expect_revision(LEADER_KEY, Some(revision))
-                .await
-                .map_err(|e| ClusterError::nats("releasing the leader key", e))?;
-        }
+        self.resign().await?;
         self.kv
             .delete(format!("member.{}", self.cfg.node))
             .await

@@ -73,12 +73,13 @@ impl ClusterNames {
         format!("{}_meta", self.cluster)
     }
 
-    /// Creates the span stream if missing (file storage, kept for `max_age`, a 2-minute
-    /// duplicate window) and returns it.
+    /// Creates the span stream if missing (file storage, kept for `max_age`, messages with the
+    /// same ID within `duplicate_window` stored once) and returns it.
     pub async fn ensure_stream(
         &self,
         js: &jetstream::Context,
         max_age: Duration,
+        duplicate_window: Duration,
     ) -> Result<stream::Stream, ClusterError> {
         js.get_or_create_stream(stream::Config {
             name: self.stream(),
@@ -86,7 +87,7 @@ impl ClusterNames {
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             max_age,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window,
             ..Default::default()
         })
         .await

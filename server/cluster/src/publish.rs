@@ -31,6 +31,8 @@ pub struct JetStreamSink {
     /// Requests being published; past it, ingest answers 429.
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    /// The stream's duplicate window, for error messages.
+    dedup: Duration,
 }
 
 /// What a client is told to wait before retrying a failed publish.
@@ -43,6 +45,7 @@ impl JetStreamSink {
         partitions: u32,
         max_in_flight: usize,
         timeout: Duration,
+        dedup: Duration,
     ) -> Self {
         JetStreamSink {
             js,
@@ -50,6 +53,7 @@ impl JetStreamSink {
             partitions,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             timeout,
+            dedup,
         }
     }
 
@@ -90,12 +94,13 @@ impl JetStreamSink {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unavailable(format!(
                 "JetStream did not acknowledge the spans ({e}); some may be stored: resending \
-                 the same request within 2 minutes does not store them twice"
+                 the same request within {:?} does not store them twice",
+                self.dedup
             ))),
             Err(_) => Err(unavailable(format!(
                 "JetStream did not acknowledge the spans within {:?}; some may be stored: \
-                 resending the same request within 2 minutes does not store them twice",
-                self.timeout
+                 resending the same request within {:?} does not store them twice",
+                self.timeout, self.dedup
             ))),
         }
     }

@@ -1,23 +1,29 @@
-//! Consuming one owned partition: a durable pull consumer from just past the partition's
-//! checkpoint, each message's spans into the store's buffer (and provenance), and
+//! Consuming one owned partition: a durable pull consumer from just past what the store holds
+//! of the partition, each message's spans into the store's buffer (and provenance), and
 //! acknowledgements once the segment holding them is committed.
 //!
-//! The consumer is created afresh at every claim, starting at the checkpoint the claim read
-//! from the catalog, so a takeover never waits for the dead owner's unacknowledged messages to
-//! time out and never skips one. Messages are acknowledged with `AckPolicy::All`: acknowledging
-//! the newest committed message acknowledges every one before it.
+//! Each claim consumes through a consumer of its own (named with the claim's epoch), created
+//! at the claim from the checkpoint the claim read, so a takeover never waits for the dead
+//! owner's unacknowledged messages to time out and never skips one. Delivery must be gapless:
+//! a message the server counts as delivered but that never arrived (a connection cut
+//! mid-fetch) shows up as a jump in the consumer sequence, and any pull error may hide one, so
+//! on either the consumer is made again from just past the last message buffered. A message
+//! that cannot be decoded is never skipped: the partition stops there, loudly, and retries
+//! (a node of another version may be writing a format this one does not read). Messages are
+//! acknowledged with `AckPolicy::All`: acknowledging the newest committed message acknowledges
+//! every one before it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
 use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
 use meshtrace_cluster::{codec, ClusterNames};
 use meshtrace_model::arrow_conv::spans_to_batch;
-use meshtrace_storage::cluster::Claim;
+use meshtrace_storage::cluster::{Appended, Claim};
 use meshtrace_storage::{span_names, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -38,86 +44,123 @@ pub struct Consuming {
 const FETCH: usize = 512;
 const FETCH_WAIT: Duration = Duration::from_millis(300);
 
+/// Why consuming must start again, and how long to wait first.
+struct Restart {
+    why: String,
+    wait: Duration,
+}
+
+impl Restart {
+    fn soon(why: impl std::fmt::Display) -> Restart {
+        Restart {
+            why: why.to_string(),
+            wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Messages buffered but not yet acknowledged: (stream sequence, reply subject).
+type Unacked = VecDeque<(u64, Subject)>;
+
 impl Consuming {
-    /// Consumes `partition` from just past the claim's checkpoint until `stop`.
+    /// Consumes `partition` for `claim` until `stop` or until the partition is not this
+    /// claim's any more.
     pub async fn run(self, partition: u32, claim: Claim, stop: CancellationToken) {
-        let consumer = loop {
-            match self.consumer(partition, claim).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot create the partition's consumer; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        };
-        let mut unacked: VecDeque<(u64, Subject)> = VecDeque::new();
+        let mut start_after = claim.checkpoint;
         while !stop.is_cancelled() {
-            let batch = consumer
+            let restart = match self.consumer(partition, claim.epoch, start_after).await {
+                Ok(consumer) => match self.pump(partition, claim, &consumer, &stop).await {
+                    Ok(()) => return,
+                    Err(r) => r,
+                },
+                Err(e) => Restart::soon(format!("cannot create the consumer: {e}")),
+            };
+            let Some(appended) = self.store.partition_appended(partition, claim.epoch) else {
+                return;
+            };
+            start_after = appended;
+            tracing::warn!(partition, start_after, why = %restart.why, "consuming the partition again");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(restart.wait) => {}
+            }
+        }
+    }
+
+    /// Pulls and buffers messages until `stop` (`Ok`) or until consuming must start again.
+    async fn pump(
+        &self,
+        partition: u32,
+        claim: Claim,
+        consumer: &Consumer<pull::Config>,
+        stop: &CancellationToken,
+    ) -> Result<(), Restart> {
+        let mut unacked = Unacked::new();
+        let mut last_delivery = 0;
+        while !stop.is_cancelled() {
+            let mut batch = consumer
                 .fetch()
                 .max_messages(FETCH)
                 .expires(FETCH_WAIT)
                 .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "pull request failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
+                .await
+                .map_err(|e| Restart::soon(format!("pull request failed: {e}")))?;
             while let Some(next) = tokio::select! {
                 _ = stop.cancelled() => None,
                 m = batch.next() => m,
             } {
-                match next {
-                    Ok(msg) => {
-                        if let Some(seq) = self.deliver(partition, &msg).await {
-                            if let Some(reply) = msg.message.reply.clone() {
-                                unacked.push_back((seq, reply));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(partition, error = %e, "pulling messages failed");
-                        break;
-                    }
+                let msg = next.map_err(|e| Restart::soon(format!("pulling failed: {e}")))?;
+                let info = msg
+                    .info()
+                    .map_err(|e| Restart::soon(format!("a message without metadata: {e}")))?;
+                if info.consumer_sequence != last_delivery + 1 {
+                    return Err(Restart::soon(format!(
+                        "delivery {} arrived after {last_delivery}: one was lost on the way",
+                        info.consumer_sequence
+                    )));
+                }
+                last_delivery = info.consumer_sequence;
+                let seq = info.stream_sequence;
+                match self
+                    .deliver(partition, claim, seq, &msg.message.payload)
+                    .await?
+                {
+                    Appended::New | Appended::Again => {}
+                    Appended::NotOwned => return Ok(()),
+                }
+                if let Some(reply) = msg.message.reply.clone() {
+                    unacked.push_back((seq, reply));
                 }
             }
             self.ack_committed(partition, &mut unacked).await;
         }
+        Ok(())
     }
 
-    /// The claim's own durable consumer of the partition, starting just past its checkpoint;
-    /// earlier claims' consumers are deleted (a node still pulling from one then fails).
+    /// The claim's own durable consumer of the partition, starting just past `start_after`;
+    /// other claims' consumers are deleted (a node still pulling from one then fails).
     async fn consumer(
         &self,
         partition: u32,
-        claim: Claim,
-    ) -> anyhow::Result<async_nats::jetstream::consumer::Consumer<pull::Config>> {
-        let name = self.names.consumer(partition, claim.epoch);
+        epoch: i64,
+        start_after: u64,
+    ) -> anyhow::Result<Consumer<pull::Config>> {
+        let name = self.names.consumer(partition, epoch);
         let prefix = self.names.consumer_prefix(partition);
         let mut names = self.stream.consumer_names();
         while let Some(old) = names.next().await {
             let old = old?;
-            if old.starts_with(&prefix) && old != name {
-                // Gone already is fine.
+            // Ours too: it is made again from `start_after`. Gone already is fine.
+            if old.starts_with(&prefix) {
                 let _ = self.stream.delete_consumer(&old).await;
             }
         }
-        let deliver_policy = match claim.checkpoint {
-            0 => DeliverPolicy::All,
-            c => DeliverPolicy::ByStartSequence {
-                start_sequence: c + 1,
-            },
-        };
         let config = pull::Config {
             durable_name: Some(name),
             filter_subject: self.names.subject(partition),
-            deliver_policy,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start_after + 1,
+            },
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 4096,
@@ -126,41 +169,35 @@ impl Consuming {
         Ok(self.stream.create_consumer(config).await?)
     }
 
-    /// Buffers one message's spans; returns its stream sequence number.
-    async fn deliver(&self, partition: u32, msg: &async_nats::jetstream::Message) -> Option<u64> {
-        let seq = match msg.info() {
-            Ok(info) => info.stream_sequence,
-            Err(e) => {
-                tracing::warn!(partition, error = %e, "a message without JetStream metadata");
-                return None;
+    /// Buffers the spans of message `seq`.
+    async fn deliver(
+        &self,
+        partition: u32,
+        claim: Claim,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Appended, Restart> {
+        let stuck = |why: String| {
+            tracing::error!(partition, seq, %why, "cannot read a span message; the partition waits at it");
+            Restart {
+                why,
+                wait: Duration::from_secs(5),
             }
         };
-        let spans = match codec::decode(&msg.message.payload) {
-            Ok(spans) => spans,
-            Err(e) => {
-                // Nothing else can read it either: skip it, loudly.
-                tracing::error!(partition, seq, error = %e, "skipping a span message that cannot be decoded");
-                Vec::new()
-            }
-        };
-        let batch = match spans_to_batch(&spans) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(partition, seq, error = %e, "skipping spans that cannot be converted");
-                return Some(seq);
-            }
-        };
-        let fresh = self
+        let spans = codec::decode(payload).map_err(|e| stuck(e.to_string()))?;
+        let batch = spans_to_batch(&spans).map_err(|e| stuck(format!("arrow conversion: {e}")))?;
+        let names = span_names(&spans);
+        let appended = self
             .store
-            .append_partition(partition, seq, span_names(&spans), batch);
-        if let (true, Some(p)) = (fresh, &self.provenance) {
+            .append_partition(partition, claim.epoch, seq, names, batch);
+        if let (Appended::New, Some(p)) = (appended, &self.provenance) {
             p.feed_waiting(spans).await;
         }
-        Some(seq)
+        Ok(appended)
     }
 
     /// Acknowledges the newest message whose spans are in a committed segment.
-    async fn ack_committed(&self, partition: u32, unacked: &mut VecDeque<(u64, Subject)>) {
+    async fn ack_committed(&self, partition: u32, unacked: &mut Unacked) {
         let Some(committed) = self.store.partition_committed(partition) else {
             return;
         };

@@ -53,10 +53,34 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+/// Refuses settings a cluster cannot run with.
+fn check_settings(s: &ClusterSettings) -> anyhow::Result<()> {
+    if !(1..=4096).contains(&s.partitions) {
+        bail!(
+            "[cluster] partitions must be 1 to 4096, not {}",
+            s.partitions
+        );
+    }
+    if s.lease_ttl < Duration::from_secs(1) {
+        bail!(
+            "[cluster] lease_ttl must be at least 1s, not {:?}",
+            s.lease_ttl
+        );
+    }
+    if s.max_in_flight == 0 {
+        bail!("[cluster] max_in_flight must be at least 1");
+    }
+    if s.duplicate_window.is_zero() || s.duplicate_window > s.stream_max_age {
+        bail!("[cluster] duplicate_window must be above zero and at most stream_max_age");
+    }
+    Ok(())
+}
+
 /// Connects to NATS and the object store and checks them (the catalog is checked when the
 /// store opens); each failure names the dependency.
 pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
     let settings = config.cluster.clone();
+    check_settings(&settings)?;
     let name = settings
         .name
         .clone()
@@ -95,7 +119,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
         })?
         .with_context(|| format!("cannot reach the object store {store_url}"))?;
     names
-        .ensure_stream(&js, settings.stream_max_age)
+        .ensure_stream(&js, settings.stream_max_age, settings.duplicate_window)
         .await
         .with_context(|| format!("cannot use JetStream at {url}"))?;
     names.check_partitions(&js, settings.partitions).await?;
@@ -122,6 +146,7 @@ impl Connected {
             self.settings.partitions,
             self.settings.max_in_flight,
             self.settings.publish_timeout,
+            self.settings.duplicate_window,
         )
     }
 
@@ -253,8 +278,11 @@ async fn own(
                 Change::Elected => {
                     if let Err(e) = priorities.lead().await {
                         // Not leading, yet holding the key: give it up for another node.
-                        tracing::error!(error = %e, "cannot take the lead; stepping down");
+                        tracing::error!(error = %e, "cannot take the lead; resigning");
                         priorities.step_down();
+                        if let Err(e) = leases.resign().await {
+                            tracing::warn!(error = %e, "resigning failed; the leader key expires");
+                        }
                     }
                 }
                 Change::Deposed => priorities.step_down(),
@@ -278,6 +306,9 @@ async fn claim(
     running: &mut Running,
     stop: &CancellationToken,
 ) {
+    // A consumer of an earlier claim of this partition (a lease lost and taken back) must not
+    // append alongside the new one.
+    stop_consumer(running, partition).await;
     match consuming.store.claim_partition(partition).await {
         Ok(claim) => {
             let token = stop.child_token();

@@ -31,9 +31,14 @@ impl Priorities {
             .priority_sets()
             .await
             .context("reading priority sets")?;
+        // The newer of the stored version and the one this node's watchers hold (a set it
+        // published as leader before may not have been stored).
         *lock(&self.inner.base_versions) = stored
             .iter()
-            .map(|s| (s.service.clone(), s.version))
+            .map(|s| {
+                let held = self.inner.board.current(&s.service).version;
+                (s.service.clone(), s.version.max(held))
+            })
             .collect();
         *lock(&self.inner.prioritizer) = Prioritizer::new(priority_config(&self.inner.settings));
         self.inner.leading.store(true, Ordering::Release);

@@ -87,6 +87,9 @@ struct Inner {
     /// Whether this node computes and publishes priority sets: always in standalone mode; in
     /// cluster mode only the elected leader, the others follow the catalog ([`leader`]).
     leading: AtomicBool,
+    /// Cluster mode: a set whose version could not be stored is not published (the catalog is
+    /// what every node serves).
+    clustered: bool,
     board: Board,
     proxies: ProxyRegistry,
     wake: Notify,
@@ -207,6 +210,7 @@ impl Priorities {
             prioritizer: Mutex::new(Prioritizer::new(priority_config(settings))),
             base_versions: Mutex::new(base_versions),
             leading: AtomicBool::new(leading),
+            clustered: !leading,
             board,
             proxies,
             wake: Notify::new(),

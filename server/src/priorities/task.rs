@@ -140,6 +140,14 @@ async fn update(p: &Priorities, step_end: i64) {
             .await
         {
             tracing::warn!(service = %set.service, error = %e, "could not store a priority set");
+            if inner.clustered {
+                if matches!(e, meshtrace_storage::StorageError::Conflict(_)) {
+                    // Another node leads and stored a newer version.
+                    p.step_down();
+                    return;
+                }
+                continue;
+            }
         }
         let (service, version) = (set.service.clone(), set.version);
         inner.board.publish(set);

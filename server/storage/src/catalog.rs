@@ -295,6 +295,22 @@ impl Catalog {
         Ok(id)
     }
 
+    /// Cluster mode: every partition's current epoch.
+    pub async fn partition_epochs(&self) -> Result<Vec<(u32, i64)>, StorageError> {
+        const SQL: &str = "SELECT partition_id, epoch FROM cluster_partitions";
+        let mut out = Vec::new();
+        on_pool!(self, pool => {
+            for row in sqlx::query(SQL).fetch_all(pool).await? {
+                let p: i64 = row.try_get("partition_id")?;
+                let p = u32::try_from(p).map_err(|_| StorageError::BadCatalogValue {
+                    what: "cluster_partitions.partition_id", value: p.to_string(),
+                })?;
+                out.push((p, row.try_get("epoch")?));
+            }
+        });
+        Ok(out)
+    }
+
     /// Cluster mode: claims `partition` for `owner`, moving its epoch on (so the previous
     /// owner's later commits fail); returns (epoch, checkpoint).
     pub async fn claim_partition(
@@ -527,7 +543,9 @@ impl Catalog {
     }
 
     /// Makes `set` its service's current set and appends it to the history, keeping the last
-    /// `keep` versions of the service there; one transaction.
+    /// `keep` versions of the service there; one transaction. A version not above the stored
+    /// one is refused as [`StorageError::Conflict`] (in a cluster, a former leader that has not
+    /// noticed yet must not move a service's version back).
     pub async fn store_priority_set(
         &self,
         set: &StoredPrioritySet,
@@ -535,7 +553,8 @@ impl Catalog {
     ) -> Result<(), StorageError> {
         const CURRENT: &str = "INSERT INTO priority_sets (service, version, generated_at_ns, body) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (service) DO UPDATE SET version = excluded.version, \
-             generated_at_ns = excluded.generated_at_ns, body = excluded.body";
+             generated_at_ns = excluded.generated_at_ns, body = excluded.body \
+             WHERE priority_sets.version < excluded.version";
         const HISTORY: &str = "INSERT INTO priority_history \
              (service, version, generated_at_ns, reason, body) VALUES ($1, $2, $3, $4, $5)";
         const PRUNE: &str = "DELETE FROM priority_history WHERE service = $1 AND version <= $2";
@@ -543,8 +562,13 @@ impl Catalog {
         let oldest_kept = version - i64::try_from(keep.max(1)).unwrap_or(i64::MAX);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query(CURRENT).bind(&set.service).bind(version).bind(set.generated_at_ns)
+            let done = sqlx::query(CURRENT).bind(&set.service).bind(version).bind(set.generated_at_ns)
                 .bind(&set.body).execute(&mut *tx).await?;
+            if done.rows_affected() != 1 {
+                return Err(StorageError::Conflict(format!(
+                    "{} version {version} is not above the stored one", set.service
+                )));
+            }
             sqlx::query(HISTORY).bind(&set.service).bind(version).bind(set.generated_at_ns)
                 .bind(&set.reason).bind(&set.body).execute(&mut *tx).await?;
             sqlx::query(PRUNE).bind(&set.service).bind(oldest_kept).execute(&mut *tx).await?;

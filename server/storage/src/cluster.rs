@@ -29,6 +29,17 @@ use crate::error::StorageError;
 use crate::ownership::Partition;
 use crate::store::{lock, Store};
 
+/// What [`Store::append_partition`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Buffered.
+    New,
+    /// Already appended before (a redelivery): not buffered again.
+    Again,
+    /// The partition is not owned under that claim any more: stop consuming it.
+    NotOwned,
+}
+
 /// A claimed partition: its epoch and its checkpoint when claimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -87,29 +98,43 @@ impl Store {
             .map(|p| p.committed)
     }
 
-    /// Buffers the spans of stream message `seq` of an owned `partition`. Returns `false`
-    /// (and buffers nothing) for a message at or below what was already appended (a
-    /// redelivery) or of a partition not owned.
+    /// The highest stream sequence number of `partition` appended under the claim of
+    /// `epoch`, or `None` when the partition is not this claim's any more.
+    pub fn partition_appended(&self, partition: u32, epoch: i64) -> Option<u64> {
+        let owned = lock(&self.inner.owned);
+        owned
+            .0
+            .get(&partition)
+            .filter(|p| p.epoch == epoch)
+            .map(|p| p.appended)
+    }
+
+    /// Buffers the spans of stream message `seq` of `partition`, consumed under the claim of
+    /// `epoch`. A message at or below what was already appended (a redelivery) is not
+    /// buffered again, nor is one of a partition not owned under that claim.
     pub fn append_partition<'a>(
         &self,
         partition: u32,
+        epoch: i64,
         seq: u64,
         names: impl IntoIterator<Item = (&'a str, &'a str, SpanKind)>,
         batch: RecordBatch,
-    ) -> bool {
+    ) -> Appended {
         {
             let mut owned = lock(&self.inner.owned);
             match owned.0.get_mut(&partition) {
-                Some(p) if seq > p.appended => p.appended = seq,
-                _ => {
+                Some(p) if p.epoch != epoch => return Appended::NotOwned,
+                None => return Appended::NotOwned,
+                Some(p) if seq <= p.appended => {
                     let c = &self.inner.counters.replayed_appends_skipped;
                     c.fetch_add(1, Ordering::Relaxed);
-                    return false;
+                    return Appended::Again;
                 }
+                Some(p) => p.appended = seq,
             }
         }
         if batch.num_rows() == 0 {
-            return true;
+            return Appended::New;
         }
         lock(&self.inner.names).observe(names);
         self.write_view().batches.push(Buffered {
@@ -119,7 +144,7 @@ impl Store {
             at: Instant::now(),
             flushing: false,
         });
-        true
+        Appended::New
     }
 
     /// The checkpoint each partition in `taken` moves to, with the epoch it is owned under.
@@ -163,9 +188,23 @@ impl Store {
     }
 
     /// Re-reads the catalog's segment list (segments peers committed, and those deleted by
-    /// retention anywhere) and its names; returns how many segments were new.
+    /// retention anywhere) and its names; returns how many segments were new. Partitions
+    /// another node claimed since are dropped first: the segments it committed for them would
+    /// otherwise show their spans twice here, beside the rows still buffered.
     pub async fn refresh(&self) -> Result<usize, StorageError> {
         let _serial = self.inner.flush_lock.lock().await;
+        let epochs = self.inner.catalog.partition_epochs().await?;
+        for (partition, epoch) in epochs {
+            let mine = lock(&self.inner.owned).0.get(&partition).map(|p| p.epoch);
+            if mine.is_some_and(|e| e != epoch) {
+                self.forget_partition(partition);
+                self.write_view().drop_partition(partition);
+                tracing::warn!(
+                    partition,
+                    "partition claimed by another node; its buffered rows dropped"
+                );
+            }
+        }
         let listed = self.inner.catalog.segments().await?;
         let names = self.inner.catalog.names().await?;
         let mut view = self.write_view();

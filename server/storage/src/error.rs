@@ -66,6 +66,10 @@ pub enum StorageError {
     Model(#[from] meshtrace_model::ModelError),
     #[error("catalog holds a bad value for {what}: {value}")]
     BadCatalogValue { what: &'static str, value: String },
+    /// A write that would move something backwards (a priority version not above the stored
+    /// one).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Cluster mode: another node claimed the partition since this one did (its epoch moved).
     #[error("partition {partition} is owned by another node now")]
     Fenced { partition: u32 },

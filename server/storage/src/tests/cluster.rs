@@ -7,6 +7,7 @@ use meshtrace_model::arrow_conv::spans_to_batch;
 
 use super::gen::mesh_traffic;
 use super::{config, now_ns};
+use crate::cluster::{Appended, Claim};
 use crate::{span_names, StorageError, Store, StoreConfig};
 
 fn node_config(dir: &Path, node: &str) -> StoreConfig {
@@ -28,9 +29,9 @@ async fn node(dir: &Path, name: &str) -> Store {
         .unwrap()
 }
 
-fn append(store: &Store, partition: u32, seq: u64, spans: &[meshtrace_model::Span]) -> bool {
+fn append(store: &Store, claim: Claim, seq: u64, spans: &[meshtrace_model::Span]) -> Appended {
     let batch = spans_to_batch(spans).unwrap();
-    store.append_partition(partition, seq, span_names(spans), batch)
+    store.append_partition(7, claim.epoch, seq, span_names(spans), batch)
 }
 
 async fn count(store: &Store) -> i64 {
@@ -40,32 +41,56 @@ async fn count(store: &Store) -> i64 {
 
 #[tokio::test]
 async fn a_node_that_lost_its_partition_cannot_commit_it() {
+    lost_partition(true).await;
+}
+
+#[tokio::test]
+async fn a_node_that_lost_its_partition_drops_it_at_the_next_refresh() {
+    lost_partition(false).await;
+}
+
+async fn lost_partition(fenced_at_flush: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (node(dir.path(), "a").await, node(dir.path(), "b").await);
     let spans = mesh_traffic(4, 40, now_ns(), 1_000_000);
     let (first, second) = spans.split_at(spans.len() / 2);
 
-    assert_eq!(a.claim_partition(7).await.unwrap().checkpoint, 0);
-    assert!(append(&a, 7, 10, first));
-    assert!(
-        !append(&a, 7, 10, first),
-        "a redelivered message is not buffered twice"
+    let a7 = a.claim_partition(7).await.unwrap();
+    assert_eq!(a7.checkpoint, 0);
+    assert_eq!(append(&a, a7, 10, first), Appended::New);
+    assert_eq!(
+        append(&a, a7, 10, first),
+        Appended::Again,
+        "a redelivery is not buffered twice"
     );
-    assert!(
-        !append(&a, 8, 11, first),
-        "a partition not owned is not buffered"
+    let other = Claim {
+        epoch: a7.epoch + 1,
+        ..a7
+    };
+    assert_eq!(
+        append(&a, other, 11, first),
+        Appended::NotOwned,
+        "only under the claim's epoch"
     );
     a.flush().await.unwrap();
     assert_eq!(a.partition_committed(7), Some(10));
 
     // a pauses; b claims the partition, starts after a's checkpoint and consumes the rest.
-    assert!(append(&a, 7, 12, second));
-    assert_eq!(b.claim_partition(7).await.unwrap().checkpoint, 10);
-    assert!(append(&b, 7, 12, second));
+    assert_eq!(append(&a, a7, 12, second), Appended::New);
+    let b7 = b.claim_partition(7).await.unwrap();
+    assert_eq!(b7.checkpoint, 10);
+    assert_eq!(append(&b, b7, 12, second), Appended::New);
     b.flush().await.unwrap();
-    match a.flush().await {
-        Err(StorageError::Fenced { partition: 7 }) => {}
-        other => panic!("a's late commit must be fenced, got {other:?}"),
+    if fenced_at_flush {
+        match a.flush().await {
+            Err(StorageError::Fenced { partition: 7 }) => {}
+            other => panic!("a's late commit must be fenced, got {other:?}"),
+        }
+    } else {
+        // a refreshes before it flushes: it sees b's claim and drops the rows, rather than
+        // showing them twice beside b's segment.
+        a.refresh().await.unwrap();
+        a.flush().await.unwrap();
     }
     assert_eq!(a.owned_partitions(), Vec::<u32>::new());
     assert_eq!(
@@ -73,6 +98,7 @@ async fn a_node_that_lost_its_partition_cannot_commit_it() {
         0,
         "a drops the rows that are b's to write"
     );
+    assert_eq!(append(&a, a7, 13, second), Appended::NotOwned);
 
     for store in [&a, &b] {
         store.refresh().await.unwrap();
