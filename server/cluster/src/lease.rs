@@ -65,6 +65,19 @@ pub struct Leases {
     leader: Option<u64>,
 }
 
+/// Whether `node` can name a node: a host name (FQDNs included) or any other run of up to 253
+/// letters, digits, `-`, `_` and `.`, without empty dot-separated parts (it becomes part of KV
+/// keys and segment names).
+pub fn valid_node_id(node: &str) -> bool {
+    (1..=253).contains(&node.len())
+        && node.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// The key the leader holds.
 const LEADER_KEY: &str = "leader";
 
@@ -79,12 +92,12 @@ impl Leases {
         names: &ClusterNames,
         cfg: LeaseConfig,
     ) -> Result<Leases, ClusterError> {
-        ClusterNames::new(&cfg.node).map_err(|_| {
-            ClusterError::Config(format!(
-                "node id {:?}: use letters, digits, '-' or '_'",
+        if !valid_node_id(&cfg.node) {
+            return Err(ClusterError::Config(format!(
+                "node id {:?}: use up to 253 letters, digits, '-', '_' or '.' (a host name)",
                 cfg.node
-            ))
-        })?;
+            )));
+        }
         let kv = key_value_bucket(js, &names.lease_bucket(), cfg.ttl).await?;
         Ok(Leases {
             kv,
@@ -260,5 +273,20 @@ impl Leases {
         let mut all: Vec<u32> = (0..self.cfg.partitions).collect();
         all.sort_by_key(|p| std::cmp::Reverse(rank(*p)));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_node_id;
+
+    #[test]
+    fn host_names_are_node_ids() {
+        for ok in ["node-1", "n_2", "ip-10-0-0-1.ec2.internal", "a"] {
+            assert!(valid_node_id(ok), "{ok}");
+        }
+        for bad in ["", "a..b", ".a", "a.", "a b", "a*", "a>b", &"x".repeat(254)] {
+            assert!(!valid_node_id(bad), "{bad}");
+        }
     }
 }

@@ -87,9 +87,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
         .context("cluster mode needs a cluster name")?;
     let names = ClusterNames::new(&name)?;
     let node = settings.node_id.clone().unwrap_or_else(host_name);
-    ClusterNames::new(&node).map_err(|_| {
-        anyhow::anyhow!("node id {node:?}: use 1 to 48 letters, digits, '-' or '_'")
-    })?;
+    if !meshtrace_cluster::lease::valid_node_id(&node) {
+        bail!("node id {node:?}: use up to 253 letters, digits, '-', '_' or '.' (a host name)");
+    }
     match config.catalog_url.as_deref() {
         Some(u) if u.starts_with("postgres:") || u.starts_with("postgresql:") => {}
         _ => bail!("cluster mode needs a PostgreSQL catalog: set --catalog-url postgres://..."),
