@@ -152,6 +152,16 @@ pub fn window_config(settings: &BudgetSettings) -> WindowConfig {
     }
 }
 
+/// Replaces what `slot` holds with `value` when they differ; returns whether they did.
+fn replace_if_changed<T: PartialEq>(slot: &RwLock<T>, value: T) -> bool {
+    let mut held = slot.write().unwrap_or_else(PoisonError::into_inner);
+    let changed = *held != value;
+    if changed {
+        *held = value;
+    }
+    changed
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -288,29 +298,9 @@ impl Priorities {
     /// changed them) and triggers an update when they changed.
     pub async fn reload(&self) -> anyhow::Result<()> {
         let (objectives, overrides) = read_catalog(&self.inner.store).await?;
-        let mut changed = false;
-        {
-            let mut mine = self
-                .inner
-                .catalog_objectives
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *mine != objectives {
-                *mine = objectives;
-                changed = true;
-            }
-        }
-        {
-            let mut mine = self
-                .inner
-                .overrides
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *mine != overrides {
-                *mine = overrides;
-                changed = true;
-            }
-        }
+        // Both are read and replaced: `|` rather than `||`.
+        let changed = replace_if_changed(&self.inner.catalog_objectives, objectives)
+            | replace_if_changed(&self.inner.overrides, overrides);
         if changed {
             self.wake();
         }
