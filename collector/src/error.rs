@@ -51,9 +51,10 @@ pub enum Error {
     Overloaded { retry_after: Duration },
     #[error("write-ahead log: {0}")]
     Wal(String),
-    /// The write-ahead log could not write (a full disk); nothing was logged, retry later.
-    #[error("write-ahead log unavailable: {reason}; retry after {}ms", retry_after.as_millis())]
-    WalUnavailable {
+    /// The spans could not be made durable for now (a full disk, flushes failing with the
+    /// buffer full, the span stream away); nothing was kept, retry later.
+    #[error("{reason}; retry after {}ms", retry_after.as_millis())]
+    Unavailable {
         reason: String,
         retry_after: Duration,
     },
@@ -68,7 +69,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
             Error::Overloaded { .. } => ErrorCode::ResourceExhausted,
-            Error::WalUnavailable { .. } => ErrorCode::Unavailable,
+            Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Wal(_) | Error::Io(_) => ErrorCode::Internal,
         }
     }
@@ -76,7 +77,7 @@ impl Error {
     /// The delay a client should wait before retrying, for overload errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Overloaded { retry_after } | Error::WalUnavailable { retry_after, .. } => {
+            Error::Overloaded { retry_after } | Error::Unavailable { retry_after, .. } => {
                 Some(*retry_after)
             }
             _ => None,

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod decode;
+pub mod dedup;
 pub mod error;
 pub mod metrics;
 pub mod receiver;

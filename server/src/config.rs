@@ -133,6 +133,12 @@ pub struct StorageConfig {
     pub max_services: usize,
     /// Operation names kept per service.
     pub max_operations_per_service: usize,
+    /// Span rows held in memory at most: beyond it ingest answers 503 while flushes fail
+    /// and 429 while they only lag (both with a retry delay).
+    pub max_buffered_rows: usize,
+    /// Fingerprints of the most recent spans kept to drop copies (client retries, requests
+    /// sent twice); 0 turns deduplication off.
+    pub dedup_window_spans: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,6 +318,8 @@ impl Default for StorageConfig {
             row_group_rows: 16_384,
             max_services: 10_000,
             max_operations_per_service: 2_000,
+            max_buffered_rows: 500_000,
+            dedup_window_spans: 2_000_000,
         }
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod demo;
 mod experiment;
+mod health;
 mod import;
 mod listener;
 mod metrics;

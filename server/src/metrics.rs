@@ -4,6 +4,9 @@
 //! scraped, built from the few helpers below. Counters get their `_total` suffix from the
 //! encoder.
 
+use std::sync::{Arc, Mutex};
+
+use meshtrace_collector::dedup::Dedup;
 use meshtrace_collector::wal::Wal;
 use meshtrace_storage::Store;
 use prometheus_client::collector::Collector;
@@ -61,6 +64,8 @@ pub struct StoreMetrics {
     pub store: Store,
     /// `None` in cluster mode.
     pub wal: Option<Wal>,
+    /// The window that drops copies of spans already stored.
+    pub dedup: Arc<Mutex<Dedup>>,
 }
 
 impl std::fmt::Debug for StoreMetrics {
@@ -119,6 +124,25 @@ impl Collector for StoreMetrics {
             "meshtrace_flushes",
             "flushes of the buffer to Parquet",
             s.flushes,
+        )?;
+        counter(
+            e,
+            "meshtrace_flush_failures",
+            "flushes of the buffer to Parquet that failed (retried with backoff)",
+            s.flush_failures,
+        )?;
+        counter(
+            e,
+            "meshtrace_failed_segments_deleted",
+            "Parquet files deleted because their catalog commit failed",
+            s.failed_segments_deleted,
+        )?;
+        let duplicates = self.dedup.lock().map_or(0, |d| d.duplicates);
+        counter(
+            e,
+            "meshtrace_spans_deduplicated",
+            "spans dropped as copies of spans already stored (retries, requests sent twice)",
+            duplicates,
         )?;
         gauge(
             e,

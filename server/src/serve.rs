@@ -8,14 +8,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use meshtrace_collector::dedup::{retain_flagged, Dedup};
 use meshtrace_collector::metrics::IngestMetrics;
 use meshtrace_collector::receiver::{grpc, http, Ingest};
 use meshtrace_collector::wal::{FsyncPolicy, Wal, WalConfig};
 use meshtrace_collector::SpanSink;
+use meshtrace_model::Span;
 use meshtrace_storage::{Store, StoreConfig};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -29,6 +31,7 @@ use crate::api::timing::RequestTiming;
 use crate::api::{self, ApiState};
 use crate::cluster;
 use crate::config::Config;
+use crate::health::{Backoff, Health};
 use crate::listener::{serve_http, Gate};
 use crate::metrics::StoreMetrics;
 use crate::pipeline::Pipeline;
@@ -57,6 +60,9 @@ pub struct Opened {
     pub recorder: Recorder,
     next_seq: u64,
     provenance_enabled: bool,
+    /// The window of recent span fingerprints, filled by replay (see [`Dedup`]).
+    pub dedup: Arc<Mutex<Dedup>>,
+    max_buffered_rows: usize,
 }
 
 impl Opened {
@@ -67,7 +73,9 @@ impl Opened {
                 "a cluster node has no local write-ahead log; send spans to its receivers"
             );
         };
-        let pipeline = Pipeline::new(wal.clone(), self.store.clone(), self.next_seq);
+        let (store, dedup) = (self.store.clone(), self.dedup.clone());
+        let pipeline = Pipeline::new(wal.clone(), store, self.next_seq, dedup)
+            .with_max_buffered_rows(self.max_buffered_rows);
         Ok(match self.provenance_enabled {
             true => pipeline.with_provenance(self.provenance.feed()),
             false => pipeline,
@@ -85,9 +93,10 @@ impl Opened {
     /// Drains the log, flushes the buffer to Parquet and truncates the log.
     pub async fn close(self) -> anyhow::Result<()> {
         if let Some(wal) = &self.wal {
-            wal.shutdown()
-                .await
-                .context("closing the write-ahead log")?;
+            // A log that failed keeps what it acknowledged on disk; flush what is buffered.
+            if let Err(e) = wal.shutdown().await {
+                tracing::warn!(error = %e, "the write-ahead log did not close cleanly");
+            }
         }
         // Appends completed by the drain are delivered by their tasks; give them a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -164,6 +173,9 @@ async fn open_cluster(config: &Config) -> anyhow::Result<Opened> {
         recorder,
         next_seq: 0,
         provenance_enabled: config.provenance.enabled,
+        // JetStream's duplicate window does this in cluster mode.
+        dedup: Arc::new(Mutex::new(Dedup::new(0))),
+        max_buffered_rows: config.storage.max_buffered_rows,
     })
 }
 
@@ -208,18 +220,23 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     // Segment files without a catalog row: deleted when the log replays them, else quarantined.
     let log_first = replayed.first().map_or(wal.last_seq() + 1, |r| r.seq);
     store.settle_orphans(log_first).await?;
+    let mut dedup = Dedup::new(config.storage.dedup_window_spans);
     let (mut spans, records) = (0, replayed.len());
-    for record in replayed.into_iter().filter(|r| r.seq > checkpoint) {
-        store.append(record.seq, &record.spans)?;
-        spans += record.spans.len();
+    for record in replayed {
+        let Some(kept) = replay_one(&mut dedup, checkpoint, record.seq, record.spans) else {
+            continue;
+        };
+        store.append(record.seq, &kept)?;
+        spans += kept.len();
         if config.provenance.enabled {
-            provenance.replay(record.spans).await;
+            provenance.replay(kept).await;
         }
     }
     tracing::info!(
         checkpoint,
         records,
         spans,
+        duplicates = dedup.duplicates,
         "recovered from the write-ahead log"
     );
     if config.provenance.enabled {
@@ -246,7 +263,26 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         recorder,
         next_seq,
         provenance_enabled: config.provenance.enabled,
+        dedup: Arc::new(Mutex::new(dedup)),
+        max_buffered_rows: config.storage.max_buffered_rows,
     })
+}
+
+/// One replayed record through the dedup window: records already stored (at or below the
+/// checkpoint) only fill it; the others come back without the spans it has seen.
+fn replay_one(dedup: &mut Dedup, checkpoint: u64, seq: u64, spans: Vec<Span>) -> Option<Vec<Span>> {
+    if !dedup.enabled() {
+        return (seq > checkpoint).then_some(spans);
+    }
+    let fingerprints = dedup.fingerprinter().of(&spans);
+    if seq <= checkpoint {
+        dedup.remember(&fingerprints);
+        return None;
+    }
+    match dedup.admit(&fingerprints) {
+        None => Some(spans),
+        Some(keep) => Some(retain_flagged(&spans, &keep)),
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -285,6 +321,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     registry.register_collector(Box::new(StoreMetrics {
         store: store.clone(),
         wal: wal.clone(),
+        dedup: opened.dedup.clone(),
     }));
     registry.register_collector(Box::new(opened.provenance.metrics()));
     registry.register_collector(Box::new(priorities.metrics()));
@@ -300,6 +337,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         priorities: priorities.clone(),
         registry: Arc::new(registry),
         ready: Arc::default(),
+        health: Arc::default(),
     };
     let l = &config.listen;
     let security = api::Security {
@@ -328,6 +366,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(background(
         store.clone(),
         wal.clone(),
+        state.health.clone(),
         shutdown.clone(),
     )));
     let node = match &opened.cluster {
@@ -387,29 +426,25 @@ async fn listen(
     Ok(tasks)
 }
 
-/// Flushes by size or age and applies retention until shutdown.
+/// Flushes by size or age (backing off while flushes fail), applies retention and keeps
+/// `health` current until shutdown.
 async fn background(
     store: Store,
     wal: Option<Wal>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut last_retention = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut retry = Backoff::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        match store.flush_if_due().await {
-            Ok(Some(checkpoint)) => {
-                if let Some(Err(e)) = wal.as_ref().map(|w| w.truncate_through(checkpoint)) {
-                    tracing::warn!(error = %e, "could not truncate the write-ahead log");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "flush failed; the spans stay buffered (and in the write-ahead log or JetStream) and are flushed again")
-            }
+        health.set(storage_problem(&store, wal.as_ref()));
+        if retry.ready() {
+            flush_due(&store, wal.as_ref(), &mut retry).await;
         }
         if last_retention.elapsed() > Duration::from_secs(60) {
             last_retention = std::time::Instant::now();
@@ -420,6 +455,37 @@ async fn background(
             }
         }
     }
+}
+
+/// One flush if one is due; a failure is logged and spaces out the next attempt.
+async fn flush_due(store: &Store, wal: Option<&Wal>, retry: &mut Backoff) {
+    match store.flush_if_due().await {
+        Ok(Some(checkpoint)) => {
+            retry.succeeded();
+            if let Some(Err(e)) = wal.map(|w| w.truncate_through(checkpoint)) {
+                tracing::warn!(error = %e, "could not truncate the write-ahead log");
+            }
+        }
+        Ok(None) => {}
+        // Cluster mode: a partition moved to another node; nothing is wrong here.
+        Err(meshtrace_storage::StorageError::Fenced { .. }) => {}
+        Err(e) => {
+            let retry_in = retry.failed();
+            tracing::error!(
+                error = %e, failures = retry.failures(), retry_in_s = retry_in.as_secs(),
+                "flush failed; the spans stay buffered (and in the write-ahead log or JetStream) and are flushed again"
+            );
+        }
+    }
+}
+
+/// What stops the node from storing spans now, for `/readyz`.
+fn storage_problem(store: &Store, wal: Option<&Wal>) -> Option<String> {
+    if let Some(why) = wal.and_then(Wal::unavailable) {
+        return Some(why);
+    }
+    let failing = store.flush_failing()?;
+    Some(format!("segment flushes are failing: {failing}"))
 }
 
 impl Running {
@@ -446,13 +512,21 @@ impl Running {
             Some(node) => node.stop().await,
             None => None,
         };
-        self.opened.close().await?;
+        if let Err(e) = self.opened.close().await {
+            // A full disk or a lost catalog: what was acknowledged is in the write-ahead log
+            // (or JetStream) and is stored at the next start. Not a crash: exit as usual.
+            tracing::error!(
+                error = format!("{e:#}"),
+                "could not flush everything before stopping; the acknowledged spans stay in the \
+                 write-ahead log and are stored at the next start"
+            );
+        }
         if let Some(mut leases) = leases {
             if let Err(e) = leases.leave().await {
                 tracing::warn!(error = %e, "could not give the leases up; they expire");
             }
         }
-        tracing::info!("meshtrace stopped cleanly");
+        tracing::info!("meshtrace stopped");
         Ok(())
     }
 }

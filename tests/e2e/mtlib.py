@@ -678,3 +678,87 @@ def export_one_span(exporter: Any, service: str, name: str) -> tuple[Any, str]:
         trace_id = format(span.get_span_context().trace_id, "032x")
     provider.shutdown()
     return results[0], trace_id
+
+
+# --------------------------------------------------------------------------------------------
+# Exactly-once checks over SQL (span names encode the request: "req<i>-span<j>")
+# --------------------------------------------------------------------------------------------
+
+
+def stored_name_counts(server: Server, where: str = "TRUE") -> dict[str, int]:
+    """span name -> rows stored, over SQL (paged so no answer is truncated)."""
+    out: dict[str, int] = {}
+    page, offset = 5000, 0
+    while True:
+        rows = server.api.sql_rows(
+            f"SELECT name, count(*) AS n FROM spans WHERE {where} "
+            f"GROUP BY name ORDER BY name LIMIT {page} OFFSET {offset}"
+        )
+        for name, n in rows:
+            assert name not in out, f"span name {name!r} returned twice by GROUP BY"
+            out[name] = int(n)
+        if len(rows) < page:
+            return out
+        offset += page
+
+
+def summarize_names(names: Iterable[str], limit: int = 8) -> str:
+    """'req3 (200 spans), req7 (1 span: req7-span4), ...': names grouped by request prefix."""
+    groups: dict[str, list[str]] = {}
+    for n in sorted(names):
+        groups.setdefault(n.split("-", 1)[0], []).append(n)
+    parts = []
+    for req, members in list(groups.items())[:limit]:
+        if len(members) == 1:
+            parts.append(f"{req} (1 span: {members[0]})")
+        else:
+            parts.append(f"{req} ({len(members)} spans, e.g. {members[0]})")
+    more = f", and {len(groups) - limit} more requests" if len(groups) > limit else ""
+    return ", ".join(parts) + more
+
+
+def check_stored_once(
+    server: Server, expected: Iterable[str], where: str = "TRUE", what: str = ""
+) -> None:
+    """Asserts that the spans matching `where` are exactly the spans named `expected`, each
+    stored once: no name missing, none doubled, none unexpected, and count(*) and
+    count(DISTINCT span_id) both equal to the number of expected spans."""
+    expected = list(expected)
+    assert len(set(expected)) == len(expected), "test bug: expected names are not distinct"
+    counts = stored_name_counts(server, where)
+    missing = [n for n in expected if n not in counts]
+    doubled = {n: c for n, c in counts.items() if c > 1}
+    unexpected = set(counts) - set(expected)
+    prefix = f"{what}: " if what else ""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} acknowledged spans missing: {summarize_names(missing)}")
+    if doubled:
+        problems.append(
+            f"{len(doubled)} spans stored more than once: {summarize_names(doubled)} "
+            f"(counts e.g. {sorted(doubled.items())[:5]})"
+        )
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} spans stored that were never acknowledged: "
+            f"{summarize_names(unexpected)}"
+        )
+    assert not problems, prefix + "; ".join(problems)
+    [[n, distinct]] = server.api.sql_rows(
+        f"SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans WHERE {where}"
+    )
+    assert (int(n), int(distinct)) == (len(expected), len(expected)), (
+        f"{prefix}count(*) = {n}, count(DISTINCT span_id) = {distinct}, "
+        f"expected both {len(expected)}"
+    )
+
+
+def log_has_no_panic(server: Server) -> None:
+    """Asserts the server log has neither a panic nor a backtrace."""
+    text = server.log_text()
+    bad = [
+        line
+        for line in text.splitlines()
+        if "panicked" in line.lower() or "backtrace" in line.lower()
+    ]
+    assert not bad, f"{server.log_path} has a panic or backtrace:\n" + "\n".join(bad[:20])

@@ -42,6 +42,23 @@ pub enum AttrValue {
     KvList(Vec<KeyValue>),
 }
 
+/// Hashes exactly what `PartialEq` compares, doubles by their bits, so equal spans hash
+/// alike (a double that is `NaN` hashes one way and equals nothing, which is harmless here).
+impl std::hash::Hash for AttrValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            AttrValue::Str(s) => s.hash(state),
+            AttrValue::Bool(b) => b.hash(state),
+            AttrValue::Int(i) => i.hash(state),
+            AttrValue::Double(d) => d.to_bits().hash(state),
+            AttrValue::Bytes(b) => b.hash(state),
+            AttrValue::Array(a) => a.hash(state),
+            AttrValue::KvList(kv) => kv.hash(state),
+        }
+    }
+}
+
 impl AttrValue {
     /// The value as a string: strings as they are, numbers and booleans in their usual form,
     /// bytes in hex, arrays and key-value lists as JSON.
@@ -136,7 +153,7 @@ impl AttrValue {
 }
 
 /// One attribute.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize, Deserialize)]
 pub struct KeyValue {
     pub key: String,
     pub value: AttrValue,
@@ -254,7 +271,7 @@ impl StatusCode {
 }
 
 /// A timed event inside a span (a log, in Jaeger's words).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize, Deserialize)]
 pub struct Event {
     pub time_unix_nano: i64,
     pub name: String,
@@ -263,7 +280,7 @@ pub struct Event {
 }
 
 /// A link from a span to another span, possibly in another trace.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize, Deserialize)]
 pub struct Link {
     pub trace_id: TraceId,
     pub span_id: SpanId,
@@ -279,7 +296,7 @@ pub fn find_attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AttrVa
 }
 
 /// One span with its resource and scope, flattened.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Hash, Serialize, Deserialize)]
 pub struct Span {
     pub trace_id: TraceId,
     pub span_id: SpanId,

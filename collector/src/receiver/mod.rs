@@ -134,7 +134,7 @@ impl Ingest {
             if let Err(e) = durable.await {
                 let reason = match e {
                     Error::Overloaded { .. } => "overloaded",
-                    Error::WalUnavailable { .. } => "unavailable",
+                    Error::Unavailable { .. } => "unavailable",
                     _ => "internal",
                 };
                 self.metrics.reject(reason, accepted as u64);

@@ -62,9 +62,11 @@
 //! Under `Always`, an `Ok(seq)` from `append` means the record is on stable storage: after
 //! `kill -9` (or power loss) the next [`Wal::open`] returns it. An error means the record may
 //! or may not be there; the client retries, and duplicates are possible (at-least-once).
-//! If a write or sync fails, the log is *poisoned*: the state of the page cache is unknown
-//! after a failed `fdatasync`, so every later append fails and the process should restart and
-//! recover from disk.
+//! If a write fails (a full disk), the group is cut off again and refused as unavailable, and
+//! the log writes the next group as if nothing happened ([`Wal::unavailable`] says why until
+//! then). If a sync fails, the log is *poisoned*: the state of the page cache is unknown after
+//! a failed `fdatasync`, so every later append fails and the process should restart and
+//! recover from disk. Segments are preallocated, so a full disk shows at a roll.
 //!
 //! # Recovery
 //!
@@ -263,8 +265,10 @@ struct Shared {
     bytes_on_disk: AtomicU64,
     /// All segments, oldest first; the last is the active one.
     segments: Mutex<VecDeque<SegMeta>>,
-    /// Set once a write or sync fails; every later append fails with this reason.
+    /// Set once a sync fails; every later append fails with this reason.
     poison: OnceLock<String>,
+    /// Why the last group could not be written (a full disk), until one is written again.
+    failing: Mutex<Option<String>>,
     /// Becomes true when the writer thread has exited.
     stopped: watch::Sender<bool>,
     /// What recovery at open could not read back.
@@ -275,6 +279,14 @@ struct Shared {
 impl Shared {
     fn lock_segments(&self) -> MutexGuard<'_, VecDeque<SegMeta>> {
         self.segments.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_failing(&self, reason: Option<String>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.is_some() && reason.is_none() {
+            info!("the write-ahead log writes again");
+        }
+        *failing = reason;
     }
 
     fn poisoned(&self) -> Option<Error> {
@@ -330,6 +342,7 @@ impl Wal {
             bytes_on_disk: AtomicU64::new(on_disk),
             segments: Mutex::new(rec.segments),
             poison: OnceLock::new(),
+            failing: Mutex::new(None),
             stopped: watch::Sender::new(false),
             losses: rec.losses,
             counters: Counters::default(),
@@ -407,6 +420,22 @@ impl Wal {
         self.shared
             .next_seq
             .fetch_max(seq.saturating_add(1), SeqCst);
+    }
+
+    /// Why appends fail right now, if they do: the last group could not be written (until
+    /// one is), or the log is poisoned.
+    pub fn unavailable(&self) -> Option<String> {
+        if let Some(reason) = self.shared.poison.get() {
+            return Some(format!(
+                "the write-ahead log is unusable after an error: {reason}"
+            ));
+        }
+        let failing = self
+            .shared
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failing.clone()
     }
 
     /// Bytes in the segment files.

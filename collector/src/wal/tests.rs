@@ -654,3 +654,23 @@ fn wal_throughput() {
     );
     assert_eq!(stats.records, tasks * batches);
 }
+
+#[tokio::test]
+async fn segments_are_preallocated_without_growing_their_length() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig {
+        segment_bytes: 1 << 20,
+        ..cfg(dir.path())
+    };
+    let (wal, _) = Wal::open(config).unwrap();
+    wal.append(batch(1, 10)).await.unwrap();
+    let name = segment_files(dir.path()).pop().unwrap();
+    let meta = fs::metadata(dir.path().join(name)).unwrap();
+    // The length is what was written (readers see records only); the blocks are reserved.
+    assert_eq!(meta.len(), wal.bytes_on_disk());
+    assert!(meta.len() < 1 << 20);
+    assert!(meta.blocks() * 512 >= 1 << 20, "{} blocks", meta.blocks());
+    assert_eq!(wal.unavailable(), None);
+    wal.close().await.unwrap();
+}

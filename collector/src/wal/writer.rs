@@ -1,5 +1,9 @@
 //! The writer thread: drains the append queue, writes each group of records with one write and
 //! one `fdatasync`, rolls segments, and completes every waiter with its sequence number.
+//!
+//! Segments are preallocated (`fallocate` keeping the file size, so readers see only records)
+//! when they are created, so a full disk is met when a segment is rolled, where the group can
+//! be refused cleanly, rather than in the middle of a record.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -68,6 +72,10 @@ impl Writer {
         cfg: &WalConfig,
         gate: Option<std::sync::mpsc::Receiver<()>>,
     ) -> Writer {
+        // Best effort: on a disk already full the log still opens and refuses writes.
+        if let Err(e) = preallocate(&file, active_len, cfg.segment_bytes) {
+            warn!(error = %e, "could not preallocate the active wal segment");
+        }
         Writer {
             rx,
             shared,
@@ -128,6 +136,7 @@ impl Writer {
         }
         let last = first + n - 1;
         self.shared.last_seq.store(last, SeqCst);
+        self.shared.set_failing(None);
         let c = &self.shared.counters;
         c.records.fetch_add(n, Relaxed);
         c.spans
@@ -139,24 +148,30 @@ impl Writer {
     }
 
     /// A group that could not be written is refused as unavailable (clients retry) and the
-    /// log stays usable: a write that failed (a full disk) is cut back off the segment and its
-    /// sequence numbers given back. A failed fsync poisons the log instead: after it, the
-    /// kernel may have dropped pages the log counted on, so only a restart (which recovers
-    /// from what is on disk) is safe.
+    /// log stays usable: a write that failed (a full disk) is cut back off the segment, a
+    /// segment that could not be created is removed, and the group's sequence numbers are
+    /// given back; the next group that is written clears the failure. A failed fsync poisons
+    /// the log instead: after it, the kernel may have dropped pages the log counted on, so
+    /// only a restart (which recovers from what is on disk) is safe.
     fn recover_from(&mut self, e: WriteError, group: &mut Vec<Pending>, first: u64) {
         let n = group.len();
-        if let WriteError::Write(e) = &e {
-            if self.file.set_len(self.active_len).is_ok() {
-                self.shared.next_seq.store(first, SeqCst);
-                warn!(error = %e, first_seq = first, records = n, "wal write failed; refused, log kept");
-                for p in group.drain(..) {
-                    let _ = p.done.send(Err(Error::WalUnavailable {
-                        reason: format!("write failed: {e}"),
-                        retry_after: std::time::Duration::from_secs(1),
-                    }));
-                }
-                return;
+        let kept = match &e {
+            WriteError::Write(_) => self.file.set_len(self.active_len).is_ok(),
+            WriteError::Roll(_) => true,
+            WriteError::Sync(_) => false,
+        };
+        if kept {
+            self.shared.next_seq.store(first, SeqCst);
+            let reason = format!("the write-ahead log cannot write: {e}");
+            warn!(error = %e, first_seq = first, records = n, "wal write failed; refused, log kept");
+            self.shared.set_failing(Some(reason.clone()));
+            for p in group.drain(..) {
+                let _ = p.done.send(Err(Error::Unavailable {
+                    reason: reason.clone(),
+                    retry_after: std::time::Duration::from_secs(1),
+                }));
             }
+            return;
         }
         let reason = format!("{e}");
         error!(error = %e, first_seq = first, records = n, "wal failed; refusing further appends");
@@ -167,7 +182,9 @@ impl Writer {
     /// Rolls the segment if it is full, then writes and (by policy) syncs the group.
     fn write_group(&mut self, group: &mut [Pending], first: u64) -> Result<(), WriteError> {
         if self.active_len >= self.segment_bytes && self.active_len > 0 {
-            self.roll(first).map_err(WriteError::Sync)?;
+            self.file.sync_data().map_err(WriteError::Sync)?;
+            self.shared.counters.fsyncs.fetch_add(1, Relaxed);
+            self.roll(first).map_err(WriteError::Roll)?;
         }
         let total: usize = group.iter().map(|p| p.frame.len()).sum();
         if self.buf.capacity() > 2 * MAX_GROUP_BYTES {
@@ -192,18 +209,24 @@ impl Writer {
         Ok(())
     }
 
-    /// Seals the active segment (always synced, whatever the policy) and starts a new one.
+    /// Starts a new segment after the active one (already synced, whatever the policy), which
+    /// becomes sealed. On failure nothing changed: the new file, if made, is removed.
     fn roll(&mut self, first: u64) -> std::io::Result<()> {
-        self.file.sync_data()?;
         let c = &self.shared.counters;
-        c.fsyncs.fetch_add(1, Relaxed);
         let path = segment_path(&self.shared.dir, first);
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
             .open(&path)?;
-        sync_dir(&self.shared.dir)?;
-        c.fsyncs.fetch_add(1, Relaxed);
+        let made = preallocate(&file, 0, self.segment_bytes).and_then(|()| {
+            c.fsyncs.fetch_add(1, Relaxed);
+            sync_dir(&self.shared.dir)
+        });
+        if let Err(e) = made {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         {
             let mut segments = self.shared.lock_segments();
             if let Some(sealed) = segments.back_mut() {
@@ -256,6 +279,8 @@ fn take(msg: Msg, group: &mut Vec<Pending>, bytes: &mut usize) -> bool {
 enum WriteError {
     /// Writing the bytes failed: nothing past the segment's old length counts.
     Write(std::io::Error),
+    /// A new segment could not be made (or preallocated): nothing was written.
+    Roll(std::io::Error),
     /// Rolling or syncing failed: what is durable is unknown.
     Sync(std::io::Error),
 }
@@ -264,6 +289,7 @@ impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WriteError::Write(e) => write!(f, "write failed: {e}"),
+            WriteError::Roll(e) => write!(f, "new segment failed: {e}"),
             WriteError::Sync(e) => write!(f, "sync failed: {e}"),
         }
     }
@@ -273,5 +299,20 @@ impl std::fmt::Display for WriteError {
 fn fail(group: &mut Vec<Pending>, reason: &str) {
     for p in group.drain(..) {
         let _ = p.done.send(Err(Error::Wal(reason.to_string())));
+    }
+}
+
+/// Reserves the blocks for a segment of `size` bytes past `from` without changing the file's
+/// length. File systems that cannot (`EOPNOTSUPP`) are fine: they then meet a full disk at
+/// write time, which is refused as cleanly.
+fn preallocate(file: &File, from: u64, size: u64) -> std::io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    if from >= size {
+        return Ok(());
+    }
+    let (offset, len) = (from as i64, (size - from) as i64);
+    match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, offset, len) {
+        Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e)),
     }
 }

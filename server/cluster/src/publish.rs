@@ -71,7 +71,7 @@ impl JetStreamSink {
     }
 
     async fn publish(&self, spans: Vec<Span>) -> Result<(), Error> {
-        let unavailable = |reason: String| Error::WalUnavailable {
+        let unavailable = |reason: String| Error::Unavailable {
             reason,
             retry_after: RETRY_AFTER,
         };

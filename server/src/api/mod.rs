@@ -35,6 +35,7 @@ use meshtrace_collector::auth::{self, Auth};
 use meshtrace_query::Queries;
 use prometheus_client::registry::Registry;
 
+use crate::health::Health;
 use crate::priorities::Priorities;
 use crate::provenance::Provenance;
 
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub priorities: Priorities,
     pub registry: Arc<Registry>,
     pub ready: Arc<AtomicBool>,
+    /// What stops the node from storing spans, when something does (see [`Health`]).
+    pub health: Arc<Health>,
 }
 
 /// Who may use the query port and from where ([`access`]).
@@ -131,11 +134,18 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    let problem = match state.ready.load(Ordering::Acquire) {
         // Starting, or (cluster mode) NATS is not connected.
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        false => Some("starting, or the span stream is not connected".to_string()),
+        true => state.health.problem(),
+    };
+    match problem {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Msg, Shared};
 use crate::config::ProvenanceSettings;
+use crate::health::Backoff;
 use meshtrace_query::tables::Rows;
 
 /// How often completed traces are collected.
@@ -283,6 +284,7 @@ pub(super) async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, stop: C
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_retention: Option<Instant> = None;
+    let mut retry = Backoff::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -299,8 +301,17 @@ pub(super) async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, stop: C
             _ = tick.tick() => {
                 let now = engine.now();
                 engine.complete(now).await;
-                if let Err(e) = engine.derived.flush_if_due().await {
-                    tracing::warn!(error = %e, "derived flush failed");
+                if retry.ready() {
+                    match engine.derived.flush_if_due().await {
+                        Ok(_) => retry.succeeded(),
+                        Err(e) => {
+                            let retry_in = retry.failed();
+                            tracing::warn!(
+                                error = %e, failures = retry.failures(), retry_in_s = retry_in.as_secs(),
+                                "derived flush failed; rows stay buffered"
+                            );
+                        }
+                    }
                 }
                 if last_retention.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                     last_retention = Some(Instant::now());

@@ -100,6 +100,13 @@ pub(crate) struct NewNames {
     pub operations: Vec<(String, String, String)>,
 }
 
+/// Which segment list a lookup reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentTable {
+    Spans,
+    Derived,
+}
+
 /// The catalog backend.
 #[derive(Clone, Debug)]
 pub(crate) enum Catalog {
@@ -230,6 +237,22 @@ impl Catalog {
         }
     }
 
+    /// The id of the segment row at `path` in `table`, if there is one.
+    pub async fn segment_id(
+        &self,
+        table: SegmentTable,
+        path: &str,
+    ) -> Result<Option<i64>, StorageError> {
+        let sql = match table {
+            SegmentTable::Spans => "SELECT id FROM segments WHERE path = $1",
+            SegmentTable::Derived => "SELECT id FROM derived_segments WHERE path = $1",
+        };
+        let id = on_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(sql).bind(path).fetch_optional(pool).await?
+        });
+        Ok(id)
+    }
+
     /// Commits a segment row, its names, its rollups, the new checkpoint and (cluster mode)
     /// its partitions' checkpoints in one transaction; returns the segment id.
     pub async fn commit_segment(
@@ -289,7 +312,7 @@ impl Catalog {
                     .bind(to_i64(r.errors, "errors")?).bind(r.durations.to_bytes())
                     .execute(&mut *tx).await?;
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(|e| StorageError::CommitOutcomeUnknown(e.to_string()))?;
             id
         });
         Ok(id)
@@ -412,11 +435,14 @@ impl Catalog {
         const SQL: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
              max_start_ns, row_count, byte_size, created_at_ns) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
         let id: i64 = on_pool!(self, pool => {
+            // Failing to connect stores nothing; failing once the statement is sent may have.
+            let mut conn = pool.acquire().await?;
             let row = sqlx::query(SQL)
                 .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
                 .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
-                .fetch_one(pool).await?;
+                .fetch_one(&mut *conn).await.map_err(unknown)?;
             row.try_get("id")?
         });
         Ok(id)

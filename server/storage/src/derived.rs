@@ -62,6 +62,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use crate::catalog::DerivedSegment;
+use crate::catalog::SegmentTable;
 use crate::error::StorageError;
 use crate::layout::{sort_by_trace, trace_id_bloom_filter};
 use crate::store::Store;
@@ -297,8 +298,8 @@ impl DerivedStore {
                 continue;
             }
             if let Err(e) = self.write_segment(t, taken).await {
+                // The caller reports it (and spaces out retries).
                 t.view().batches.iter_mut().for_each(|p| p.flushing = false);
-                tracing::warn!(table = %t.name, error = %e, "derived flush failed; rows stay buffered");
                 return Err(e);
             }
             written += 1;
@@ -342,8 +343,10 @@ impl DerivedStore {
             byte_size,
             created_at_ns: created,
         };
-        // On failure the file stays without a row: invisible, and removed at the next open.
-        seg.id = store.catalog.commit_derived_segment(&seg).await?;
+        seg.id = match store.catalog.commit_derived_segment(&seg).await {
+            Ok(id) => id,
+            Err(e) => self.settle_failed_commit(&seg.path, e).await?,
+        };
         let c = &self.inner.counters;
         c.segments_written.fetch_add(1, Ordering::Relaxed);
         c.rows_written.fetch_add(enc.rows as u64, Ordering::Relaxed);
@@ -354,6 +357,32 @@ impl DerivedStore {
         view.segments.push(Arc::new(seg));
         view.batches.retain(|p| !p.flushing);
         Ok(())
+    }
+
+    /// A derived segment whose commit failed: if nothing was sent (no connection), the file is
+    /// deleted. If the statement may have run (the reply was lost) and its row is there after
+    /// all, its id; if the row is not there, the file is deleted. If the catalog cannot be
+    /// asked, the file stays, invisible without a row, for the next start-up's orphan sweep.
+    async fn settle_failed_commit(&self, path: &str, e: StorageError) -> Result<i64, StorageError> {
+        let store = &self.inner.store.inner;
+        if !matches!(e, StorageError::CommitOutcomeUnknown(_)) {
+            self.inner
+                .store
+                .delete_failed(&ObjectPath::from(path))
+                .await;
+            return Err(e);
+        }
+        match store.catalog.segment_id(SegmentTable::Derived, path).await {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => {
+                self.inner
+                    .store
+                    .delete_failed(&ObjectPath::from(path))
+                    .await;
+                Err(e)
+            }
+            Err(_) => Err(e),
+        }
     }
 
     /// Deletes every segment whose newest `start_time` is older than the retention; returns

@@ -75,6 +75,12 @@ pub enum StorageError {
     Fenced { partition: u32 },
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("file system: {0}")]
+    Io(String),
+    /// The catalog reported an error for a transaction's commit itself: it may have been
+    /// stored (see `commit.rs`).
+    #[error("catalog commit outcome unknown: {0}")]
+    CommitOutcomeUnknown(String),
 }
 
 impl StorageError {

@@ -22,6 +22,7 @@ mod budget_store;
 mod buffer;
 mod cancel;
 pub mod cluster;
+mod commit;
 mod object_reader;
 mod ownership;
 mod query;
@@ -142,6 +143,10 @@ pub struct StoreStats {
     pub search_segments_skipped: u64,
     /// Appends ignored because their WAL sequence number was at or below the checkpoint.
     pub replayed_appends_skipped: u64,
+    /// Flushes that failed (the rows stay buffered and are flushed again).
+    pub flush_failures: u64,
+    /// Segment files deleted because their catalog commit failed.
+    pub failed_segments_deleted: u64,
     /// Committed segments now.
     pub segments: u64,
     pub buffered_rows: u64,

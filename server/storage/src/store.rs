@@ -20,6 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::buffer::{Buffered, Names, Snapshot, Taken, View};
 use crate::catalog::{Catalog, SegmentInfo};
+use crate::commit::{sync_local, Unresolved};
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path, SegmentReader};
 use crate::orphans::{self, Settled};
@@ -50,6 +51,8 @@ pub(crate) struct Counters {
     pub search_segments_scanned: AtomicU64,
     pub search_segments_skipped: AtomicU64,
     pub replayed_appends_skipped: AtomicU64,
+    pub flush_failures: AtomicU64,
+    pub failed_segments_deleted: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,10 @@ pub(crate) struct Inner {
     pub orphans: Mutex<Vec<ObjectPath>>,
     /// Cluster mode: the partitions this node owns (see [`crate::cluster`]).
     pub owned: Mutex<Owned>,
+    /// Why the last flush failed, until one succeeds.
+    pub flush_error: Mutex<Option<String>>,
+    /// A segment whose commit outcome is not known yet (see [`crate::commit`]).
+    pub unresolved: Mutex<Option<Unresolved>>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -166,6 +173,8 @@ impl Store {
             sql_runtime,
             orphans: Mutex::new(orphans),
             owned: Mutex::default(),
+            flush_error: Mutex::new(None),
+            unresolved: Mutex::new(None),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -289,11 +298,16 @@ impl Store {
     /// when nothing was buffered.
     pub async fn flush(&self) -> Result<Option<u64>, StorageError> {
         let _serial = self.inner.flush_lock.lock().await;
+        if let Some(checkpoint) = self.resolve_unresolved().await? {
+            return Ok(Some(checkpoint));
+        }
         let taken = self.write_view().mark_for_flush();
         if taken.is_empty() {
             return Ok(None);
         }
-        match self.write_segment(taken).await {
+        let written = self.write_segment(taken).await;
+        self.note_flush(written.as_ref().err());
+        match written {
             Ok(checkpoint) => Ok(Some(checkpoint)),
             Err(StorageError::Fenced { partition }) => {
                 // Another node owns it now and consumes it from its checkpoint: these rows
@@ -309,11 +323,37 @@ impl Store {
                 Err(StorageError::Fenced { partition })
             }
             Err(e) => {
-                self.write_view().unmark();
-                tracing::warn!(error = %e, "flush failed; batches stay buffered");
+                // The caller reports it (and spaces out retries). Rows of a segment whose
+                // commit is unresolved stay marked: they may be stored already.
+                if !self.has_unresolved() {
+                    self.write_view().unmark();
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Records how a flush went, for [`Store::flush_failing`].
+    fn note_flush(&self, error: Option<&StorageError>) {
+        let mut last = lock(&self.inner.flush_error);
+        match error {
+            Some(StorageError::Fenced { .. }) => {}
+            Some(e) => {
+                let c = &self.inner.counters;
+                c.flush_failures.fetch_add(1, Ordering::Relaxed);
+                *last = Some(e.to_string());
+            }
+            None => {
+                if last.take().is_some() {
+                    tracing::info!("flushes succeed again");
+                }
+            }
+        }
+    }
+
+    /// Why flushes fail, while they do (from the last failure until a flush succeeds).
+    pub fn flush_failing(&self) -> Option<String> {
+        lock(&self.inner.flush_error).clone()
     }
 
     async fn write_segment(&self, taken: Vec<Taken>) -> Result<u64, StorageError> {
@@ -335,13 +375,17 @@ impl Store {
             path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
         }
         let byte_size = enc.bytes.len();
+        let object = ObjectPath::from(path.as_str());
         self.inner
             .store
-            .put(
-                &ObjectPath::from(path.as_str()),
-                PutPayload::from(enc.bytes),
-            )
+            .put(&object, PutPayload::from(enc.bytes))
             .await?;
+        if self.inner.cfg.cluster_node.is_none() {
+            if let Err(e) = sync_local(&self.inner.cfg.data_dir, &path).await {
+                self.delete_failed(&object).await;
+                return Err(e);
+            }
+        }
         let mut info = SegmentInfo {
             id: 0,
             path,
@@ -356,38 +400,30 @@ impl Store {
         };
         let names = lock(&self.inner.names).take_pending();
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
-        // On failure the file stays: without a catalog row it is invisible, and open removes it.
-        match self
+        let commit = self
             .inner
             .catalog
             .commit_segment(&info, &names, checkpoint, &rollups, &marks)
-            .await
-        {
-            Ok(id) => {
-                info.id = id;
-                self.committed(&marks);
-            }
+            .await;
+        match commit {
+            Ok(id) => info.id = id,
             Err(e) => {
-                lock(&self.inner.names).restore_pending(names);
-                return Err(e);
+                let failed = Unresolved {
+                    object,
+                    info: info.clone(),
+                    marks: marks.clone(),
+                    checkpoint,
+                };
+                match self.settle_failed_commit(failed, e).await {
+                    Ok(id) => info.id = id,
+                    Err(e) => {
+                        lock(&self.inner.names).restore_pending(names);
+                        return Err(e);
+                    }
+                }
             }
         }
-        self.inner.checkpoint.store(checkpoint, Ordering::Release);
-        let c = &self.inner.counters;
-        c.flushes.fetch_add(1, Ordering::Relaxed);
-        c.segments_written.fetch_add(1, Ordering::Relaxed);
-        c.bytes_written
-            .fetch_add(byte_size as u64, Ordering::Relaxed);
-        c.rows_written.fetch_add(enc.rows as u64, Ordering::Relaxed);
-        tracing::info!(
-            path = %info.path,
-            rows = enc.rows,
-            bytes = byte_size,
-            checkpoint,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "segment committed"
-        );
-        self.write_view().finish_flush(Arc::new(info));
+        self.finish_commit(info, &marks, checkpoint, started);
         Ok(checkpoint)
     }
 
@@ -476,6 +512,8 @@ impl Store {
             search_segments_scanned: get(&c.search_segments_scanned),
             search_segments_skipped: get(&c.search_segments_skipped),
             replayed_appends_skipped: get(&c.replayed_appends_skipped),
+            flush_failures: get(&c.flush_failures),
+            failed_segments_deleted: get(&c.failed_segments_deleted),
             segments: view.segments.len() as u64,
             buffered_rows: view.rows() as u64,
             checkpoint: self.inner.checkpoint.load(Ordering::Acquire),
