@@ -133,6 +133,18 @@ impl Collector for StoreMetrics {
         )?;
         counter(
             e,
+            "meshtrace_segments_rebuilt",
+            "damaged segments (missing or unreadable files) stored again from the write-ahead log",
+            s.segments_rebuilt,
+        )?;
+        gauge(
+            e,
+            "meshtrace_segments_damaged",
+            "damaged segments whose spans nothing else holds: answers over their time range are partial",
+            s.segments_damaged as i64,
+        )?;
+        counter(
+            e,
             "meshtrace_failed_segments_deleted",
             "Parquet files deleted because their catalog commit failed",
             s.failed_segments_deleted,

@@ -220,10 +220,13 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     // Segment files without a catalog row: deleted when the log replays them, else quarantined.
     let log_first = replayed.first().map_or(wal.last_seq() + 1, |r| r.seq);
     store.settle_orphans(log_first).await?;
+    // Segment files missing or unreadable: rebuilt from the log when it holds them.
+    store.check_segments(log_first).await?;
     let mut dedup = Dedup::new(config.storage.dedup_window_spans);
     let (mut spans, records) = (0, replayed.len());
     for record in replayed {
-        let Some(kept) = replay_one(&mut dedup, checkpoint, record.seq, record.spans) else {
+        let stored = record.seq <= checkpoint && !store.rebuilding(record.seq);
+        let Some(kept) = replay_one(&mut dedup, stored, record.spans) else {
             continue;
         };
         store.append(record.seq, &kept)?;
@@ -268,14 +271,14 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     })
 }
 
-/// One replayed record through the dedup window: records already stored (at or below the
-/// checkpoint) only fill it; the others come back without the spans it has seen.
-fn replay_one(dedup: &mut Dedup, checkpoint: u64, seq: u64, spans: Vec<Span>) -> Option<Vec<Span>> {
+/// One replayed record through the dedup window: records already `stored` in Parquet only
+/// fill it; the others come back without the spans it has seen.
+fn replay_one(dedup: &mut Dedup, stored: bool, spans: Vec<Span>) -> Option<Vec<Span>> {
     if !dedup.enabled() {
-        return (seq > checkpoint).then_some(spans);
+        return (!stored).then_some(spans);
     }
     let fingerprints = dedup.fingerprinter().of(&spans);
-    if seq <= checkpoint {
+    if stored {
         dedup.remember(&fingerprints);
         return None;
     }

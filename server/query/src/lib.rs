@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use adjust::SpanWarning;
 pub use error::{ErrorCode, QueryError};
 pub use graph::{DependencyLink, GraphView};
-pub use meshtrace_storage::TraceQuery;
+pub use meshtrace_storage::{DamagedSegment, TraceQuery};
 pub use provenance::{TraceClass, TraceProvenance};
 pub use red::{MetricFamily, RedMetric, RedQuery};
 pub use sql::SqlResult;
@@ -108,5 +108,18 @@ impl Queries {
     /// The limits it answers under.
     pub fn config(&self) -> &QueryConfig {
         &self.config
+    }
+
+    /// The damaged segments (spans nothing else holds) that could hold spans started between
+    /// `start_ns` and `end_ns` (either open): an answer over that range left them out.
+    pub fn skipped_segments(
+        &self,
+        start_ns: Option<i64>,
+        end_ns: Option<i64>,
+    ) -> Vec<DamagedSegment> {
+        let (start, end) = (start_ns.unwrap_or(i64::MIN), end_ns.unwrap_or(i64::MAX));
+        let mut damaged = self.store.damaged_segments();
+        damaged.retain(|d| d.overlaps(start, end));
+        damaged
     }
 }

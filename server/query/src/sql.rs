@@ -22,6 +22,12 @@ pub struct SqlResult {
     pub rows: Vec<Vec<Value>>,
     /// Whether rows past the configured limit were left out.
     pub truncated: bool,
+    /// Whether damaged segments (files missing or unreadable, their spans held nowhere else)
+    /// were left out of the `spans` table: the answer may lack their rows.
+    pub partial: bool,
+    /// The paths of those segments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_segments: Vec<String>,
 }
 
 impl Queries {
@@ -32,7 +38,14 @@ impl Queries {
             .store
             .sql(sql, max_rows + 1, self.config.sql_timeout)
             .await?;
-        render(&batches, max_rows)
+        let mut result = render(&batches, max_rows)?;
+        result.skipped_segments = self
+            .skipped_segments(None, None)
+            .into_iter()
+            .map(|d| d.path)
+            .collect();
+        result.partial = !result.skipped_segments.is_empty();
+        Ok(result)
     }
 }
 
@@ -107,6 +120,8 @@ pub fn render(batches: &[RecordBatch], max_rows: usize) -> Result<SqlResult, Que
         columns,
         rows,
         truncated,
+        partial: false,
+        skipped_segments: Vec::new(),
     })
 }
 

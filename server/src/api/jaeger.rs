@@ -6,10 +6,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meshtrace_model::{SpanKind, TraceId};
-use meshtrace_query::{Trace, TraceQuery};
+use meshtrace_query::TraceQuery;
 
 use super::error::{ApiError, JaegerError};
-use super::jaeger_json::{list, trace, Envelope, JaegerOperation, JaegerTrace};
+use super::jaeger_json::{list, trace, Envelope, JaegerErrorItem, JaegerOperation, JaegerTrace};
 use super::params::{parse_go_duration, parse_lookback, parse_trace_id, Params};
 use super::ApiState;
 
@@ -70,10 +70,20 @@ pub async fn get_trace(
         true => state.queries.raw_trace(id).await?,
         false => state.queries.trace(id).await?,
     };
+    // A damaged segment may hold spans of any trace: say so, found or not.
+    let skipped = state.queries.skipped_segments(None, None);
     let Some(t) = found else {
+        if !skipped.is_empty() {
+            let missing = JaegerErrorItem {
+                code: 404,
+                msg: "trace not found".into(),
+            };
+            let body = Envelope::<Vec<JaegerTrace>>::failed(missing).skipping(&skipped);
+            return Ok((axum::http::StatusCode::NOT_FOUND, Json(body)).into_response());
+        }
         return Err(ApiError::not_found("trace not found").into());
     };
-    let body = list(vec![trace(&t)]);
+    let body = list(vec![trace(&t)]).skipping(&skipped);
     if !pretty {
         return Ok(Json(body).into_response());
     }
@@ -157,11 +167,18 @@ pub async fn find_traces(
         .all("traceID")
         .map(|id| parse_trace_id(id).map_err(|e| ApiError::invalid("traceID", e)))
         .collect::<Result<_, _>>()?;
-    let traces: Vec<Trace> = if !ids.is_empty() {
-        state.queries.traces(&ids).await?
+    let (traces, skipped) = if !ids.is_empty() {
+        let skipped = state.queries.skipped_segments(None, None);
+        (state.queries.traces(&ids).await?, skipped)
     } else {
         params.required("service")?;
-        state.queries.search(&trace_query(&params)?).await?
+        let query = trace_query(&params)?;
+        let skipped = state
+            .queries
+            .skipped_segments(query.start_min_ns, query.start_max_ns);
+        (state.queries.search(&query).await?, skipped)
     };
-    Ok(Json(list(traces.iter().map(trace).collect())))
+    Ok(Json(
+        list(traces.iter().map(trace).collect()).skipping(&skipped),
+    ))
 }

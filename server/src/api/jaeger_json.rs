@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use meshtrace_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
-use meshtrace_query::{Operation, Trace};
+use meshtrace_query::{DamagedSegment, Operation, Trace};
 use serde::Serialize;
 
 /// One entry of a Jaeger envelope's `errors`.
@@ -38,6 +38,15 @@ impl<T> Envelope<T> {
         }
     }
 
+    /// The answer with an error entry for each damaged segment it had to leave out.
+    pub fn skipping(mut self, skipped: &[DamagedSegment]) -> Envelope<T> {
+        if !skipped.is_empty() {
+            let items = skipped.iter().map(skipped_item);
+            self.errors.get_or_insert_with(Vec::new).extend(items);
+        }
+        self
+    }
+
     /// A failed answer.
     pub fn failed(error: JaegerErrorItem) -> Envelope<T> {
         Envelope {
@@ -47,6 +56,22 @@ impl<T> Envelope<T> {
             offset: 0,
             errors: Some(vec![error]),
         }
+    }
+}
+
+/// The error entry saying an answer left a damaged segment out (code 206: partial content).
+fn skipped_item(d: &DamagedSegment) -> JaegerErrorItem {
+    let at = |ns: i64| chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339();
+    JaegerErrorItem {
+        code: 206,
+        msg: format!(
+            "partial answer: segment {} ({} spans started {} to {}) was skipped: {}",
+            d.path,
+            d.rows,
+            at(d.min_start_ns),
+            at(d.max_start_ns),
+            d.reason
+        ),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 use meshtrace_model::SpanKind;
 
-use crate::catalog::{NewNames, SegmentInfo};
+use crate::catalog::{DamagedSegment, NewNames, SegmentInfo};
 
 /// One appended batch.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ pub(crate) struct Snapshot {
 pub(crate) struct View {
     pub segments: Vec<Arc<SegmentInfo>>,
     pub batches: Vec<Buffered>,
+    /// Segments that cannot be read and that nothing else holds (see [`crate::check`]).
+    pub damaged: Vec<Arc<DamagedSegment>>,
 }
 
 impl View {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use meshtrace_model::sketch::Sketch;
 use meshtrace_model::SpanKind;
+use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
@@ -40,6 +41,40 @@ pub struct SegmentInfo {
     /// The distinct service names in the segment, sorted.
     pub services: Vec<String>,
     pub created_at_ns: i64,
+}
+
+/// A segment whose spans cannot be read and are not held anywhere else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DamagedSegment {
+    /// Its catalog row.
+    #[serde(skip)]
+    pub(crate) id: i64,
+    /// Its path, as the catalog has it (the file, if it was found, is under `quarantine/`).
+    pub path: String,
+    pub min_start_ns: i64,
+    pub max_start_ns: i64,
+    /// Spans it held.
+    pub rows: i64,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+impl DamagedSegment {
+    pub(crate) fn of(info: &SegmentInfo, reason: String) -> DamagedSegment {
+        DamagedSegment {
+            id: info.id,
+            path: info.path.clone(),
+            min_start_ns: info.min_start_ns,
+            max_start_ns: info.max_start_ns,
+            rows: info.row_count,
+            reason,
+        }
+    }
+
+    /// Whether spans started in `[start_ns, end_ns]` could have been in it.
+    pub fn overlaps(&self, start_ns: i64, end_ns: i64) -> bool {
+        self.min_start_ns <= end_ns && self.max_start_ns >= start_ns
+    }
 }
 
 /// One committed segment of a derived table (see [`crate::derived`]).
@@ -179,15 +214,47 @@ impl Catalog {
         }
     }
 
-    /// Every committed segment, oldest first.
+    /// Every committed segment that is not marked damaged, oldest first.
     pub async fn segments(&self) -> Result<Vec<SegmentInfo>, StorageError> {
         const SQL: &str = "SELECT id, path, min_start_ns, max_start_ns, row_count, byte_size, \
-             wal_seq_min, wal_seq_max, services, created_at_ns FROM segments ORDER BY id";
+             wal_seq_min, wal_seq_max, services, created_at_ns, damaged FROM segments \
+             WHERE damaged IS NULL ORDER BY id";
+        Ok(self
+            .segment_rows(SQL)
+            .await?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect())
+    }
+
+    /// The segments marked damaged (see [`Catalog::mark_damaged`]) with the reason, oldest first.
+    pub async fn damaged_segments(&self) -> Result<Vec<(SegmentInfo, String)>, StorageError> {
+        const SQL: &str = "SELECT id, path, min_start_ns, max_start_ns, row_count, byte_size, \
+             wal_seq_min, wal_seq_max, services, created_at_ns, damaged FROM segments \
+             WHERE damaged IS NOT NULL ORDER BY id";
+        let rows = self.segment_rows(SQL).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, why)| (s, why.unwrap_or_default()))
+            .collect())
+    }
+
+    /// Marks a segment damaged: its file is missing or unreadable (`why`).
+    pub async fn mark_damaged(&self, id: i64, why: &str) -> Result<(), StorageError> {
+        const SQL: &str = "UPDATE segments SET damaged = $1 WHERE id = $2";
+        on_pool!(self, pool => { sqlx::query(SQL).bind(why).bind(id).execute(pool).await?; });
+        Ok(())
+    }
+
+    async fn segment_rows(
+        &self,
+        sql: &'static str,
+    ) -> Result<Vec<(SegmentInfo, Option<String>)>, StorageError> {
         let mut out = Vec::new();
         on_pool!(self, pool => {
-            for row in sqlx::query(SQL).fetch_all(pool).await? {
+            for row in sqlx::query(sql).fetch_all(pool).await? {
                 let services: String = row.try_get("services")?;
-                out.push(SegmentInfo {
+                out.push((SegmentInfo {
                     id: row.try_get("id")?,
                     path: row.try_get("path")?,
                     min_start_ns: row.try_get("min_start_ns")?,
@@ -200,7 +267,7 @@ impl Catalog {
                         StorageError::BadCatalogValue { what: "segments.services", value: services.clone() }
                     })?,
                     created_at_ns: row.try_get("created_at_ns")?,
-                });
+                }, row.try_get("damaged")?));
             }
         });
         Ok(out)
@@ -254,7 +321,8 @@ impl Catalog {
     }
 
     /// Commits a segment row, its names, its rollups, the new checkpoint and (cluster mode)
-    /// its partitions' checkpoints in one transaction; returns the segment id.
+    /// its partitions' checkpoints in one transaction, and deletes the rows of the damaged
+    /// segments in `replaces` (the new segment holds their spans again); returns its id.
     pub async fn commit_segment(
         &self,
         seg: &SegmentInfo,
@@ -262,7 +330,10 @@ impl Catalog {
         checkpoint: u64,
         rollups: &Rollups,
         marks: &[PartitionMark],
+        replaces: &[i64],
     ) -> Result<i64, StorageError> {
+        const REPLACED_ROLLUPS: &str = "DELETE FROM span_rollups WHERE segment_id = $1";
+        const REPLACED: &str = "DELETE FROM segments WHERE id = $1 AND damaged IS NOT NULL";
         const MARK: &str = "UPDATE cluster_partitions SET checkpoint = \
              CASE WHEN checkpoint > $1 THEN checkpoint ELSE $1 END \
              WHERE partition_id = $2 AND epoch = $3";
@@ -283,6 +354,11 @@ impl Catalog {
         );
         let id: i64 = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // First: the new segment may take a replaced one's path (same records, same start).
+            for old in replaces {
+                sqlx::query(REPLACED_ROLLUPS).bind(old).execute(&mut *tx).await?;
+                sqlx::query(REPLACED).bind(old).execute(&mut *tx).await?;
+            }
             let row = sqlx::query(INSERT)
                 .bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
                 .bind(seg.row_count).bind(seg.byte_size).bind(seq_min).bind(seq_max)

@@ -19,16 +19,8 @@ use object_store::ObjectStoreExt;
 
 use crate::catalog::{PartitionMark, SegmentInfo, SegmentTable};
 use crate::error::StorageError;
+use crate::pending::Unresolved;
 use crate::store::{lock, Store};
-
-/// A written segment whose commit may or may not have gone through.
-#[derive(Debug)]
-pub(crate) struct Unresolved {
-    pub object: ObjectPath,
-    pub info: SegmentInfo,
-    pub marks: Vec<PartitionMark>,
-    pub checkpoint: u64,
-}
 
 impl Store {
     /// Settles a failed commit of `failed` (see the module docs): `Ok(id)` when the commit
@@ -91,6 +83,7 @@ impl Store {
             Ok(Some(id)) => {
                 let mut info = u.info;
                 info.id = id;
+                self.rebuilt(&u.replaces);
                 self.finish_commit(info, &u.marks, u.checkpoint, Instant::now());
                 Ok(Some(u.checkpoint))
             }
@@ -126,6 +119,15 @@ impl Store {
         self.write_view().finish_flush(Arc::new(info));
     }
 
+    /// Makes a segment file just written to the local data directory durable (see
+    /// [`sync_local`]); a no-op in cluster mode, where the object store is remote.
+    pub(crate) async fn sync_segment(&self, path: &str) -> Result<(), StorageError> {
+        match self.inner.cfg.cluster_node {
+            Some(_) => Ok(()),
+            None => sync_local(&self.inner.cfg.data_dir, path).await,
+        }
+    }
+
     /// Deletes the file of a commit that did not happen (a warning if that fails: the next
     /// start-up's orphan sweep then removes it).
     pub(crate) async fn delete_failed(&self, object: &ObjectPath) {
@@ -144,7 +146,7 @@ impl Store {
 /// Makes a segment file just written under `root` durable before its catalog row points at it:
 /// the file, then each directory up to `root` (a new `date=`/`hour=` directory's entry is
 /// only durable once its parent is synced).
-pub(crate) async fn sync_local(root: &std::path::Path, path: &str) -> Result<(), StorageError> {
+async fn sync_local(root: &std::path::Path, path: &str) -> Result<(), StorageError> {
     let (root, file) = (root.to_path_buf(), root.join(path));
     tokio::task::spawn_blocking(move || {
         std::fs::File::open(&file)?.sync_all()?;

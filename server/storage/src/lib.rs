@@ -21,10 +21,12 @@ mod bounded;
 mod budget_store;
 mod buffer;
 mod cancel;
+mod check;
 pub mod cluster;
 mod commit;
 mod object_reader;
 mod ownership;
+mod pending;
 mod query;
 mod sql;
 mod sql_runtime;
@@ -37,7 +39,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use buffer::NameLimits;
-pub use catalog::{PartitionMark, SegmentInfo, StoredPrioritySet, StoredProxy};
+pub use catalog::{DamagedSegment, PartitionMark, SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
 pub use error::{ErrorCode, StorageError};
 pub use remote::object_store_from_url;
@@ -147,6 +149,10 @@ pub struct StoreStats {
     pub flush_failures: u64,
     /// Segment files deleted because their catalog commit failed.
     pub failed_segments_deleted: u64,
+    /// Damaged segments stored again from the write-ahead log.
+    pub segments_rebuilt: u64,
+    /// Damaged segments whose spans nothing else holds (gauge).
+    pub segments_damaged: u64,
     /// Committed segments now.
     pub segments: u64,
     pub buffered_rows: u64,

@@ -20,11 +20,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::buffer::{Buffered, Names, Snapshot, Taken, View};
 use crate::catalog::{Catalog, SegmentInfo};
-use crate::commit::{sync_local, Unresolved};
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path, SegmentReader};
 use crate::orphans::{self, Settled};
 use crate::ownership::Owned;
+use crate::pending::{Rebuild, Unresolved};
 use crate::rollup::{rollups_of, RollupFilter, Rollups};
 use crate::sql_runtime::SqlRuntime;
 use crate::{StoreConfig, StoreStats};
@@ -53,6 +53,7 @@ pub(crate) struct Counters {
     pub replayed_appends_skipped: AtomicU64,
     pub flush_failures: AtomicU64,
     pub failed_segments_deleted: AtomicU64,
+    pub segments_rebuilt: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -79,6 +80,8 @@ pub(crate) struct Inner {
     pub flush_error: Mutex<Option<String>>,
     /// A segment whose commit outcome is not known yet (see [`crate::commit`]).
     pub unresolved: Mutex<Option<Unresolved>>,
+    /// Damaged segments the write-ahead log is rebuilding (see [`crate::check`]).
+    pub rebuild: Mutex<Vec<Rebuild>>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -163,6 +166,7 @@ impl Store {
             view: RwLock::new(View {
                 segments: segments.into_iter().map(Arc::new).collect(),
                 batches: Vec::new(),
+                damaged: Vec::new(),
             }),
             names: Mutex::new(names),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -175,6 +179,7 @@ impl Store {
             owned: Mutex::default(),
             flush_error: Mutex::new(None),
             unresolved: Mutex::new(None),
+            rebuild: Mutex::new(Vec::new()),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -254,7 +259,7 @@ impl Store {
             return Ok(());
         }
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire);
-        if wal_seq != 0 && wal_seq <= checkpoint {
+        if wal_seq != 0 && wal_seq <= checkpoint && !self.rebuilding(wal_seq) {
             let c = &self.inner.counters.replayed_appends_skipped;
             c.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -380,11 +385,9 @@ impl Store {
             .store
             .put(&object, PutPayload::from(enc.bytes))
             .await?;
-        if self.inner.cfg.cluster_node.is_none() {
-            if let Err(e) = sync_local(&self.inner.cfg.data_dir, &path).await {
-                self.delete_failed(&object).await;
-                return Err(e);
-            }
+        if let Err(e) = self.sync_segment(&path).await {
+            self.delete_failed(&object).await;
+            return Err(e);
         }
         let mut info = SegmentInfo {
             id: 0,
@@ -400,10 +403,11 @@ impl Store {
         };
         let names = lock(&self.inner.names).take_pending();
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
+        let replaces = self.replaced_by_next_commit();
         let commit = self
             .inner
             .catalog
-            .commit_segment(&info, &names, checkpoint, &rollups, &marks)
+            .commit_segment(&info, &names, checkpoint, &rollups, &marks, &replaces)
             .await;
         match commit {
             Ok(id) => info.id = id,
@@ -413,6 +417,7 @@ impl Store {
                     info: info.clone(),
                     marks: marks.clone(),
                     checkpoint,
+                    replaces: replaces.clone(),
                 };
                 match self.settle_failed_commit(failed, e).await {
                     Ok(id) => info.id = id,
@@ -423,6 +428,7 @@ impl Store {
                 }
             }
         }
+        self.rebuilt(&replaces);
         self.finish_commit(info, &marks, checkpoint, started);
         Ok(checkpoint)
     }
@@ -447,8 +453,7 @@ impl Store {
     /// Deletes every segment whose newest span started before `now - retention` (the file
     /// first, then its catalog row); returns how many.
     pub async fn apply_retention(&self) -> Result<usize, StorageError> {
-        let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff = now_unix_nanos().saturating_sub(retention);
+        let cutoff = self.retention_cutoff_ns();
         let expired: Vec<Arc<SegmentInfo>> = self
             .read_view()
             .segments
@@ -481,7 +486,19 @@ impl Store {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!(path = %seg.path, max_start_ns = seg.max_start_ns, "segment expired");
         }
+        let damaged: Vec<_> = self.read_view().damaged.clone();
+        for seg in damaged.iter().filter(|d| d.max_start_ns < cutoff) {
+            self.inner.catalog.delete_segment(seg.id).await?;
+            self.write_view().damaged.retain(|d| d.id != seg.id);
+            tracing::info!(path = %seg.path, "damaged segment expired");
+        }
         Ok(expired.len())
+    }
+
+    /// Segments that start before this are past retention (and may be deleted at any time).
+    pub(crate) fn retention_cutoff_ns(&self) -> i64 {
+        let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
+        now_unix_nanos().saturating_sub(retention)
     }
 
     /// Makes another table available to [`Store::sql`] under `name`.
@@ -514,6 +531,8 @@ impl Store {
             replayed_appends_skipped: get(&c.replayed_appends_skipped),
             flush_failures: get(&c.flush_failures),
             failed_segments_deleted: get(&c.failed_segments_deleted),
+            segments_rebuilt: get(&c.segments_rebuilt),
+            segments_damaged: view.damaged.len() as u64,
             segments: view.segments.len() as u64,
             buffered_rows: view.rows() as u64,
             checkpoint: self.inner.checkpoint.load(Ordering::Acquire),

@@ -1,0 +1,154 @@
+//! Segments checked at open: a Parquet file that is missing, of another size than its catalog
+//! row says, or whose footer cannot be read never breaks queries that do not need it, and is
+//! never dropped without a word.
+//!
+//! [`Store::check_segments`] runs once at start-up, after the write-ahead log is open (it needs
+//! the first sequence number the log holds). Every damaged segment is moved under
+//! `quarantine/` (if its file is still there), its catalog row is marked `damaged` with the
+//! reason, and it leaves the list queries read. Then:
+//!
+//! - **The log still holds its sequence numbers**: it is *rebuilt*. The caller replays those
+//!   records although they are at or below the checkpoint ([`Store::append`] takes them while
+//!   the rebuild is pending), the next flush writes them to a new segment and deletes the
+//!   damaged row in the same transaction. A crash before that simply finds the row marked
+//!   damaged again at the next start, with the log still holding its records (the log is only
+//!   truncated after a flush commits).
+//! - **It does not**: the spans are lost unless the file or the catalog is restored. The
+//!   segment stays in the catalog marked damaged, reported with an ERROR at every start and as
+//!   `meshtrace_segments_damaged`, and queries whose time range overlaps it say they skipped it
+//!   ([`Store::damaged_segments`]): the Jaeger API with an entry in `errors`, SQL with
+//!   `"partial": true`. Retention deletes its row like any other segment's.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::async_reader::AsyncFileReader;
+
+use crate::catalog::{DamagedSegment, SegmentInfo};
+use crate::error::StorageError;
+use crate::object_reader::ObjectReader;
+use crate::orphans::QUARANTINE_PREFIX;
+use crate::pending::Rebuild;
+use crate::store::{lock, Store};
+
+/// Segment files checked at once at open.
+const CHECKS_IN_FLIGHT: usize = 8;
+
+impl Store {
+    /// Checks every segment file against its catalog row (see the module docs); `log_first`
+    /// is the first sequence number the write-ahead log holds. Returns how many segments were
+    /// found damaged now or before, and whether each is being rebuilt.
+    pub async fn check_segments(&self, log_first: u64) -> Result<(usize, usize), StorageError> {
+        // Past retention: a file already deleted by it is not damage (its row goes next).
+        let cutoff = self.retention_cutoff_ns();
+        let segments: Vec<_> = self.read_view().segments.clone();
+        let segments = segments.into_iter().filter(|s| s.max_start_ns >= cutoff);
+        let store = self.inner.store.clone();
+        let found: Vec<(Arc<SegmentInfo>, String)> = futures::stream::iter(segments)
+            .map(|seg| {
+                let store = store.clone();
+                async move { check(store, &seg).await.err().map(|why| (seg, why)) }
+            })
+            .buffer_unordered(CHECKS_IN_FLIGHT)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        for (seg, why) in &found {
+            self.set_aside(seg, why).await?;
+        }
+        let damaged = self.inner.catalog.damaged_segments().await?;
+        let (mut rebuilt, mut lost) = (0, 0);
+        for (seg, why) in damaged {
+            if seg.wal_seq_min >= log_first && seg.wal_seq_min > 0 {
+                tracing::warn!(path = %seg.path, reason = %why, seq_min = seg.wal_seq_min,
+                    seq_max = seg.wal_seq_max, "damaged segment: rebuilding it from the write-ahead log");
+                lock(&self.inner.rebuild).push(Rebuild {
+                    id: seg.id,
+                    seq_min: seg.wal_seq_min,
+                    seq_max: seg.wal_seq_max,
+                });
+                rebuilt += 1;
+            } else {
+                tracing::error!(path = %seg.path, reason = %why, spans = seg.row_count,
+                    min_start_ns = seg.min_start_ns, max_start_ns = seg.max_start_ns, log_first,
+                    "damaged segment whose spans the write-ahead log no longer holds: they are \
+                     missing from answers (restore the file under quarantine/ or the catalog)");
+                self.write_view()
+                    .damaged
+                    .push(Arc::new(DamagedSegment::of(&seg, why)));
+                lost += 1;
+            }
+        }
+        Ok((rebuilt, lost))
+    }
+
+    /// Moves a damaged segment's file aside, marks its row and drops it from the read list.
+    async fn set_aside(&self, seg: &SegmentInfo, why: &str) -> Result<(), StorageError> {
+        let path = ObjectPath::from(seg.path.as_str());
+        let aside = ObjectPath::from(format!("{QUARANTINE_PREFIX}/{}", seg.path));
+        match self.inner.store.rename(&path, &aside).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.catalog.mark_damaged(seg.id, why).await?;
+        self.write_view().segments.retain(|s| s.id != seg.id);
+        tracing::error!(path = %seg.path, reason = %why, quarantined = %aside, "segment file damaged");
+        Ok(())
+    }
+
+    /// Whether a record at or below the checkpoint belongs to a segment being rebuilt (the
+    /// caller replays it, see the module docs).
+    pub fn rebuilding(&self, seq: u64) -> bool {
+        let rebuild = lock(&self.inner.rebuild);
+        rebuild
+            .iter()
+            .any(|r| (r.seq_min..=r.seq_max).contains(&seq))
+    }
+
+    /// The damaged segments the next commit replaces (its rows hold their spans).
+    pub(crate) fn replaced_by_next_commit(&self) -> Vec<i64> {
+        lock(&self.inner.rebuild).iter().map(|r| r.id).collect()
+    }
+
+    /// After a commit that replaced `ids`: they are rebuilt.
+    pub(crate) fn rebuilt(&self, ids: &[i64]) {
+        if !ids.is_empty() {
+            lock(&self.inner.rebuild).retain(|r| !ids.contains(&r.id));
+            let c = &self.inner.counters.segments_rebuilt;
+            c.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                segments = ids.len(),
+                "damaged segments rebuilt from the write-ahead log"
+            );
+        }
+    }
+
+    /// The damaged segments whose spans are missing from answers (see the module docs).
+    pub fn damaged_segments(&self) -> Vec<DamagedSegment> {
+        let view = self.read_view();
+        view.damaged.iter().map(|d| (**d).clone()).collect()
+    }
+}
+
+/// Why a segment cannot be read, if it cannot: missing, another size, no readable footer.
+async fn check(store: Arc<dyn ObjectStore>, seg: &SegmentInfo) -> Result<(), String> {
+    let path = ObjectPath::from(seg.path.as_str());
+    let meta = match store.head(&path).await {
+        Ok(meta) => meta,
+        Err(object_store::Error::NotFound { .. }) => return Err("the file is missing".into()),
+        Err(e) => return Err(format!("the file cannot be read: {e}")),
+    };
+    if meta.size != seg.byte_size as u64 {
+        return Err(format!(
+            "the file has {} bytes, the catalog says {}",
+            meta.size, seg.byte_size
+        ));
+    }
+    let mut reader = ObjectReader::new(store, path, meta.size);
+    match reader.get_metadata(None).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the footer cannot be read: {e}")),
+    }
+}
