@@ -16,7 +16,7 @@ use crate::decode::otlp_wire;
 use crate::{Error, Limits};
 
 /// Bytes before the payload: length, checksum, sequence number.
-pub(crate) const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = 16;
 
 /// The largest payload a record may carry. Anything longer in a header is treated as damage.
 pub(crate) const MAX_PAYLOAD: usize = 256 << 20;
@@ -92,7 +92,7 @@ fn frame(payload: Bytes, kind: u32) -> Result<Frame, Error> {
 
 /// What the sequence numbers in one segment must satisfy.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SeqBounds {
+pub struct SeqBounds {
     /// The first sequence number of the segment (from its file name): records are `>=` it.
     pub first: u64,
     /// The last sequence number seen before this segment: records are `>` it.
@@ -103,7 +103,7 @@ pub(crate) struct SeqBounds {
 
 /// Damaged bytes in the middle of a segment, with valid records after them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Gap {
+pub struct Gap {
     /// Where the damage starts (the end of the last good record before it).
     pub offset: u64,
     /// Bytes skipped up to the next valid record.
@@ -118,7 +118,7 @@ pub(crate) struct Gap {
 
 /// The outcome of scanning one segment.
 #[derive(Debug)]
-pub(crate) struct Scan {
+pub struct Scan {
     pub records: Vec<Replayed>,
     /// The byte range of every valid record, in order.
     pub ranges: Vec<std::ops::Range<usize>>,
@@ -137,7 +137,7 @@ const MAX_SEQ_SKIP: u64 = 1 << 20;
 /// Reads every valid record of a segment's bytes. Damage followed by valid records is skipped
 /// as a [`Gap`] (the next record is found by its header and checksum); damage that nothing
 /// valid follows ends the scan ([`Scan::damage`]).
-pub(crate) fn scan(bytes: &[u8], bounds: SeqBounds) -> Scan {
+pub fn scan(bytes: &[u8], bounds: SeqBounds) -> Scan {
     let mut out = Scan {
         records: Vec::new(),
         ranges: Vec::new(),

@@ -104,7 +104,7 @@
 //! replay becomes a consumer starting at checkpoint + 1; `truncate_through` becomes a purge up
 //! to a sequence). No trait is defined for that yet; the seam is this type's public API.
 
-mod format;
+pub(crate) mod format;
 mod recover;
 mod writer;
 

@@ -69,8 +69,11 @@ pub struct IngestArgs {
     #[arg(long)]
     pub json: bool,
     /// Also run once with trace assembly (provenance) off and print the ratio
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare_dedup")]
     pub compare_assembly: bool,
+    /// Also run once with deduplication of resent spans off and print the ratio
+    #[arg(long)]
+    pub compare_dedup: bool,
     /// Distinct requests per stream, encoded before the timed run and sent again and again
     /// with new trace IDs. The default gives more distinct spans than a Parquet segment holds,
     /// so repeats do not flatter the bytes per span
@@ -79,8 +82,8 @@ pub struct IngestArgs {
     /// Skip fsync in the write-ahead log (shows what durability costs; not durable)
     #[arg(long)]
     pub no_fsync: bool,
-    /// With --compare-assembly: alternate off and on runs this many times and sum them, so a
-    /// slow spell of a shared machine falls on both sides
+    /// With --compare-assembly or --compare-dedup: alternate off and on runs this many times
+    /// and sum them, so a slow spell of a shared machine falls on both sides
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
 }
@@ -360,8 +363,36 @@ async fn decode_only(args: &IngestArgs) -> anyhow::Result<f64> {
     Ok(total)
 }
 
-/// One timed load against the target, or against a server started for this run.
-async fn run_once(args: &IngestArgs, assembly: bool) -> anyhow::Result<Run> {
+/// What a comparison switches off in its baseline runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feature {
+    Assembly,
+    Dedup,
+}
+
+impl Feature {
+    fn of(args: &IngestArgs) -> Option<Feature> {
+        if args.target.is_some() {
+            return None;
+        }
+        match (args.compare_assembly, args.compare_dedup) {
+            (true, _) => Some(Feature::Assembly),
+            (_, true) => Some(Feature::Dedup),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Feature::Assembly => "assembly",
+            Feature::Dedup => "dedup",
+        }
+    }
+}
+
+/// One timed load against the target, or against a server started for this run (with
+/// `off` switched off, if given).
+async fn run_once(args: &IngestArgs, off: Option<Feature>) -> anyhow::Result<Run> {
     let (endpoint, server, dir) = match &args.target {
         Some(t) => (
             format!("http://{}", t.trim_start_matches("http://")),
@@ -381,7 +412,11 @@ async fn run_once(args: &IngestArgs, assembly: bool) -> anyhow::Result<Run> {
                 ..Default::default()
             };
             let mut config = Config::load(&serve)?;
-            config.provenance.enabled = assembly;
+            match off {
+                Some(Feature::Assembly) => config.provenance.enabled = false,
+                Some(Feature::Dedup) => config.storage.dedup_window_spans = 0,
+                None => {}
+            }
             let running = crate::serve::start(&config).await?;
             (format!("http://{grpc}"), Some(running), Some(dir))
         }
@@ -406,28 +441,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Red(args) => return red::run(args).await,
     };
     let decode_rate = decode_only(&args).await?;
-    let compare = args.compare_assembly && args.target.is_none();
+    let compare = Feature::of(&args);
     let (mut off, mut on): (Option<Run>, Option<Run>) = (None, None);
-    for round in 1..=if compare { args.rounds.max(1) } else { 1 } {
-        if compare {
-            let o = run_once(&args, false).await?;
-            let n = run_once(&args, true).await?;
-            if !args.json {
-                let (a, b) = (o.rate(), n.rate());
-                let (ca, cb) = (o.cpu_us_per_span(), n.cpu_us_per_span());
-                println!(
-                    "round {round}: assembly off {a:.0}/s, on {b:.0}/s, ratio {:.3}; \
-                     CPU µs/span off {ca:.2}, on {cb:.2}, ratio {:.3}",
-                    b / a,
-                    ca / cb
-                );
-            }
-            off = Some(Run::sum(off, o));
-            on = Some(Run::sum(on, n));
-        } else {
-            on = Some(run_once(&args, true).await?);
+    for round in 1..=if compare.is_some() {
+        args.rounds.max(1)
+    } else {
+        1
+    } {
+        let Some(feature) = compare else {
+            on = Some(run_once(&args, None).await?);
+            continue;
+        };
+        let o = run_once(&args, Some(feature)).await?;
+        let n = run_once(&args, None).await?;
+        if !args.json {
+            let (a, b) = (o.rate(), n.rate());
+            let (ca, cb) = (o.cpu_us_per_span(), n.cpu_us_per_span());
+            println!(
+                "round {round}: {} off {a:.0}/s, on {b:.0}/s, ratio {:.3}; \
+                 CPU µs/span off {ca:.2}, on {cb:.2}, ratio {:.3}",
+                feature.name(),
+                b / a,
+                ca / cb
+            );
         }
+        off = Some(Run::sum(off, o));
+        on = Some(Run::sum(on, n));
     }
+    let feature = compare.map_or("assembly", Feature::name);
     let run = on.context("no run")?;
     let rate = run.rate();
     let ms = |q| run.hist.value_at_quantile(q) as f64 / 1000.0;
@@ -440,29 +481,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "spans_acked": run.acked, "spans_per_s": rate, "decode_only_spans_per_s": decode_rate,
                 "ratio": rate / decode_rate, "bytes_per_span": run.bytes_per_span,
                 "p50_ms": p50, "p99_ms": p99, "errors": run.errors,
-                "assembly_off_spans_per_s": off_rate,
-                "assembly_ratio": off_rate.map(|o| rate / o),
+                "compared": compare.map(Feature::name),
+                "off_spans_per_s": off_rate,
+                "on_off_ratio": off_rate.map(|o| rate / o),
                 "cpu_us_per_span": run.cpu_us_per_span(),
-                "assembly_off_cpu_us_per_span": off.as_ref().map(Run::cpu_us_per_span),
+                "off_cpu_us_per_span": off.as_ref().map(Run::cpu_us_per_span),
             })
         );
         return Ok(());
     }
     let (acked, secs, errors) = (run.acked, run.secs, run.errors);
     println!("acknowledged spans       {acked} in {secs:.1}s ({errors} failed exports)");
-    println!("durable spans/s          {rate:.0}   (trace assembly on)");
+    println!("durable spans/s          {rate:.0}   (trace assembly and dedup on)");
     println!("decode-only spans/s      {decode_rate:.0}   (ceiling, same run)");
     println!("ratio                    {:.3}", rate / decode_rate);
     let cpu = run.cpu_us_per_span();
     println!("CPU µs/span              {cpu:.2}   (server and load generator)");
     if let Some(o) = &off {
         println!(
-            "assembly off spans/s     {:.0}   (on/off ratio {:.3})",
+            "{feature:<8} off spans/s     {:.0}   (on/off ratio {:.3})",
             o.rate(),
             rate / o.rate()
         );
         println!(
-            "assembly off CPU µs/span {:.2}   (off/on ratio {:.3})",
+            "{feature:<8} off CPU µs/span {:.2}   (off/on ratio {:.3})",
             o.cpu_us_per_span(),
             o.cpu_us_per_span() / cpu
         );

@@ -33,9 +33,16 @@ enum Shape {
     ArrayResize,
     /// `range([start,] stop[, step])`, `generate_series`: (stop - start) / step elements.
     Series,
+    /// `replace(text, from, to)`: every occurrence of `from` becomes `to` (an empty `from`
+    /// matches between every two characters).
+    Replace,
+    /// `concat(...)`, `concat_ws(...)`, `array_concat(...)`: the size of all the arguments
+    /// (a constant counts once per row). Linear in its inputs, but nesting many calls over
+    /// bounded values would multiply them.
+    Sum,
 }
 
-const BOUNDED: [(&str, Shape); 7] = [
+const BOUNDED: [(&str, Shape); 11] = [
     ("repeat", Shape::Repeat),
     ("lpad", Shape::Pad),
     ("rpad", Shape::Pad),
@@ -43,6 +50,10 @@ const BOUNDED: [(&str, Shape); 7] = [
     ("array_resize", Shape::ArrayResize),
     ("range", Shape::Series),
     ("generate_series", Shape::Series),
+    ("replace", Shape::Replace),
+    ("concat", Shape::Sum),
+    ("concat_ws", Shape::Sum),
+    ("array_concat", Shape::Sum),
 ];
 
 /// Replaces the size-chosen functions of `ctx` with wrappers that refuse to build more than
@@ -88,22 +99,37 @@ impl ScalarUDFImpl for Bounded {
         self.inner.coerce_types(arg_types)
     }
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        // `concat` folds its constant arguments here, without an invocation to check.
+        if self.shape == Shape::Sum {
+            let constant = args.iter().map(|a| match a {
+                Expr::Literal(v, _) => v.size() as u64,
+                _ => 0,
+            });
+            self.check(saturating_sum(constant))?;
+        }
         self.inner.simplify(args, info)
     }
     fn documentation(&self) -> Option<&Documentation> {
         self.inner.documentation()
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let bytes = output_bytes(self.shape, &args.args, args.number_rows)?;
-        if bytes > self.limit {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "{}() would build {bytes} bytes, more than the {} bytes one function call may \
-                 build (a sixteenth of the query memory limit)",
-                self.inner.name(),
-                self.limit
-            )));
-        }
+        self.check(output_bytes(self.shape, &args.args, args.number_rows)?)?;
         self.inner.invoke_with_args(args)
+    }
+}
+
+impl Bounded {
+    /// Refuses a call that would build `bytes` bytes, past the limit.
+    fn check(&self, bytes: u64) -> Result<()> {
+        if bytes <= self.limit {
+            return Ok(());
+        }
+        Err(DataFusionError::ResourcesExhausted(format!(
+            "{}() would build {bytes} bytes, more than the {} bytes one function call may \
+             build (a sixteenth of the query memory limit)",
+            self.inner.name(),
+            self.limit
+        )))
     }
 }
 
@@ -128,6 +154,19 @@ fn output_bytes(shape: Shape, args: &[ColumnarValue], rows: usize) -> Result<u64
                 .iter()
                 .map(|n| n.saturating_mul(8)),
         ),
+        Shape::Replace => {
+            let text = byte_lengths(args.first(), rows)?;
+            let from = byte_lengths(args.get(1), rows)?;
+            let to = byte_lengths(args.get(2), rows)?;
+            saturating_sum((0..text.len()).map(|i| {
+                let matches = text[i] / from[i].max(1) + 1;
+                text[i].saturating_add(matches.saturating_mul(to[i]))
+            }))
+        }
+        Shape::Sum => saturating_sum(args.iter().map(|a| match a {
+            ColumnarValue::Scalar(s) => (s.size() as u64).saturating_mul(rows as u64),
+            ColumnarValue::Array(a) => a.get_array_memory_size() as u64,
+        })),
     };
     Ok(total)
 }
@@ -281,8 +320,16 @@ mod tests {
             "SELECT array_resize(make_array(1), 1000000000)",
             "SELECT repeat(s, 1000) FROM (VALUES (repeat('x', 2000))) AS t(s)",
             "SELECT range(TIMESTAMP '2020-01-01', TIMESTAMP '2021-01-01', INTERVAL '1 second')",
+            "SELECT replace(repeat('x', 100000), 'x', repeat('y', 1000))",
+            "SELECT replace(repeat('x', 100000), '', repeat('y', 100))",
+            "SELECT concat(repeat('x', 600000), repeat('y', 600000))",
+            "SELECT concat_ws(repeat(',', 600000), repeat('y', 600000), 'z')",
+            "SELECT array_concat(array_repeat(1, 100000), array_repeat(2, 100000))",
         ] {
-            let e = run(&ctx, sql).await.unwrap_err().to_string();
+            let e = match run(&ctx, sql).await {
+                Ok(rows) => panic!("{sql}: answered {rows} rows"),
+                Err(e) => e.to_string(),
+            };
             assert!(e.contains("more than the 1048576 bytes"), "{sql}: {e}");
         }
     }
@@ -292,7 +339,11 @@ mod tests {
         let ctx = SessionContext::new();
         register(&ctx, 1 << 20).unwrap();
         let batches = ctx
-            .sql("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, cardinality(range(1, 11)) AS n")
+            .sql(
+                "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, \
+                 cardinality(range(1, 11)) AS n, replace('a-b', '-', '+') AS x, \
+                 concat('a', 'b', 1) AS c, cardinality(array_concat([1], [2, 3])) AS m",
+            )
             .await
             .unwrap()
             .collect()
@@ -301,7 +352,10 @@ mod tests {
         let text = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
-        assert!(text.contains("| ababab | 007 | 10 |"), "{text}");
+        assert!(
+            text.contains("| ababab | 007 | 10 | a+b | ab1 | 3 |"),
+            "{text}"
+        );
         let descending =
             "SELECT cardinality(range(TIMESTAMP '2020-01-10', TIMESTAMP '2020-01-01', \
                           INTERVAL '-1 day'))";
