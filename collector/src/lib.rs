@@ -10,6 +10,8 @@ pub mod auth;
 pub mod decode;
 pub mod dedup;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod receiver;
 pub mod sink;

@@ -2,8 +2,9 @@
 //! process's file descriptors or hold connections open forever.
 //!
 //! Every listener (the three HTTP ports and OTLP gRPC) accepts at most
-//! [`ConnectionLimits::max_connections`] connections at once: past that, a new connection is
-//! accepted and closed at once (refused fast, counted in
+//! [`ConnectionLimits::max_connections`] connections at once, and at most
+//! [`ConnectionLimits::max_connections_per_ip`] from one client address (so one client cannot
+//! take every slot): past that, a new connection is accepted and closed at once (refused fast, counted in
 //! `meshtrace_connections_refused_total`) instead of waiting in the kernel's backlog. HTTP/1
 //! connections must send a request's headers within
 //! [`ConnectionLimits::header_read_timeout`] of connecting or of their previous response,
@@ -14,11 +15,12 @@
 //! errors (a full descriptor table) back off briefly instead of spinning. At start-up the soft limit of open files is
 //! raised to the hard limit.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ use tower::ServiceExt;
 pub struct ConnectionLimits {
     /// Open connections per listener; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Open connections per listener from one client IP address (0: no limit of its own).
+    pub max_connections_per_ip: usize,
     /// Time an HTTP/1 client has to send a request's headers (also the keep-alive idle limit).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -59,6 +63,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
+            max_connections_per_ip: 1024,
             header_read_timeout: Duration::from_secs(30),
             max_streams: 256,
             max_connection_age: Duration::from_secs(300),
@@ -84,6 +89,7 @@ pub fn raise_open_files_limit() {
 pub struct Gate {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    per_ip: PerIp,
     refused: Counter,
     tls: Option<TlsAcceptor>,
     /// Time a new connection has to complete its TLS handshake, or to send its first byte.
@@ -100,6 +106,7 @@ impl Gate {
         Gate {
             listener,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_ip: PerIp::new(limits.max_connections_per_ip),
             refused,
             tls,
             first_byte_timeout: limits.header_read_timeout,
@@ -117,18 +124,18 @@ impl Gate {
                     continue;
                 }
             };
-            match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => {
+            let ip_slot = self.per_ip.take(peer.ip());
+            match (self.slots.clone().try_acquire_owned(), ip_slot) {
+                (Ok(slot), Some(ip_slot)) => {
                     let _ = stream.set_nodelay(true);
-                    return (
-                        Limited {
-                            stream,
-                            _slot: slot,
-                        },
-                        peer,
-                    );
+                    let limited = Limited {
+                        stream,
+                        _slot: slot,
+                        _ip_slot: ip_slot,
+                    };
+                    return (limited, peer);
                 }
-                Err(_) => {
+                _ => {
                     self.refused.inc();
                     drop(stream);
                 }
@@ -256,6 +263,55 @@ impl tonic::transport::server::Connected for Conn {
 pub struct Limited {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _ip_slot: IpSlot,
+}
+
+/// Open connections per client address of one listener.
+#[derive(Clone)]
+struct PerIp {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless it has `max` open already.
+    fn take(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its address's count; given back when the connection closes.
+struct IpSlot {
+    per_ip: PerIp,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl AsyncRead for Limited {

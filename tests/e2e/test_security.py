@@ -246,3 +246,48 @@ def test_a_connection_that_stalls_in_the_http2_preface_is_closed_at_its_max_age(
     assert time.monotonic() - started < 8
     s.close()
     assert server.api.get("/readyz").status_code == 200
+
+
+def test_one_client_address_cannot_take_every_connection(server_factory, tmp_path):
+    import socket
+
+    config = write_config(
+        tmp_path, "[listen.limits]\nmax_connections = 1000\nmax_connections_per_ip = 20\n"
+    )
+    server = server_factory("--config", config)
+    port = server.otlp_http_port
+
+    def connect(source: str) -> socket.socket:
+        s = socket.socket()
+        s.settimeout(5)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        return s
+
+    def served(source: str) -> bool:
+        s = connect(source)
+        try:
+            s.sendall(b"GET /v1/traces HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1")
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    refused_before = server.api.metric("meshtrace_connections_refused_total")
+    idle = [connect("127.0.0.1") for _ in range(20)]
+    try:
+        # The 21st connection from the same address is closed at once...
+        assert not served("127.0.0.1")
+        eventually(
+            lambda: server.api.metric("meshtrace_connections_refused_total") > refused_before
+            or None,
+            what="the connection past the per-address limit counted as refused",
+        )
+        # ...while another address is served as usual.
+        assert served("127.0.0.2")
+    finally:
+        for s in idle:
+            s.close()
+    # Closed connections give their places back.
+    eventually(lambda: served("127.0.0.1") or None, what="the address served again")

@@ -8,7 +8,7 @@
 //! built that is thrown away. It keeps protobuf's rules as prost applies them: fields in any
 //! order, unknown fields skipped, the last value of a scalar field wins, a message field sent
 //! twice is merged, strings must be UTF-8, nesting is bounded; the tests check it against
-//! prost's decoding followed by the conversion in `reference.rs` (test-only). Fields meshtrace does not keep (schema URLs, dropped counts, flags,
+//! prost's decoding followed by the conversion in `reference.rs` (tests and fuzzing only). Fields meshtrace does not keep (schema URLs, dropped counts, flags,
 //! entity references) are skipped without being looked into.
 
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
@@ -514,7 +514,6 @@ fn kv_list(bytes: &[u8], depth: u32, kvs: &mut Vec<KeyValue>) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 #[cfg(test)]
 mod tests;

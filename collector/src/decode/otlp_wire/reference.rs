@@ -1,5 +1,6 @@
-//! A second OTLP protobuf decoder, for tests only: prost decodes the request, then this
-//! converts it. The wire reader must give exactly what this gives (see `tests.rs`).
+//! A second OTLP protobuf decoder, for the tests and the fuzz targets only (through
+//! [`crate::fuzzing`]): prost decodes the request, then this converts it. The wire reader must
+//! give exactly what this gives (see `tests.rs`).
 
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
