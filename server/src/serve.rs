@@ -102,12 +102,16 @@ impl Opened {
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Completes the open traces and writes their derived rows before the final flush.
         self.provenance.close().await;
-        if let Some(checkpoint) = self.store.flush().await.context("final flush")? {
+        let flushed = self.store.flush().await.context("final flush");
+        if let Ok(Some(checkpoint)) = &flushed {
             if let Some(wal) = &self.wal {
-                wal.truncate_through(checkpoint)?;
+                wal.truncate_through(*checkpoint)?;
             }
         }
-        Ok(())
+        // Closing the pool lets SQLite fold its own write-ahead file into catalog.db, so the
+        // file alone is the whole catalog once the process is gone (an operator's backup copy).
+        self.store.close().await;
+        flushed.map(|_| ())
     }
 }
 
