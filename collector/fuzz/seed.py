@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Writes the binary fuzz seeds that tests/fixtures has no file for, derived from its OTLP/JSON
-fixtures: OTLP protobuf requests (target otlp_wire) and write-ahead log segments (target wal).
+fixtures: OTLP protobuf requests (target otlp_wire) and write-ahead log segments (targets wal
+and wal_recover).
 
 usage: seed.py FIXTURES_DIR CORPUS_DIR
 
-Protobuf is encoded by hand from the JSON (field numbers of opentelemetry-proto's
-trace/v1, common/v1 and resource/v1); a segment follows collector/src/wal/format.rs: records
+Protobuf is encoded by hand from the JSON (field numbers of opentelemetry-proto's trace/v1,
+common/v1 and resource/v1). A segment follows collector/src/wal/format.rs: records
 `[u32 len | kind bit][u32 crc32(payload)][u64 seq][payload]`, all little-endian, the payload
-either a postcard `Vec<Span>` (kind bit clear) or an OTLP request (kind bit set). Only the
-standard library is used.
+either a postcard `Vec<Span>` (kind bit clear; serde's layout of meshtrace_model::Span) or an
+OTLP request (kind bit set). Only the standard library is used.
 """
 
 import base64
@@ -268,9 +269,9 @@ def main():
     docs = [fixtures / "otlp" / "trace.json"]
     docs += sorted((fixtures / "istio").glob("*.json"))
     docs += sorted((fixtures / "jaeger-storage-suite" / "traces").glob("*.json"))
-    wire, wal = corpus / "otlp_wire", corpus / "wal"
+    wire = corpus / "otlp_wire"
     wire.mkdir(parents=True, exist_ok=True)
-    wal.mkdir(parents=True, exist_ok=True)
+    segments = {}
     requests, postcards = [], []
     for path in docs:
         doc = json.loads(path.read_text())
@@ -282,17 +283,21 @@ def main():
     for i, (req, spans) in enumerate(zip(requests, postcards)):
         if len(req) and spans != b"\x00":
             seg = record(1, spans) + record(2, req, otlp=True)
-            (wal / f"segment-{i:02}.log").write_bytes(seg)
+            segments[f"segment-{i:02}.log"] = seg
     a, b, c = postcards[0], requests[0], postcards[1]
     good = record(1, a) + record(2, b, otlp=True) + record(3, c)
-    (wal / "three-records.log").write_bytes(good)
+    segments["three-records.log"] = good
     torn = good + record(4, a)[:-3]
-    (wal / "torn-tail.log").write_bytes(torn)
+    segments["torn-tail.log"] = torn
     middle = bytearray(good)
     middle[len(record(1, a)) + 20] ^= 0x55  # inside record 2's payload: a gap, then record 3
-    (wal / "damaged-middle.log").write_bytes(bytes(middle))
-    (wal / "zeroed-tail.log").write_bytes(good + bytes(64))
-    (wal / "out-of-order.log").write_bytes(record(2, a) + record(2, c))
+    segments["damaged-middle.log"] = bytes(middle)
+    segments["zeroed-tail.log"] = good + bytes(64)
+    segments["out-of-order.log"] = record(2, a) + record(2, c)
+    for target in ("wal", "wal_recover"):
+        (corpus / target).mkdir(parents=True, exist_ok=True)
+        for name, seg in segments.items():
+            (corpus / target / name).write_bytes(seg)
 
 
 if __name__ == "__main__":

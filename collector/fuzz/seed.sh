@@ -8,7 +8,8 @@
 #   jaeger_json  tests/fixtures/critical-path/*.json
 #   nezha        the header and first 40 rows of tests/fixtures/nezha/*.csv
 #   otlp_wire    the OTLP/JSON fixtures above encoded as protobuf (seed.py)
-#   wal          log segments of postcard and OTLP records made from those fixtures (seed.py)
+#   wal, wal_recover  log segments of postcard and OTLP records made from those fixtures
+#                (seed.py)
 #
 # Fixtures over 64 KiB are left out: they slow every mutation and add no format feature the
 # small ones lack.

@@ -164,6 +164,7 @@ impl Pipeline {
             r.next += 1;
             // Every span a copy: the record still moves the checkpoint when a later one flushes.
             let Some(Ready { kept, batch, .. }) = ready.deduplicated(&self.dedup) else {
+                self.store.note_empty(next);
                 continue;
             };
             match self.store.append_converted(next, kept.names(), batch) {
@@ -258,9 +259,15 @@ impl Pipeline {
                 spans_to_batch(&for_arrow).map(|batch| (batch, fingerprints.unwrap_or_default()))
             });
             let seq = this.wal.append_record(record).await?;
-            let converted = convert
-                .await
-                .map_err(|e| Error::Wal(format!("conversion task failed: {e}")))?
+            let converted = match convert.await {
+                Ok(converted) => converted,
+                Err(e) => {
+                    // The record is durable; it must still take its turn or later ones stall.
+                    this.skip(seq);
+                    return Err(Error::Wal(format!("conversion task failed: {e}")));
+                }
+            };
+            let converted = converted
                 .map_err(|e| Error::Wal(format!("arrow conversion failed: {e}")))
                 .map(|(batch, fingerprints)| Ready {
                     kept: this.kept(spans),

@@ -225,7 +225,8 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let log_first = replayed.first().map_or(wal.last_seq() + 1, |r| r.seq);
     store.settle_orphans(log_first).await?;
     // Segment files missing or unreadable: rebuilt from the log when it holds them.
-    store.check_segments(log_first).await?;
+    let log_holds: Vec<u64> = replayed.iter().map(|r| r.seq).collect();
+    store.check_segments(&log_holds).await?;
     let mut dedup = Dedup::new(config.storage.dedup_window_spans);
     let (mut spans, records) = (0, replayed.len());
     for record in replayed {
@@ -488,6 +489,9 @@ async fn flush_due(store: &Store, wal: Option<&Wal>, retry: &mut Backoff) {
 
 /// What stops the node from storing spans now, for `/readyz`.
 fn storage_problem(store: &Store, wal: Option<&Wal>) -> Option<String> {
+    if let Some(wal) = wal {
+        wal.recheck();
+    }
     if let Some(why) = wal.and_then(Wal::unavailable) {
         return Some(why);
     }

@@ -15,11 +15,16 @@ use serde_json::Value;
 
 /// The span objects of a body the decoder accepted, counted the way it reads them.
 fn span_count(root: &Value) -> usize {
-    let spans = |trace: &Value| trace.get("spans").and_then(Value::as_array).map_or(0, Vec::len);
+    let spans = |trace: &Value| {
+        trace
+            .get("spans")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    };
     match root {
-        Value::Object(o) if o.contains_key("data") => {
-            o["data"].as_array().map_or(0, |ts| ts.iter().map(spans).sum())
-        }
+        Value::Object(o) if o.contains_key("data") => o["data"]
+            .as_array()
+            .map_or(0, |ts| ts.iter().map(spans).sum()),
         Value::Object(o) if o.contains_key("trace") => spans(&o["trace"]),
         other => spans(other),
     }
@@ -28,7 +33,11 @@ fn span_count(root: &Value) -> usize {
 fuzz_target!(|data: &[u8]| {
     let small = small_limits();
     let result = jaeger_json::decode(data, &small);
-    report("jaeger_json", data.len(), result.as_ref().map_err(|e| e as _));
+    report(
+        "jaeger_json",
+        data.len(),
+        result.as_ref().map_err(|e| e as _),
+    );
     let Ok(bounded) = result else { return };
     check_batch(&bounded, &small);
     let full = jaeger_json::decode(data, &unbounded()).expect("limits changed acceptance");

@@ -26,15 +26,26 @@ fuzz_target!(|data: &[u8]| {
 
     for span in &full.spans {
         let [pod] = span.resource_attributes.as_slice() else {
-            panic!("expected exactly the pod attribute: {:?}", span.resource_attributes);
+            panic!(
+                "expected exactly the pod attribute: {:?}",
+                span.resource_attributes
+            );
         };
         assert_eq!(pod.key, "k8s.pod.name");
         let AttrValue::Str(pod) = &pod.value else {
             panic!("pod name is not a string");
         };
         if !pod.is_empty() {
-            assert!(pod.starts_with(&span.service_name), "service {:?} of pod {pod:?}", span.service_name);
+            assert!(
+                pod.starts_with(&span.service_name),
+                "service {:?} of pod {pod:?}",
+                span.service_name
+            );
         }
-        assert!(span.attributes.len() <= 3, "unexpected attributes: {:?}", span.attributes);
+        assert!(
+            span.attributes.len() <= 3,
+            "unexpected attributes: {:?}",
+            span.attributes
+        );
     }
 });

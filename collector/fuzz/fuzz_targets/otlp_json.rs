@@ -24,6 +24,14 @@ fuzz_target!(|data: &[u8]| {
 
     let text = serde_json::to_vec(&otlp_json::encode(&full.spans)).expect("encodes");
     let back = otlp_json::decode(&text, &unbounded()).expect("re-encoded json refused");
-    assert!(back.rejected.is_empty(), "re-encoded spans rejected: {:?}", back.rejected);
-    assert_eq!(span_set(&back.spans), span_set(&full.spans), "round trip changed spans");
+    assert!(
+        back.rejected.is_empty(),
+        "re-encoded spans rejected: {:?}",
+        back.rejected
+    );
+    assert_eq!(
+        span_set(&back.spans),
+        span_set(&full.spans),
+        "round trip changed spans"
+    );
 });

@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         let Ok(wire) = &wire else {
             panic!("prost accepts the bytes, the wire reader refuses them: {wire:?}");
         };
-        assert_eq!(format!("{wire:?}"), format!("{reference:?}"), "differs from prost");
+        assert_eq!(
+            format!("{wire:?}"),
+            format!("{reference:?}"),
+            "differs from prost"
+        );
     }
     assert_eq!(
         otlp::decode_protobuf(data, &small).is_ok(),
@@ -40,6 +44,14 @@ fuzz_target!(|data: &[u8]| {
 
     let again = otlp::to_request(&full.spans).encode_to_vec();
     let back = otlp_wire::decode(&again, &unbounded()).expect("re-encoded request refused");
-    assert!(back.rejected.is_empty(), "re-encoded spans rejected: {:?}", back.rejected);
-    assert_eq!(span_set(&back.spans), span_set(&full.spans), "round trip changed spans");
+    assert!(
+        back.rejected.is_empty(),
+        "re-encoded spans rejected: {:?}",
+        back.rejected
+    );
+    assert_eq!(
+        span_set(&back.spans),
+        span_set(&full.spans),
+        "round trip changed spans"
+    );
 });

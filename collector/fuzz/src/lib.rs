@@ -15,6 +15,10 @@
 //!   `validate::bound`, and `truncated` counts exactly those cuts.
 //!
 //! Both decodes use an unlimited future skew, so that the clock cannot make them differ.
+//!
+//! [`wal`] holds what the two write-ahead log targets share.
+
+pub mod wal;
 
 use std::time::Duration;
 
@@ -59,17 +63,33 @@ pub fn check_batch(batch: &Batch, limits: &Limits) {
 fn check_span(s: &Span, limits: &Limits) {
     assert_ne!(s.trace_id, [0; 16], "accepted span with a zero trace ID");
     assert_ne!(s.span_id, [0; 8], "accepted span with a zero span ID");
-    assert_ne!(s.parent_span_id, Some([0; 8]), "zero parent not mapped to root");
+    assert_ne!(
+        s.parent_span_id,
+        Some([0; 8]),
+        "zero parent not mapped to root"
+    );
     assert!(s.start_unix_nano > 0, "accepted span without a start time");
-    assert!(s.duration_nano >= 0, "accepted span ending before its start");
-    assert!(!s.service_name.is_empty(), "accepted span without a service");
-    assert!(s.name.len() <= limits.max_name_bytes, "span name over the limit");
+    assert!(
+        s.duration_nano >= 0,
+        "accepted span ending before its start"
+    );
+    assert!(
+        !s.service_name.is_empty(),
+        "accepted span without a service"
+    );
+    assert!(
+        s.name.len() <= limits.max_name_bytes,
+        "span name over the limit"
+    );
     check_attrs(&s.attributes, limits, "span");
     check_attrs(&s.resource_attributes, limits, "resource");
     check_attrs(&s.scope_attributes, limits, "scope");
     assert!(s.events.len() <= limits.max_events, "events over the limit");
     for e in &s.events {
-        assert!(e.name.len() <= limits.max_name_bytes, "event name over the limit");
+        assert!(
+            e.name.len() <= limits.max_name_bytes,
+            "event name over the limit"
+        );
         check_attrs(&e.attributes, limits, "event");
     }
     assert!(s.links.len() <= limits.max_links, "links over the limit");
@@ -100,7 +120,10 @@ fn check_value(v: &AttrValue, limits: &Limits, what: &str) {
             "{what} bytes value over the limit"
         ),
         AttrValue::Array(items) => {
-            assert!(items.len() <= limits.max_attributes, "{what} array over the limit");
+            assert!(
+                items.len() <= limits.max_attributes,
+                "{what} array over the limit"
+            );
             for item in items {
                 check_value(item, limits, what);
             }
@@ -113,7 +136,11 @@ fn check_value(v: &AttrValue, limits: &Limits, what: &str) {
 /// `bounded` (decoded under `limits`) is `full` (decoded without limits) cut by
 /// `validate::bound`, span by span, with `truncated` counting the cuts.
 pub fn check_limits_only_truncate(bounded: &Batch, full: &Batch, limits: &Limits) {
-    assert_eq!(bounded.spans.len(), full.spans.len(), "limits changed acceptance");
+    assert_eq!(
+        bounded.spans.len(),
+        full.spans.len(),
+        "limits changed acceptance"
+    );
     assert_eq!(
         rejections(bounded),
         rejections(full),
@@ -127,7 +154,11 @@ pub fn check_limits_only_truncate(bounded: &Batch, full: &Batch, limits: &Limits
         let mut expected = f.clone();
         cut += bound(&mut expected, limits);
         // Debug, not ==, so that NaN doubles compare equal to themselves.
-        assert_eq!(format!("{b:?}"), format!("{expected:?}"), "bounded span differs");
+        assert_eq!(
+            format!("{b:?}"),
+            format!("{expected:?}"),
+            "bounded span differs"
+        );
     }
     assert_eq!(bounded.truncated, cut, "truncated does not count the cuts");
 }

@@ -269,6 +269,8 @@ struct Shared {
     poison: OnceLock<String>,
     /// Why the last group could not be written (a full disk), until one is written again.
     failing: Mutex<Option<String>>,
+    /// Free space that lets a segment be rolled (see [`Wal::recheck`]).
+    segment_bytes: u64,
     /// Becomes true when the writer thread has exited.
     stopped: watch::Sender<bool>,
     /// What recovery at open could not read back.
@@ -343,6 +345,7 @@ impl Wal {
             segments: Mutex::new(rec.segments),
             poison: OnceLock::new(),
             failing: Mutex::new(None),
+            segment_bytes: cfg.segment_bytes,
             stopped: watch::Sender::new(false),
             losses: rec.losses,
             counters: Counters::default(),
@@ -436,6 +439,31 @@ impl Wal {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         failing.clone()
+    }
+
+    /// While appends fail for want of space, clears the failure once the log's file system
+    /// has room for a segment again, so `/readyz` recovers even when no client writes (a
+    /// load balancer that follows it sends none). The next write confirms it or fails anew.
+    pub fn recheck(&self) {
+        if self.shared.poison.get().is_some() {
+            return;
+        }
+        let failing = self
+            .shared
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if failing.is_none() {
+            return;
+        }
+        drop(failing);
+        let Ok(fs) = nix::sys::statvfs::statvfs(&self.shared.dir) else {
+            return;
+        };
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        if free >= self.shared.segment_bytes {
+            self.shared.set_failing(None);
+        }
     }
 
     /// Bytes in the segment files.

@@ -158,9 +158,10 @@ fn output_bytes(shape: Shape, args: &[ColumnarValue], rows: usize) -> Result<u64
             let text = byte_lengths(args.first(), rows)?;
             let from = byte_lengths(args.get(1), rows)?;
             let to = byte_lengths(args.get(2), rows)?;
-            saturating_sum((0..text.len()).map(|i| {
-                let matches = text[i] / from[i].max(1) + 1;
-                text[i].saturating_add(matches.saturating_mul(to[i]))
+            let rows = text.iter().zip(&from).zip(&to);
+            saturating_sum(rows.map(|((text, from), to)| {
+                let matches = text / from.max(&1) + 1;
+                text.saturating_add(matches.saturating_mul(*to))
             }))
         }
         Shape::Sum => saturating_sum(args.iter().map(|a| match a {

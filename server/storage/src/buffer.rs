@@ -73,9 +73,14 @@ impl View {
     /// Marks every pending batch as being flushed and returns them with their sequence numbers
     /// and partitions.
     pub fn mark_for_flush(&mut self) -> Vec<Taken> {
+        self.mark_for_flush_where(|_| true)
+    }
+
+    /// [`View::mark_for_flush`] for the pending batches whose sequence number `take` accepts.
+    pub fn mark_for_flush_where(&mut self, take: impl Fn(u64) -> bool) -> Vec<Taken> {
         self.batches
             .iter_mut()
-            .filter(|b| !b.flushing)
+            .filter(|b| !b.flushing && take(b.seq))
             .map(|b| {
                 b.flushing = true;
                 Taken {

@@ -311,7 +311,8 @@ impl Catalog {
         path: &str,
     ) -> Result<Option<i64>, StorageError> {
         let sql = match table {
-            SegmentTable::Spans => "SELECT id FROM segments WHERE path = $1",
+            // Not a damaged row a rebuilt segment replaces (same records, same path).
+            SegmentTable::Spans => "SELECT id FROM segments WHERE path = $1 AND damaged IS NULL",
             SegmentTable::Derived => "SELECT id FROM derived_segments WHERE path = $1",
         };
         let id = on_pool!(self, pool => {

@@ -7,10 +7,11 @@
 //! `quarantine/` (if its file is still there), its catalog row is marked `damaged` with the
 //! reason, and it leaves the list queries read. Then:
 //!
-//! - **The log still holds its sequence numbers**: it is *rebuilt*. The caller replays those
-//!   records although they are at or below the checkpoint ([`Store::append`] takes them while
-//!   the rebuild is pending), the next flush writes them to a new segment and deletes the
-//!   damaged row in the same transaction. A crash before that simply finds the row marked
+//! - **The log still holds every one of its sequence numbers**: it is *rebuilt*. The caller
+//!   replays those records although they are at or below the checkpoint ([`Store::append`]
+//!   takes them while the rebuild is pending); a flush writes them, and only them, to a new
+//!   segment (so segment sequence ranges never interleave) and deletes the damaged row in the
+//!   same transaction. A crash before that simply finds the row marked
 //!   damaged again at the next start, with the log still holding its records (the log is only
 //!   truncated after a flush commits).
 //! - **It does not**: the spans are lost unless the file or the catalog is restored. The
@@ -37,10 +38,11 @@ use crate::store::{lock, Store};
 const CHECKS_IN_FLIGHT: usize = 8;
 
 impl Store {
-    /// Checks every segment file against its catalog row (see the module docs); `log_first`
-    /// is the first sequence number the write-ahead log holds. Returns how many segments were
+    /// Checks every segment file against its catalog row (see the module docs); `log_holds`
+    /// are the sequence numbers the write-ahead log holds, sorted (a segment is rebuilt only
+    /// if every one of its sequence numbers is there). Returns how many segments were
     /// found damaged now or before, and whether each is being rebuilt.
-    pub async fn check_segments(&self, log_first: u64) -> Result<(usize, usize), StorageError> {
+    pub async fn check_segments(&self, log_holds: &[u64]) -> Result<(usize, usize), StorageError> {
         // Past retention: a file already deleted by it is not damage (its row goes next).
         let cutoff = self.retention_cutoff_ns();
         let segments: Vec<_> = self.read_view().segments.clone();
@@ -61,7 +63,7 @@ impl Store {
         let damaged = self.inner.catalog.damaged_segments().await?;
         let (mut rebuilt, mut lost) = (0, 0);
         for (seg, why) in damaged {
-            if seg.wal_seq_min >= log_first && seg.wal_seq_min > 0 {
+            if seg.wal_seq_min > 0 && holds_all(log_holds, seg.wal_seq_min, seg.wal_seq_max) {
                 tracing::warn!(path = %seg.path, reason = %why, seq_min = seg.wal_seq_min,
                     seq_max = seg.wal_seq_max, "damaged segment: rebuilding it from the write-ahead log");
                 lock(&self.inner.rebuild).push(Rebuild {
@@ -72,9 +74,10 @@ impl Store {
                 rebuilt += 1;
             } else {
                 tracing::error!(path = %seg.path, reason = %why, spans = seg.row_count,
-                    min_start_ns = seg.min_start_ns, max_start_ns = seg.max_start_ns, log_first,
+                    min_start_ns = seg.min_start_ns, max_start_ns = seg.max_start_ns,
+                    seq_min = seg.wal_seq_min, seq_max = seg.wal_seq_max,
                     "damaged segment whose spans the write-ahead log no longer holds: they are \
-                     missing from answers (restore the file under quarantine/ or the catalog)");
+                     missing from answers (what was left of the file is under quarantine/)");
                 self.write_view()
                     .damaged
                     .push(Arc::new(DamagedSegment::of(&seg, why)));
@@ -107,9 +110,26 @@ impl Store {
             .any(|r| (r.seq_min..=r.seq_max).contains(&seq))
     }
 
-    /// The damaged segments the next commit replaces (its rows hold their spans).
-    pub(crate) fn replaced_by_next_commit(&self) -> Vec<i64> {
-        lock(&self.inner.rebuild).iter().map(|r| r.id).collect()
+    /// The next damaged segment to write again from its replayed records.
+    pub(crate) fn next_rebuild(&self) -> Option<Rebuild> {
+        lock(&self.inner.rebuild).first().copied()
+    }
+
+    /// How far the write-ahead log may be truncated after a flush that reached `checkpoint`:
+    /// not past the records of damaged segments still waiting to be rebuilt.
+    pub(crate) fn truncatable(&self, checkpoint: u64) -> u64 {
+        let rebuild = lock(&self.inner.rebuild);
+        match rebuild.iter().map(|r| r.seq_min).min() {
+            Some(first) => checkpoint.min(first.saturating_sub(1)),
+            None => checkpoint,
+        }
+    }
+
+    /// A rebuild whose records did not come back (none were buffered): it stays damaged.
+    pub(crate) fn rebuild_failed(&self, id: i64) {
+        let mut rebuild = lock(&self.inner.rebuild);
+        rebuild.retain(|r| r.id != id);
+        tracing::error!(segment_id = id, "a damaged segment's records did not come back from the write-ahead log; it stays reported as damaged");
     }
 
     /// After a commit that replaced `ids`: they are rebuilt.
@@ -132,13 +152,24 @@ impl Store {
     }
 }
 
+/// Whether the sorted sequence numbers `held` include every one from `min` to `max`.
+fn holds_all(held: &[u64], min: u64, max: u64) -> bool {
+    let from = held.partition_point(|s| *s < min);
+    let to = held.partition_point(|s| *s <= max);
+    max >= min && (to - from) as u64 == max - min + 1
+}
+
 /// Why a segment cannot be read, if it cannot: missing, another size, no readable footer.
 async fn check(store: Arc<dyn ObjectStore>, seg: &SegmentInfo) -> Result<(), String> {
     let path = ObjectPath::from(seg.path.as_str());
     let meta = match store.head(&path).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Err("the file is missing".into()),
-        Err(e) => return Err(format!("the file cannot be read: {e}")),
+        Err(e) => {
+            // Permissions, too many open files: not damage; queries will say what is wrong.
+            tracing::warn!(path = %seg.path, error = %e, "could not check a segment file");
+            return Ok(());
+        }
     };
     if meta.size != seg.byte_size as u64 {
         return Err(format!(
@@ -150,5 +181,20 @@ async fn check(store: Arc<dyn ObjectStore>, seg: &SegmentInfo) -> Result<(), Str
     match reader.get_metadata(None).await {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("the footer cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_all;
+
+    #[test]
+    fn a_segment_is_rebuilt_only_when_the_log_holds_every_one_of_its_records() {
+        assert!(holds_all(&[3, 4, 5, 6], 3, 4));
+        assert!(holds_all(&[1, 2, 3], 2, 2));
+        // A record lost to damage in the middle, the start missing, nothing held.
+        assert!(!holds_all(&[3, 5, 6], 3, 5));
+        assert!(!holds_all(&[4, 5, 6], 3, 4));
+        assert!(!holds_all(&[], 1, 1));
     }
 }

@@ -333,6 +333,13 @@ impl DerivedStore {
                 PutPayload::from(enc.bytes),
             )
             .await?;
+        if let Err(e) = self.inner.store.sync_segment(&path).await {
+            self.inner
+                .store
+                .delete_failed(&ObjectPath::from(path.as_str()))
+                .await;
+            return Err(e);
+        }
         let mut seg = DerivedSegment {
             id: 0,
             table: t.name.clone(),

@@ -280,6 +280,26 @@ impl Store {
         Ok(())
     }
 
+    /// Records that log record `wal_seq` was delivered with no rows to store (every span in
+    /// it a copy of one stored already), so the checkpoint of the next flush covers it and a
+    /// restart does not replay it without its originals.
+    pub fn note_empty(&self, wal_seq: u64) {
+        let checkpoint = self.inner.checkpoint.load(Ordering::Acquire);
+        if wal_seq <= checkpoint {
+            return;
+        }
+        let Ok(batch) = spans_to_batch(&[]) else {
+            return;
+        };
+        self.write_view().batches.push(Buffered {
+            seq: wal_seq,
+            partition: None,
+            batch,
+            at: Instant::now(),
+            flushing: false,
+        });
+    }
+
     /// Rows in memory, those of a flush in progress included.
     pub fn buffered_rows(&self) -> usize {
         self.read_view().rows()
@@ -293,7 +313,10 @@ impl Store {
             (view.pending_rows(), view.oldest_pending())
         };
         let old = oldest.is_some_and(|t| t.elapsed() >= self.inner.cfg.flush_max_age);
-        if rows == 0 || (rows < self.inner.cfg.flush_max_rows && !old) {
+        // A commit whose outcome is unknown is asked about again even if nothing is pending
+        // (its rows are marked; ingest may be refused until it is settled).
+        let unsettled = self.has_unresolved();
+        if !unsettled && (rows == 0 || (rows < self.inner.cfg.flush_max_rows && !old)) {
             return Ok(None);
         }
         self.flush().await
@@ -303,17 +326,43 @@ impl Store {
     /// when nothing was buffered.
     pub async fn flush(&self) -> Result<Option<u64>, StorageError> {
         let _serial = self.inner.flush_lock.lock().await;
-        if let Some(checkpoint) = self.resolve_unresolved().await? {
-            return Ok(Some(checkpoint));
+        match self.resolve_unresolved().await {
+            Ok(Some(checkpoint)) => {
+                self.note_flush(None);
+                return Ok(Some(self.truncatable(checkpoint)));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.note_flush(Some(&e));
+                return Err(e);
+            }
         }
-        let taken = self.write_view().mark_for_flush();
-        if taken.is_empty() {
+        // A damaged segment being rebuilt gets a segment of its own records only, so segment
+        // sequence ranges never interleave (see `check.rs`).
+        let (taken, replaces) = match self.next_rebuild() {
+            Some(r) => {
+                let mut view = self.write_view();
+                let range = r.seq_min..=r.seq_max;
+                (
+                    view.mark_for_flush_where(|seq| range.contains(&seq)),
+                    vec![r.id],
+                )
+            }
+            None => (self.write_view().mark_for_flush(), Vec::new()),
+        };
+        if taken.iter().all(|t| t.batch.num_rows() == 0) {
+            // Only records without rows (see `note_empty`): they ride with the next flush.
+            self.write_view().unmark();
+            // Nothing came back for a rebuild: leave its row marked damaged (reported).
+            if let Some(id) = replaces.first() {
+                self.rebuild_failed(*id);
+            }
             return Ok(None);
         }
-        let written = self.write_segment(taken).await;
+        let written = self.write_segment(taken, replaces).await;
         self.note_flush(written.as_ref().err());
         match written {
-            Ok(checkpoint) => Ok(Some(checkpoint)),
+            Ok(checkpoint) => Ok(Some(self.truncatable(checkpoint))),
             Err(StorageError::Fenced { partition }) => {
                 // Another node owns it now and consumes it from its checkpoint: these rows
                 // are its to write. The rest are flushed again next time.
@@ -361,7 +410,11 @@ impl Store {
         lock(&self.inner.flush_error).clone()
     }
 
-    async fn write_segment(&self, taken: Vec<Taken>) -> Result<u64, StorageError> {
+    async fn write_segment(
+        &self,
+        taken: Vec<Taken>,
+        replaces: Vec<i64>,
+    ) -> Result<u64, StorageError> {
         let started = Instant::now();
         let seq_min = taken.iter().map(|t| t.seq).min().unwrap_or_default();
         let seq_max = taken.iter().map(|t| t.seq).max().unwrap_or_default();
@@ -403,7 +456,6 @@ impl Store {
         };
         let names = lock(&self.inner.names).take_pending();
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
-        let replaces = self.replaced_by_next_commit();
         let commit = self
             .inner
             .catalog

@@ -52,9 +52,9 @@ async fn damaged_segments_are_rebuilt_from_the_log_or_reported_never_breaking_qu
     std::fs::write(&second, &bytes[..bytes.len() / 2]).unwrap();
     store.close().await;
 
-    // The log holds records 3 and up: the second segment is rebuilt, the first is lost.
+    // The log holds records 3 to 6: the second segment is rebuilt, the first is lost.
     let store = open(dir.path()).await;
-    assert_eq!(store.check_segments(3).await.unwrap(), (1, 1));
+    assert_eq!(store.check_segments(&[3, 4, 5, 6]).await.unwrap(), (1, 1));
     assert_eq!(store.segments().len(), 1);
     assert!(store.rebuilding(3) && store.rebuilding(4) && !store.rebuilding(1));
     let damaged = store.damaged_segments();
@@ -79,7 +79,7 @@ async fn damaged_segments_are_rebuilt_from_the_log_or_reported_never_breaking_qu
 
     // Next start: the rebuilt segment is whole; the lost one is still reported.
     let store = open(dir.path()).await;
-    assert_eq!(store.check_segments(7).await.unwrap(), (0, 1));
+    assert_eq!(store.check_segments(&[]).await.unwrap(), (0, 1));
     assert_eq!(store.segments().len(), 2);
     assert_eq!(store.damaged_segments().len(), 1);
     assert_eq!(store.stats().segments_damaged, 1);
