@@ -104,6 +104,8 @@ def test_memory_bombs_are_refused_before_the_memory_grows(server_factory, tmp_pa
         "SELECT rpad('x', 2000000000, 'y')",
         "SELECT replace(repeat('x', 1000000), 'x', repeat('y', 1000000))",
         "SELECT concat(service_name, repeat(name, 100000)) FROM spans",
+        "WITH a AS (SELECT repeat('x', 4000000) AS s) SELECT length(s || s || s || s || s) FROM a",
+        "SELECT regexp_replace(repeat('x', 1000000), '(?:)', repeat('y', 1000), 'g')",
         # Wide values reach the limit in well under a second: narrow ones took 6 s unloaded
         # and past the 30 s query timeout on a busy CI machine.
         "SELECT array_agg(concat(value, repeat('x', 1000))) FROM generate_series(1, 1000000000)",

@@ -36,13 +36,16 @@ enum Shape {
     /// `replace(text, from, to)`: every occurrence of `from` becomes `to` (an empty `from`
     /// matches between every two characters).
     Replace,
+    /// `regexp_replace(text, pattern, to[, flags])`: as `replace` with a pattern that could
+    /// match between every two characters (the pattern's length says nothing).
+    RegexpReplace,
     /// `concat(...)`, `concat_ws(...)`, `array_concat(...)`: the size of all the arguments
     /// (a constant counts once per row). Linear in its inputs, but nesting many calls over
     /// bounded values would multiply them.
     Sum,
 }
 
-const BOUNDED: [(&str, Shape); 11] = [
+const BOUNDED: [(&str, Shape); 12] = [
     ("repeat", Shape::Repeat),
     ("lpad", Shape::Pad),
     ("rpad", Shape::Pad),
@@ -51,10 +54,22 @@ const BOUNDED: [(&str, Shape); 11] = [
     ("range", Shape::Series),
     ("generate_series", Shape::Series),
     ("replace", Shape::Replace),
+    ("regexp_replace", Shape::RegexpReplace),
     ("concat", Shape::Sum),
     ("concat_ws", Shape::Sum),
     ("array_concat", Shape::Sum),
 ];
+
+/// The names of the functions bounded here.
+pub(crate) const NAMES: [&str; BOUNDED.len()] = {
+    let mut names = [""; BOUNDED.len()];
+    let mut i = 0;
+    while i < BOUNDED.len() {
+        names[i] = BOUNDED[i].0;
+        i += 1;
+    }
+    names
+};
 
 /// Replaces the size-chosen functions of `ctx` with wrappers that refuse to build more than
 /// `limit` bytes in one call.
@@ -137,39 +152,53 @@ impl Bounded {
 fn output_bytes(shape: Shape, args: &[ColumnarValue], rows: usize) -> Result<u64> {
     let rows = rows.max(1);
     let counts = |i: usize| ints(args.get(i), rows);
-    let total = match shape {
-        Shape::Repeat => {
-            let lens = byte_lengths(args.first(), rows)?;
-            let n = counts(1)?;
-            saturating_sum(lens.iter().zip(&n).map(|(l, n)| l.saturating_mul(*n)))
-        }
-        Shape::Pad => saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(4))),
-        Shape::ArrayRepeat => {
-            let element = element_bytes(args.first());
-            saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(element)))
-        }
-        Shape::ArrayResize => saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(8))),
-        Shape::Series => saturating_sum(
-            series_lengths(args, rows)?
-                .iter()
-                .map(|n| n.saturating_mul(8)),
-        ),
-        Shape::Replace => {
-            let text = byte_lengths(args.first(), rows)?;
-            let from = byte_lengths(args.get(1), rows)?;
-            let to = byte_lengths(args.get(2), rows)?;
-            let rows = text.iter().zip(&from).zip(&to);
-            saturating_sum(rows.map(|((text, from), to)| {
-                let matches = text / from.max(&1) + 1;
-                text.saturating_add(matches.saturating_mul(*to))
-            }))
-        }
-        Shape::Sum => saturating_sum(args.iter().map(|a| match a {
-            ColumnarValue::Scalar(s) => (s.size() as u64).saturating_mul(rows as u64),
-            ColumnarValue::Array(a) => a.get_array_memory_size() as u64,
-        })),
-    };
+    let total =
+        match shape {
+            Shape::Repeat => {
+                let lens = byte_lengths(args.first(), rows)?;
+                let n = counts(1)?;
+                saturating_sum(lens.iter().zip(&n).map(|(l, n)| l.saturating_mul(*n)))
+            }
+            Shape::Pad => saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(4))),
+            Shape::ArrayRepeat => {
+                let element = element_bytes(args.first());
+                saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(element)))
+            }
+            Shape::ArrayResize => saturating_sum(counts(1)?.iter().map(|n| n.saturating_mul(8))),
+            Shape::Series => saturating_sum(
+                series_lengths(args, rows)?
+                    .iter()
+                    .map(|n| n.saturating_mul(8)),
+            ),
+            Shape::Replace => {
+                let text = byte_lengths(args.first(), rows)?;
+                let from = byte_lengths(args.get(1), rows)?;
+                let to = byte_lengths(args.get(2), rows)?;
+                let rows = text.iter().zip(&from).zip(&to);
+                saturating_sum(rows.map(|((text, from), to)| {
+                    let matches = text / from.max(&1) + 1;
+                    text.saturating_add(matches.saturating_mul(*to))
+                }))
+            }
+            Shape::RegexpReplace => {
+                let text = byte_lengths(args.first(), rows)?;
+                let to = byte_lengths(args.get(2), rows)?;
+                saturating_sum(text.iter().zip(&to).map(|(text, to)| {
+                    text.saturating_add(text.saturating_add(1).saturating_mul(*to))
+                }))
+            }
+            Shape::Sum => sum_bytes(args, rows),
+        };
     Ok(total)
+}
+
+/// The size of all the arguments of a call over `rows` rows (a constant counts once per row).
+pub(crate) fn sum_bytes(args: &[ColumnarValue], rows: usize) -> u64 {
+    let rows = rows.max(1) as u64;
+    saturating_sum(args.iter().map(|a| match a {
+        ColumnarValue::Scalar(s) => (s.size() as u64).saturating_mul(rows),
+        ColumnarValue::Array(a) => a.get_array_memory_size() as u64,
+    }))
 }
 
 fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
@@ -323,6 +352,7 @@ mod tests {
             "SELECT range(TIMESTAMP '2020-01-01', TIMESTAMP '2021-01-01', INTERVAL '1 second')",
             "SELECT replace(repeat('x', 100000), 'x', repeat('y', 1000))",
             "SELECT replace(repeat('x', 100000), '', repeat('y', 100))",
+            "SELECT regexp_replace(repeat('x', 100000), '(?:)', repeat('y', 100), 'g')",
             "SELECT concat(repeat('x', 600000), repeat('y', 600000))",
             "SELECT concat_ws(repeat(',', 600000), repeat('y', 600000), 'z')",
             "SELECT array_concat(array_repeat(1, 100000), array_repeat(2, 100000))",
@@ -343,7 +373,8 @@ mod tests {
             .sql(
                 "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, \
                  cardinality(range(1, 11)) AS n, replace('a-b', '-', '+') AS x, \
-                 concat('a', 'b', 1) AS c, cardinality(array_concat([1], [2, 3])) AS m",
+                 concat('a', 'b', 1) AS c, cardinality(array_concat([1], [2, 3])) AS m, \
+                 regexp_replace('a1b22', '[0-9]+', 'N', 'g') AS g",
             )
             .await
             .unwrap()
@@ -354,7 +385,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            text.contains("| ababab | 007 | 10 | a+b | ab1 | 3 |"),
+            text.contains("| ababab | 007 | 10 | a+b | ab1 | 3 | aNbN |"),
             "{text}"
         );
         let descending =

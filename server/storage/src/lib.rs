@@ -18,6 +18,7 @@ pub mod remote;
 pub mod rollup;
 
 mod bounded;
+mod bounded_ops;
 mod budget_store;
 mod buffer;
 mod cancel;

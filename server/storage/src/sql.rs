@@ -166,6 +166,7 @@ impl Store {
             .schema_force_view_types = false;
         let ctx = SessionContext::new_with_config_rt(config, self.inner.runtime.clone());
         crate::bounded::register(&ctx, limits.function_output_bytes())?;
+        crate::bounded_ops::register(&ctx, limits.function_output_bytes());
         let table = SpansTable::new(&ctx, &self.snapshot())?;
         ctx.register_table("spans", Arc::new(table))?;
         let extra = lock(&self.inner.tables).clone();
