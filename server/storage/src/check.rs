@@ -27,7 +27,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::AsyncFileReader;
 
-use crate::catalog::{DamagedSegment, SegmentInfo};
+use crate::catalog::{DamagedSegment, DerivedSegment, SegmentInfo};
 use crate::error::StorageError;
 use crate::object_reader::ObjectReader;
 use crate::orphans::QUARANTINE_PREFIX;
@@ -51,7 +51,8 @@ impl Store {
         let found: Vec<(Arc<SegmentInfo>, String)> = futures::stream::iter(segments)
             .map(|seg| {
                 let store = store.clone();
-                async move { check(store, &seg).await.err().map(|why| (seg, why)) }
+                let checked = check(store, seg.path.clone(), seg.byte_size);
+                async move { checked.await.err().map(|why| (seg, why)) }
             })
             .buffer_unordered(CHECKS_IN_FLIGHT)
             .filter_map(|x| async move { x })
@@ -159,22 +160,52 @@ fn holds_all(held: &[u64], min: u64, max: u64) -> bool {
     max >= min && (to - from) as u64 == max - min + 1
 }
 
-/// Why a segment cannot be read, if it cannot: missing, another size, no readable footer.
-async fn check(store: Arc<dyn ObjectStore>, seg: &SegmentInfo) -> Result<(), String> {
-    let path = ObjectPath::from(seg.path.as_str());
+/// The derived-table segments (`segments`) whose files are damaged, moved under
+/// `quarantine/`: their rows can be derived again from the spans, so the caller drops them
+/// (traces in their time range lose their derived rows unless the start-up repair covers
+/// them). Returns the damaged ones.
+pub(crate) async fn damaged_derived(
+    store: &Arc<dyn ObjectStore>,
+    segments: &[DerivedSegment],
+) -> Result<Vec<DerivedSegment>, StorageError> {
+    let mut damaged = Vec::new();
+    for seg in segments {
+        let Err(why) = check(store.clone(), seg.path.clone(), seg.byte_size).await else {
+            continue;
+        };
+        let path = ObjectPath::from(seg.path.as_str());
+        let aside = ObjectPath::from(format!("{QUARANTINE_PREFIX}/{}", seg.path));
+        match store.rename(&path, &aside).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::error!(path = %seg.path, table = %seg.table, reason = %why,
+            min_start_ns = seg.min_start_ns, max_start_ns = seg.max_start_ns,
+            "derived segment file damaged: moved to quarantine/ and dropped (its rows are \
+             derived again only for traces the start-up repair covers)");
+        damaged.push(seg.clone());
+    }
+    Ok(damaged)
+}
+
+/// Why a segment file cannot be read, if it cannot: missing, another size than the catalog's
+/// `byte_size`, no readable footer.
+async fn check(store: Arc<dyn ObjectStore>, path: String, byte_size: i64) -> Result<(), String> {
+    let seg_path = path;
+    let path = ObjectPath::from(seg_path.as_str());
     let meta = match store.head(&path).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Err("the file is missing".into()),
         Err(e) => {
             // Permissions, too many open files: not damage; queries will say what is wrong.
-            tracing::warn!(path = %seg.path, error = %e, "could not check a segment file");
+            tracing::warn!(path = %seg_path, error = %e, "could not check a segment file");
             return Ok(());
         }
     };
-    if meta.size != seg.byte_size as u64 {
+    if meta.size != byte_size as u64 {
         return Err(format!(
-            "the file has {} bytes, the catalog says {}",
-            meta.size, seg.byte_size
+            "the file has {} bytes, the catalog says {byte_size}",
+            meta.size
         ));
     }
     let mut reader = ObjectReader::new(store, path, meta.size);

@@ -63,6 +63,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use crate::catalog::DerivedSegment;
 use crate::catalog::SegmentTable;
+use crate::check::damaged_derived;
 use crate::error::StorageError;
 use crate::layout::{sort_by_trace, trace_id_bloom_filter};
 use crate::store::Store;
@@ -199,12 +200,18 @@ impl DerivedStore {
         tables: Vec<DerivedTable>,
         cfg: DerivedConfig,
     ) -> Result<DerivedStore, StorageError> {
-        let segments = store.inner.catalog.derived_segments().await?;
+        let mut segments = store.inner.catalog.derived_segments().await?;
         let orphans = match store.inner.cfg.cluster_node {
             // A peer may be between writing a file and committing its row.
             Some(_) => 0,
             None => remove_orphans(store.inner.store.as_ref(), &segments).await?,
         };
+        if store.inner.cfg.cluster_node.is_none() {
+            for seg in damaged_derived(&store.inner.store, &segments).await? {
+                store.inner.catalog.delete_derived_segment(seg.id).await?;
+                segments.retain(|s| s.id != seg.id);
+            }
+        }
         let mut states = Vec::new();
         for t in tables {
             check_schema(&t)?;

@@ -119,3 +119,28 @@ async fn class_rules_are_replaced_in_order() {
     store.set_class_rules(&[]).await.unwrap();
     assert!(store.class_rules().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_damaged_derived_segment_is_set_aside_and_the_others_still_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let d = derived(&store, Duration::from_secs(3600)).await;
+    let now = now_ns();
+    d.append("traces", batch(&[(1, "a", now, 10)])).unwrap();
+    d.flush().await.unwrap();
+    d.append("traces", batch(&[(2, "b", now, 10)])).unwrap();
+    d.flush().await.unwrap();
+    let damaged = d.segments("traces").unwrap()[0].path.clone();
+    store.close().await;
+    let file = dir.path().join(&damaged);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+
+    let store = open(dir.path()).await;
+    let d = derived(&store, Duration::from_secs(3600)).await;
+    assert_eq!(d.segments("traces").unwrap().len(), 1);
+    assert!(dir.path().join("quarantine").join(&damaged).exists());
+    // No "Corrupt footer": the intact segment answers.
+    let q = "SELECT class FROM traces ORDER BY class";
+    assert_eq!(rows(&store, q).await, ["| b |"]);
+}
