@@ -217,6 +217,12 @@ fn read_record(
     if crc32fast::hash(payload) != crc {
         return Err(format!("checksum mismatch in record of {len} bytes"));
     }
+    // The header is not checksummed. `u64::MAX` is never assigned (no sequence number would
+    // follow it), so it can only be damage, and taking it for a record would overflow the
+    // sequence numbers recovery continues from.
+    if seq == u64::MAX {
+        return Err(format!("sequence number {seq} out of range"));
+    }
     if seq <= prev || seq < bounds.first || bounds.before.is_some_and(|b| seq >= b) {
         return Err(format!(
             "sequence number {seq} out of order (previous {prev})"
@@ -364,6 +370,23 @@ mod tests {
         let damaged = scan(&bytes_of(&frame), bounds());
         assert!(damaged.records.is_empty());
         assert!(damaged.damage.unwrap().contains("undecodable"));
+    }
+
+    /// Found by the `wal_recover` fuzz target: a record whose (unchecksummed) sequence number
+    /// was `u64::MAX` was replayed, and recovery then overflowed computing the next one.
+    #[test]
+    fn scan_rejects_the_largest_sequence_number_as_damage() {
+        let mut bytes = record(1, "a");
+        bytes.extend(record(u64::MAX, "b"));
+        let s = scan(&bytes, bounds());
+        assert_eq!(s.records.len(), 1);
+        assert!(s.damage.unwrap().contains("out of range"));
+        // Between two good records it is a gap: what follows is still read.
+        bytes.extend(record(3, "c"));
+        let s = scan(&bytes, bounds());
+        let seqs: Vec<u64> = s.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 3]);
+        assert_eq!((s.gaps[0].first_lost, s.gaps[0].last_lost), (2, 2));
     }
 
     #[test]
