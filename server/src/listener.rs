@@ -281,8 +281,16 @@ impl PerIp {
         }
     }
 
-    /// A slot for one more connection from `ip`, unless it has `max` open already.
+    /// A slot for one more connection from `ip`, unless it has `max` open already. IPv6
+    /// clients count by their /64 network: one host usually holds a whole /64.
     fn take(&self, ip: IpAddr) -> Option<IpSlot> {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            },
+            v4 => v4,
+        };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
         if self.max > 0 && *n >= self.max {
@@ -430,5 +438,26 @@ pub async fn serve_http(
 fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(e) = result {
         tracing::trace!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_count_per_host_and_ipv6_per_64() {
+        let per_ip = PerIp::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = per_ip.take(ip("10.0.0.1")).unwrap();
+        let _b = per_ip.take(ip("10.0.0.1")).unwrap();
+        assert!(per_ip.take(ip("10.0.0.1")).is_none());
+        assert!(per_ip.take(ip("10.0.0.2")).is_some());
+        drop(a);
+        assert!(per_ip.take(ip("10.0.0.1")).is_some());
+        let _c = per_ip.take(ip("2001:db8::1")).unwrap();
+        let _d = per_ip.take(ip("2001:db8::ffff:1")).unwrap();
+        assert!(per_ip.take(ip("2001:db8::2")).is_none(), "same /64");
+        assert!(per_ip.take(ip("2001:db8:0:1::1")).is_some(), "another /64");
     }
 }

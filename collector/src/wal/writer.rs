@@ -214,10 +214,18 @@ impl Writer {
     fn roll(&mut self, first: u64) -> std::io::Result<()> {
         let c = &self.shared.counters;
         let path = segment_path(&self.shared.dir, first);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)?;
+        let open = || OpenOptions::new().append(true).create_new(true).open(&path);
+        let file = match open() {
+            // Left by an earlier roll that failed and could not remove it: it holds no record.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if std::fs::metadata(&path)?.len() != 0 {
+                    return Err(e);
+                }
+                std::fs::remove_file(&path)?;
+                open()?
+            }
+            other => other?,
+        };
         let made = preallocate(&file, 0, self.segment_bytes).and_then(|()| {
             c.fsyncs.fetch_add(1, Relaxed);
             sync_dir(&self.shared.dir)
