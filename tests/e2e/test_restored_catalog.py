@@ -8,29 +8,27 @@ reported lost (an ERROR naming the range, `meshtrace_wal_records_lost_total`, in
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 import sqlite3
 import time
 from pathlib import Path
 
-from mtlib import (
-    check_stored_once,
-    eventually,
-    new_span_id,
-    new_trace_id,
-    now_ns,
-    post_otlp_pb,
-    request_pb,
-    span_pb,
+from faults import (
+    assert_metric,
+    digest,
+    lines_with,
+    one_trace_request,
+    quarantined,
+    send_in_own_segment,
+    span_segments,
+    start_log,
+    wal_firsts,
 )
+from mtlib import check_stored_once, eventually
 
 SERVICE = "restored-catalog-svc"
 WHERE = f"service_name = '{SERVICE}'"
-SEGMENT = re.compile(r"^seg-(\d+)-(\d+)\.parquet$")
-WAL = re.compile(r"^wal-(\d{20})\.log$")
 CATALOG_FILES = ("catalog.db", "catalog.db-wal", "catalog.db-shm")
 
 REPLAYED_WARN = "removing segment file without catalog row: the log replays it"
@@ -47,66 +45,9 @@ LOST_METRIC = "meshtrace_wal_records_lost_total"
 
 
 def make_request(i: int, n: int, pad_bytes: int = 0):
-    """Request i as protobuf bytes: one trace of n spans named "req<i>-span<j>"; returns
-    (body, span names)."""
-    trace = new_trace_id()
-    root = new_span_id()
-    start = now_ns()
-    names = [f"req{i}-span{j}" for j in range(n)]
-    spans = []
-    for j, name in enumerate(names):
-        attrs = {"req": i, "j": j}
-        if pad_bytes:
-            attrs["pad"] = os.urandom(pad_bytes // 2).hex()  # random: nothing compresses it
-        t = start + j * 1000
-        spans.append(
-            span_pb(
-                trace,
-                name,
-                t,
-                t + 500_000,
-                span_id=root if j == 0 else None,
-                parent=None if j == 0 else root,
-                kind=2 if j == 0 else 3,
-                attrs=attrs,
-            )
-        )
-    return request_pb(SERVICE, spans).SerializeToString(), names
-
-
-def span_segments(server) -> dict[str, tuple[int, int]]:
-    """Parquet span segments under spans/ (quarantine/ excluded): path relative to the data
-    dir -> (first seq, last seq) from the file name."""
-    out = {}
-    spans_dir = server.data_dir / "spans"
-    for p in sorted(spans_dir.rglob("*.parquet")) if spans_dir.is_dir() else []:
-        m = SEGMENT.match(p.name)
-        assert m, f"unexpected Parquet file name {p}"
-        out[p.relative_to(server.data_dir).as_posix()] = (int(m[1]), int(m[2]))
-    return out
-
-
-def wal_firsts(server) -> list[int]:
-    """The first sequence numbers of the log segments (from their names), ascending."""
-    wal = server.data_dir / "wal"
-    return sorted(int(m[1]) for p in wal.iterdir() if (m := WAL.match(p.name)))
-
-
-def send_in_own_segment(server, body: bytes) -> str:
-    """Posts one request and waits until a flush committed it in a new span segment; returns
-    that segment's path (relative to the data dir)."""
-    before = set(span_segments(server))
-    flushes = server.api.metric("meshtrace_flushes_total")
-    r = post_otlp_pb(server, body)
-    assert r.status_code == 200, f"{r.status_code}: {r.text[:500]}"
-
-    def new_segment():
-        new = set(span_segments(server)) - before
-        assert len(new) <= 1, f"one request was written to several segments: {sorted(new)}"
-        # The file is written before its catalog commit, which the counter follows.
-        return server.api.metric("meshtrace_flushes_total") > flushes and next(iter(new), None)
-
-    return eventually(new_segment, timeout=20, what="a flush committing a new span segment")
+    """Request i (see `one_trace_request`): (body, span names)."""
+    body, names, _ = one_trace_request(SERVICE, i, n, pad_bytes=pad_bytes)
+    return body, names
 
 
 def stop_ok(server) -> None:
@@ -152,19 +93,6 @@ def restore_catalog(server, saved: Path) -> None:
     shutil.copy2(saved / "catalog.db", server.data_dir / "catalog.db")
 
 
-def start_log(server, start: int | None = None) -> str:
-    """The log lines of one start of the server (the current one by default)."""
-    start = start or server.starts
-    text = server.log_text()
-    marker = f"=== start #{start}:"
-    assert marker in text, f"no {marker!r} in {server.log_path}"
-    return text.split(marker, 1)[1].split("\n=== start #", 1)[0]
-
-
-def lines_with(text: str, needle: str) -> list[str]:
-    return [line for line in text.splitlines() if needle in line]
-
-
 def field(line: str, name: str) -> str:
     """The value of a `name=value` field of a log line."""
     m = re.search(rf"\b{re.escape(name)}=(\S+)", line)
@@ -176,29 +104,6 @@ def opened_checkpoint(log: str) -> int:
     """The catalog checkpoint the store reported at open."""
     [line] = lines_with(log, "span store opened")
     return int(field(line, "checkpoint"))
-
-
-def quarantined(server) -> dict[str, str]:
-    """Files under quarantine/: path relative to quarantine/ -> sha256."""
-    q = server.data_dir / "quarantine"
-    if not q.is_dir():
-        return {}
-    return {
-        p.relative_to(q).as_posix(): digest(p) for p in sorted(q.rglob("*")) if p.is_file()
-    }
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_metric(server, name: str, want: float, timeout: float = 10.0) -> None:
-    def check():
-        got = server.api.metric(name)
-        assert got == want, f"{name} = {got}, expected {want}"
-        return True
-
-    eventually(check, timeout=timeout, what=f"{name} == {want}")
 
 
 def wait_flushed(server, known: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:

@@ -9,26 +9,23 @@ code 206), while all other spans keep answering. Either way the damaged file is 
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from pathlib import Path
 
-from mtlib import (
-    check_stored_once,
-    eventually,
-    new_span_id,
-    new_trace_id,
-    now_ns,
-    post_otlp_pb,
-    request_pb,
-    span_pb,
+import faults
+from faults import (
+    assert_metric,
+    lines_with,
+    one_trace_request,
+    send_in_own_segment,
+    span_segments,
+    start_log,
+    wal_firsts,
 )
+from mtlib import check_stored_once, eventually, now_ns, post_otlp_pb
 
 SERVICE = "segdmg-svc"
 WHERE = f"service_name = '{SERVICE}'"
-SEGMENT = re.compile(r"^seg-(\d+)-(\d+).*\.parquet$")
-WAL = re.compile(r"^wal-(\d{20})\.log$")
 HOUR_NS = 3600 * 10**9
 REBUILD_WARN = "damaged segment: rebuilding it from the write-ahead log"
 LOST_ERROR = "damaged segment whose spans the write-ahead log no longer holds"
@@ -46,31 +43,13 @@ def write_config(tmp_path: Path, text: str) -> str:
 
 
 def make_request(i: int, n: int, start_ns: int, pad_bytes: int = 0):
-    """Request i as protobuf bytes: one trace of n spans named "req<i>-span<j>" starting at
-    start_ns (+ j µs); returns (body, span names, trace ID hex)."""
-    trace = new_trace_id()
-    root = new_span_id()
-    names = [f"req{i}-span{j}" for j in range(n)]
-    spans = []
-    for j, name in enumerate(names):
-        attrs = {"req": i, "j": j}
-        if pad_bytes:
-            # Random, so neither the log nor anything else can make it small.
-            attrs["pad"] = os.urandom(pad_bytes // 2).hex()
-        t = start_ns + j * 1000
-        spans.append(
-            span_pb(
-                trace,
-                name,
-                t,
-                t + 500_000,
-                span_id=root if j == 0 else None,
-                parent=None if j == 0 else root,
-                kind=2 if j == 0 else 3,
-                attrs=attrs,
-            )
-        )
-    return request_pb(SERVICE, spans).SerializeToString(), names, trace.hex()
+    """Request i starting at start_ns (see `one_trace_request`)."""
+    return one_trace_request(SERVICE, i, n, start_ns, pad_bytes)
+
+
+def quarantined(server) -> set[str]:
+    """Files under quarantine/, as paths relative to quarantine/."""
+    return set(faults.quarantined(server))
 
 
 def post_ok(server, body: bytes) -> None:
@@ -78,77 +57,16 @@ def post_ok(server, body: bytes) -> None:
     assert r.status_code == 200, f"{r.status_code}: {r.text[:500]}"
 
 
-def span_segments(server) -> dict[str, tuple[int, int]]:
-    """Parquet span segments in the data dir (quarantine/ excluded): path relative to the data
-    dir -> (first seq, last seq) from the file name."""
-    out = {}
-    spans_dir = server.data_dir / "spans"
-    for p in sorted(spans_dir.rglob("*.parquet")) if spans_dir.is_dir() else []:
-        m = SEGMENT.match(p.name)
-        assert m, f"unexpected Parquet file name {p}"
-        out[p.relative_to(server.data_dir).as_posix()] = (int(m[1]), int(m[2]))
-    return out
-
-
 def oldest_wal_first_seq(server) -> int:
     """The first sequence number of the oldest write-ahead log segment (from its name)."""
-    seqs = sorted(
-        int(m[1]) for p in (server.data_dir / "wal").iterdir() if (m := WAL.match(p.name))
-    )
+    seqs = wal_firsts(server)
     assert seqs, f"no wal-*.log file in {server.data_dir / 'wal'}"
     return seqs[0]
-
-
-def send_in_own_segment(server, body: bytes) -> str:
-    """Posts one request and waits until a flush wrote it to a new span segment; returns that
-    segment's path (relative to the data dir)."""
-    before = set(span_segments(server))
-    flushes = server.api.metric("meshtrace_flushes_total")
-    post_ok(server, body)
-
-    def new_segment():
-        new = set(span_segments(server)) - before
-        assert len(new) <= 1, f"one request was written to several segments: {sorted(new)}"
-        # The file is written before its catalog commit, which the counter follows.
-        return server.api.metric("meshtrace_flushes_total") > flushes and next(iter(new), None)
-
-    return eventually(new_segment, timeout=20, what="a flush committing a new span segment")
-
-
-def start_log(server, start: int | None = None) -> str:
-    """The log lines of one start of the server (the current one by default)."""
-    start = start or server.starts
-    text = server.log_text()
-    marker = f"=== start #{start}:"
-    assert marker in text, f"no {marker!r} in {server.log_path}"
-    after = text.split(marker, 1)[1]
-    return after.split("\n=== start #", 1)[0]
-
-
-def lines_with(text: str, needle: str) -> list[str]:
-    return [line for line in text.splitlines() if needle in line]
 
 
 def sql_flags(server) -> dict:
     """A whole SQL answer (with its "partial" and "skipped_segments")."""
     return server.api.sql(f"SELECT count(*) FROM spans WHERE {WHERE}")
-
-
-def quarantined(server) -> set[str]:
-    """Files under quarantine/, as paths relative to quarantine/."""
-    q = server.data_dir / "quarantine"
-    if not q.is_dir():
-        return set()
-    return {p.relative_to(q).as_posix() for p in q.rglob("*") if p.is_file()}
-
-
-def assert_metric(server, name: str, want: float, timeout: float = 10.0) -> None:
-    def check():
-        got = server.api.metric(name)
-        assert got == want, f"{name} = {got}, expected {want}"
-        return True
-
-    eventually(check, timeout=timeout, what=f"{name} == {want}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use crate::catalog::{DamagedSegment, DerivedSegment, SegmentInfo};
 use crate::error::StorageError;
 use crate::object_reader::ObjectReader;
-use crate::orphans::QUARANTINE_PREFIX;
+use crate::orphans::quarantine;
 use crate::pending::Rebuild;
 use crate::store::{lock, Store};
 
@@ -91,11 +91,7 @@ impl Store {
     /// Moves a damaged segment's file aside, marks its row and drops it from the read list.
     async fn set_aside(&self, seg: &SegmentInfo, why: &str) -> Result<(), StorageError> {
         let path = ObjectPath::from(seg.path.as_str());
-        let aside = ObjectPath::from(format!("{QUARANTINE_PREFIX}/{}", seg.path));
-        match self.inner.store.rename(&path, &aside).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let aside = quarantine(self.inner.store.as_ref(), &path).await?;
         self.inner.catalog.mark_damaged(seg.id, why).await?;
         self.write_view().segments.retain(|s| s.id != seg.id);
         tracing::error!(path = %seg.path, reason = %why, quarantined = %aside, "segment file damaged");
@@ -173,12 +169,7 @@ pub(crate) async fn damaged_derived(
         let Err(why) = check(store.clone(), seg.path.clone(), seg.byte_size).await else {
             continue;
         };
-        let path = ObjectPath::from(seg.path.as_str());
-        let aside = ObjectPath::from(format!("{QUARANTINE_PREFIX}/{}", seg.path));
-        match store.rename(&path, &aside).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        quarantine(store.as_ref(), &ObjectPath::from(seg.path.as_str())).await?;
         tracing::error!(path = %seg.path, table = %seg.table, reason = %why,
             min_start_ns = seg.min_start_ns, max_start_ns = seg.max_start_ns,
             "derived segment file damaged: moved to quarantine/ and dropped (its rows are \
@@ -191,14 +182,13 @@ pub(crate) async fn damaged_derived(
 /// Why a segment file cannot be read, if it cannot: missing, another size than the catalog's
 /// `byte_size`, no readable footer.
 async fn check(store: Arc<dyn ObjectStore>, path: String, byte_size: i64) -> Result<(), String> {
-    let seg_path = path;
-    let path = ObjectPath::from(seg_path.as_str());
-    let meta = match store.head(&path).await {
+    let object = ObjectPath::from(path.as_str());
+    let meta = match store.head(&object).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Err("the file is missing".into()),
         Err(e) => {
             // Permissions, too many open files: not damage; queries will say what is wrong.
-            tracing::warn!(path = %seg_path, error = %e, "could not check a segment file");
+            tracing::warn!(%path, error = %e, "could not check a segment file");
             return Ok(());
         }
     };
@@ -208,7 +198,7 @@ async fn check(store: Arc<dyn ObjectStore>, path: String, byte_size: i64) -> Res
             meta.size
         ));
     }
-    let mut reader = ObjectReader::new(store, path, meta.size);
+    let mut reader = ObjectReader::new(store, object, meta.size);
     match reader.get_metadata(None).await {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("the footer cannot be read: {e}")),

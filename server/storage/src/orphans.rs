@@ -73,8 +73,7 @@ pub(crate) async fn settle(
             Err(e) => return Err(e.into()),
         }
     }
-    let aside = ObjectPath::from(format!("{QUARANTINE_PREFIX}/{path}"));
-    store.rename(path, &aside).await?;
+    let aside = quarantine(store, path).await?;
     tracing::error!(
         %path,
         quarantined = %aside,
@@ -84,6 +83,19 @@ pub(crate) async fn settle(
          not deleted (restore the catalog or re-import the file)"
     );
     Ok(Settled::Quarantined)
+}
+
+/// Moves `path` to the same path under [`QUARANTINE_PREFIX`] (a file already gone is fine);
+/// returns where it went.
+pub(crate) async fn quarantine(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+) -> Result<ObjectPath, StorageError> {
+    let aside = ObjectPath::from(format!("{QUARANTINE_PREFIX}/{path}"));
+    match store.rename(path, &aside).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(aside),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes the temporary files of writes cut short (`…parquet#<n>`) under the span and derived

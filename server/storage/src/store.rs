@@ -270,6 +270,12 @@ impl Store {
             return Ok(());
         }
         lock(&self.inner.names).observe(names);
+        self.buffer(wal_seq, batch);
+        Ok(())
+    }
+
+    /// Adds a batch of log record `wal_seq` to the buffer.
+    fn buffer(&self, wal_seq: u64, batch: RecordBatch) {
         self.write_view().batches.push(Buffered {
             seq: wal_seq,
             partition: None,
@@ -277,7 +283,6 @@ impl Store {
             at: Instant::now(),
             flushing: false,
         });
-        Ok(())
     }
 
     /// Records that log record `wal_seq` was delivered with no rows to store (every span in
@@ -288,16 +293,9 @@ impl Store {
         if wal_seq <= checkpoint {
             return;
         }
-        let Ok(batch) = spans_to_batch(&[]) else {
-            return;
-        };
-        self.write_view().batches.push(Buffered {
-            seq: wal_seq,
-            partition: None,
-            batch,
-            at: Instant::now(),
-            flushing: false,
-        });
+        if let Ok(batch) = spans_to_batch(&[]) {
+            self.buffer(wal_seq, batch);
+        }
     }
 
     /// Rows in memory, those of a flush in progress included.
