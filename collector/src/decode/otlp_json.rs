@@ -5,7 +5,9 @@
 //! support, so that it is lenient where real senders differ from the spec (upper-case hex IDs,
 //! base64 IDs as Tempo writes them, `kind` as a number or an enum name, int64 values as
 //! numbers or strings, `batches` / `instrumentationLibrarySpans` from older senders) and so
-//! that a span with bad IDs is rejected alone instead of failing the whole body.
+//! that a span with bad IDs is rejected alone instead of failing the whole body. As proto3's
+//! JSON mapping asks of parsers, fields are read by their JSON name or their proto field name
+//! (`startTimeUnixNano` or `start_time_unix_nano`) and `null` reads as the field's default.
 
 use base64::Engine;
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
@@ -39,7 +41,7 @@ fn invalid(msg: String) -> Error {
 pub fn decode_value(root: &Value, limits: &Limits, batch: &mut Batch) -> Result<(), String> {
     let root = object(root, "the body")?;
     let root = optional_object(root.get("result"), "result")?.unwrap_or(root);
-    let resources = field(root, &["resourceSpans", "batches"]);
+    let resources = field(root, &["resourceSpans", "resource_spans", "batches"]);
     for (r, rs) in array(resources, "resourceSpans")?.iter().enumerate() {
         decode_resource(r, object(rs, "resourceSpans[]")?, limits, batch)
             .map_err(|e| format!("resourceSpans[{r}]: {e}"))?;
@@ -60,12 +62,26 @@ fn decode_resource(r: usize, rs: &Obj, limits: &Limits, batch: &mut Batch) -> Re
         None => String::new(),
     };
     let mut index = 0;
-    let scopes = field(rs, &["scopeSpans", "instrumentationLibrarySpans"]);
+    let scopes = field(
+        rs,
+        &[
+            "scopeSpans",
+            "scope_spans",
+            "instrumentationLibrarySpans",
+            "instrumentation_library_spans",
+        ],
+    );
     for (s, ss) in array(scopes, "scopeSpans")?.iter().enumerate() {
         let ss = object(ss, "scopeSpans[]")?;
         let empty = Obj::new();
-        let scope = optional_object(field(ss, &["scope", "instrumentationLibrary"]), "scope")?
-            .unwrap_or(&empty);
+        let scope = optional_object(
+            field(
+                ss,
+                &["scope", "instrumentationLibrary", "instrumentation_library"],
+            ),
+            "scope",
+        )?
+        .unwrap_or(&empty);
         let base = Span {
             service_name: service_name.clone(),
             resource_attributes: resource_attributes.clone(),
@@ -95,27 +111,37 @@ fn decode_span(
     batch: &mut Batch,
 ) -> Result<(), String> {
     let mut ids = [Vec::new(), Vec::new(), Vec::new()];
-    let names = ["traceId", "spanId", "parentSpanId"];
+    let names = [
+        ("traceId", "trace_id"),
+        ("spanId", "span_id"),
+        ("parentSpanId", "parent_span_id"),
+    ];
     let reasons = [
         RejectReason::InvalidTraceId,
         RejectReason::InvalidSpanId,
         RejectReason::InvalidParentSpanId,
     ];
     for k in 0..3 {
-        let text = string(sp.get(names[k]), names[k])?;
+        let text = string(get(sp, names[k].0, names[k].1), names[k].0)?;
         match decode_hex_or_base64(&text) {
             Ok(bytes) => ids[k] = bytes,
             Err(e) => {
-                batch.reject(reasons[k], at, format!("{}: {e}", names[k]));
+                batch.reject(reasons[k], at, format!("{}: {e}", names[k].0));
                 return Ok(());
             }
         }
     }
-    let start = nanos(uint(sp.get("startTimeUnixNano"), "startTimeUnixNano")?);
-    let end = nanos(uint(sp.get("endTimeUnixNano"), "endTimeUnixNano")?);
+    let start = nanos(uint(
+        get(sp, "startTimeUnixNano", "start_time_unix_nano"),
+        "startTimeUnixNano",
+    )?);
+    let end = nanos(uint(
+        get(sp, "endTimeUnixNano", "end_time_unix_nano"),
+        "endTimeUnixNano",
+    )?);
     let (status_code, status_message) = status(sp.get("status"))?;
     let span = Span {
-        trace_state: string(sp.get("traceState"), "traceState")?,
+        trace_state: string(get(sp, "traceState", "trace_state"), "traceState")?,
         name: string(sp.get("name"), "name")?,
         kind: kind(sp.get("kind"))?,
         start_unix_nano: start,
@@ -142,7 +168,10 @@ fn events(v: Option<&Value>) -> Result<Vec<Event>, String> {
         .map(|e| {
             let e = object(e, "event")?;
             Ok(Event {
-                time_unix_nano: nanos(uint(e.get("timeUnixNano"), "event.timeUnixNano")?),
+                time_unix_nano: nanos(uint(
+                    get(e, "timeUnixNano", "time_unix_nano"),
+                    "event.timeUnixNano",
+                )?),
                 name: string(e.get("name"), "event.name")?,
                 attributes: attributes(e.get("attributes"))?,
             })
@@ -155,8 +184,8 @@ fn links(v: Option<&Value>) -> Result<Vec<Link>, String> {
     let mut out = Vec::new();
     for l in array(v, "links")? {
         let l = object(l, "link")?;
-        let trace = decode_hex_or_base64(&string(l.get("traceId"), "link.traceId")?);
-        let span = decode_hex_or_base64(&string(l.get("spanId"), "link.spanId")?);
+        let trace = decode_hex_or_base64(&string(get(l, "traceId", "trace_id"), "link.traceId")?);
+        let span = decode_hex_or_base64(&string(get(l, "spanId", "span_id"), "link.spanId")?);
         let (Some(trace_id), Some(span_id)) = (
             trace.ok().and_then(|t| t.try_into().ok()),
             span.ok().and_then(|s| s.try_into().ok()),
@@ -167,7 +196,7 @@ fn links(v: Option<&Value>) -> Result<Vec<Link>, String> {
         out.push(Link {
             trace_id,
             span_id,
-            trace_state: string(l.get("traceState"), "link.traceState")?,
+            trace_state: string(get(l, "traceState", "trace_state"), "link.traceState")?,
             attributes: attributes(l.get("attributes"))?,
         });
     }
@@ -233,18 +262,20 @@ pub fn any_value(v: Option<&Value>) -> Result<AttrValue, String> {
             continue;
         }
         return Ok(match k.as_str() {
-            "stringValue" => AttrValue::Str(string(Some(v), k)?),
-            "boolValue" => AttrValue::Bool(v.as_bool().ok_or("boolValue must be a boolean")?),
-            "intValue" => AttrValue::Int(int(v)?),
-            "doubleValue" => AttrValue::Double(double(v)?),
-            "bytesValue" => {
+            "stringValue" | "string_value" => AttrValue::Str(string(Some(v), k)?),
+            "boolValue" | "bool_value" => {
+                AttrValue::Bool(v.as_bool().ok_or("boolValue must be a boolean")?)
+            }
+            "intValue" | "int_value" => AttrValue::Int(int(v)?),
+            "doubleValue" | "double_value" => AttrValue::Double(double(v)?),
+            "bytesValue" | "bytes_value" => {
                 let text = string(Some(v), k)?;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(&text)
                     .map_err(|e| format!("bytesValue is not base64: {e}"))?;
                 AttrValue::Bytes(bytes)
             }
-            "arrayValue" => {
+            "arrayValue" | "array_value" => {
                 let values = object(v, k)?.get("values");
                 let items = array(values, "arrayValue.values")?;
                 AttrValue::Array(
@@ -254,15 +285,26 @@ pub fn any_value(v: Option<&Value>) -> Result<AttrValue, String> {
                         .collect::<Result<_, _>>()?,
                 )
             }
-            "kvlistValue" => AttrValue::KvList(attributes(object(v, k)?.get("values"))?),
+            "kvlistValue" | "kvlist_value" => {
+                AttrValue::KvList(attributes(object(v, k)?.get("values"))?)
+            }
             _ => continue,
         });
     }
     Ok(AttrValue::Str(String::new()))
 }
 
+/// The first of `names` present and not `null`.
 fn field<'a>(o: &'a Obj, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| o.get(*n))
+    names
+        .iter()
+        .find_map(|n| o.get(*n).filter(|v| !v.is_null()))
+}
+
+/// A field by its JSON name or its proto field name, as proto3's JSON mapping has parsers
+/// accept both; `null` reads as absent (the field's default).
+fn get<'a>(o: &'a Obj, json: &str, proto: &str) -> Option<&'a Value> {
+    field(o, &[json, proto])
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Obj, String> {

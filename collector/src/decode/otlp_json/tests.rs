@@ -262,3 +262,103 @@ fn encode_decode_round_trip() {
     got.sort_by_key(|s| s.span_id);
     assert_eq!(got, spans);
 }
+
+/// Every object key of a JSON document rewritten from lowerCamelCase to the proto field name
+/// (`startTimeUnixNano` -> `start_time_unix_nano`); values (attribute keys among them) kept.
+fn proto_names(v: Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| {
+                    let mut snake = String::new();
+                    for c in k.chars() {
+                        if c.is_ascii_uppercase() {
+                            snake.push('_');
+                        }
+                        snake.push(c.to_ascii_lowercase());
+                    }
+                    (snake, proto_names(v))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(proto_names).collect()),
+        other => other,
+    }
+}
+
+/// Differential: what Rust exporters send (the serde form of `opentelemetry-proto`, with
+/// `null` for absent messages), the same document with proto field names, and the protobuf
+/// encoding of the same request (read by the wire reader) all decode to the same spans.
+#[test]
+fn serde_form_and_proto_names_decode_as_protobuf_does() {
+    use crate::decode::otlp::{decode_protobuf, to_request};
+    use prost::Message;
+    let mut bare = rich_span(7, "svc-c");
+    (bare.scope_name, bare.scope_version) = (String::new(), String::new());
+    bare.scope_attributes.clear();
+    bare.resource_attributes.clear();
+    let spans = vec![rich_span(2, "svc-a"), rich_span(3, "svc-b"), bare];
+    let mut req = to_request(&spans);
+    // An absent scope: serde writes `"scope": null`.
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            if ss.scope.as_ref().is_some_and(|s| s.name.is_empty()) {
+                ss.scope = None;
+            }
+        }
+    }
+    let wire = decode_protobuf(&req.encode_to_vec(), &Limits::default()).unwrap();
+    assert!(wire.rejected.is_empty());
+    assert_eq!(wire.spans.len(), 3);
+    let serde_form = serde_json::to_value(&req).unwrap();
+    assert!(
+        serde_form.to_string().contains("\"scope\":null"),
+        "the serde form writes null for an absent message"
+    );
+    for doc in [serde_form.clone(), proto_names(serde_form)] {
+        let batch = decode_ok(&serde_json::to_vec(&doc).unwrap());
+        assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+        assert_eq!(batch.spans, wire.spans, "{doc}");
+    }
+}
+
+/// proto3's JSON mapping reads `null` as the default of any field: a span whose every
+/// optional field is null decodes, with defaults.
+#[test]
+fn null_reads_as_the_default_of_any_field() {
+    let mut sp = base_span();
+    for k in [
+        "parentSpanId",
+        "traceState",
+        "kind",
+        "status",
+        "attributes",
+        "events",
+        "links",
+        "droppedAttributesCount",
+        "flags",
+    ] {
+        sp[k] = Value::Null;
+    }
+    sp["events"] = json!([{ "timeUnixNano": null, "name": null, "attributes": null }]);
+    sp["status"] = json!({ "code": null, "message": null });
+    let doc = json!({ "resourceSpans": [{
+        "resource": { "attributes": null },
+        "schemaUrl": null,
+        "scopeSpans": [{ "scope": { "name": null, "version": null }, "spans": [sp] }, { "spans": null }],
+    }, { "scopeSpans": null }] });
+    let batch = decode_ok(&serde_json::to_vec(&doc).unwrap());
+    assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+    let s = &batch.spans[0];
+    assert_eq!(
+        (s.kind, s.status_code),
+        (SpanKind::Unspecified, StatusCode::Unset)
+    );
+    assert_eq!((s.parent_span_id, s.events.len()), (None, 1));
+    assert!(s.attributes.is_empty() && s.links.is_empty());
+    // Null where a value is required (an ID) is the empty ID: that span alone is refused.
+    let mut no_id = base_span();
+    no_id["traceId"] = Value::Null;
+    let batch = decode_ok(&one_span(no_id));
+    assert_eq!(batch.rejected[0].reason, RejectReason::InvalidTraceId);
+}
