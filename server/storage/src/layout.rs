@@ -73,8 +73,10 @@
 //! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter says "no";
 //! only the remaining row groups are fetched (ranged reads through the object store) and
 //! filtered to the ID. A search skips whole segments by the catalog's time range and service
-//! list, row groups by `start_time` statistics, and evaluates service, operation, time and
-//! duration inside the Parquet reader (a `RowFilter`) before decoding the other columns.
+//! list, reads the rest newest first and stops once no unread segment can change the answer
+//! (`Store::find_traces`), skips row groups by `start_time` statistics, and evaluates service,
+//! operation, time and duration inside the Parquet reader (a `RowFilter`), then tags on the
+//! attribute columns of the rows those kept, before decoding `trace_id` and `start_time`.
 //!
 //! ## Crash cases
 //!
@@ -108,7 +110,7 @@ use meshtrace_model::TraceId;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+    ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
 };
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -118,7 +120,7 @@ use parquet::file::properties::{
     EnabledStatistics, WriterProperties, WriterPropertiesBuilder, WriterVersion,
 };
 use parquet::file::statistics::Statistics;
-use parquet::schema::types::ColumnPath;
+use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
 use crate::catalog::SegmentInfo;
 use crate::error::StorageError;
@@ -321,11 +323,11 @@ pub(crate) fn is_not_found(e: &StorageError) -> bool {
 pub(crate) type RowPredicate =
     Arc<dyn Fn(&RecordBatch) -> Result<BooleanArray, ArrowError> + Send + Sync>;
 
-/// A row predicate evaluated inside the Parquet reader: it receives the `columns` it names.
+/// Row predicates evaluated inside the Parquet reader, in order: each stage receives the
+/// top-level columns it names, decoded only for the rows every earlier stage kept.
 #[derive(Clone)]
 pub(crate) struct ScanFilter {
-    pub columns: Vec<&'static str>,
-    pub predicate: RowPredicate,
+    pub stages: Vec<(Vec<&'static str>, RowPredicate)>,
     /// Row groups whose `start_time` range misses `[min, max]` are skipped.
     pub start_range: (i64, i64),
 }
@@ -462,12 +464,15 @@ impl SegmentReader {
             return Ok(Vec::new());
         }
         let descr = meta.metadata().file_metadata().schema_descr_ptr();
-        let pred_mask = ProjectionMask::columns(&descr, filter.columns.iter().copied());
-        let predicate = filter.predicate.clone();
-        let row_filter = RowFilter::new(vec![Box::new(ArrowPredicateFn::new(
-            pred_mask,
-            move |batch: RecordBatch| predicate(&batch),
-        ))]);
+        let mut predicates: Vec<Box<dyn ArrowPredicate>> = Vec::new();
+        for (columns, predicate) in &filter.stages {
+            let predicate = predicate.clone();
+            predicates.push(Box::new(ArrowPredicateFn::new(
+                roots_mask(&descr, columns),
+                move |batch: RecordBatch| predicate(&batch),
+            )));
+        }
+        let row_filter = RowFilter::new(predicates);
         let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
             self.object_reader(seg),
             meta.clone(),
@@ -475,11 +480,19 @@ impl SegmentReader {
         .with_row_groups(groups)
         .with_row_filter(row_filter);
         if let Some(cols) = output {
-            builder =
-                builder.with_projection(ProjectionMask::columns(&descr, cols.iter().copied()));
+            builder = builder.with_projection(roots_mask(&descr, cols));
         }
         Ok(builder.build()?.try_collect().await?)
     }
+}
+
+/// The top-level columns named (with every leaf of a nested one).
+fn roots_mask(descr: &SchemaDescriptor, names: &[&str]) -> ProjectionMask {
+    let roots = descr.root_schema().get_fields().iter().enumerate();
+    let picked = roots
+        .filter(|(_, f)| names.contains(&f.name()))
+        .map(|(i, _)| i);
+    ProjectionMask::roots(descr, picked)
 }
 
 /// The index of a top-level primitive column among the leaves.

@@ -32,6 +32,7 @@ mod query;
 mod sql;
 mod sql_runtime;
 mod store;
+mod tag_filter;
 
 #[cfg(test)]
 mod tests;

@@ -12,12 +12,13 @@ use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
 use arrow_schema::ArrowError;
 use futures::StreamExt;
 use meshtrace_model::arrow_conv::batch_to_spans;
-use meshtrace_model::{KeyValue, Span, SpanKind, TraceId};
+use meshtrace_model::{Span, SpanKind, TraceId};
 
 use crate::catalog::SegmentInfo;
 use crate::error::StorageError;
-use crate::layout::{filter_trace_ids, is_not_found, ScanFilter};
+use crate::layout::{filter_trace_ids, is_not_found, RowPredicate, ScanFilter};
 use crate::store::{lock, Store};
+use crate::tag_filter::TagFilter;
 use crate::TraceQuery;
 
 /// Segments read at the same time by one query.
@@ -28,6 +29,28 @@ const DEFAULT_LIMIT: usize = 20;
 
 /// The columns [`span_mask`] reads.
 const FILTER_COLUMNS: [&str; 4] = ["service_name", "name", "start_time", "duration_ns"];
+
+/// The columns a search reads of the spans that match.
+const MATCH_COLUMNS: [&str; 2] = ["trace_id", "start_time"];
+
+/// The in-reader filter of a search: the span conditions first, then the tags on the rows
+/// they kept.
+fn search_scan(filter: &SpanFilter, tags: &TagFilter) -> ScanFilter {
+    let shared = Arc::new(filter.clone());
+    let mut stages: Vec<(Vec<&'static str>, RowPredicate)> = vec![(
+        FILTER_COLUMNS.to_vec(),
+        Arc::new(move |b: &RecordBatch| span_mask(b, &shared)),
+    )];
+    if !tags.is_empty() {
+        let tags = Arc::new(tags.clone());
+        let columns = tags.columns();
+        stages.push((columns, Arc::new(move |b: &RecordBatch| tags.mask(b))));
+    }
+    ScanFilter {
+        stages,
+        start_range: filter.start,
+    }
+}
 
 /// The span-level conditions of a [`TraceQuery`] that columns can answer.
 #[derive(Clone, Debug)]
@@ -112,39 +135,12 @@ fn span_mask(batch: &RecordBatch, f: &SpanFilter) -> Result<BooleanArray, ArrowE
         .collect())
 }
 
-/// Whether one span carries every tag, in any of its attribute sets.
-fn span_has_tags(span: &Span, tags: &[(String, String)]) -> bool {
-    tags.iter().all(|(key, value)| {
-        let hit = |kvs: &[KeyValue]| {
-            kvs.iter()
-                .any(|kv| kv.key == *key && kv.value.to_display() == *value)
-        };
-        hit(&span.attributes)
-            || hit(&span.resource_attributes)
-            || hit(&span.scope_attributes)
-            || span.events.iter().any(|e| hit(&e.attributes))
-            || span.links.iter().any(|l| hit(&l.attributes))
-    })
-}
-
-/// Records, per trace, the latest start of a matching span.
+/// Records, per trace, the latest start of a matching span (`batch` holds the matching rows'
+/// `trace_id` and `start_time`).
 fn collect_matches(
     batch: &RecordBatch,
-    tags: &[(String, String)],
     out: &mut HashMap<TraceId, i64>,
 ) -> Result<(), StorageError> {
-    let mut note = |id: TraceId, start: i64| {
-        let e = out.entry(id).or_insert(start);
-        *e = (*e).max(start);
-    };
-    if !tags.is_empty() {
-        for span in batch_to_spans(batch)? {
-            if span_has_tags(&span, tags) {
-                note(span.trace_id, span.start_unix_nano);
-            }
-        }
-        return Ok(());
-    }
     let ids = batch
         .column_by_name("trace_id")
         .and_then(|c| c.as_fixed_size_binary_opt());
@@ -156,10 +152,33 @@ fn collect_matches(
     };
     for i in 0..batch.num_rows() {
         if let Ok(id) = TraceId::try_from(ids.value(i)) {
-            note(id, starts.value(i));
+            let e = out.entry(id).or_insert(starts.value(i));
+            *e = (*e).max(starts.value(i));
         }
     }
     Ok(())
+}
+
+/// The start of the `limit`-th most recent match, once there are that many.
+fn kth_latest(matches: &HashMap<TraceId, i64>, limit: usize) -> Option<i64> {
+    if limit == 0 || matches.len() < limit {
+        return None;
+    }
+    let mut starts: Vec<i64> = matches.values().copied().collect();
+    let (_, kth, _) = starts.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
+    Some(*kth)
+}
+
+/// Segments read together by a search: the newest first, then more at a time while the
+/// search goes on (most searches end within the first few).
+fn waves(n: usize) -> Vec<std::ops::Range<usize>> {
+    let (mut out, mut at, mut size) = (Vec::new(), 0, 1);
+    while at < n {
+        out.push(at..(at + size).min(n));
+        at += size;
+        size = (size * 2).min(PARALLEL_SEGMENTS);
+    }
+    out
 }
 
 impl Store {
@@ -229,55 +248,72 @@ impl Store {
 
     /// Jaeger trace search: traces with at least one span meeting every condition, most recent
     /// first (by their latest matching span), each with all its spans.
+    ///
+    /// Segments are read newest first (by their latest start) and the search stops once it
+    /// holds `limit` traces whose latest match is later than anything the unread segments can
+    /// hold: the answer is the one reading every segment would give. Inside a segment, row
+    /// groups are skipped by their time range and the conditions are evaluated on the columns
+    /// in the Parquet reader (tags only on the rows the cheaper conditions kept).
     pub async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StorageError> {
         let filter = SpanFilter::new(q)?;
+        let tags = TagFilter::new(&q.tags);
         let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
         let snap = self.snapshot();
         let mut matches: HashMap<TraceId, i64> = HashMap::new();
         for b in &snap.batches {
-            let selected = filter_record_batch(b, &span_mask(b, &filter)?)?;
-            collect_matches(&selected, &q.tags, &mut matches)?;
+            let mut selected = filter_record_batch(b, &span_mask(b, &filter)?)?;
+            if !tags.is_empty() {
+                selected = filter_record_batch(&selected, &tags.mask(&selected)?)?;
+            }
+            collect_matches(&selected, &mut matches)?;
         }
-        let shared = Arc::new(filter.clone());
-        let scan = ScanFilter {
-            columns: FILTER_COLUMNS.to_vec(),
-            predicate: Arc::new(move |b: &RecordBatch| span_mask(b, &shared)),
-            start_range: filter.start,
-        };
-        let output: Option<&[&str]> = q.tags.is_empty().then_some(&["trace_id", "start_time"]);
-        let reader = &self.inner.reader;
-        let scan = &scan;
-        let wanted: Vec<Arc<SegmentInfo>> = snap
+        let scan = search_scan(&filter, &tags);
+        let mut wanted: Vec<Arc<SegmentInfo>> = snap
             .segments
             .iter()
             .filter(|s| filter.wants_segment(s))
             .cloned()
             .collect();
+        wanted.sort_by_key(|s| std::cmp::Reverse(s.max_start_ns));
         let c = &self.inner.counters;
-        let skipped = (snap.segments.len() - wanted.len()) as u64;
+        let mut read = 0;
+        for wave in waves(wanted.len()) {
+            let next_start = wanted.get(wave.start).map_or(i64::MIN, |s| s.max_start_ns);
+            if kth_latest(&matches, limit).is_some_and(|kth| kth > next_start) {
+                break;
+            }
+            read = wave.end;
+            let scans = wanted[wave].iter().map(|seg| {
+                let scan = &scan;
+                async move {
+                    (
+                        seg,
+                        self.inner
+                            .reader
+                            .scan(seg, scan, Some(&MATCH_COLUMNS))
+                            .await,
+                    )
+                }
+            });
+            for (seg, result) in futures::future::join_all(scans).await {
+                match result {
+                    Ok(batches) => {
+                        for b in &batches {
+                            collect_matches(b, &mut matches)?;
+                        }
+                    }
+                    Err(e) if is_not_found(&e) => {
+                        tracing::debug!(path = %seg.path, "segment vanished during search");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let skipped = (snap.segments.len() - read) as u64;
         c.search_segments_skipped
             .fetch_add(skipped, Ordering::Relaxed);
         c.search_segments_scanned
-            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        let mut scans = futures::stream::iter(wanted)
-            .map(|seg: Arc<SegmentInfo>| async move {
-                let result = reader.scan(&seg, scan, output).await;
-                (seg, result)
-            })
-            .buffer_unordered(PARALLEL_SEGMENTS);
-        while let Some((seg, result)) = scans.next().await {
-            match result {
-                Ok(batches) => {
-                    for b in &batches {
-                        collect_matches(b, &q.tags, &mut matches)?;
-                    }
-                }
-                Err(e) if is_not_found(&e) => {
-                    tracing::debug!(path = %seg.path, "segment vanished during search");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            .fetch_add(read as u64, Ordering::Relaxed);
         let mut ranked: Vec<(TraceId, i64)> = matches.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(limit);
@@ -307,32 +343,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshtrace_model::{AttrValue, Event};
-
-    #[test]
-    fn tags_match_any_attribute_set_by_display_string() {
-        let span = Span {
-            resource_attributes: vec![KeyValue::string("k8s.namespace", "prod")],
-            attributes: vec![KeyValue::new("http.status_code", AttrValue::Int(503))],
-            events: vec![Event {
-                time_unix_nano: 1,
-                name: "retry".into(),
-                attributes: vec![KeyValue::new("attempt", AttrValue::Int(2))],
-            }],
-            ..Default::default()
-        };
-        let tag = |k: &str, v: &str| (k.to_string(), v.to_string());
-        assert!(span_has_tags(&span, &[tag("http.status_code", "503")]));
-        assert!(span_has_tags(
-            &span,
-            &[tag("k8s.namespace", "prod"), tag("attempt", "2")]
-        ));
-        assert!(!span_has_tags(&span, &[tag("attempt", "3")]));
-        assert!(!span_has_tags(
-            &span,
-            &[tag("k8s.namespace", "prod"), tag("missing", "x")]
-        ));
-    }
 
     #[test]
     fn inverted_bounds_are_invalid() {

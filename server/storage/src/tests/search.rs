@@ -226,3 +226,63 @@ async fn find_traces_follows_jaeger_semantics_everywhere() {
     let store = open(dir.path()).await;
     check_semantics(&store, t0).await; // after reopen
 }
+
+/// Ten segments in time order, and one early segment that also holds the latest span of a
+/// trace stored later: a search with a small limit reads the segments holding the newest
+/// matches, stops, and answers as a search reading everything would.
+#[tokio::test]
+async fn search_reads_newest_segments_first_and_stops_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ns() - 3_600_000 * MS;
+    let store = open(dir.path()).await;
+    for seg in 0..10u8 {
+        let mut spans: Vec<Span> = (0..5u8)
+            .map(|j| {
+                let start = t0 + (i64::from(seg) * 10 + i64::from(j)) * 1000 * MS;
+                span(10 * seg + j + 1, 1, "front", "GET /a", start, MS)
+            })
+            .collect();
+        if seg == 0 {
+            // Trace 95 (stored in the last segment) ends with a span flushed first.
+            spans.push(span(95, 2, "front", "GET /late", t0 + 200_000 * MS, MS));
+        }
+        store.append(u64::from(seg) + 1, &spans).unwrap();
+        store.flush().await.unwrap();
+    }
+    let everything = ids(
+        &store,
+        TraceQuery {
+            limit: 1000,
+            ..q(Some("front"))
+        },
+    )
+    .await;
+    assert_eq!(everything.len(), 50);
+    assert_eq!(&everything[..4], &[95, 94, 93, 92]);
+
+    let before = store.stats();
+    let newest = ids(
+        &store,
+        TraceQuery {
+            limit: 3,
+            ..q(Some("front"))
+        },
+    )
+    .await;
+    let after = store.stats();
+    assert_eq!(newest, everything[..3]);
+    // The segment with trace 95's late span, then the next two newest together (reads go in
+    // waves of 1, 2, 4, 8 segments); the other seven are left.
+    let scanned = after.search_segments_scanned - before.search_segments_scanned;
+    let skipped = after.search_segments_skipped - before.search_segments_skipped;
+    assert_eq!((scanned, skipped), (3, 7));
+
+    // A condition only old traces meet still finds them, past the newest segments.
+    let tagged = TraceQuery {
+        operation: Some("GET /a".into()),
+        start_max_ns: Some(t0 + 25_000 * MS),
+        limit: 2,
+        ..q(Some("front"))
+    };
+    assert_eq!(ids(&store, tagged).await, vec![25, 24]);
+}
