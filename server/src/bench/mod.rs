@@ -4,10 +4,12 @@
 //! spans per second of decoding the same payloads alone: the ceiling, so the ratio is
 //! meaningful on a noisy machine. The generator sends pre-encoded payloads ([`payload`]) so
 //! that it takes little of the CPU it shares with the server. `bench assembly` ([`assembly`])
-//! and `bench red` ([`red`]) measure trace assembly and RED-metrics queries alone.
+//! and `bench red` ([`red`]) measure trace assembly and RED-metrics queries alone; `bench query`
+//! ([`query`]) times Jaeger searches, dependencies and SQL as the stored data grows.
 
 mod assembly;
 mod payload;
+mod query;
 mod red;
 
 use std::net::{SocketAddr, TcpListener};
@@ -43,6 +45,8 @@ pub enum BenchWhat {
     Assembly(assembly::AssemblyArgs),
     /// Cost of RED-metrics (SPM) queries as stored spans grow, against a SQL scan
     Red(red::RedArgs),
+    /// Jaeger searches, dependencies and SQL as stored spans grow (1 M and 10 M by default)
+    Query(query::QueryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -439,6 +443,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Ingest(args) => args,
         BenchWhat::Assembly(args) => return tokio::task::block_in_place(|| assembly::run(args)),
         BenchWhat::Red(args) => return red::run(args).await,
+        BenchWhat::Query(args) => return query::run(args).await,
     };
     let decode_rate = decode_only(&args).await?;
     let compare = Feature::of(&args);
