@@ -377,6 +377,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         state.health.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(warm_graphs(
+        state.queries.clone(),
+        shutdown.clone(),
+    )));
     let node = match &opened.cluster {
         Some(c) => Some(
             c.start(cluster::Shared {
@@ -460,6 +464,26 @@ async fn background(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(segments = n, "retention deleted segments"),
                 Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    }
+}
+
+/// Keeps the service graph's per-minute rollups of the recent past ready, so that graph and
+/// dependencies queries read few rows (see `meshtrace_query::graph_rollup`).
+async fn warm_graphs(queries: Queries, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            warmed = queries.warm_graphs(meshtrace_model::time::now_unix_nanos()) => {
+                if let Err(e) = warmed {
+                    tracing::debug!(error = %e, "could not roll up the recent service graph");
+                }
             }
         }
     }

@@ -358,6 +358,18 @@ impl ServiceGraph {
         }
     }
 
+    /// Adds the counts and sketches of another graph built with the same settings.
+    pub fn merge(&mut self, other: &ServiceGraph) {
+        for (key, stats) in &other.edges {
+            match self.edges.get_mut(key) {
+                Some(s) => s.merge(stats),
+                None => {
+                    self.edges.insert(key.clone(), stats.clone());
+                }
+            }
+        }
+    }
+
     /// Counts one call.
     pub fn add(&mut self, call: EdgeCall<'_>) {
         if call.connection_type == ConnectionType::Unpaired && !self.include_unpaired {

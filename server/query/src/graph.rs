@@ -6,18 +6,23 @@
 //! rates, error rates and latency quantiles) and [`dependency_links`] into what
 //! `/api/dependencies` serves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshtrace_provenance::graph::VIRTUAL_USER;
 use meshtrace_provenance::{
     ConnectionType, EdgeCall, EdgeKey, EdgeStats, ServiceGraph, VirtualSide,
 };
-use meshtrace_storage::{RecordBatch, ScalarValue};
+use meshtrace_storage::touches::{minute_of, MINUTE_NS};
+use meshtrace_storage::RecordBatch;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::columns::{opt_int, Columns};
 use crate::error::QueryError;
+pub use crate::graph_rollup::RootCount;
+use crate::graph_rollup::{
+    ranges_to_read, route, whole_minutes, GraphPart, MAX_ROLLUP_MINUTES, REST, WARM_WINDOW,
+};
 use crate::window::TimeRange;
 use crate::Queries;
 use meshtrace_model::time::rfc3339;
@@ -44,53 +49,12 @@ impl Queries {
         window: TimeRange,
         class: Option<&str>,
     ) -> Result<ServiceGraph, QueryError> {
-        let mut sql = format!("SELECT * FROM {}", latest_in_window("edges", EDGE_COLUMNS));
-        let mut params = window.params().to_vec();
-        if let Some(c) = class {
-            sql.push_str(" WHERE class = $3");
-            params.push(ScalarValue::Utf8(Some(c.to_string())));
-        }
-        let mut graph = ServiceGraph::served();
-        let timeout = self.config.sql_timeout;
-        self.store
-            .sql_each(&sql, params, timeout, |batch| {
-                add_edges(&mut graph, &batch)?;
-                Ok::<_, QueryError>(true)
-            })
-            .await?;
-        Ok(graph)
+        Ok(self.graph_part(window).await?.graph(class))
     }
 
     /// How many traces started in `window` each (root service, class) is the entry of.
     pub async fn roots_in_window(&self, window: TimeRange) -> Result<Vec<RootCount>, QueryError> {
-        let sql = format!(
-            "SELECT root_service, class, count(*) AS traces FROM {} GROUP BY root_service, class",
-            latest_in_window("traces", "root_service, class")
-        );
-        let mut out = Vec::new();
-        let timeout = self.config.sql_timeout;
-        self.store
-            .sql_each(&sql, window.params().to_vec(), timeout, |batch| {
-                let c = Columns {
-                    table: "traces",
-                    batch: &batch,
-                };
-                let (service, class, n) = (
-                    c.strings("root_service")?,
-                    c.strings("class")?,
-                    c.ints("traces")?,
-                );
-                for i in 0..batch.num_rows() {
-                    out.push(RootCount {
-                        root_service: service.value(i).to_string(),
-                        class: class.value(i).to_string(),
-                        traces: n.value(i).max(0) as u64,
-                    });
-                }
-                Ok::<_, QueryError>(true)
-            })
-            .await?;
-        Ok(out)
+        Ok(self.graph_part(window).await?.roots())
     }
 
     /// The service graph of `window` as `/api/v1/graph` serves it.
@@ -99,23 +63,140 @@ impl Queries {
         window: TimeRange,
         class: Option<&str>,
     ) -> Result<GraphView, QueryError> {
-        let graph = self.edges_in_window(window, class).await?;
-        let roots = self.roots_in_window(window).await?;
-        Ok(GraphView::build(&graph, &roots, window, class))
+        let part = self.graph_part(window).await?;
+        Ok(GraphView::build(
+            &part.graph(class),
+            &part.roots(),
+            window,
+            class,
+        ))
     }
 
     /// Jaeger's dependency links of `window` (`/api/dependencies`).
     pub async fn dependencies(&self, window: TimeRange) -> Result<Vec<DependencyLink>, QueryError> {
-        Ok(dependency_links(&self.edges_in_window(window, None).await?))
+        Ok(dependency_links(
+            &self.graph_part(window).await?.graph(None),
+        ))
+    }
+
+    /// What the `edges` and `traces` rows of `window` count: whole minutes from their
+    /// rollups where still valid, the rest read (see [`crate::graph_rollup`]).
+    pub async fn graph_part(&self, window: TimeRange) -> Result<GraphPart, QueryError> {
+        let (first, n) = whole_minutes(window.start_ns, window.end_ns);
+        let none = BTreeSet::new();
+        if !self.graphs.enabled() || n > MAX_ROLLUP_MINUTES {
+            let mut parts = self.read_graph(window, &none).await?;
+            return Ok(parts.remove(&REST).unwrap_or_default());
+        }
+        // Before the lookups and the reads: a change after it makes what is read stale.
+        let epoch = self.store.derived_epoch();
+        let minutes = (0..n).map(|i| first + i * MINUTE_NS);
+        let (found, missing) = self
+            .graphs
+            .lookup(minutes, |m, e| self.store.derived_changed_since(m, e));
+        let mut total = GraphPart::default();
+        for part in &found {
+            total.merge(part);
+        }
+        let keep: BTreeSet<i64> = missing.iter().copied().collect();
+        for (a, b) in ranges_to_read(window.start_ns, window.end_ns, first, n, &missing) {
+            let mut parts = self.read_graph(TimeRange::new(a, b)?, &keep).await?;
+            for m in keep.range(a..b) {
+                let part = parts.remove(m).unwrap_or_default();
+                total.merge(&part);
+                self.graphs.insert(*m, epoch, part);
+            }
+            if let Some(rest) = parts.remove(&REST) {
+                total.merge(&rest);
+            }
+        }
+        Ok(total)
+    }
+
+    /// How many minutes of the service graph are rolled up in memory.
+    pub fn graph_rollup_minutes(&self) -> usize {
+        self.graphs.len()
+    }
+
+    /// Keeps the rollups of the settled recent past ready (a background task calls it).
+    pub async fn warm_graphs(&self, now_ns: i64) -> Result<(), QueryError> {
+        let window = i64::try_from(WARM_WINDOW.as_nanos()).unwrap_or(i64::MAX);
+        // The last two minutes still change with every completed trace.
+        let end = minute_of(now_ns) - 2 * MINUTE_NS;
+        let start = minute_of(end.saturating_sub(window));
+        if self.graphs.enabled() && start < end {
+            self.graph_part(TimeRange::new(start, end)?).await?;
+        }
+        Ok(())
+    }
+
+    /// The counts of the `edges` and `traces` rows of `window` (each trace's latest
+    /// derivation in it), by minute for the minutes in `keep`, the rest under [`REST`].
+    async fn read_graph(
+        &self,
+        window: TimeRange,
+        keep: &BTreeSet<i64>,
+    ) -> Result<BTreeMap<i64, GraphPart>, QueryError> {
+        let mut parts = BTreeMap::new();
+        let timeout = self.config.sql_timeout;
+        let edges = format!(
+            "SELECT CAST(start_time AS BIGINT) AS start_ns, {EDGE_COLUMNS} FROM {}",
+            latest_in_window("edges", &format!("start_time, {EDGE_COLUMNS}"))
+        );
+        self.store
+            .sql_each(&edges, window.params().to_vec(), timeout, |batch| {
+                add_edges(&mut parts, keep, &batch)?;
+                Ok::<_, QueryError>(true)
+            })
+            .await?;
+        let roots = format!(
+            "SELECT CAST(start_time AS BIGINT) AS start_ns, root_service, class FROM {}",
+            latest_in_window("traces", "start_time, root_service, class")
+        );
+        self.store
+            .sql_each(&roots, window.params().to_vec(), timeout, |batch| {
+                add_roots(&mut parts, keep, &batch)?;
+                Ok::<_, QueryError>(true)
+            })
+            .await?;
+        Ok(parts)
     }
 }
 
-/// Counts the calls of one batch of `edges` rows.
-fn add_edges(graph: &mut ServiceGraph, batch: &RecordBatch) -> Result<(), QueryError> {
+/// Counts the traces of one batch of `traces` rows by root service and class.
+fn add_roots(
+    parts: &mut BTreeMap<i64, GraphPart>,
+    keep: &BTreeSet<i64>,
+    batch: &RecordBatch,
+) -> Result<(), QueryError> {
+    let c = Columns {
+        table: "traces",
+        batch,
+    };
+    let (start, service, class) = (
+        c.ints("start_ns")?,
+        c.strings("root_service")?,
+        c.strings("class")?,
+    );
+    for i in 0..batch.num_rows() {
+        let part = parts.entry(route(start.value(i), keep)).or_default();
+        let key = (service.value(i).to_string(), class.value(i).to_string());
+        *part.roots.entry(key).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Counts the calls of one batch of `edges` rows, by class.
+fn add_edges(
+    parts: &mut BTreeMap<i64, GraphPart>,
+    keep: &BTreeSet<i64>,
+    batch: &RecordBatch,
+) -> Result<(), QueryError> {
     let c = Columns {
         table: "edges",
         batch,
     };
+    let (start, class) = (c.ints("start_ns")?, c.strings("class")?);
     let (caller, callee) = (c.strings("caller_service")?, c.strings("callee_service")?);
     let (connection, status) = (c.strings("connection_type")?, c.strings("status")?);
     let (client, server) = (c.ints("client_duration_ns")?, c.ints("server_duration_ns")?);
@@ -127,7 +208,8 @@ fn add_edges(graph: &mut ServiceGraph, batch: &RecordBatch) -> Result<(), QueryE
             column: "connection_type",
             found: format!("the unknown value {name:?}"),
         })?;
-        graph.add(EdgeCall {
+        let part = parts.entry(route(start.value(i), keep)).or_default();
+        part.class_graph(class.value(i)).add(EdgeCall {
             caller: caller.value(i),
             callee: callee.value(i),
             connection_type,
@@ -138,14 +220,6 @@ fn add_edges(graph: &mut ServiceGraph, batch: &RecordBatch) -> Result<(), QueryE
         });
     }
     Ok(())
-}
-
-/// Traces of one class entering at one service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
-pub struct RootCount {
-    pub root_service: String,
-    pub class: String,
-    pub traces: u64,
 }
 
 /// What kind of thing a graph node is.

@@ -8,7 +8,8 @@
 //!   span IDs, clock skew);
 //! - [`traces`]: a trace by ID, many by ID, Jaeger search, service and operation names;
 //! - [`graph`]: the service graph of a window and Jaeger's dependency links, counted by
-//!   [`meshtrace_provenance::ServiceGraph`] from the stored `edges` rows;
+//!   [`meshtrace_provenance::ServiceGraph`] from the stored `edges` rows, whole minutes from
+//!   the rollups of [`graph_rollup`];
 //! - [`provenance`]: one trace's class, call tree and critical path; the classes of many;
 //! - [`red`]: RED metrics per service and operation over time (Jaeger SPM), from the
 //!   per-minute rollups the store commits with its segments;
@@ -23,6 +24,7 @@ pub mod adjust;
 mod columns;
 pub mod error;
 pub mod graph;
+pub mod graph_rollup;
 pub mod provenance;
 pub mod red;
 pub mod sql;
@@ -64,6 +66,9 @@ pub struct QueryConfig {
     pub queue_wait: Duration,
     /// Memory all running plans may hold together, in MiB (sorts spill, the rest fails).
     pub memory_mib: usize,
+    /// Memory the per-minute rollups of the service graph may take, in MiB (0: none, every
+    /// graph and dependencies query reads its whole window).
+    pub graph_cache_mib: usize,
 }
 
 impl QueryConfig {
@@ -89,6 +94,7 @@ impl Default for QueryConfig {
             max_concurrent: limits.max_concurrent,
             queue_wait: limits.queue_wait,
             memory_mib: limits.memory_bytes >> 20,
+            graph_cache_mib: 64,
         }
     }
 }
@@ -98,11 +104,17 @@ impl Default for QueryConfig {
 pub struct Queries {
     store: Store,
     config: QueryConfig,
+    graphs: graph_rollup::MinuteCache,
 }
 
 impl Queries {
     pub fn new(store: Store, config: QueryConfig) -> Queries {
-        Queries { store, config }
+        let graphs = graph_rollup::MinuteCache::new(config.graph_cache_mib << 20);
+        Queries {
+            store,
+            config,
+            graphs,
+        }
     }
 
     /// The limits it answers under.

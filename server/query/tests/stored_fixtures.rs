@@ -40,6 +40,8 @@ fn bookinfo() -> Vec<Span> {
 /// the same derived rows; and a window holding every span.
 struct Stored {
     queries: Queries,
+    store: Store,
+    derived: DerivedStore,
     expected: ServiceGraph,
     window: TimeRange,
     _dir: tempfile::TempDir,
@@ -52,12 +54,31 @@ async fn store(spans: Vec<Span>) -> Stored {
         .await
         .unwrap();
     store.append(1, &spans).unwrap();
+    let mut expected = ServiceGraph::served();
+    derive_into(&derived, &spans, &mut expected);
+    derived.flush().await.unwrap();
+    store.flush().await.unwrap();
+    let start = spans.iter().map(|s| s.start_unix_nano).min().unwrap();
+    let end = spans.iter().map(|s| s.end_unix_nano()).max().unwrap();
+    let hour = 3_600_000_000_000;
+    Stored {
+        queries: Queries::new(store.clone(), QueryConfig::default()),
+        store,
+        derived,
+        expected,
+        window: TimeRange::new(start - hour, end + hour).unwrap(),
+        _dir: dir,
+    }
+}
+
+/// Derives the traces of `spans` as the provenance task does, appends their rows to the
+/// derived tables and counts their calls into `expected`.
+fn derive_into(derived: &DerivedStore, spans: &[Span], expected: &mut ServiceGraph) {
     let mut by_trace: BTreeMap<TraceId, Vec<Span>> = BTreeMap::new();
-    for s in &spans {
+    for s in spans {
         by_trace.entry(s.trace_id).or_default().push(s.clone());
     }
     let mut rows = Rows::default();
-    let mut expected = ServiceGraph::served();
     for spans in by_trace.values() {
         let tree = build_tree(spans);
         let d = derive_tree(&tree, &[], &GraphConfig::default());
@@ -68,17 +89,6 @@ async fn store(spans: Vec<Span>) -> Stored {
     }
     for (table, batch) in rows.into_batches().unwrap() {
         derived.append(table, batch).unwrap();
-    }
-    derived.flush().await.unwrap();
-    store.flush().await.unwrap();
-    let start = spans.iter().map(|s| s.start_unix_nano).min().unwrap();
-    let end = spans.iter().map(|s| s.end_unix_nano()).max().unwrap();
-    let hour = 3_600_000_000_000;
-    Stored {
-        queries: Queries::new(store, QueryConfig::default()),
-        expected,
-        window: TimeRange::new(start - hour, end + hour).unwrap(),
-        _dir: dir,
     }
 }
 
@@ -299,4 +309,55 @@ async fn clock_skew_is_corrected_with_a_warning_and_raw_keeps_it() {
         stack.extend(n.children.iter());
     }
     assert_eq!(named, answered);
+}
+
+/// Whole minutes are answered from rollups once read; rows a late trace adds to a minute
+/// already rolled up make it read again. Every answer equals that of a reader without
+/// rollups, and the graph computed in memory.
+#[tokio::test]
+async fn graph_rollups_follow_rows_added_later() {
+    let mut s = store(zipkin("yelp.json")).await;
+    let plain = Queries::new(
+        s.store.clone(),
+        QueryConfig {
+            graph_cache_mib: 0,
+            ..QueryConfig::default()
+        },
+    );
+    let first = s.queries.edges_in_window(s.window, None).await.unwrap();
+    assert!(
+        s.queries.graph_rollup_minutes() >= 119,
+        "the window's whole minutes: {} in {:?}",
+        s.queries.graph_rollup_minutes(),
+        s.window
+    );
+    let again = s.queries.edges_in_window(s.window, None).await.unwrap();
+    assert_eq!(counts(&again), counts(&first));
+    assert_eq!(counts(&first), counts(&s.expected));
+
+    // Bookinfo's trace, moved into a minute of the window that is rolled up already.
+    let mut late = bookinfo();
+    let shift = s.window.start_ns + 600_000_000_000
+        - late.iter().map(|sp| sp.start_unix_nano).min().unwrap();
+    for sp in &mut late {
+        sp.start_unix_nano += shift;
+    }
+    s.store.append(2, &late).unwrap();
+    derive_into(&s.derived, &late, &mut s.expected);
+    let cached = s.queries.dependencies(s.window).await.unwrap();
+    let read = plain.dependencies(s.window).await.unwrap();
+    assert_eq!(cached, read, "buffered late rows");
+    assert!(
+        cached.iter().any(|l| l.parent == "productpage.bookinfo"),
+        "{cached:?}"
+    );
+    let got = s.queries.edges_in_window(s.window, None).await.unwrap();
+    assert_eq!(counts(&got), counts(&s.expected));
+    s.derived.flush().await.unwrap();
+    let view = s.queries.service_graph(s.window, None).await.unwrap();
+    assert_eq!(
+        view,
+        plain.service_graph(s.window, None).await.unwrap(),
+        "flushed"
+    );
 }

@@ -262,6 +262,8 @@ impl DerivedStore {
             )));
         }
         if batch.num_rows() > 0 {
+            let (min, max) = start_range(&batch)?;
+            self.inner.store.touch_derived(min, max);
             t.view().batches.push(Pending {
                 batch,
                 at: Instant::now(),
@@ -415,6 +417,9 @@ impl DerivedStore {
                 .collect();
             for seg in expired {
                 store.catalog.delete_derived_segment(seg.id).await?;
+                self.inner
+                    .store
+                    .touch_derived(seg.min_start_ns, seg.max_start_ns);
                 t.view().segments.retain(|s| s.id != seg.id);
                 match store
                     .store
@@ -468,13 +473,23 @@ impl DerivedStore {
             view.segments = listed
                 .iter()
                 .filter(|s| s.table == t.name)
-                .map(|s| {
-                    known
-                        .get(&s.id)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(s.clone()))
+                .map(|s| match known.get(&s.id) {
+                    Some(seg) => seg.clone(),
+                    None => {
+                        // A peer's segment: rows this node's readers have not seen.
+                        self.inner
+                            .store
+                            .touch_derived(s.min_start_ns, s.max_start_ns);
+                        Arc::new(s.clone())
+                    }
                 })
                 .collect();
+            let listed_ids: HashSet<i64> = view.segments.iter().map(|s| s.id).collect();
+            for gone in known.values().filter(|s| !listed_ids.contains(&s.id)) {
+                self.inner
+                    .store
+                    .touch_derived(gone.min_start_ns, gone.max_start_ns);
+            }
         }
         Ok(())
     }
@@ -577,6 +592,18 @@ struct Encoded {
     max_start_ns: i64,
 }
 
+/// The smallest and largest `start_time` of a batch of a derived table.
+fn start_range(batch: &RecordBatch) -> Result<(i64, i64), StorageError> {
+    let start = batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?;
+    Ok((
+        arrow_min(start).unwrap_or_default(),
+        arrow_max(start).unwrap_or_default(),
+    ))
+}
+
 /// The bytes of the segment a flush would write for these batches (`meshtrace bench
 /// assembly` times it).
 pub fn encoded_size(
@@ -594,14 +621,7 @@ fn encode(
     row_group_rows: usize,
 ) -> Result<Encoded, StorageError> {
     let batch = sort_by_trace(schema, batches, "version")?;
-    let start = batch
-        .column_by_name("start_time")
-        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-        .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?;
-    let (min_start_ns, max_start_ns) = (
-        arrow_min(start).unwrap_or_default(),
-        arrow_max(start).unwrap_or_default(),
-    );
+    let (min_start_ns, max_start_ns) = start_range(&batch)?;
     let props = WriterProperties::builder()
         // Level 1, not the span segments' 3: zstd was a third of encoding these tables, which
         // are rewritten at the rate traces complete; level 1 is the fast strategy.

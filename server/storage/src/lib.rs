@@ -33,6 +33,7 @@ mod sql;
 mod sql_runtime;
 mod store;
 mod tag_filter;
+pub mod touches;
 
 #[cfg(test)]
 mod tests;

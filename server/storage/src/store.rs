@@ -27,6 +27,7 @@ use crate::ownership::Owned;
 use crate::pending::{Rebuild, Unresolved};
 use crate::rollup::{rollups_of, RollupFilter, Rollups};
 use crate::sql_runtime::SqlRuntime;
+use crate::touches::Touches;
 use crate::{StoreConfig, StoreStats};
 
 /// The span store. Cheap to clone; all clones share one state.
@@ -82,6 +83,8 @@ pub(crate) struct Inner {
     pub unresolved: Mutex<Option<Unresolved>>,
     /// Damaged segments the write-ahead log is rebuilding (see [`crate::check`]).
     pub rebuild: Mutex<Vec<Rebuild>>,
+    /// Which minutes of derived rows changed when (see [`crate::touches`]).
+    pub derived_touches: Mutex<Touches>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -180,6 +183,7 @@ impl Store {
             flush_error: Mutex::new(None),
             unresolved: Mutex::new(None),
             rebuild: Mutex::new(Vec::new()),
+            derived_touches: Mutex::default(),
         };
         Ok(Store {
             inner: Arc::new(inner),
@@ -612,5 +616,23 @@ impl Store {
     /// Closes the catalog connections (buffered spans are not flushed: call [`Store::flush`]).
     pub async fn close(&self) {
         self.inner.catalog.close().await;
+    }
+}
+
+impl Store {
+    /// The epoch of the last change to derived rows (see [`crate::touches`]); read it before
+    /// reading derived tables.
+    pub fn derived_epoch(&self) -> u64 {
+        lock(&self.inner.derived_touches).epoch()
+    }
+
+    /// Whether derived rows started in the minute at `minute_ns` changed after `epoch`.
+    pub fn derived_changed_since(&self, minute_ns: i64, epoch: u64) -> bool {
+        lock(&self.inner.derived_touches).changed_since(minute_ns, epoch)
+    }
+
+    /// Records a change to derived rows started within `[min_ns, max_ns]`.
+    pub(crate) fn touch_derived(&self, min_ns: i64, max_ns: i64) {
+        lock(&self.inner.derived_touches).touch(min_ns, max_ns);
     }
 }
