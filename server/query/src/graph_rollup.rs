@@ -281,6 +281,9 @@ mod tests {
             ranges_to_read(M - 5, M + 5, M, 0, &[]),
             vec![(M - 5, M + 5)]
         );
+        // The widest windows a client can ask for are too long to roll up.
+        assert!(whole_minutes(i64::MIN, i64::MAX).1 > MAX_ROLLUP_MINUTES);
+        assert_eq!(whole_minutes(i64::MAX - 5, i64::MAX).1, 0);
     }
 
     #[test]

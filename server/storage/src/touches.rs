@@ -18,9 +18,9 @@ pub const MINUTE_NS: i64 = 60_000_000_000;
 /// Minutes the record keeps at most.
 pub const MAX_TOUCHED_MINUTES: usize = 200_000;
 
-/// The start of the minute holding `ns`.
+/// The start of the minute holding `ns` (`i64::MIN` for the first, partial one).
 pub fn minute_of(ns: i64) -> i64 {
-    ns.div_euclid(MINUTE_NS) * MINUTE_NS
+    ns.div_euclid(MINUTE_NS).saturating_mul(MINUTE_NS)
 }
 
 /// The epochs of the last change per minute.
@@ -83,6 +83,8 @@ mod tests {
             "read before the first change"
         );
         assert_eq!(minute_of(-1), -MINUTE_NS);
+        assert_eq!(minute_of(i64::MIN), i64::MIN);
+        assert_eq!(minute_of(i64::MAX) % MINUTE_NS, 0);
     }
 
     #[test]
