@@ -72,11 +72,15 @@ impl Queries {
         ))
     }
 
-    /// Jaeger's dependency links of `window` (`/api/dependencies`).
+    /// Jaeger's dependency links of `window` (`/api/dependencies`), rounded out to whole
+    /// minutes: as Jaeger's dependency stores count whole periods, so every answer comes from
+    /// per-minute rollups and costs the minutes of the window, not its calls.
     pub async fn dependencies(&self, window: TimeRange) -> Result<Vec<DependencyLink>, QueryError> {
-        Ok(dependency_links(
-            &self.graph_part(window).await?.graph(None),
-        ))
+        let start = minute_of(window.start_ns);
+        let last = minute_of(window.end_ns.saturating_sub(1));
+        let end = last.checked_add(MINUTE_NS).unwrap_or(i64::MAX);
+        let whole = TimeRange::new(start, end.max(window.end_ns))?;
+        Ok(dependency_links(&self.graph_part(whole).await?.graph(None)))
     }
 
     /// What the `edges` and `traces` rows of `window` count: whole minutes from their

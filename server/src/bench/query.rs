@@ -2,9 +2,10 @@
 //! grows. For each span count a server is started on a fresh data directory and filled over
 //! OTLP gRPC (the real ingest path: write-ahead log, trace assembly, derived tables, Parquet
 //! segments) with mesh-shaped traces spread in time order over `--range` ending at the start
-//! of the fill. Once every trace is complete and flushed, each query is sent `--runs` times
-//! over the query port's HTTP API, as the Jaeger UI sends it, and the p50/p99 wall times are
-//! printed with the data size, the Parquet file count, the server process's peak RSS and the
+//! of the fill. Once every trace is complete and flushed (and the server's background task
+//! has rolled the service graph up once), each query is sent `--runs` times over the query
+//! port's HTTP API, as the Jaeger UI sends it, and the p50/p99 wall times are printed with the
+//! data size, the Parquet file count, the process's peak RSS (filling, then querying) and the
 //! bytes on disk per span (span segments and derived segments apart). The baseline is the
 //! first span count of the same run: the last table prints each query's cost at the largest
 //! count over its cost at the smallest.
@@ -68,7 +69,9 @@ struct Measured {
     files: usize,
     span_bytes: u64,
     derived_bytes: u64,
-    peak_rss_mib: f64,
+    /// Peak resident set while filling and flushing, and while querying.
+    fill_rss_mib: f64,
+    query_rss_mib: f64,
     /// Query name -> (p50, p99) in ms, in the order of [`queries`].
     times: Vec<(String, f64, f64)>,
 }
@@ -99,12 +102,13 @@ fn print_one(m: &Measured) {
     let per_span = |b: u64| b as f64 / m.spans.max(1) as f64;
     println!(
         "\n{} spans: {} Parquet files, {:.1} + {:.1} bytes/span (span + derived segments), \
-         peak RSS {:.0} MiB",
+         peak RSS {:.0} MiB filling, {:.0} MiB querying",
         m.spans,
         m.files,
         per_span(m.span_bytes),
         per_span(m.derived_bytes),
-        m.peak_rss_mib
+        m.fill_rss_mib,
+        m.query_rss_mib
     );
     println!("  {:<34} {:>10} {:>10}", "query", "p50 ms", "p99 ms");
     for (name, p50, p99) in &m.times {
@@ -130,10 +134,14 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
     let end_ns = meshtrace_model::time::now_unix_nanos();
     let range_ns = i64::try_from(args.range.as_nanos())?;
     let (stored, ids) = fill(args, &format!("http://{grpc}"), count, end_ns, range_ns).await?;
-    // Every trace completes after the idle window; then everything is flushed.
+    // Every trace completes after the idle window; then everything is flushed, and the
+    // server's background task rolls the service graph up as it does every 30 s.
     tokio::time::sleep(config.provenance.idle + Duration::from_secs(2)).await;
     running.opened.store.flush().await?;
     running.opened.provenance.derived().flush().await?;
+    let fill_rss_mib = peak_rss_kib() as f64 / 1024.0;
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    reset_peak_rss();
     let client = reqwest::Client::new();
     let base = format!("http://{http}");
     let mut times = Vec::new();
@@ -164,7 +172,7 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
         ms.sort_by(f64::total_cmp);
         times.push((q.name.to_string(), quantile(&ms, 0.5), quantile(&ms, 0.99)));
     }
-    let peak_rss_mib = peak_rss_kib() as f64 / 1024.0;
+    let query_rss_mib = peak_rss_kib() as f64 / 1024.0;
     running.stop().await?;
     let (files, span_bytes, derived_bytes) = disk_usage(dir.path())?;
     Ok(Measured {
@@ -172,7 +180,8 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
         files,
         span_bytes,
         derived_bytes,
-        peak_rss_mib,
+        fill_rss_mib,
+        query_rss_mib,
         times,
     })
 }

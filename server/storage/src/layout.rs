@@ -70,7 +70,8 @@
 //! ## Reading
 //!
 //! A trace lookup visits every committed segment with its cached footer: row groups whose
-//! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter says "no";
+//! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter (read
+//! once, then cached) says "no";
 //! only the remaining row groups are fetched (ranged reads through the object store) and
 //! filtered to the ID. A search skips whole segments by the catalog's time range and service
 //! list, reads the rest newest first and stops once no unread segment can change the answer
@@ -114,6 +115,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::bloom_filter::Sbbf;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::properties::{
@@ -131,6 +133,11 @@ pub const SEGMENT_PREFIX: &str = "spans";
 
 /// The metadata cache stops growing past this many segments (it is then cleared).
 const METADATA_CACHE_MAX: usize = 4096;
+
+/// The bloom filter cache stops growing past this many row groups (it is then cleared): about
+/// 5 KiB each at the default row group size, so at most about 40 MiB, enough for the row
+/// groups of some 130 million spans.
+const BLOOM_CACHE_MAX: usize = 8192;
 
 /// The writer settings of every segment (see the module docs).
 pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
@@ -341,11 +348,17 @@ pub(crate) struct LookupOutcome {
     pub row_groups_read: usize,
 }
 
-/// Reads segments through the object store, caching their Parquet metadata.
+/// The `trace_id` bloom filter of one row group (`None`: the row group has none).
+type CachedBloom = Option<Arc<Sbbf>>;
+
+/// Reads segments through the object store, caching their Parquet metadata and the
+/// `trace_id` bloom filters of their row groups, so that a lookup by trace ID costs reads only
+/// for the row groups that may hold it, however many segments there are.
 #[derive(Debug)]
 pub(crate) struct SegmentReader {
     store: Arc<dyn ObjectStore>,
     cache: Mutex<HashMap<String, ArrowReaderMetadata>>,
+    blooms: Mutex<HashMap<(String, usize), CachedBloom>>,
 }
 
 impl SegmentReader {
@@ -353,7 +366,33 @@ impl SegmentReader {
         SegmentReader {
             store,
             cache: Mutex::new(HashMap::new()),
+            blooms: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The `trace_id` bloom filter of row group `rg`, read once.
+    async fn bloom(
+        &self,
+        builder: &mut ParquetRecordBatchStreamBuilder<ObjectReader>,
+        seg: &SegmentInfo,
+        rg: usize,
+        col: usize,
+    ) -> Result<CachedBloom, StorageError> {
+        let key = (seg.path.clone(), rg);
+        if let Some(b) = self.blooms.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(b);
+        }
+        let bloom = builder
+            .get_row_group_column_bloom_filter(rg, col)
+            .await?
+            .map(Arc::new);
+        if let Ok(mut cache) = self.blooms.lock() {
+            if cache.len() >= BLOOM_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, bloom.clone());
+        }
+        Ok(bloom)
     }
 
     fn object_reader(&self, seg: &SegmentInfo) -> ObjectReader {
@@ -365,6 +404,9 @@ impl SegmentReader {
     pub fn forget(&self, path: &str) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(path);
+        }
+        if let Ok(mut blooms) = self.blooms.lock() {
+            blooms.retain(|(p, _), _| p != path);
         }
     }
 
@@ -413,7 +455,7 @@ impl SegmentReader {
             };
             let pass = match candidates.is_empty() {
                 true => false,
-                false => match builder.get_row_group_column_bloom_filter(i, col).await? {
+                false => match self.bloom(&mut builder, seg, i, col).await? {
                     Some(bloom) => candidates.iter().any(|id| bloom.check(&id[..])),
                     None => true,
                 },
