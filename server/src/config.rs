@@ -174,6 +174,9 @@ pub struct ProvenanceSettings {
     #[serde(with = "humantime_serde")]
     pub flush_age: Duration,
     pub flush_rows: usize,
+    /// Rows a compacted derived segment holds: smaller segments are merged in the background
+    /// (0: never).
+    pub compact_rows: usize,
     /// (caller, callee, operation) signatures the learned class mapping holds at most.
     pub max_mapping_signatures: usize,
     /// Trace-class rules, first match wins (rules set with PUT /api/v1/classes come first).
@@ -207,6 +210,7 @@ impl Default for ProvenanceSettings {
             queue_depth: 4096,
             flush_age: Duration::from_secs(30),
             flush_rows: 100_000,
+            compact_rows: 500_000,
             max_mapping_signatures: meshtrace_provenance::mapping::DEFAULT_MAX_SIGNATURES,
             classes: Vec::new(),
             graph: GraphConfig::default(),

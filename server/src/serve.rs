@@ -18,7 +18,7 @@ use meshtrace_collector::receiver::{grpc, http, Ingest};
 use meshtrace_collector::wal::{FsyncPolicy, Wal, WalConfig};
 use meshtrace_collector::SpanSink;
 use meshtrace_model::Span;
-use meshtrace_storage::{Store, StoreConfig};
+use meshtrace_storage::{DerivedStore, Store, StoreConfig};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -377,8 +377,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         state.health.clone(),
         shutdown.clone(),
     )));
-    tasks.push(tokio::spawn(warm_graphs(
+    tasks.push(tokio::spawn(maintenance(
         state.queries.clone(),
+        opened.provenance.derived().clone(),
         shutdown.clone(),
     )));
     let node = match &opened.cluster {
@@ -469,14 +470,29 @@ async fn background(
     }
 }
 
-/// Keeps the service graph's per-minute rollups of the recent past ready, so that graph and
+/// Every 30 s: merges small derived segments (see `meshtrace_storage::derived`), then keeps
+/// the service graph's per-minute rollups of the recent past ready, so that graph and
 /// dependencies queries read few rows (see `meshtrace_query::graph_rollup`).
-async fn warm_graphs(queries: Queries, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn maintenance(
+    queries: Queries,
+    derived: DerivedStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+        }
+        tokio::select! {
+            // Cut short, a pass leaves at most files without a catalog row, removed at the
+            // next open (see the compaction's design note).
+            _ = shutdown.cancelled() => return Ok(()),
+            compacted = derived.compact() => {
+                if let Err(e) = compacted {
+                    tracing::warn!(error = %e, "could not compact derived segments");
+                }
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

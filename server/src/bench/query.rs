@@ -72,8 +72,19 @@ struct Measured {
     /// Peak resident set while filling and flushing, and while querying.
     fill_rss_mib: f64,
     query_rss_mib: f64,
-    /// Query name -> (p50, p99) in ms, in the order of [`queries`].
-    times: Vec<(String, f64, f64)>,
+    /// In the order of [`queries`].
+    times: Vec<Timed>,
+}
+
+/// What the runs of one query took.
+struct Timed {
+    name: &'static str,
+    /// Wall times (ms).
+    p50: f64,
+    p99: f64,
+    /// Per run: span segments a search read, row groups trace lookups read.
+    segments_searched: f64,
+    row_groups_read: f64,
 }
 
 pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
@@ -90,8 +101,8 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 "\ncost at {} spans over cost at {} ({scale:.1} times the data), p50:",
                 last.spans, first.spans
             );
-            for ((name, a, _), (_, b, _)) in first.times.iter().zip(&last.times) {
-                println!("  {name:<34} {:.2}", b / a);
+            for (a, b) in first.times.iter().zip(&last.times) {
+                println!("  {:<34} {:.2}", a.name, b.p50 / a.p50);
             }
         }
     }
@@ -110,10 +121,19 @@ fn print_one(m: &Measured) {
         m.fill_rss_mib,
         m.query_rss_mib
     );
-    println!("  {:<34} {:>10} {:>10}", "query", "p50 ms", "p99 ms");
-    for (name, p50, p99) in &m.times {
-        println!("  {name:<34} {p50:>10.1} {p99:>10.1}");
+    println!(
+        "  {:<34} {:>8} {:>8} {:>10} {:>10}",
+        "query", "p50 ms", "p99 ms", "segments", "row groups"
+    );
+    for t in &m.times {
+        println!(
+            "  {:<34} {:>8.1} {:>8.1} {:>10.1} {:>10.1}",
+            t.name, t.p50, t.p99, t.segments_searched, t.row_groups_read
+        );
     }
+    println!(
+        "  (segments: span segments a search scanned; row groups: read by trace lookups; per run)"
+    );
 }
 
 /// Starts a server on a fresh directory, fills it with `count` spans, times the queries.
@@ -145,8 +165,10 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
     let client = reqwest::Client::new();
     let base = format!("http://{http}");
     let mut times = Vec::new();
+    let store = running.opened.store.clone();
     for q in queries(end_ns, range_ns) {
         let mut ms = Vec::with_capacity(args.runs);
+        let before = store.stats();
         for run in 0..args.runs.max(1) {
             let req = match &q.kind {
                 Kind::Get(path) => client.get(format!("{base}{path}")),
@@ -170,7 +192,18 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
             );
         }
         ms.sort_by(f64::total_cmp);
-        times.push((q.name.to_string(), quantile(&ms, 0.5), quantile(&ms, 0.99)));
+        let after = store.stats();
+        let per_run = |a: u64, b: u64| (a - b) as f64 / ms.len() as f64;
+        times.push(Timed {
+            name: q.name,
+            p50: quantile(&ms, 0.5),
+            p99: quantile(&ms, 0.99),
+            segments_searched: per_run(
+                after.search_segments_scanned,
+                before.search_segments_scanned,
+            ),
+            row_groups_read: per_run(after.row_groups_read, before.row_groups_read),
+        });
     }
     let query_rss_mib = peak_rss_kib() as f64 / 1024.0;
     running.stop().await?;

@@ -160,6 +160,8 @@ impl Provenance {
             flush_max_age: settings.flush_age,
             retention,
             row_group_rows,
+            compact_rows: settings.compact_rows,
+            ..DerivedConfig::default()
         };
         let derived = DerivedStore::open(store, meshtrace_query::tables::tables(), cfg)
             .await

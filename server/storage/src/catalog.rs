@@ -525,6 +525,33 @@ impl Catalog {
         Ok(id)
     }
 
+    /// Commits a compacted derived segment in place of the segments it merged, in one
+    /// transaction; returns its id.
+    pub async fn replace_derived_segments(
+        &self,
+        seg: &DerivedSegment,
+        merged: &[i64],
+    ) -> Result<i64, StorageError> {
+        const INSERT: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
+             max_start_ns, row_count, byte_size, created_at_ns) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        const DELETE: &str = "DELETE FROM derived_segments WHERE id = $1";
+        let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
+        let id: i64 = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query(INSERT)
+                .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
+                .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
+                .fetch_one(&mut *tx).await?;
+            for id in merged {
+                sqlx::query(DELETE).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await.map_err(unknown)?;
+            row.try_get("id")?
+        });
+        Ok(id)
+    }
+
     /// Deletes the row of a derived-table segment (the caller deletes the file afterwards).
     pub async fn delete_derived_segment(&self, id: i64) -> Result<(), StorageError> {
         const SQL: &str = "DELETE FROM derived_segments WHERE id = $1";

@@ -29,6 +29,7 @@
 //! `repair`, which looks back from the newest segment's `created_at_ns`).
 //!
 //! Retention deletes whole segments whose newest `start_time` is older than the retention.
+//! Small segments are merged in the background ([`compact`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
+mod compact;
+
 pub use crate::catalog::DerivedSegment;
 use crate::catalog::SegmentTable;
 use crate::check::damaged_derived;
@@ -86,6 +89,10 @@ pub struct DerivedConfig {
     pub flush_max_age: Duration,
     pub retention: Duration,
     pub row_group_rows: usize,
+    /// Rows a compacted segment holds (see [`compact`]); 0 turns compaction off.
+    pub compact_rows: usize,
+    /// How long the files of compacted segments stay for queries still reading them.
+    pub compact_grace: Duration,
 }
 
 impl Default for DerivedConfig {
@@ -95,6 +102,8 @@ impl Default for DerivedConfig {
             flush_max_age: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
             row_group_rows: 16_384,
+            compact_rows: 500_000,
+            compact_grace: Duration::from_secs(120),
         }
     }
 }
@@ -124,7 +133,7 @@ struct TableView {
 }
 
 #[derive(Debug)]
-struct TableState {
+pub(crate) struct TableState {
     name: String,
     schema: SchemaRef,
     view: RwLock<TableView>,
@@ -321,6 +330,32 @@ impl DerivedStore {
         t: &TableState,
         batches: Vec<RecordBatch>,
     ) -> Result<(), StorageError> {
+        let mut seg = self.put_segment(t, batches).await?;
+        let store = &self.inner.store.inner;
+        seg.id = match store.catalog.commit_derived_segment(&seg).await {
+            Ok(id) => id,
+            Err(e) => self.settle_failed_commit(&seg.path, e).await?,
+        };
+        let c = &self.inner.counters;
+        c.segments_written.fetch_add(1, Ordering::Relaxed);
+        c.rows_written
+            .fetch_add(seg.row_count as u64, Ordering::Relaxed);
+        c.bytes_written
+            .fetch_add(seg.byte_size as u64, Ordering::Relaxed);
+        tracing::debug!(table = %t.name, path = %seg.path, rows = seg.row_count, "derived segment committed");
+        let mut view = t.view();
+        view.segments.push(Arc::new(seg));
+        view.batches.retain(|p| !p.flushing);
+        Ok(())
+    }
+
+    /// Encodes `batches` (sorted by trace and version) into a new segment file, written and
+    /// synced; the returned row is not committed yet (its `id` is 0).
+    pub(crate) async fn put_segment(
+        &self,
+        t: &TableState,
+        batches: Vec<RecordBatch>,
+    ) -> Result<DerivedSegment, StorageError> {
         let (schema, rg) = (t.schema.clone(), self.inner.cfg.row_group_rows);
         let enc = tokio::task::spawn_blocking(move || encode(&schema, &batches, rg)).await??;
         let created = now_unix_nanos();
@@ -349,7 +384,7 @@ impl DerivedStore {
                 .await;
             return Err(e);
         }
-        let mut seg = DerivedSegment {
+        Ok(DerivedSegment {
             id: 0,
             table: t.name.clone(),
             path,
@@ -358,21 +393,7 @@ impl DerivedStore {
             row_count: enc.rows as i64,
             byte_size,
             created_at_ns: created,
-        };
-        seg.id = match store.catalog.commit_derived_segment(&seg).await {
-            Ok(id) => id,
-            Err(e) => self.settle_failed_commit(&seg.path, e).await?,
-        };
-        let c = &self.inner.counters;
-        c.segments_written.fetch_add(1, Ordering::Relaxed);
-        c.rows_written.fetch_add(enc.rows as u64, Ordering::Relaxed);
-        c.bytes_written
-            .fetch_add(byte_size as u64, Ordering::Relaxed);
-        tracing::debug!(table = %t.name, path = %seg.path, rows = enc.rows, "derived segment committed");
-        let mut view = t.view();
-        view.segments.push(Arc::new(seg));
-        view.batches.retain(|p| !p.flushing);
-        Ok(())
+        })
     }
 
     /// A derived segment whose commit failed: if nothing was sent (no connection), the file is
@@ -404,6 +425,7 @@ impl DerivedStore {
     /// Deletes every segment whose newest `start_time` is older than the retention; returns
     /// how many.
     pub async fn apply_retention(&self) -> Result<usize, StorageError> {
+        let _serial = self.inner.flush_lock.lock().await;
         let retention = i64::try_from(self.inner.cfg.retention.as_nanos()).unwrap_or(i64::MAX);
         let cutoff = now_unix_nanos().saturating_sub(retention);
         let store = &self.inner.store.inner;

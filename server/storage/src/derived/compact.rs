@@ -1,0 +1,204 @@
+//! Compaction of derived segments: the small segments each flush writes (one per table every
+//! `flush_age`) are merged in the background into segments of about `compact_rows` rows, so the
+//! file count of a table grows with its rows, not with the flushes.
+//!
+//! # Design
+//!
+//! A pass takes, per table, the oldest run of consecutive segments (in commit order, so in
+//! time) each under half of `compact_rows`, up to `compact_rows` rows, once the run holds at
+//! least half of that (or 32 segments, for a quiet mesh). It reads them whole, writes their
+//! rows as one segment sorted by trace and version (the flush's encoding), and commits in one
+//! catalog transaction the new row and the deletion of the old rows. Then, under the table's
+//! lock, the old segments are replaced by the new one in memory: a query snapshots the segment list under the same lock, so it reads
+//! either the old segments or the new one, never both and never neither. The rows do not
+//! change, so nothing the query layer rolled up goes stale.
+//!
+//! The old files are deleted `compact_grace` later, so that queries that snapshotted them
+//! before the swap can finish reading. A crash at any point loses nothing: before the commit
+//! the new file has no row and is removed at the next open (as any derived file without a
+//! row), after it the old files have none and are removed likewise. Passes are serialized with
+//! flushes and retention. In cluster mode (peers share the catalog and refresh their lists of
+//! each other's segments) derived segments are not compacted yet.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+
+use super::{DerivedSegment, DerivedStore, TableState};
+use crate::error::StorageError;
+use crate::object_reader::ObjectReader;
+
+impl DerivedStore {
+    /// One compaction pass over every table; returns how many segments were merged away.
+    pub async fn compact(&self) -> Result<usize, StorageError> {
+        let target = self.inner.cfg.compact_rows;
+        if target == 0 || self.inner.store.config().cluster_node.is_some() {
+            return Ok(0);
+        }
+        let _serial = self.inner.flush_lock.lock().await;
+        let mut merged = 0;
+        for t in &self.inner.tables {
+            let run = pick_run(&t.snapshot().0, target);
+            if run.len() >= 2 {
+                self.merge(t, &run).await?;
+                merged += run.len();
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Replaces `run` by one segment holding all its rows.
+    async fn merge(&self, t: &TableState, run: &[Arc<DerivedSegment>]) -> Result<(), StorageError> {
+        let mut batches = Vec::new();
+        for seg in run {
+            batches.extend(self.read_segment(seg).await?);
+        }
+        let mut seg = self.put_segment(t, batches).await?;
+        seg.created_at_ns = run
+            .iter()
+            .map(|s| s.created_at_ns)
+            .max()
+            .unwrap_or(seg.created_at_ns);
+        let old: Vec<i64> = run.iter().map(|s| s.id).collect();
+        let catalog = &self.inner.store.inner.catalog;
+        seg.id = match catalog.replace_derived_segments(&seg, &old).await {
+            Ok(id) => id,
+            Err(e) => {
+                // Rolled back, or unknown: either way the next open removes the file if it
+                // has no row.
+                if !matches!(e, StorageError::CommitOutcomeUnknown(_)) {
+                    self.inner
+                        .store
+                        .delete_failed(&ObjectPath::from(seg.path.as_str()))
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(table = %t.name, segments = run.len(), rows = seg.row_count, path = %seg.path, "derived segments compacted");
+        {
+            let mut view = t.view();
+            let at = view.segments.iter().position(|s| old.contains(&s.id));
+            view.segments.retain(|s| !old.contains(&s.id));
+            let at = at.unwrap_or(view.segments.len()).min(view.segments.len());
+            view.segments.insert(at, Arc::new(seg));
+        }
+        self.delete_later(run.iter().map(|s| s.path.clone()).collect());
+        Ok(())
+    }
+
+    /// Every row of one segment.
+    async fn read_segment(&self, seg: &DerivedSegment) -> Result<Vec<RecordBatch>, StorageError> {
+        let store = self.inner.store.inner.store.clone();
+        let size = u64::try_from(seg.byte_size).unwrap_or(0);
+        let reader = ObjectReader::new(store, ObjectPath::from(seg.path.as_str()), size);
+        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
+            .build()?;
+        Ok(stream.try_collect().await?)
+    }
+
+    /// Deletes the files of merged segments once queries that may still read them are done.
+    fn delete_later(&self, paths: Vec<String>) {
+        let (store, grace) = (
+            self.inner.store.inner.store.clone(),
+            self.inner.cfg.compact_grace,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            for p in paths {
+                match store.delete(&ObjectPath::from(p.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(path = %p, error = %e, "could not delete a compacted segment; the next start removes it")
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A run of this many small segments is merged even when it holds fewer than half of
+/// `compact_rows` rows (a quiet mesh flushes small segments).
+const MANY_SEGMENTS: usize = 32;
+
+/// The oldest run of consecutive small segments worth merging (see the module docs): one
+/// that holds at least half of `target` rows (its result is not small, so it is not merged
+/// again), or [`MANY_SEGMENTS`].
+fn pick_run(segments: &[Arc<DerivedSegment>], target: usize) -> Vec<Arc<DerivedSegment>> {
+    let rows_of = |s: &DerivedSegment| s.row_count.max(0) as usize;
+    let worth = |run: &[Arc<DerivedSegment>], rows: usize| {
+        run.len() >= 2 && (rows >= target / 2 || run.len() >= MANY_SEGMENTS)
+    };
+    let (mut run, mut rows): (Vec<Arc<DerivedSegment>>, usize) = (Vec::new(), 0);
+    for seg in segments {
+        if rows_of(seg) >= target / 2 {
+            if worth(&run, rows) {
+                return run;
+            }
+            (run, rows) = (Vec::new(), 0);
+            continue;
+        }
+        run.push(seg.clone());
+        rows += rows_of(seg);
+        if rows >= target || run.len() >= MANY_SEGMENTS {
+            return run;
+        }
+    }
+    if worth(&run, rows) {
+        run
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(id: i64, rows: i64) -> Arc<DerivedSegment> {
+        Arc::new(DerivedSegment {
+            id,
+            table: "t".into(),
+            path: format!("p{id}"),
+            min_start_ns: 0,
+            max_start_ns: 0,
+            row_count: rows,
+            byte_size: 1,
+            created_at_ns: id,
+        })
+    }
+
+    fn ids(run: Vec<Arc<DerivedSegment>>) -> Vec<i64> {
+        run.iter().map(|s| s.id).collect()
+    }
+
+    #[test]
+    fn runs_are_the_oldest_consecutive_small_segments_up_to_the_target() {
+        let list = [
+            seg(1, 600),
+            seg(2, 300),
+            seg(3, 300),
+            seg(4, 900),
+            seg(5, 100),
+        ];
+        assert_eq!(ids(pick_run(&list, 1000)), vec![2, 3]);
+        let list = [seg(1, 400), seg(2, 400), seg(3, 400), seg(4, 400)];
+        assert_eq!(ids(pick_run(&list, 1000)), vec![1, 2, 3]);
+        let lone = [seg(1, 100), seg(2, 900)];
+        assert!(
+            pick_run(&lone, 1000).is_empty(),
+            "one small segment alone is left"
+        );
+        // Too few rows to be worth a rewrite yet, unless there are many of them.
+        let few = [seg(1, 100), seg(2, 100), seg(3, 900), seg(4, 10)];
+        assert!(pick_run(&few, 1000).is_empty());
+        let many: Vec<_> = (0..40).map(|i| seg(i, 1)).collect();
+        assert_eq!(pick_run(&many, 1000).len(), MANY_SEGMENTS);
+        assert!(pick_run(&list, 0).is_empty(), "a target of 0 is off");
+    }
+}
