@@ -10,8 +10,6 @@
 //! first span count of the same run: the last table prints each query's cost at the largest
 //! count over its cost at the smallest.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use meshtrace_collector::decode::otlp;
+use meshtrace_query::tables::{CRITICAL_PATH, EDGES, TRACES};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 
@@ -206,8 +205,9 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
         });
     }
     let query_rss_mib = peak_rss_kib() as f64 / 1024.0;
+    let (files, span_bytes, derived_bytes) = stored_size(&running)?;
     running.stop().await?;
-    let (files, span_bytes, derived_bytes) = disk_usage(dir.path())?;
+    drop(dir);
     Ok(Measured {
         spans: stored,
         files,
@@ -360,32 +360,23 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(i).copied().unwrap_or(0.0)
 }
 
-/// Parquet files and bytes under `spans/` and under `derived/` of a data directory.
-fn disk_usage(dir: &Path) -> anyhow::Result<(usize, u64, u64)> {
-    fn walk(p: &Path, files: &mut usize, bytes: &mut u64) -> std::io::Result<()> {
-        for e in std::fs::read_dir(p)? {
-            let e = e?;
-            let meta = e.metadata()?;
-            if meta.is_dir() {
-                walk(&e.path(), files, bytes)?;
-            } else if e.path().extension().is_some_and(|x| x == "parquet") {
-                *files += 1;
-                *bytes += meta.len();
-            }
-        }
-        Ok(())
+/// The Parquet files the catalog holds (span and derived segments) and their bytes, span
+/// segments and derived segments apart. Files of compacted segments waiting for their grace
+/// period to end are not counted.
+fn stored_size(running: &crate::serve::Running) -> anyhow::Result<(usize, u64, u64)> {
+    let spans = running.opened.store.segments();
+    let mut files = spans.len();
+    let span_bytes = spans.iter().map(|s| s.byte_size.max(0) as u64).sum();
+    let mut derived_bytes = 0;
+    for table in [TRACES, EDGES, CRITICAL_PATH] {
+        let segments = running.opened.provenance.derived().segments(table)?;
+        files += segments.len();
+        derived_bytes += segments
+            .iter()
+            .map(|s| s.byte_size.max(0) as u64)
+            .sum::<u64>();
     }
-    let mut sizes = BTreeMap::new();
-    let mut files = 0;
-    for sub in ["spans", "derived"] {
-        let mut bytes = 0;
-        let p = dir.join(sub);
-        if p.exists() {
-            walk(&p, &mut files, &mut bytes)?;
-        }
-        sizes.insert(sub, bytes);
-    }
-    Ok((files, sizes["spans"], sizes["derived"]))
+    Ok((files, span_bytes, derived_bytes))
 }
 
 /// Peak resident set of this process (server and load generator) since the last reset, KiB.

@@ -37,8 +37,10 @@
 //! `duration_ns` use `BYTE_STREAM_SPLIT` without a dictionary (each byte plane compresses on
 //! its own: the high bytes of nearby timestamps are nearly constant); a split-block bloom
 //! filter on `trace_id` per row group; row groups of `row_group_rows` rows (16 384 by
-//! default), small enough that reading one for a trace lookup is cheap; chunk statistics on
-//! every column.
+//! default); data pages of at most [`PAGE_ROWS`] (4 096) rows, with per-page `trace_id` bounds
+//! in the page index, so a trace lookup decodes the pages holding its traces instead of whole
+//! row groups (it cost 1 % more bytes a span than one page per row group; 1 024-row pages
+//! cost 7 %); chunk statistics on every column.
 //!
 //! Measured on 50k generated Istio/Envoy spans (the `size` test, which prints a per-column
 //! breakdown): 36.7 bytes/span. `span_id` costs 8 bytes (random), `parent_span_id` about 6,
@@ -71,9 +73,9 @@
 //!
 //! A trace lookup visits every committed segment with its cached footer: row groups whose
 //! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter (read
-//! once, then cached) says "no";
-//! only the remaining row groups are fetched (ranged reads through the object store) and
-//! filtered to the ID. A search skips whole segments by the catalog's time range and service
+//! once, then cached) says "no"; in the remaining row groups only the pages whose `trace_id`
+//! bounds may hold the ID are fetched (ranged reads through the object store) and filtered to
+//! it. A search skips whole segments by the catalog's time range and service
 //! list, reads the rest newest first and stops once no unread segment can change the answer
 //! (`Store::find_traces`), skips row groups by `start_time` statistics, and evaluates service,
 //! operation, time and duration inside the Parquet reader (a `RowFilter`), then tags on the
@@ -112,12 +114,14 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use parquet::arrow::arrow_reader::{
     ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+    RowSelection, RowSelector,
 };
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::bloom_filter::Sbbf;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::RowGroupMetaData;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, RowGroupMetaData};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::{
     EnabledStatistics, WriterProperties, WriterPropertiesBuilder, WriterVersion,
 };
@@ -139,6 +143,9 @@ const METADATA_CACHE_MAX: usize = 4096;
 /// groups of some 130 million spans.
 const BLOOM_CACHE_MAX: usize = 8192;
 
+/// Rows a data page holds at most (see [`writer_properties`]).
+pub const PAGE_ROWS: usize = 4096;
+
 /// The writer settings of every segment (see the module docs).
 pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
     let col = |name: &str| ColumnPath::from(name);
@@ -147,7 +154,11 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)));
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        // Pages of at most PAGE_ROWS rows, and per-page `trace_id` bounds in the page index:
+        // a lookup then decodes the pages holding its traces, not whole row groups.
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_column_statistics_enabled(col("trace_id"), EnabledStatistics::Page);
     // A trace has several spans: a row group holds at most a quarter as many traces as rows.
     b = trace_id_bloom_filter(b, row_group_rows.max(16) / 4);
     for id in ["span_id", "parent_span_id"] {
@@ -420,7 +431,9 @@ impl SegmentReader {
             return Ok(m);
         }
         let mut reader = self.object_reader(seg);
-        let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await?;
+        // The page index where a segment has one (older segments do not).
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= METADATA_CACHE_MAX {
                 cache.clear();
@@ -470,7 +483,11 @@ impl SegmentReader {
         if keep.is_empty() {
             return Ok(outcome);
         }
-        let stream = builder.with_row_groups(keep).build()?;
+        let selection = pages_of(meta.metadata(), col, &keep, ids);
+        let stream = builder
+            .with_row_groups(keep)
+            .with_row_selection(selection)
+            .build()?;
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
         let filtered = batches
             .iter()
@@ -526,6 +543,53 @@ impl SegmentReader {
         }
         Ok(builder.build()?.try_collect().await?)
     }
+}
+
+/// The rows of the row groups `keep` (in order) on the `trace_id` pages whose page-index
+/// bounds may hold one of `ids`; a row group without a page index is selected whole.
+pub(crate) fn pages_of(
+    meta: &ParquetMetaData,
+    col: usize,
+    keep: &[usize],
+    ids: &BTreeSet<TraceId>,
+) -> RowSelection {
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    let mut push = |select: bool, rows: usize| match selectors.last_mut() {
+        Some(last) if last.skip != select => last.row_count += rows,
+        _ if rows > 0 => selectors.push(if select {
+            RowSelector::select(rows)
+        } else {
+            RowSelector::skip(rows)
+        }),
+        _ => {}
+    };
+    for &rg in keep {
+        let rows = usize::try_from(meta.row_group(rg).num_rows()).unwrap_or(0);
+        let pages = meta
+            .offset_index()
+            .and_then(|o| o.get(rg)?.get(col))
+            .map(|o| o.page_locations());
+        let bounds = match meta.column_index().and_then(|c| c.get(rg)?.get(col)) {
+            Some(ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(b)) => Some(b),
+            _ => None,
+        };
+        let (Some(pages), Some(bounds)) = (pages, bounds) else {
+            push(true, rows);
+            continue;
+        };
+        for (p, page) in pages.iter().enumerate() {
+            let first = usize::try_from(page.first_row_index).unwrap_or(0);
+            let end = pages
+                .get(p + 1)
+                .map_or(rows, |n| usize::try_from(n.first_row_index).unwrap_or(rows));
+            let hit = match (bounds.min_value(p), bounds.max_value(p)) {
+                (Some(min), Some(max)) => ids.iter().any(|id| &id[..] >= min && &id[..] <= max),
+                _ => true,
+            };
+            push(hit, end.saturating_sub(first));
+        }
+    }
+    RowSelection::from(selectors)
 }
 
 /// The top-level columns named (with every leaf of a nested one).
