@@ -9,8 +9,8 @@
 //! served from its rollup while the store says no derived row of that minute changed since the
 //! rollup was read ([`meshtrace_storage::touches`]: rows appended, segments removed, a peer's
 //! segments seen); everything else (partial minutes, minutes never read or gone stale) is read
-//! with SQL in as few contiguous ranges as possible, and the whole minutes read are kept as
-//! new rollups. The store's epoch is taken before the SQL snapshot, so a change racing the
+//! with SQL in as few contiguous ranges as possible (of at most 15 minutes each, which bounds
+//! a read's memory), and the whole minutes read are kept as new rollups. The store's epoch is taken before the SQL snapshot, so a change racing the
 //! read leaves the rollup stale, never wrong. Late traces touch the minutes they started in,
 //! which are then read again: rollups of settled minutes are exact.
 //!
@@ -232,12 +232,17 @@ pub(crate) fn ranges_to_read(
     let mut out: Vec<(i64, i64)> = Vec::new();
     for (a, b) in pieces {
         match out.last_mut() {
-            Some(last) if last.1 == a => last.1 = b,
+            Some(last) if last.1 == a && b - last.0 <= MAX_RANGE_NS => last.1 = b,
             _ => out.push((a, b)),
         }
     }
     out
 }
+
+/// A range read at once spans at most this long (15 minutes), so that the memory one read
+/// takes (each trace's latest derivation is chosen over its rows) stays bounded however long
+/// the window.
+const MAX_RANGE_NS: i64 = 15 * MINUTE_NS;
 
 /// The minute key rows of the minutes in `keep` go to; every other row goes to `REST`.
 pub(crate) const REST: i64 = i64::MIN;
@@ -271,6 +276,13 @@ mod tests {
         assert_eq!(
             ranges_to_read(1, 4 * M + 5, M, 3, &[2 * M, 3 * M]),
             vec![(1, M), (2 * M, 4 * M + 5)]
+        );
+        // A long run is read in ranges of at most 15 minutes.
+        let missing: Vec<i64> = (0..40).map(|m| m * M).collect();
+        let ranges = ranges_to_read(0, 40 * M, 0, 40, &missing);
+        assert_eq!(
+            ranges,
+            vec![(0, 15 * M), (15 * M, 30 * M), (30 * M, 40 * M)]
         );
         // All cached, aligned: nothing to read.
         assert!(ranges_to_read(0, 2 * M, 0, 2, &[]).is_empty());

@@ -2,13 +2,13 @@
 //! grows. For each span count a server is started on a fresh data directory and filled over
 //! OTLP gRPC (the real ingest path: write-ahead log, trace assembly, derived tables, Parquet
 //! segments) with mesh-shaped traces spread in time order over `--range` ending at the start
-//! of the fill. Once every trace is complete and flushed (and the server's background task
-//! has rolled the service graph up once), each query is sent `--runs` times over the query
-//! port's HTTP API, as the Jaeger UI sends it, and the p50/p99 wall times are printed with the
-//! data size, the Parquet file count, the process's peak RSS (filling, then querying) and the
-//! bytes on disk per span (span segments and derived segments apart). The baseline is the
-//! first span count of the same run: the last table prints each query's cost at the largest
-//! count over its cost at the smallest.
+//! of the fill. Once every trace is complete, flushed and compacted (and the server's
+//! background task has rolled the service graph up once), each query is sent `--runs` times
+//! over the query port's HTTP API, as the Jaeger UI sends it, and the p50/p99 wall times are
+//! printed with the data size, the Parquet file count, the process's peak RSS (filling, then
+//! querying) and the bytes on disk per span (span segments and derived segments apart). The
+//! baseline is the first span count of the same run: the last table prints each query's cost
+//! at the largest count over its cost at the smallest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,6 +159,9 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
     running.opened.store.flush().await?;
     running.opened.provenance.derived().flush().await?;
     let fill_rss_mib = peak_rss_kib() as f64 / 1024.0;
+    // Compacted as the server's background pass would leave it, so that no pass runs while
+    // the queries are timed.
+    while running.opened.provenance.derived().compact().await? > 0 {}
     tokio::time::sleep(Duration::from_secs(32)).await;
     reset_peak_rss();
     let client = reqwest::Client::new();
