@@ -124,7 +124,10 @@ impl Queries {
 
     /// Keeps the rollups of the settled recent past ready (a background task calls it).
     pub async fn warm_graphs(&self, now_ns: i64) -> Result<(), QueryError> {
-        let window = i64::try_from(WARM_WINDOW.as_nanos()).unwrap_or(i64::MAX);
+        // No more minutes than the cache holds, else each pass would evict what it read.
+        let window = i64::try_from(WARM_WINDOW.as_nanos())
+            .unwrap_or(i64::MAX)
+            .min(self.graphs.capacity_minutes().saturating_mul(MINUTE_NS));
         // The last two minutes still change with every completed trace.
         let end = minute_of(now_ns) - 2 * MINUTE_NS;
         let start = minute_of(end.saturating_sub(window));

@@ -16,7 +16,8 @@
 //!
 //! Rollups are estimated at about 2 KiB per edge (its latency sketch) and bounded by `[query]
 //! graph_cache_mib`; past it the oldest minutes go first. A background task keeps the last
-//! [`WARM_WINDOW`] rolled up, so a query finds settled minutes ready after a restart too.
+//! [`WARM_WINDOW`] rolled up (or as many minutes as fit), so a query finds settled minutes
+//! ready after a restart too.
 //!
 //! Each trace's latest derivation is chosen among its rows inside the range read (as a query
 //! of that range alone would): a trace derived again after late spans whose calls moved to
@@ -145,6 +146,19 @@ impl MinuteCache {
     /// How many minutes are rolled up.
     pub(crate) fn len(&self) -> usize {
         self.lock().minutes.len()
+    }
+
+    /// About how many minutes fit in the budget (nine tenths of it), judged by the minutes
+    /// held now; unbounded while nothing is held.
+    pub(crate) fn capacity_minutes(&self) -> i64 {
+        let state = self.lock();
+        match state.minutes.len() {
+            0 => i64::MAX,
+            n => {
+                let per_minute = (state.bytes / n).max(1);
+                i64::try_from(state.max_bytes / 10 * 9 / per_minute).unwrap_or(i64::MAX)
+            }
+        }
     }
 
     pub(crate) fn enabled(&self) -> bool {

@@ -544,7 +544,13 @@ impl Catalog {
                 .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
                 .fetch_one(&mut *tx).await?;
             for id in merged {
-                sqlx::query(DELETE).bind(id).execute(&mut *tx).await?;
+                let deleted = sqlx::query(DELETE).bind(id).execute(&mut *tx).await?;
+                if deleted.rows_affected() != 1 {
+                    // Rolled back when `tx` is dropped: the merged rows are not all there.
+                    return Err(StorageError::InvalidArgument(format!(
+                        "derived segment {id} to be replaced is not in the catalog"
+                    )));
+                }
             }
             tx.commit().await.map_err(unknown)?;
             row.try_get("id")?

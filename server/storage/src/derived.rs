@@ -71,6 +71,7 @@ use crate::error::StorageError;
 use crate::layout::{sort_by_trace, trace_id_bloom_filter};
 use crate::store::Store;
 use crate::store::STORE_URL;
+use crate::touches::{minute_of, MINUTE_NS};
 
 /// The prefix under which every derived segment lives.
 pub const DERIVED_PREFIX: &str = "derived";
@@ -271,13 +272,17 @@ impl DerivedStore {
             )));
         }
         if batch.num_rows() > 0 {
-            let (min, max) = start_range(&batch)?;
-            self.inner.store.touch_derived(min, max);
+            let minutes = start_minutes(&batch)?;
             t.view().batches.push(Pending {
                 batch,
                 at: Instant::now(),
                 flushing: false,
             });
+            // After the rows are visible: a reader that took the epoch before this touch and
+            // missed the rows then sees its minutes changed.
+            for (first, last) in minutes {
+                self.inner.store.touch_derived(first, last);
+            }
         }
         Ok(())
     }
@@ -439,10 +444,11 @@ impl DerivedStore {
                 .collect();
             for seg in expired {
                 store.catalog.delete_derived_segment(seg.id).await?;
+                t.view().segments.retain(|s| s.id != seg.id);
+                // After the rows are gone (see `append`).
                 self.inner
                     .store
                     .touch_derived(seg.min_start_ns, seg.max_start_ns);
-                t.view().segments.retain(|s| s.id != seg.id);
                 match store
                     .store
                     .delete(&ObjectPath::from(seg.path.as_str()))
@@ -612,6 +618,25 @@ struct Encoded {
     rows: usize,
     min_start_ns: i64,
     max_start_ns: i64,
+}
+
+/// The minutes of a batch's `start_time`s as ranges of adjacent minutes, so that a batch
+/// with one old trace touches its minute, not every minute since.
+fn start_minutes(batch: &RecordBatch) -> Result<Vec<(i64, i64)>, StorageError> {
+    let start = batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?;
+    let minutes: std::collections::BTreeSet<i64> =
+        start.values().iter().map(|ns| minute_of(*ns)).collect();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for m in minutes {
+        match ranges.last_mut() {
+            Some(last) if last.1.checked_add(MINUTE_NS) == Some(m) => last.1 = m,
+            _ => ranges.push((m, m)),
+        }
+    }
+    Ok(ranges)
 }
 
 /// The smallest and largest `start_time` of a batch of a derived table.

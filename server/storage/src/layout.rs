@@ -138,9 +138,9 @@ pub const SEGMENT_PREFIX: &str = "spans";
 /// The metadata cache stops growing past this many segments (it is then cleared).
 const METADATA_CACHE_MAX: usize = 4096;
 
-/// The bloom filter cache stops growing past this many row groups (it is then cleared): about
-/// 5 KiB each at the default row group size, so at most about 40 MiB, enough for the row
-/// groups of some 130 million spans.
+/// The bloom filter cache stops growing past this many row groups (it is then cleared): 8 KiB
+/// each at the default row group size, so at most 64 MiB, enough for the row groups of some
+/// 130 million spans.
 const BLOOM_CACHE_MAX: usize = 8192;
 
 /// Rows a data page holds at most (see [`writer_properties`]).
@@ -363,6 +363,8 @@ pub(crate) struct LookupOutcome {
     pub batches: Option<Vec<RecordBatch>>,
     pub row_groups_pruned: usize,
     pub row_groups_read: usize,
+    /// Rows decoded from the row groups read (the pages that may hold the IDs).
+    pub rows_decoded: usize,
 }
 
 /// The `trace_id` bloom filter of one row group (`None`: the row group has none).
@@ -495,6 +497,7 @@ impl SegmentReader {
             .with_row_selection(selection)
             .build()?;
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        outcome.rows_decoded = batches.iter().map(RecordBatch::num_rows).sum();
         let filtered = batches
             .iter()
             .map(|b| filter_trace_ids(b, ids))
@@ -553,7 +556,7 @@ impl SegmentReader {
 
 /// The rows of the row groups `keep` (in order) on the `trace_id` pages whose page-index
 /// bounds may hold one of `ids`; a row group without a page index is selected whole.
-pub(crate) fn pages_of(
+fn pages_of(
     meta: &ParquetMetaData,
     col: usize,
     keep: &[usize],

@@ -62,8 +62,15 @@ impl AsyncFileReader for ObjectReader {
     ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>>> {
         async move {
             let size = self.size;
-            let metadata = ParquetMetaDataReader::new()
-                .with_metadata_options(options.map(|o| o.metadata_options().clone()))
+            let mut reader = ParquetMetaDataReader::new()
+                .with_metadata_options(options.map(|o| o.metadata_options().clone()));
+            // The page index policies the caller asked for (the reader's default skips it).
+            if let Some(o) = options {
+                reader = reader
+                    .with_column_index_policy(o.column_index_policy())
+                    .with_offset_index_policy(o.offset_index_policy());
+            }
+            let metadata = reader
                 .with_prefetch_hint(Some(FOOTER_HINT))
                 .load_and_finish(self, size)
                 .await?;

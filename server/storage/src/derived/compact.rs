@@ -16,9 +16,12 @@
 //! The old files are deleted `compact_grace` later, so that queries that snapshotted them
 //! before the swap can finish reading. A crash at any point loses nothing: before the commit
 //! the new file has no row and is removed at the next open (as any derived file without a
-//! row), after it the old files have none and are removed likewise. Passes are serialized with
-//! flushes and retention. In cluster mode (peers share the catalog and refresh their lists of
-//! each other's segments) derived segments are not compacted yet.
+//! row), after it the old files have none and are removed likewise. A commit whose outcome is
+//! unknown is looked up by path. Reading and writing the merged file take no lock; the commit
+//! and the swap hold the flush lock (as flushes and retention do) and happen only if every
+//! merged segment is still listed, and the commit deletes exactly their rows or rolls back. In
+//! cluster mode (peers share the catalog and refresh their lists of each other's segments)
+//! derived segments are not compacted yet.
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use super::{DerivedSegment, DerivedStore, TableState};
+use crate::catalog::SegmentTable;
 use crate::error::StorageError;
 use crate::object_reader::ObjectReader;
 
@@ -39,20 +43,25 @@ impl DerivedStore {
         if target == 0 || self.inner.store.config().cluster_node.is_some() {
             return Ok(0);
         }
-        let _serial = self.inner.flush_lock.lock().await;
         let mut merged = 0;
         for t in &self.inner.tables {
             let run = pick_run(&t.snapshot().0, target);
-            if run.len() >= 2 {
-                self.merge(t, &run).await?;
+            if run.len() >= 2 && self.merge(t, &run).await? {
                 merged += run.len();
             }
         }
         Ok(merged)
     }
 
-    /// Replaces `run` by one segment holding all its rows.
-    async fn merge(&self, t: &TableState, run: &[Arc<DerivedSegment>]) -> Result<(), StorageError> {
+    /// Replaces `run` by one segment holding all its rows; false when the run changed while
+    /// it was merged (retention, or another pass), and nothing was replaced.
+    async fn merge(
+        &self,
+        t: &TableState,
+        run: &[Arc<DerivedSegment>],
+    ) -> Result<bool, StorageError> {
+        // Reading, encoding and writing take no lock: flushes (the provenance task waits for
+        // them) go on meanwhile.
         let mut batches = Vec::new();
         for seg in run {
             batches.extend(self.read_segment(seg).await?);
@@ -64,20 +73,19 @@ impl DerivedStore {
             .max()
             .unwrap_or(seg.created_at_ns);
         let old: Vec<i64> = run.iter().map(|s| s.id).collect();
+        let _serial = self.inner.flush_lock.lock().await;
+        let listed = t.snapshot().0;
+        if !old.iter().all(|id| listed.iter().any(|s| s.id == *id)) {
+            self.inner
+                .store
+                .delete_failed(&ObjectPath::from(seg.path.as_str()))
+                .await;
+            return Ok(false);
+        }
         let catalog = &self.inner.store.inner.catalog;
         seg.id = match catalog.replace_derived_segments(&seg, &old).await {
             Ok(id) => id,
-            Err(e) => {
-                // Rolled back, or unknown: either way the next open removes the file if it
-                // has no row.
-                if !matches!(e, StorageError::CommitOutcomeUnknown(_)) {
-                    self.inner
-                        .store
-                        .delete_failed(&ObjectPath::from(seg.path.as_str()))
-                        .await;
-                }
-                return Err(e);
-            }
+            Err(e) => self.settle_failed_merge(&seg.path, e).await?,
         };
         tracing::info!(table = %t.name, segments = run.len(), rows = seg.row_count, path = %seg.path, "derived segments compacted");
         {
@@ -88,7 +96,31 @@ impl DerivedStore {
             view.segments.insert(at, Arc::new(seg));
         }
         self.delete_later(run.iter().map(|s| s.path.clone()).collect());
-        Ok(())
+        Ok(true)
+    }
+
+    /// A merge whose commit failed: rolled back (the file is deleted), or of unknown outcome,
+    /// looked up: if its row is there the merge happened (its id), if not the file is deleted;
+    /// if the catalog cannot be asked the file stays for the next open's orphan sweep.
+    async fn settle_failed_merge(&self, path: &str, e: StorageError) -> Result<i64, StorageError> {
+        let store = &self.inner.store;
+        if !matches!(e, StorageError::CommitOutcomeUnknown(_)) {
+            store.delete_failed(&ObjectPath::from(path)).await;
+            return Err(e);
+        }
+        match store
+            .inner
+            .catalog
+            .segment_id(SegmentTable::Derived, path)
+            .await
+        {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => {
+                store.delete_failed(&ObjectPath::from(path)).await;
+                Err(e)
+            }
+            Err(_) => Err(e),
+        }
     }
 
     /// Every row of one segment.

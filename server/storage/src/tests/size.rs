@@ -63,45 +63,30 @@ async fn realistic_mesh_spans_are_compact_on_disk() {
 }
 
 /// A trace lookup selects the pages whose `trace_id` bounds hold the ID: a few thousand rows
-/// of a row group, not all of it, and the trace is still whole.
+/// of a row group are decoded, not all of it, and the trace is still whole.
 #[tokio::test]
-async fn lookups_select_pages_not_row_groups() {
-    use parquet::file::serialized_reader::ReadOptionsBuilder;
+async fn lookups_decode_pages_not_row_groups() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let spans = mesh_traffic(7, 40_000, now_ns(), 2_000_000);
     store.append(1, &spans).unwrap();
     store.flush().await.unwrap();
-    let seg = &store.segments()[0];
-    let path = ObjectPath::from(seg.path.as_str());
-    let bytes = store
-        .object_store()
-        .get(&path)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let options = ReadOptionsBuilder::new().with_page_index().build();
-    let reader = SerializedFileReader::new_with_options(bytes, options).unwrap();
-    let meta = reader.metadata();
-    let col = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().string() == "trace_id")
-        .unwrap();
+    let seg = store.segments()[0].clone();
     let target = spans[spans.len() / 3].trace_id;
-    let groups: Vec<usize> = (0..meta.num_row_groups()).collect();
-    let selection = crate::layout::pages_of(meta, col, &groups, &[target].into());
-    let selected = selection.row_count();
-    let rows = usize::try_from(meta.row_group(0).num_rows()).unwrap();
-    assert!(meta.num_row_groups() >= 2 && rows > 2 * crate::layout::PAGE_ROWS);
+    let outcome = store
+        .inner
+        .reader
+        .lookup(&seg, &[target].into())
+        .await
+        .unwrap();
+    assert_eq!(outcome.row_groups_read, 1);
+    let decoded = outcome.rows_decoded;
     assert!(
-        selected > 0 && selected <= 2 * crate::layout::PAGE_ROWS,
-        "{selected} rows selected"
+        decoded > 0 && decoded <= 2 * crate::layout::PAGE_ROWS,
+        "{decoded} rows decoded for one trace"
     );
     let want = spans.iter().filter(|s| s.trace_id == target).count();
+    let found: usize = outcome.batches.unwrap().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(found, want);
     assert_eq!(store.trace(target).await.unwrap().len(), want);
 }
