@@ -159,6 +159,9 @@ macro_rules! on_pool {
     };
 }
 
+// The derived tables' segment rows (after `on_pool!`, which it uses).
+mod derived_rows;
+
 fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {
     i64::try_from(v).map_err(|_| StorageError::BadCatalogValue {
         what,
@@ -485,86 +488,6 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every committed segment of the derived tables, oldest first.
-    pub async fn derived_segments(&self) -> Result<Vec<DerivedSegment>, StorageError> {
-        const SQL: &str = "SELECT id, table_name, path, min_start_ns, max_start_ns, row_count, \
-             byte_size, created_at_ns FROM derived_segments ORDER BY id";
-        let mut out = Vec::new();
-        on_pool!(self, pool => {
-            for row in sqlx::query(SQL).fetch_all(pool).await? {
-                out.push(DerivedSegment {
-                    id: row.try_get("id")?,
-                    table: row.try_get("table_name")?,
-                    path: row.try_get("path")?,
-                    min_start_ns: row.try_get("min_start_ns")?,
-                    max_start_ns: row.try_get("max_start_ns")?,
-                    row_count: row.try_get("row_count")?,
-                    byte_size: row.try_get("byte_size")?,
-                    created_at_ns: row.try_get("created_at_ns")?,
-                });
-            }
-        });
-        Ok(out)
-    }
-
-    /// Commits the row of a derived-table segment; returns its id.
-    pub async fn commit_derived_segment(&self, seg: &DerivedSegment) -> Result<i64, StorageError> {
-        const SQL: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
-             max_start_ns, row_count, byte_size, created_at_ns) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
-        let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
-        let id: i64 = on_pool!(self, pool => {
-            // Failing to connect stores nothing; failing once the statement is sent may have.
-            let mut conn = pool.acquire().await?;
-            let row = sqlx::query(SQL)
-                .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
-                .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
-                .fetch_one(&mut *conn).await.map_err(unknown)?;
-            row.try_get("id")?
-        });
-        Ok(id)
-    }
-
-    /// Commits a compacted derived segment in place of the segments it merged, in one
-    /// transaction; returns its id.
-    pub async fn replace_derived_segments(
-        &self,
-        seg: &DerivedSegment,
-        merged: &[i64],
-    ) -> Result<i64, StorageError> {
-        const INSERT: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
-             max_start_ns, row_count, byte_size, created_at_ns) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
-        const DELETE: &str = "DELETE FROM derived_segments WHERE id = $1";
-        let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
-        let id: i64 = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let row = sqlx::query(INSERT)
-                .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
-                .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
-                .fetch_one(&mut *tx).await?;
-            for id in merged {
-                let deleted = sqlx::query(DELETE).bind(id).execute(&mut *tx).await?;
-                if deleted.rows_affected() != 1 {
-                    // Rolled back when `tx` is dropped: the merged rows are not all there.
-                    return Err(StorageError::InvalidArgument(format!(
-                        "derived segment {id} to be replaced is not in the catalog"
-                    )));
-                }
-            }
-            tx.commit().await.map_err(unknown)?;
-            row.try_get("id")?
-        });
-        Ok(id)
-    }
-
-    /// Deletes the row of a derived-table segment (the caller deletes the file afterwards).
-    pub async fn delete_derived_segment(&self, id: i64) -> Result<(), StorageError> {
-        const SQL: &str = "DELETE FROM derived_segments WHERE id = $1";
-        on_pool!(self, pool => { sqlx::query(SQL).bind(id).execute(pool).await?; });
-        Ok(())
-    }
-
     /// The stored trace-class rules (JSON documents), in order.
     pub async fn class_rules(&self) -> Result<Vec<String>, StorageError> {
         const SQL: &str = "SELECT rule FROM class_rules ORDER BY position";
@@ -785,6 +708,17 @@ impl Catalog {
 
     /// Closes the pool.
     pub async fn close(&self) {
+        if let Catalog::Sqlite(pool) = self {
+            // Folds SQLite's write-ahead file into catalog.db now, so the file alone is the
+            // catalog: the pool closes its connections on worker threads that a process
+            // exiting right after may not wait for (seen as a flaky restored-catalog test).
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(pool)
+                .await
+            {
+                tracing::warn!(error = %e, "could not fold the catalog's write-ahead file in");
+            }
+        }
         on_pool!(self, pool => pool.close().await)
     }
 }
