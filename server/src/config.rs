@@ -338,6 +338,37 @@ impl Default for WalSettings {
     }
 }
 
+/// A server started in-process on loopback (benchmarks, the experiment): its flags, every
+/// port a free one, and the OTLP gRPC and query ports among them.
+pub struct Loopback {
+    pub args: ServeArgs,
+    pub otlp_grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Loopback {
+    /// Serving `data_dir` on free loopback ports.
+    pub fn new(data_dir: &std::path::Path) -> anyhow::Result<Loopback> {
+        let free = || -> anyhow::Result<SocketAddr> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+        };
+        let (otlp_grpc, http) = (free()?, free()?);
+        let args = ServeArgs {
+            data_dir: Some(data_dir.to_path_buf()),
+            otlp_grpc_listen: Some(otlp_grpc),
+            otlp_http_listen: Some(free()?),
+            zipkin_listen: Some(free()?),
+            http_listen: Some(http),
+            ..Default::default()
+        };
+        Ok(Loopback {
+            args,
+            otlp_grpc,
+            http,
+        })
+    }
+}
+
 /// Flags (and `MESHTRACE_*` variables) that override the file; unset ones leave it alone.
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {

@@ -6,7 +6,6 @@
 //! `latency.svg` to the output directory.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use meshtrace_mesh::experiment::{
 };
 use meshtrace_mesh::{Endpoints, PriorityMode, Scenario};
 
-use crate::config::{Config, ServeArgs};
+use crate::config::{Config, Loopback, ServeArgs};
 
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
@@ -61,10 +60,6 @@ pub struct PriorityArgs {
     pub sweep: Vec<f64>,
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 /// A meshtrace server started for part of the experiment, with its temporary data dir.
 struct Instance {
     running: crate::serve::Running,
@@ -75,16 +70,12 @@ struct Instance {
 impl Instance {
     async fn start(budget_step: Duration) -> anyhow::Result<Instance> {
         let dir = tempfile::tempdir()?;
-        let (grpc, http) = (free_addr()?, free_addr()?);
+        let ports = Loopback::new(dir.path())?;
+        let (grpc, http) = (ports.otlp_grpc, ports.http);
         let serve = ServeArgs {
-            data_dir: Some(dir.path().to_path_buf()),
-            otlp_grpc_listen: Some(grpc),
-            otlp_http_listen: Some(free_addr()?),
-            zipkin_listen: Some(free_addr()?),
-            http_listen: Some(http),
             provenance_idle: Some(Duration::from_secs(1)),
             budget_step: Some(budget_step),
-            ..Default::default()
+            ..ports.args
         };
         let config = Config::load(&serve)?;
         let running = crate::serve::start(&config).await?;

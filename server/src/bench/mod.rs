@@ -12,7 +12,6 @@ mod payload;
 mod query;
 mod red;
 
-use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Config, ServeArgs};
+use crate::config::{Config, Loopback, ServeArgs};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -200,10 +199,6 @@ fn request(rng: &mut impl Rng, traces: usize) -> (ExportTraceServiceRequest, usi
     let spans: Vec<Span> = (0..traces).flat_map(|_| mesh_trace(rng, now)).collect();
     let n = spans.len();
     (otlp::to_request(&spans), n)
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 #[derive(Default)]
@@ -405,15 +400,11 @@ async fn run_once(args: &IngestArgs, off: Option<Feature>) -> anyhow::Result<Run
         ),
         None => {
             let dir = tempfile::tempdir()?;
-            let grpc = free_addr()?;
+            let ports = Loopback::new(dir.path())?;
+            let grpc = ports.otlp_grpc;
             let serve = ServeArgs {
-                data_dir: Some(dir.path().to_path_buf()),
-                otlp_grpc_listen: Some(grpc),
-                otlp_http_listen: Some(free_addr()?),
-                zipkin_listen: Some(free_addr()?),
-                http_listen: Some(free_addr()?),
                 no_fsync: args.no_fsync,
-                ..Default::default()
+                ..ports.args
             };
             let mut config = Config::load(&serve)?;
             match off {

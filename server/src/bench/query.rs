@@ -22,8 +22,8 @@ use meshtrace_query::tables::{CRITICAL_PATH, EDGES, TRACES};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 
-use super::{export, free_addr, mesh_trace, raw_client};
-use crate::config::{Config, ServeArgs};
+use super::{export, mesh_trace, raw_client};
+use crate::config::{Config, Loopback};
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -138,16 +138,9 @@ fn print_one(m: &Measured) {
 /// Starts a server on a fresh directory, fills it with `count` spans, times the queries.
 async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
-    let (grpc, http) = (free_addr()?, free_addr()?);
-    let serve = ServeArgs {
-        data_dir: Some(dir.path().to_path_buf()),
-        otlp_grpc_listen: Some(grpc),
-        otlp_http_listen: Some(free_addr()?),
-        zipkin_listen: Some(free_addr()?),
-        http_listen: Some(http),
-        ..Default::default()
-    };
-    let config = Config::load(&serve)?;
+    let ports = Loopback::new(dir.path())?;
+    let (grpc, http) = (ports.otlp_grpc, ports.http);
+    let config = Config::load(&ports.args)?;
     reset_peak_rss();
     let running = crate::serve::start(&config).await?;
     let end_ns = meshtrace_model::time::now_unix_nanos();
@@ -315,8 +308,10 @@ async fn fill(
                     .collect();
                 let n = spans.len() as u64;
                 sent.fetch_add(n, Ordering::Relaxed);
-                if rng.gen_ratio(1, 20) {
-                    if let Ok(mut ids) = ids.lock() {
+                // A sample of the IDs for trace-by-ID queries (the first request's always).
+                let keep = rng.gen_ratio(1, 20);
+                if let Ok(mut ids) = ids.lock() {
+                    if keep || ids.is_empty() {
                         ids.push(hex::encode(spans[0].trace_id));
                     }
                 }
