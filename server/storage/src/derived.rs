@@ -41,7 +41,7 @@ use meshtrace_model::time::now_unix_nanos;
 use arrow::compute::{max as arrow_max, min as arrow_min};
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampNanosecondType;
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, TimestampNanosecondArray};
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{MemTable, Session, TableProvider};
@@ -620,15 +620,30 @@ struct Encoded {
     max_start_ns: i64,
 }
 
+/// The `start_time` column of a batch of a derived table.
+fn start_column(batch: &RecordBatch) -> Result<&TimestampNanosecondArray, StorageError> {
+    Ok(batch
+        .column_by_name("start_time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?)
+}
+
 /// The minutes of a batch's `start_time`s as ranges of adjacent minutes, so that a batch
 /// with one old trace touches its minute, not every minute since.
 fn start_minutes(batch: &RecordBatch) -> Result<Vec<(i64, i64)>, StorageError> {
-    let start = batch
-        .column_by_name("start_time")
-        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-        .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?;
-    let minutes: std::collections::BTreeSet<i64> =
-        start.values().iter().map(|ns| minute_of(*ns)).collect();
+    let mut minutes = std::collections::BTreeSet::new();
+    let mut last = None;
+    for m in start_column(batch)?
+        .values()
+        .iter()
+        .map(|ns| minute_of(*ns))
+    {
+        // Rows of a batch mostly share a minute: only a new one costs a set insert.
+        if last != Some(m) {
+            minutes.insert(m);
+            last = Some(m);
+        }
+    }
     let mut ranges: Vec<(i64, i64)> = Vec::new();
     for m in minutes {
         match ranges.last_mut() {
@@ -641,10 +656,7 @@ fn start_minutes(batch: &RecordBatch) -> Result<Vec<(i64, i64)>, StorageError> {
 
 /// The smallest and largest `start_time` of a batch of a derived table.
 fn start_range(batch: &RecordBatch) -> Result<(i64, i64), StorageError> {
-    let start = batch
-        .column_by_name("start_time")
-        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-        .ok_or_else(|| ArrowError::SchemaError("start_time has the wrong type".into()))?;
+    let start = start_column(batch)?;
     Ok((
         arrow_min(start).unwrap_or_default(),
         arrow_max(start).unwrap_or_default(),

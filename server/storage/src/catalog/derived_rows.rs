@@ -6,6 +6,25 @@ use sqlx::Row;
 use super::{Catalog, DerivedSegment};
 use crate::error::StorageError;
 
+/// The INSERT of one segment row, returning its id.
+const INSERT: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
+     max_start_ns, row_count, byte_size, created_at_ns) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+
+/// [`INSERT`] with a segment's values bound (a macro: each catalog backend is its own type).
+macro_rules! insert_row {
+    ($seg:expr) => {
+        sqlx::query(INSERT)
+            .bind(&$seg.table)
+            .bind(&$seg.path)
+            .bind($seg.min_start_ns)
+            .bind($seg.max_start_ns)
+            .bind($seg.row_count)
+            .bind($seg.byte_size)
+            .bind($seg.created_at_ns)
+    };
+}
+
 impl Catalog {
     /// Every committed segment of the derived tables, oldest first.
     pub async fn derived_segments(&self) -> Result<Vec<DerivedSegment>, StorageError> {
@@ -31,17 +50,11 @@ impl Catalog {
 
     /// Commits the row of a derived-table segment; returns its id.
     pub async fn commit_derived_segment(&self, seg: &DerivedSegment) -> Result<i64, StorageError> {
-        const SQL: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
-             max_start_ns, row_count, byte_size, created_at_ns) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
         let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
         let id: i64 = on_pool!(self, pool => {
             // Failing to connect stores nothing; failing once the statement is sent may have.
             let mut conn = pool.acquire().await?;
-            let row = sqlx::query(SQL)
-                .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
-                .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
-                .fetch_one(&mut *conn).await.map_err(unknown)?;
+            let row = insert_row!(seg).fetch_one(&mut *conn).await.map_err(unknown)?;
             row.try_get("id")?
         });
         Ok(id)
@@ -54,17 +67,11 @@ impl Catalog {
         seg: &DerivedSegment,
         merged: &[i64],
     ) -> Result<i64, StorageError> {
-        const INSERT: &str = "INSERT INTO derived_segments (table_name, path, min_start_ns, \
-             max_start_ns, row_count, byte_size, created_at_ns) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
         const DELETE: &str = "DELETE FROM derived_segments WHERE id = $1";
         let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
         let id: i64 = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let row = sqlx::query(INSERT)
-                .bind(&seg.table).bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
-                .bind(seg.row_count).bind(seg.byte_size).bind(seg.created_at_ns)
-                .fetch_one(&mut *tx).await?;
+            let row = insert_row!(seg).fetch_one(&mut *tx).await?;
             for id in merged {
                 let deleted = sqlx::query(DELETE).bind(id).execute(&mut *tx).await?;
                 if deleted.rows_affected() != 1 {
