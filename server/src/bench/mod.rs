@@ -1,5 +1,5 @@
 //! `meshtrace bench ingest`: a load generator that sends realistic mesh-proxy spans over OTLP
-//! gRPC on several concurrent streams for a fixed time and reports durable (acknowledged)
+//! gRPC (or OTLP/HTTP JSON) on several concurrent streams for a fixed time and reports durable (acknowledged)
 //! spans per second, export latency, bytes per span on disk, and, measured in the same run, the
 //! spans per second of decoding the same payloads alone: the ceiling, so the ratio is
 //! meaningful on a noisy machine. The generator sends pre-encoded payloads ([`payload`]) so
@@ -12,6 +12,8 @@ mod payload;
 mod query;
 mod red;
 
+use payload::{Protocol, SendError, Sender};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,13 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use meshtrace_collector::decode::otlp;
+use meshtrace_collector::decode::{otlp, otlp_json};
 use meshtrace_collector::Limits;
 use meshtrace_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use prost::Message;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, Loopback, ServeArgs};
@@ -50,9 +49,14 @@ pub enum BenchWhat {
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// Load a running server's OTLP gRPC port instead of starting one
+    /// Load a running server's OTLP port (gRPC, or HTTP with `--protocol http-json`) instead
+    /// of starting one
     #[arg(long)]
     pub target: Option<String>,
+    /// How the load is sent: OTLP gRPC, or OTLP/HTTP with JSON bodies as the OpenTelemetry
+    /// SDKs' JSON exporters send them (the decode-only ceiling then decodes JSON)
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    pub protocol: Protocol,
     /// How long to measure, after the warm-up
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -207,55 +211,26 @@ struct Totals {
     errors: AtomicU64,
 }
 
-/// An export client that sends pre-encoded requests.
-async fn raw_client(
-    endpoint: &str,
-) -> anyhow::Result<tonic::client::Grpc<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {endpoint}"))?;
-    Ok(tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20))
-}
-
-async fn export(
-    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
-    body: bytes::Bytes,
-) -> Result<(), tonic::Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    );
-    client
-        .unary::<_, ExportTraceServiceResponse, _>(
-            tonic::Request::new(body),
-            path,
-            payload::RawCodec,
-        )
-        .await
-        .map(|_| ())
-}
-
 async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
     let totals = Arc::new(Totals::default());
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let t_pool = Instant::now();
     let mut pools = Vec::new();
     for _ in 0..args.streams {
-        let (n, traces) = (args.pool.max(1), args.traces_per_request);
+        let (n, traces, protocol) = (args.pool.max(1), args.traces_per_request, args.protocol);
         pools.push(tokio::task::spawn_blocking(move || {
             let mut rng = rand::rngs::StdRng::from_entropy();
             (0..n)
-                .map(|_| payload::Payload::new(&request(&mut rng, traces).0))
+                .map(|_| payload::Payload::new(&request(&mut rng, traces).0, protocol))
                 .collect::<Vec<_>>()
         }));
     }
     let mut streams = Vec::new();
     for pool in pools {
-        streams.push((raw_client(&endpoint).await?, pool.await?));
+        streams.push((
+            Sender::connect(&endpoint, args.protocol).await?,
+            pool.await?,
+        ));
     }
     tracing::info!(took = ?t_pool.elapsed(), "payloads encoded");
     let measure_from = tokio::time::Instant::now() + args.warmup;
@@ -270,16 +245,19 @@ async fn load(endpoint: String, args: &IngestArgs) -> anyhow::Result<Run> {
                 sent += 1;
                 let body = p.render(((stream as u64) << 40) | sent);
                 let t0 = Instant::now();
-                match export(&mut client, body).await {
+                match client.send(body).await {
                     Ok(()) => {
                         totals.spans.fetch_add(p.spans as u64, Ordering::Relaxed);
                         let us = t0.elapsed().as_micros() as u64;
                         let _ = hist.lock().map(|mut h| h.record(us.max(1)));
                     }
-                    Err(s) => {
+                    Err(e) => {
                         totals.errors.fetch_add(1, Ordering::Relaxed);
-                        if s.code() == tonic::Code::ResourceExhausted {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        match e {
+                            SendError::Busy => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            SendError::Failed(e) => tracing::debug!(error = %e, "export failed"),
                         }
                     }
                 }
@@ -331,7 +309,7 @@ async fn decode_only(args: &IngestArgs) -> anyhow::Result<f64> {
         (0..32)
             .map(|_| {
                 let (req, n) = request(&mut rng, args.traces_per_request);
-                (req.encode_to_vec(), n)
+                (args.protocol.encode(&req), n)
             })
             .collect(),
     );
@@ -341,13 +319,17 @@ async fn decode_only(args: &IngestArgs) -> anyhow::Result<f64> {
         .unwrap_or(2);
     let mut tasks = Vec::new();
     for _ in 0..threads {
-        let bodies = bodies.clone();
+        let (bodies, protocol) = (bodies.clone(), args.protocol);
         tasks.push(tokio::task::spawn_blocking(move || {
             let (start, mut spans, limits) = (Instant::now(), 0u64, Limits::default());
             let mut i = 0;
             while start.elapsed() < window {
                 let (body, _) = &bodies[i % bodies.len()];
-                if let Ok(batch) = otlp::decode_protobuf(body, &limits) {
+                let batch = match protocol {
+                    Protocol::Grpc => otlp::decode_protobuf(body, &limits),
+                    Protocol::HttpJson => otlp_json::decode(body, &limits),
+                };
+                if let Ok(batch) = batch {
                     spans += batch.spans.len() as u64;
                 }
                 i += 1;
@@ -401,7 +383,11 @@ async fn run_once(args: &IngestArgs, off: Option<Feature>) -> anyhow::Result<Run
         None => {
             let dir = tempfile::tempdir()?;
             let ports = Loopback::new(dir.path())?;
-            let grpc = ports.otlp_grpc;
+            let listen = match args.protocol {
+                Protocol::Grpc => Some(ports.otlp_grpc),
+                Protocol::HttpJson => ports.args.otlp_http_listen,
+            };
+            let listen = listen.context("no OTLP port")?;
             let serve = ServeArgs {
                 no_fsync: args.no_fsync,
                 ..ports.args
@@ -413,7 +399,7 @@ async fn run_once(args: &IngestArgs, off: Option<Feature>) -> anyhow::Result<Run
                 None => {}
             }
             let running = crate::serve::start(&config).await?;
-            (format!("http://{grpc}"), Some(running), Some(dir))
+            (format!("http://{listen}"), Some(running), Some(dir))
         }
     };
     let mut run = load(endpoint, args).await?;

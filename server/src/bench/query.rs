@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use meshtrace_collector::decode::otlp;
@@ -22,7 +21,8 @@ use meshtrace_query::tables::{CRITICAL_PATH, EDGES, TRACES};
 use prost::Message;
 use rand::{Rng, SeedableRng};
 
-use super::{export, mesh_trace, raw_client};
+use super::mesh_trace;
+use super::payload::{Protocol, SendError, Sender};
 use crate::config::{Config, Loopback};
 
 #[derive(Debug, Args)]
@@ -293,7 +293,7 @@ async fn fill(
     let ids = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for stream in 0..args.streams.max(1) {
-        let mut client = raw_client(endpoint).await?;
+        let mut client = Sender::connect(endpoint, Protocol::Grpc).await?;
         let (sent, acked, ids, bar) = (sent.clone(), acked.clone(), ids.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(stream as u64);
@@ -332,22 +332,12 @@ async fn fill(
 }
 
 /// Exports one request, waiting and trying again while the server sheds load.
-async fn export_retrying(
-    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
-    body: bytes::Bytes,
-) -> anyhow::Result<()> {
+async fn export_retrying(client: &mut Sender, body: bytes::Bytes) -> anyhow::Result<()> {
     for _ in 0..600 {
-        match export(client, body.clone()).await {
+        match client.send(body.clone()).await {
             Ok(()) => return Ok(()),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-                ) =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(s) => return Err(s).context("export"),
+            Err(SendError::Busy) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(SendError::Failed(e)) => anyhow::bail!("export: {e}"),
         }
     }
     anyhow::bail!("the server refused one request for a minute")

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::decode::otlp::tests::rich_span;
+use crate::RejectReason;
+use meshtrace_model::{AttrValue, KeyValue, SpanKind, StatusCode};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 
@@ -221,7 +223,8 @@ fn null_message_fields_read_as_absent() {
     let bad = json!({ "resourceSpans": [{ "scopeSpans": [{ "scope": 5, "spans": [] }] }] });
     let err = decode(&serde_json::to_vec(&bad).unwrap(), &Limits::default()).unwrap_err();
     assert!(
-        err.to_string().contains("scope must be an object, got"),
+        err.to_string()
+            .contains("resourceSpans[0].scopeSpans[0].scope: invalid type: integer `5`"),
         "{err}"
     );
 }
@@ -233,15 +236,26 @@ fn undecodable_bodies_are_invalid_argument() {
         other => panic!("want InvalidArgument, got {other:?}"),
     };
     assert!(msg(b"{not json").starts_with("invalid otlp json: "));
-    assert!(msg(b"[]").contains("must be an object"));
-    assert!(msg(br#"{"resourceSpans": 5}"#).contains("resourceSpans must be an array"));
+    assert!(msg(b"[]").contains("expected an OTLP/JSON object"));
+    let m = msg(br#"{"resourceSpans": 5}"#);
+    assert!(
+        m.contains("resourceSpans: invalid type: integer `5`"),
+        "{m}"
+    );
+    // The path of the field that failed, and what is wrong with it.
     let mut sp = base_span();
     sp["startTimeUnixNano"] = json!("soon");
     let m = msg(&one_span(sp));
+    let want = r#"resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano: "soon" is not"#;
+    assert!(m.contains(want), "{m}");
+    let mut sp = base_span();
+    sp["attributes"] = json!([{ "key": "http.status_code", "value": { "intValue": "x" } }]);
+    let m = msg(&one_span(sp));
     assert!(
-        m.contains("spans[0]") && m.contains("startTimeUnixNano"),
+        m.contains(r#"spans[0].attributes: attribute "http.status_code": intValue "x""#),
         "{m}"
     );
+    assert!(m.matches(" at line ").count() == 1, "one position: {m}");
 }
 
 #[test]
@@ -361,4 +375,44 @@ fn null_reads_as_the_default_of_any_field() {
     no_id["traceId"] = Value::Null;
     let batch = decode_ok(&one_span(no_id));
     assert_eq!(batch.rejected[0].reason, RejectReason::InvalidTraceId);
+}
+
+/// JSON objects have no field order: a resource written after its scopes and a scope after
+/// its spans give the same spans as the usual order; escaped IDs read as plain ones.
+#[test]
+fn resource_and_scope_after_their_spans() {
+    let span = r#"{"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708",
+        "name": "x", "startTimeUnixNano": "1000", "endTimeUnixNano": "3000"}"#;
+    let resource = r#"{"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}},
+        {"key": "host", "value": {"stringValue": "h1"}}]}"#;
+    let scope = r#"{"name": "lib", "version": "1"}"#;
+    let ordered = format!(
+        r#"{{"resourceSpans": [{{"resource": {resource}, "scopeSpans": [
+            {{"scope": {scope}, "spans": [{span}, {span}]}}, {{"spans": [{span}]}}]}}]}}"#
+    );
+    let shuffled = format!(
+        r#"{{"resourceSpans": [{{"scopeSpans": [{{"spans": [{span}, {span}], "scope": {scope}}},
+            {{"spans": [{span}]}}], "resource": {resource}}}]}}"#
+    );
+    let escaped = shuffled.replace(r#""0102030405060708""#, r#""\u00301020304050607\u00308""#);
+    let want = decode_ok(ordered.as_bytes());
+    assert_eq!(want.spans.len(), 3);
+    assert_eq!(want.spans[0].service_name, "svc");
+    assert_eq!(want.spans[0].scope_name, "lib");
+    assert_eq!(want.spans[2].scope_name, "");
+    assert_eq!(
+        want.spans[0].resource_attributes,
+        vec![KeyValue::string("host", "h1")]
+    );
+    for body in [shuffled, escaped] {
+        let got = decode_ok(body.as_bytes());
+        assert!(got.rejected.is_empty(), "{:?}", got.rejected);
+        assert_eq!(got.spans, want.spans, "{body}");
+    }
+    // A resource that never comes: the spans have none.
+    let none = format!(r#"{{"resourceSpans": [{{"scopeSpans": [{{"spans": [{span}]}}]}}]}}"#);
+    assert_eq!(
+        decode_ok(none.as_bytes()).spans[0].service_name,
+        "unknown_service"
+    );
 }
