@@ -179,6 +179,9 @@ pub struct ProvenanceSettings {
     pub compact_rows: usize,
     /// (caller, callee, operation) signatures the learned class mapping holds at most.
     pub max_mapping_signatures: usize,
+    /// A signature no complete trace has made for this long leaves the class mapping.
+    #[serde(with = "humantime_serde")]
+    pub mapping_max_age: Duration,
     /// Trace-class rules, first match wins (rules set with PUT /api/v1/classes come first).
     pub classes: Vec<ClassRule>,
     pub graph: GraphConfig,
@@ -212,6 +215,7 @@ impl Default for ProvenanceSettings {
             flush_rows: 100_000,
             compact_rows: 500_000,
             max_mapping_signatures: meshtrace_provenance::mapping::DEFAULT_MAX_SIGNATURES,
+            mapping_max_age: meshtrace_provenance::mapping::DEFAULT_MAX_AGE,
             classes: Vec::new(),
             graph: GraphConfig::default(),
         }

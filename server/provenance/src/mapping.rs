@@ -8,9 +8,13 @@
 //!
 //! Signatures are names clients chose, so the mapping holds at most
 //! [`ClassMapping::with_limit`] of them (default [`DEFAULT_MAX_SIGNATURES`]): a new signature
-//! past it is not learned, and counted ([`ClassMapping::refused`]).
+//! past it is not learned, and counted ([`ClassMapping::refused`]). Signatures age out: one no
+//! complete trace has made for the mapping's maximum age ([`ClassMapping::with_max_age`],
+//! default [`DEFAULT_MAX_AGE`]) is dropped by [`ClassMapping::expire`], so names a flood of
+//! made-up spans once filled it with make room again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -44,14 +48,27 @@ pub struct Learned {
 /// only the API lists them in order.
 #[derive(Clone, Debug)]
 pub struct ClassMapping {
-    counts: HashMap<Signature, BTreeMap<Name, u64>, foldhash::fast::RandomState>,
+    counts: HashMap<Signature, Counts, foldhash::fast::RandomState>,
     traces: u64,
     max_signatures: usize,
     refused: u64,
+    max_age: Duration,
+    expired: u64,
+}
+
+/// One signature's traces per class, and when a complete trace last made it.
+#[derive(Clone, Debug, Default)]
+struct Counts {
+    classes: BTreeMap<Name, u64>,
+    /// On the caller's clock (see [`ClassMapping::learn`]), in nanoseconds.
+    last_seen_ns: i64,
 }
 
 /// Signatures a mapping holds unless told otherwise.
 pub const DEFAULT_MAX_SIGNATURES: usize = 100_000;
+
+/// How long a signature no complete trace makes stays in a mapping, unless told otherwise.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 
 impl Default for ClassMapping {
     fn default() -> Self {
@@ -84,7 +101,42 @@ impl ClassMapping {
             traces: 0,
             max_signatures,
             refused: 0,
+            max_age: DEFAULT_MAX_AGE,
+            expired: 0,
         }
+    }
+
+    /// The same mapping, whose signatures unseen for `max_age` are dropped by
+    /// [`ClassMapping::expire`].
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Drops the signatures no complete trace has made since `now_ns - max_age` (same clock
+    /// as [`ClassMapping::learn`]); returns how many.
+    pub fn expire(&mut self, now_ns: i64) -> usize {
+        let age = i64::try_from(self.max_age.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now_ns.saturating_sub(age);
+        let before = self.counts.len();
+        self.counts.retain(|_, c| c.last_seen_ns >= cutoff);
+        let dropped = before - self.counts.len();
+        self.expired += dropped as u64;
+        dropped
+    }
+
+    /// Signatures dropped by [`ClassMapping::expire`] so far.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    /// Signatures held.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
     }
 
     /// Signatures of complete traces not learned because the mapping was full.
@@ -92,9 +144,11 @@ impl ClassMapping {
         self.refused
     }
 
-    /// Learns from one trace's rows; returns what it learned (to [`ClassMapping::forget`] it
-    /// if the trace is replaced), or None (learning nothing) for a partial trace.
-    pub fn learn(&mut self, d: &Derived) -> Option<Learned> {
+    /// Learns from one trace's rows at `now_ns` (any monotonic clock, the one
+    /// [`ClassMapping::expire`] is given); returns what it learned (to
+    /// [`ClassMapping::forget`] it if the trace is replaced), or None (learning nothing) for
+    /// a partial trace.
+    pub fn learn(&mut self, d: &Derived, now_ns: i64) -> Option<Learned> {
         if !d.trace.complete {
             return None;
         }
@@ -114,11 +168,12 @@ impl ClassMapping {
         });
         self.refused += (before - learned.signatures.len()) as u64;
         for sig in &learned.signatures {
-            let classes = self.counts.entry(sig.clone()).or_default();
-            match classes.get_mut(&learned.class) {
+            let counts = self.counts.entry(sig.clone()).or_default();
+            counts.last_seen_ns = counts.last_seen_ns.max(now_ns);
+            match counts.classes.get_mut(&learned.class) {
                 Some(n) => *n += 1,
                 None => {
-                    classes.insert(learned.class.clone(), 1);
+                    counts.classes.insert(learned.class.clone(), 1);
                 }
             }
         }
@@ -129,7 +184,8 @@ impl ClassMapping {
     /// Undoes an earlier [`ClassMapping::learn`].
     pub fn forget(&mut self, learned: &Learned) {
         for sig in &learned.signatures {
-            if let Some(classes) = self.counts.get_mut(sig) {
+            if let Some(counts) = self.counts.get_mut(sig) {
+                let classes = &mut counts.classes;
                 if let Some(n) = classes.get_mut(&learned.class) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -155,7 +211,8 @@ impl ClassMapping {
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sorted
             .into_iter()
-            .flat_map(|((caller, callee, operation), classes)| {
+            .flat_map(|((caller, callee, operation), counts)| {
+                let classes = &counts.classes;
                 let total: u64 = classes.values().sum();
                 classes.iter().map(move |(class, &count)| MappingEntry {
                     caller: caller.to_string(),
@@ -172,7 +229,7 @@ impl ClassMapping {
     /// The classes seen on one signature with their shares, most frequent first.
     pub fn classes_for(&self, caller: &str, callee: &str, operation: &str) -> Vec<(String, f64)> {
         let key: Signature = (caller.into(), callee.into(), operation.into());
-        let Some(classes) = self.counts.get(&key) else {
+        let Some(classes) = self.counts.get(&key).map(|c| &c.classes) else {
             return Vec::new();
         };
         let total: u64 = classes.values().sum();

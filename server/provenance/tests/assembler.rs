@@ -87,7 +87,7 @@ fn late_span_gives_exactly_one_replacement() {
     let first = a.poll_complete(5 * S);
     assert_eq!(first.len(), 1);
     let d1 = first[0].derive(&[], &graph);
-    let learned1 = mapping.learn(&d1).expect("a complete trace is learned");
+    let learned1 = mapping.learn(&d1, 0).expect("a complete trace is learned");
     // The root SERVER span was called by the virtual `user`; the client's call went
     // unanswered, so its callee is the virtual `unknown`.
     let pairs = |d: &meshtrace_provenance::Derived| -> Vec<(String, String)> {
@@ -127,7 +127,7 @@ fn late_span_gives_exactly_one_replacement() {
         "replaced, not duplicated"
     );
     mapping.forget(&learned1);
-    assert!(mapping.learn(&d2).is_some());
+    assert!(mapping.learn(&d2, 0).is_some());
     let entries = mapping.entries();
     let got: Vec<(&str, &str, &str, u64)> = entries
         .iter()

@@ -1,5 +1,5 @@
 //! The class mapping learned from derived rows: counts and shares per signature, partial
-//! traces ignored.
+//! traces ignored, signatures unseen for the maximum age dropped.
 
 use meshtrace_model::{KeyValue, Span, SpanKind};
 use meshtrace_provenance::{derive, ClassMapping};
@@ -29,14 +29,14 @@ fn shares_per_signature() {
     let mut m = ClassMapping::new();
     for (t, class) in [(1, "gold"), (2, "gold"), (3, "gold"), (4, "bronze")] {
         assert!(m
-            .learn(&derive(&call(t, class, "GET /items", false), &[]))
+            .learn(&derive(&call(t, class, "GET /items", false), &[]), 0)
             .is_some());
     }
     assert!(m
-        .learn(&derive(&call(5, "bronze", "POST /pay", false), &[]))
+        .learn(&derive(&call(5, "bronze", "POST /pay", false), &[]), 0)
         .is_some());
     assert!(
-        m.learn(&derive(&call(6, "gold", "POST /pay", true), &[]))
+        m.learn(&derive(&call(6, "gold", "POST /pay", true), &[]), 0)
             .is_none(),
         "partial: not learned"
     );
@@ -76,7 +76,10 @@ fn a_full_mapping_learns_no_new_signatures_and_forgets_cleanly() {
     let mut m = ClassMapping::with_limit(2);
     let mut learned = Vec::new();
     for (t, op) in [(1, "GET /a"), (2, "GET /b"), (3, "GET /c"), (4, "GET /a")] {
-        learned.push(m.learn(&derive(&call(t, "gold", op, false), &[])).unwrap());
+        learned.push(
+            m.learn(&derive(&call(t, "gold", op, false), &[]), 0)
+                .unwrap(),
+        );
     }
     let ops = |m: &ClassMapping| {
         m.entries()
@@ -94,4 +97,29 @@ fn a_full_mapping_learns_no_new_signatures_and_forgets_cleanly() {
     m.forget(&learned[1]);
     assert_eq!(ops(&m), ["GET /a"]);
     assert_eq!(m.entries()[0].count, 2);
+}
+
+/// A signature no complete trace has made for the mapping's maximum age is dropped; those
+/// seen since stay, and a dropped one is learned again when it comes back.
+#[test]
+fn signatures_age_out() {
+    const MIN: i64 = 60_000_000_000;
+    let flood = derive(&call(1, "gold", "made-up-7f3a", false), &[]);
+    let real = derive(&call(2, "gold", "GET /items", false), &[]);
+    let mut m = ClassMapping::new().with_max_age(std::time::Duration::from_secs(3600));
+    m.learn(&flood, 0).expect("learned");
+    m.learn(&real, 0).expect("learned");
+    m.learn(&real, 50 * MIN).expect("learned again");
+    let operations = |m: &ClassMapping| -> Vec<String> {
+        let mut ops: Vec<String> = m.entries().into_iter().map(|e| e.operation).collect();
+        ops.dedup();
+        ops
+    };
+    assert_eq!(operations(&m), ["GET /items", "made-up-7f3a"]);
+    assert_eq!(m.expire(59 * MIN), 0, "nothing is an hour old yet");
+    assert_eq!(m.expire(70 * MIN), 1, "the signature unseen for an hour");
+    assert_eq!(operations(&m), ["GET /items"]);
+    assert_eq!(m.expired(), 1);
+    m.learn(&flood, 71 * MIN).expect("learned anew");
+    assert_eq!(operations(&m), ["GET /items", "made-up-7f3a"]);
 }

@@ -111,7 +111,7 @@ fn round(
     for (version, c) in (1..).zip(done) {
         let derived = times.time(3, || c.derive(&[], &graph));
         times.time(4, || recorder.record(&derived, &c.tree, now));
-        times.time(5, || mapping.learn(&derived));
+        times.time(5, || mapping.learn(&derived, 0));
         times.time(6, || rows.push(derived, &c.tree, version, c.reason));
     }
     let batches = times.time(6, || rows.into_batches())?;

@@ -22,11 +22,13 @@ impl Collector for ProvenanceMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let shared = &self.0.feed.shared;
         let s = *shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
-        let refused = shared
-            .mapping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .refused();
+        let (refused, expired) = {
+            let mapping = shared
+                .mapping
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (mapping.refused(), mapping.expired())
+        };
         let d = self.0.derived.stats();
         let e = &mut e;
         let counters = [
@@ -79,6 +81,11 @@ impl Collector for ProvenanceMetrics {
                 "meshtrace_provenance_mapping_signatures_refused",
                 "call signatures not learned: the class mapping held max_mapping_signatures",
                 refused,
+            ),
+            (
+                "meshtrace_provenance_mapping_signatures_expired",
+                "call signatures dropped from the class mapping: unseen for mapping_max_age",
+                expired,
             ),
             (
                 "meshtrace_provenance_derived_segments_written",

@@ -171,7 +171,10 @@ impl Provenance {
             queue_dropped: AtomicU64::new(0),
             stats: Mutex::default(),
             open_traces: AtomicU64::new(0),
-            mapping: Mutex::new(ClassMapping::with_limit(settings.max_mapping_signatures)),
+            mapping: Mutex::new(
+                ClassMapping::with_limit(settings.max_mapping_signatures)
+                    .with_max_age(settings.mapping_max_age),
+            ),
             config_rules: settings.classes.clone(),
             catalog_rules: RwLock::new(parse_stored(stored)),
             graph: settings.graph.clone(),

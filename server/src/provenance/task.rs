@@ -239,6 +239,7 @@ impl Engine {
 
     /// Updates the class mapping, forgetting this trace's earlier rows if any.
     fn learn(&mut self, id: TraceId, d: &Derived) {
+        let now = self.now();
         let mut mapping = self
             .shared
             .mapping
@@ -247,11 +248,28 @@ impl Engine {
         if let Some(old) = self.recent.remove(&id) {
             mapping.forget(&old);
         }
-        if let Some(learned) = mapping.learn(d) {
+        if let Some(learned) = mapping.learn(d, now) {
             self.recent.insert(id, learned);
         }
         drop(mapping);
         self.seen.insert(id, ());
+    }
+
+    /// Drops the class mapping's signatures no complete trace made for its maximum age.
+    fn expire_mapping(&self, now: i64) {
+        let mut mapping = self
+            .shared
+            .mapping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dropped = mapping.expire(now);
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                held = mapping.len(),
+                "class mapping signatures aged out"
+            );
+        }
     }
 
     fn publish_stats(&self) {
@@ -315,6 +333,7 @@ pub(super) async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, stop: C
                 }
                 if last_retention.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                     last_retention = Some(Instant::now());
+                    engine.expire_mapping(now);
                     match engine.derived.apply_retention().await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(segments = n, "retention deleted derived segments"),
