@@ -5,7 +5,7 @@
 //! both at once and a flush swaps "batches in the buffer" for "segment in the list" in one
 //! step (see the protocol in [`crate::layout`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -212,6 +212,51 @@ impl Names {
         }
     }
 
+    /// Drops the names stored spans no longer hold and returns them: an operation whose
+    /// (service, name, kind) series `live` does not hold, unless its service is in `folded`
+    /// (its rollups counted some operations under the overflow name: all of its operations
+    /// are kept), and a service left without operations that `live` holds no series of.
+    /// Names not yet persisted are kept.
+    pub fn trim(
+        &mut self,
+        live: &HashSet<(String, String, String)>,
+        folded: &HashSet<String>,
+    ) -> NewNames {
+        let pending: HashSet<&String> = self.pending.services.iter().collect();
+        let pending_ops: HashSet<&(String, String, String)> =
+            self.pending.operations.iter().collect();
+        let mut removed = NewNames::default();
+        for (service, ops) in &mut self.operations {
+            if folded.contains(service) {
+                continue;
+            }
+            for (name, kinds) in ops.iter_mut() {
+                kinds.retain(|kind| {
+                    let series = (service.clone(), name.clone(), kind.clone());
+                    let keep = live.contains(&series) || pending_ops.contains(&series);
+                    if !keep {
+                        removed.operations.push(series);
+                    }
+                    keep
+                });
+            }
+            ops.retain(|_, kinds| !kinds.is_empty());
+        }
+        let with_series: HashSet<&str> = live.iter().map(|(s, _, _)| s.as_str()).collect();
+        self.operations.retain(|_, ops| !ops.is_empty());
+        let operations = &self.operations;
+        self.services.retain(|service| {
+            let keep = operations.contains_key(service)
+                || with_series.contains(service.as_str())
+                || pending.contains(service);
+            if !keep {
+                removed.services.push(service.clone());
+            }
+            keep
+        });
+        removed
+    }
+
     /// The names not yet persisted (the caller gives them back if the commit fails).
     pub fn take_pending(&mut self) -> NewNames {
         std::mem::take(&mut self.pending)
@@ -266,5 +311,53 @@ mod tests {
         names.observe([("svc-0", "op-0", SpanKind::Client)]);
         assert_eq!(names.operations("svc-0", None).len(), 4);
         assert_eq!(names.take_pending().services.len(), 2);
+    }
+
+    #[test]
+    fn trimming_keeps_live_folded_and_pending_names() {
+        let stored = NewNames {
+            services: ["gone", "live", "folded"].map(String::from).to_vec(),
+            operations: [
+                ("gone", "old", "server"),
+                ("live", "get", "server"),
+                ("live", "get", "client"),
+                ("live", "old", "server"),
+                ("folded", "rare", "server"),
+            ]
+            .map(|(s, o, k)| (s.to_string(), o.to_string(), k.to_string()))
+            .to_vec(),
+        };
+        let mut names = Names::from_catalog(stored, NameLimits::default());
+        names.observe([("fresh", "new", SpanKind::Server)]);
+        let series = |s: &str, o: &str, k: &str| (s.to_string(), o.to_string(), k.to_string());
+        let live: HashSet<_> = [
+            series("live", "get", "server"),
+            series("folded", "(other operations)", "server"),
+        ]
+        .into();
+        let folded: HashSet<String> = ["folded".to_string()].into();
+        let removed = names.trim(&live, &folded);
+        assert_eq!(removed.services, ["gone"]);
+        let mut ops = removed.operations;
+        ops.sort();
+        assert_eq!(
+            ops,
+            [
+                series("gone", "old", "server"),
+                series("live", "get", "client"),
+                series("live", "old", "server")
+            ]
+        );
+        assert_eq!(names.services(), ["folded", "fresh", "live"]);
+        assert_eq!(
+            names.operations("live", None),
+            [("get".to_string(), SpanKind::Server)]
+        );
+        assert_eq!(names.operations("folded", None).len(), 1);
+        assert_eq!(
+            names.operations("fresh", None).len(),
+            1,
+            "not yet persisted: kept"
+        );
     }
 }

@@ -159,8 +159,10 @@ macro_rules! on_pool {
     };
 }
 
-// The derived tables' segment rows (after `on_pool!`, which it uses).
+// The derived tables' segment rows and the name tables' trimming (after `on_pool!`, which
+// they use).
 mod derived_rows;
+mod names;
 
 fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {
     i64::try_from(v).map_err(|_| StorageError::BadCatalogValue {

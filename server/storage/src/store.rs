@@ -25,7 +25,7 @@ use crate::layout::{encode_segment, segment_path, SegmentReader};
 use crate::orphans::{self, Settled};
 use crate::ownership::Owned;
 use crate::pending::{Rebuild, Unresolved};
-use crate::rollup::{rollups_of, RollupFilter, Rollups};
+use crate::rollup::{rollups_of, RollupFilter, Rollups, OVERFLOW_OPERATION};
 use crate::sql_runtime::SqlRuntime;
 use crate::touches::Touches;
 use crate::{StoreConfig, StoreStats};
@@ -546,7 +546,53 @@ impl Store {
             self.write_view().damaged.retain(|d| d.id != seg.id);
             tracing::info!(path = %seg.path, "damaged segment expired");
         }
+        if !expired.is_empty() && self.inner.cfg.cluster_node.is_none() {
+            self.trim_names().await?;
+        }
         Ok(expired.len())
+    }
+
+    /// Drops the service and operation names no stored span holds any more, from the name
+    /// lists and the catalog: those the rollups of no committed segment and no buffered span
+    /// count. Run after retention deleted segments; not in cluster mode, where spans buffered
+    /// by peers hold names this node cannot see. Returns how many names went.
+    pub async fn trim_names(&self) -> Result<usize, StorageError> {
+        // No flush commits names meanwhile.
+        let _serial = self.inner.flush_lock.lock().await;
+        let mut live: HashSet<(String, String, String)> = self
+            .inner
+            .catalog
+            .rolled_up_series()
+            .await?
+            .into_iter()
+            .collect();
+        let batches = self.snapshot().batches;
+        let buffered = tokio::task::spawn_blocking(move || rollups_of(&batches, None)).await??;
+        live.extend(
+            buffered
+                .into_keys()
+                .map(|k| (k.service, k.operation, k.kind.as_str().to_string())),
+        );
+        let folded: HashSet<String> = live
+            .iter()
+            .filter(|(_, operation, _)| operation == OVERFLOW_OPERATION)
+            .map(|(service, _, _)| service.clone())
+            .collect();
+        let removed = lock(&self.inner.names).trim(&live, &folded);
+        let count = removed.services.len() + removed.operations.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = self.inner.catalog.delete_names(&removed).await {
+            lock(&self.inner.names).absorb(removed);
+            return Err(e);
+        }
+        tracing::info!(
+            services = removed.services.len(),
+            operations = removed.operations.len(),
+            "names no stored span holds any more were dropped"
+        );
+        Ok(count)
     }
 
     /// Segments that start before this are past retention (and may be deleted at any time).
