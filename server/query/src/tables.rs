@@ -9,6 +9,14 @@
 //! edge's `dimensions` (the service graph's extra dimensions, `client_<key>` and
 //! `server_<key>`) are null unless some are configured; segments written before the column
 //! existed read it as null.
+//!
+//! Derived rows do not repeat what the span rows hold, to keep them to a few bytes a span: an
+//! edge names only its client span (`client_span_id`: the server span is the one whose parent
+//! it is; null when the caller reported no span), its proxy/network overhead is
+//! `client_duration_ns - server_duration_ns`, and `critical_path` holds one row per trace and
+//! (service, operation) on the path, with the self time summed and the `spans` counted (the
+//! per-span path of one trace is `GET /api/v1/traces/{id}/provenance`). Segments written before
+//! that keep their extra columns on disk, unread; their `spans` read as null.
 
 use std::sync::{Arc, OnceLock};
 
@@ -20,7 +28,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use meshtrace_model::schema::timestamp_type;
 use meshtrace_model::SpanId;
-use meshtrace_provenance::{CompletionReason, Derived, EdgeRow, TraceTree};
+use meshtrace_provenance::{CompletionReason, CriticalPathRow, Derived, EdgeRow, Name, TraceTree};
 use meshtrace_storage::{DerivedTable, RecordBatch};
 
 pub const TRACES: &str = "traces";
@@ -76,10 +84,8 @@ fn edges_schema() -> SchemaRef {
             f("operation", Utf8, false),
             f("connection_type", Utf8, false),
             f("client_span_id", id8(), true),
-            f("server_span_id", id8(), true),
             f("client_duration_ns", Int64, true),
             f("server_duration_ns", Int64, true),
-            f("overhead_ns", Int64, true),
             f("status", Utf8, false),
             f("start_time", timestamp_type(), false),
             f("version", Int64, false),
@@ -118,10 +124,11 @@ fn critical_path_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             f("trace_id", id16(), false),
             f("class", Utf8, false),
-            f("span_id", id8(), false),
             f("service", Utf8, false),
             f("operation", Utf8, false),
             f("self_time_ns", Int64, false),
+            // Null in segments written before rows were summed per operation (one per span).
+            f("spans", Int64, true),
             f("start_time", timestamp_type(), false),
             f("version", Int64, false),
         ]))
@@ -270,10 +277,8 @@ impl Rows {
             text(&|r| &r.operation),
             text(&|r| r.connection_type.as_str()),
             opt_ids8(rows.iter().map(|r| r.1.client_span_id))?,
-            opt_ids8(rows.iter().map(|r| r.1.server_span_id))?,
             opt_int(&|r| r.client_duration_ns),
             opt_int(&|r| r.server_duration_ns),
-            opt_int(&|r| r.overhead_ns),
             text(&|r| r.status.as_str()),
             times(rows.iter().map(|r| r.2)),
             Arc::new(Int64Array::from_iter_values(
@@ -284,31 +289,66 @@ impl Rows {
         RecordBatch::try_new(edges_schema(), columns)
     }
 
+    /// One row per trace and (service, operation) on its critical path, in the order the
+    /// path first reaches it: the self time summed and the spans counted.
     fn critical_path_batch(&self) -> Result<RecordBatch, ArrowError> {
-        let rows: Vec<(&Entry, &meshtrace_provenance::CriticalPathRow)> = self
+        let rows: Vec<(&Entry, PathSum)> = self
             .entries
             .iter()
-            .flat_map(|e| e.derived.critical_path.iter().map(move |r| (e, r)))
+            .flat_map(|e| path_sums(&e.derived.critical_path).map(move |r| (e, r)))
             .collect();
-        let text = |g: &dyn Fn(&meshtrace_provenance::CriticalPathRow) -> &str| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(r.1))))
+        let text = |g: &dyn Fn(&PathSum) -> &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| g(&r.1))))
+        };
+        let int = |g: &dyn Fn(&(&Entry, PathSum)) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(g)))
         };
         let columns: Vec<ArrayRef> = vec![
-            ids16(rows.iter().map(|r| r.1.trace_id))?,
+            ids16(rows.iter().map(|r| r.0.derived.trace.trace_id))?,
             text(&|r| &r.class),
-            opt_ids8(rows.iter().map(|r| Some(r.1.span_id)))?,
             text(&|r| &r.service),
             text(&|r| &r.operation),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.1.self_time_ns),
-            )),
+            int(&|r| r.1.self_time_ns),
+            int(&|r| r.1.spans),
             times(rows.iter().map(|r| r.0.derived.trace.start_ns)),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.0.version),
-            )),
+            int(&|r| r.0.version),
         ];
         RecordBatch::try_new(critical_path_schema(), columns)
     }
+}
+
+/// A trace's critical path summed per (service, operation).
+struct PathSum {
+    class: Name,
+    service: Name,
+    operation: Name,
+    self_time_ns: i64,
+    spans: i64,
+}
+
+/// Sums the path's rows per (service, operation), in the order the path first reaches each
+/// (a trace's path holds a few dozen rows: a linear search is enough).
+fn path_sums(rows: &[CriticalPathRow]) -> impl Iterator<Item = PathSum> {
+    let mut sums: Vec<PathSum> = Vec::new();
+    for r in rows {
+        match sums
+            .iter_mut()
+            .find(|s| s.service == r.service && s.operation == r.operation)
+        {
+            Some(s) => {
+                s.self_time_ns += r.self_time_ns;
+                s.spans += 1;
+            }
+            None => sums.push(PathSum {
+                class: r.class.clone(),
+                service: r.service.clone(),
+                operation: r.operation.clone(),
+                self_time_ns: r.self_time_ns,
+                spans: 1,
+            }),
+        }
+    }
+    sums.into_iter()
 }
 
 /// The `dimensions` column: null for rows without extra dimensions.

@@ -22,10 +22,14 @@
 //! merged segment is still listed, and the commit deletes exactly their rows or rolls back. In
 //! cluster mode (peers share the catalog and refresh their lists of each other's segments)
 //! derived segments are not compacted yet.
+//!
+//! Segments written before a table's schema changed are merged in the schema of today
+//! ([`conform`]): columns it dropped are left out, nullable columns it added are null.
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{new_null_array, RecordBatch};
+use arrow_schema::{ArrowError, SchemaRef};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
@@ -64,7 +68,9 @@ impl DerivedStore {
         // them) go on meanwhile.
         let mut batches = Vec::new();
         for seg in run {
-            batches.extend(self.read_segment(seg).await?);
+            for batch in self.read_segment(seg).await? {
+                batches.push(conform(batch, &t.schema)?);
+            }
         }
         let mut seg = self.put_segment(t, batches).await?;
         seg.created_at_ns = run
@@ -123,7 +129,7 @@ impl DerivedStore {
         }
     }
 
-    /// Every row of one segment.
+    /// Every row of one segment, in the columns it was written with.
     async fn read_segment(&self, seg: &DerivedSegment) -> Result<Vec<RecordBatch>, StorageError> {
         let store = self.inner.store.inner.store.clone();
         let size = u64::try_from(seg.byte_size).unwrap_or(0);
@@ -186,6 +192,23 @@ fn pick_run(segments: &[Arc<DerivedSegment>], target: usize) -> Vec<Arc<DerivedS
     } else {
         Vec::new()
     }
+}
+
+/// A batch in `schema`'s columns: taken by name, null where the batch has none (a column added
+/// since it was written; refused unless nullable), the batch's other columns left out.
+pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 #[cfg(test)]

@@ -212,6 +212,69 @@ async fn compaction_merges_small_segments_without_gap_or_duplicate() {
     assert_eq!(rows(&store, versions).await, ["| 8 |"]);
 }
 
+/// A table whose schema changed (`class` dropped, a nullable `spans` added) reads its older
+/// segments and merges them with new ones in the schema of today.
+#[tokio::test]
+async fn segments_of_an_older_schema_are_read_and_merged_in_todays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let cfg = DerivedConfig {
+        flush_max_age: Duration::from_secs(3600),
+        compact_rows: 6,
+        compact_grace: Duration::from_millis(50),
+        ..DerivedConfig::default()
+    };
+    let old = DerivedTable {
+        name: "traces".into(),
+        schema: schema(),
+    };
+    let d = DerivedStore::open(&store, vec![old], cfg.clone())
+        .await
+        .unwrap();
+    let now = now_ns();
+    for i in 0..2u8 {
+        d.append("traces", batch(&[(i, "a", now, 1), (10 + i, "b", now, 1)]))
+            .unwrap();
+        d.flush().await.unwrap();
+    }
+    store.close().await;
+
+    let store = open(dir.path()).await;
+    let today: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new(
+            "start_time",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("version", DataType::Int64, false),
+        Field::new("spans", DataType::Int64, true),
+    ]));
+    let table = DerivedTable {
+        name: "traces".into(),
+        schema: today.clone(),
+    };
+    let d = DerivedStore::open(&store, vec![table], cfg).await.unwrap();
+    let new = RecordBatch::try_new(
+        today,
+        vec![
+            Arc::new(FixedSizeBinaryArray::try_from_iter([[20u8; 16]].into_iter()).unwrap()),
+            Arc::new(TimestampNanosecondArray::from_iter_values([now]).with_timezone("UTC")),
+            Arc::new(Int64Array::from_iter_values([1])),
+            Arc::new(Int64Array::from_iter_values([3])),
+        ],
+    )
+    .unwrap();
+    d.append("traces", new).unwrap();
+    d.flush().await.unwrap();
+    let q = "SELECT count(*), count(spans), sum(spans) FROM traces";
+    assert_eq!(rows(&store, q).await, ["| 5 | 1 | 3 |"]);
+    assert_eq!(d.compact().await.unwrap(), 3);
+    let segs = d.segments("traces").unwrap();
+    assert_eq!(segs.iter().map(|s| s.row_count).collect::<Vec<_>>(), [5]);
+    assert_eq!(rows(&store, q).await, ["| 5 | 1 | 3 |"]);
+}
+
 fn walk(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
