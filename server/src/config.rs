@@ -179,9 +179,13 @@ pub struct ProvenanceSettings {
     pub compact_rows: usize,
     /// (caller, callee, operation) signatures the learned class mapping holds at most.
     pub max_mapping_signatures: usize,
-    /// A signature no complete trace has made for this long leaves the class mapping.
+    /// A signature no complete trace has made for this long leaves the class mapping (and a
+    /// class no trace had leaves the `max_classes` count).
     #[serde(with = "humantime_serde")]
     pub mapping_max_age: Duration,
+    /// Distinct classes traces get besides those the rules name, `default` and `other`:
+    /// beyond, a claimed class is folded into `other`.
+    pub max_classes: usize,
     /// Trace-class rules, first match wins (rules set with PUT /api/v1/classes come first).
     pub classes: Vec<ClassRule>,
     pub graph: GraphConfig,
@@ -216,6 +220,7 @@ impl Default for ProvenanceSettings {
             compact_rows: 500_000,
             max_mapping_signatures: meshtrace_provenance::mapping::DEFAULT_MAX_SIGNATURES,
             mapping_max_age: meshtrace_provenance::mapping::DEFAULT_MAX_AGE,
+            max_classes: meshtrace_provenance::class_limit::DEFAULT_MAX_CLASSES,
             classes: Vec::new(),
             graph: GraphConfig::default(),
         }

@@ -293,3 +293,26 @@ def test_one_client_address_cannot_take_every_connection(server_factory, tmp_pat
             s.close()
     # Closed connections give their places back.
     eventually(lambda: served("127.0.0.1") or None, what="the address served again")
+
+
+def test_made_up_classes_fold_into_other_past_the_limit(server_factory, tmp_path):
+    """Forged `mesh.class` claims cannot grow the classes without bound: past `max_classes`
+    a claimed class is folded into `other` in the derived tables (and so in budgets, the
+    graph and the mapping), and counted."""
+    config = write_config(tmp_path, "[provenance]\nmax_classes = 3\n")
+    server = server_factory("--config", config, "--provenance-idle", "1s")
+    t = now_ns()
+    for i in range(10):
+        span = span_json(new_trace_id().hex(), "GET /", t, t + 1000, attrs={"mesh.class": f"forged-{i}"})
+        assert post_otlp_json(server, request_json("front", [span])).status_code == 200
+
+    def classes():
+        rows = server.api.sql_rows("SELECT class, count(*) AS n FROM traces GROUP BY class ORDER BY class")
+        assert sum(n for _, n in rows) == 10, rows
+        return rows
+
+    rows = eventually(classes, timeout=30, what="ten derived traces")
+    kept = [c for c, _ in rows if c != "other"]
+    assert len(kept) == 3 and all(c.startswith("forged-") for c in kept), rows
+    assert dict(rows)["other"] == 7
+    assert server.api.metric("meshtrace_provenance_classes_folded_total") == 7

@@ -100,6 +100,19 @@ pub struct Derived {
     pub counters: TreeCounters,
 }
 
+impl Derived {
+    /// Gives the trace and every row of it another class.
+    pub fn set_class(&mut self, class: Name) {
+        for e in &mut self.edges {
+            e.class = class.clone();
+        }
+        for r in &mut self.critical_path {
+            r.class = class.clone();
+        }
+        self.trace.class = class;
+    }
+}
+
 /// Builds the tree of one trace's spans and derives its rows.
 pub fn derive(spans: &[Span], rules: &[ClassRule]) -> Derived {
     derive_tree(&build_tree(spans), rules, &GraphConfig::default())

@@ -6,6 +6,7 @@
 //! - [`tree`]: one trace's spans as a tree (Zipkin shared spans, orphans, roots, clock skew);
 //! - [`critical_path`]: Jaeger UI's critical path and self times;
 //! - [`classes`]: trace classes from the entry span;
+//! - [`class_limit`]: a bound on the distinct classes traces get;
 //! - [`graph`]: calls and the OpenTelemetry-style service graph;
 //! - [`derive`]: the `traces`, `edges` and `critical_path` rows of one trace;
 //! - [`assembler`]: grouping arriving spans into complete traces, with bounded memory;
@@ -14,6 +15,7 @@
 //! - [`slim`]: turning received spans into slim ones, keeping only what is read.
 
 pub mod assembler;
+pub mod class_limit;
 pub mod classes;
 pub mod critical_path;
 pub mod derive;
@@ -26,6 +28,7 @@ pub mod tree;
 pub use assembler::{
     unique_spans, Assembler, AssemblerConfig, AssemblerStats, CompletedTrace, CompletionReason,
 };
+pub use class_limit::{ClassLimit, OTHER_CLASS};
 pub use classes::{classify, ClassRule, DEFAULT_CLASS};
 pub use critical_path::{critical_path, self_times, Section};
 pub use derive::{derive, derive_tree, CriticalPathRow, Derived, EdgeRow, TraceRow};

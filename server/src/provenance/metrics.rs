@@ -83,6 +83,11 @@ impl Collector for ProvenanceMetrics {
                 refused,
             ),
             (
+                "meshtrace_provenance_classes_folded",
+                "traces whose claimed class was folded into `other`: max_classes were in use",
+                shared.classes_folded.load(Ordering::Relaxed),
+            ),
+            (
                 "meshtrace_provenance_mapping_signatures_expired",
                 "call signatures dropped from the class mapping: unseen for mapping_max_age",
                 expired,

@@ -47,6 +47,8 @@ struct Shared {
     stats: Mutex<AssemblerStats>,
     open_traces: AtomicU64,
     mapping: Mutex<ClassMapping>,
+    /// Traces whose class was folded into `other` (see `ClassLimit`).
+    classes_folded: AtomicU64,
     config_rules: Vec<ClassRule>,
     catalog_rules: RwLock<Vec<ClassRule>>,
     graph: GraphConfig,
@@ -175,6 +177,7 @@ impl Provenance {
                 ClassMapping::with_limit(settings.max_mapping_signatures)
                     .with_max_age(settings.mapping_max_age),
             ),
+            classes_folded: AtomicU64::new(0),
             config_rules: settings.classes.clone(),
             catalog_rules: RwLock::new(parse_stored(stored)),
             graph: settings.graph.clone(),

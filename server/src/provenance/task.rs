@@ -12,13 +12,15 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use meshtrace_model::time::now_unix_nanos;
 use meshtrace_model::{Span, TraceId};
 use meshtrace_provenance::{
-    build_tree_slim, unique_spans, Assembler, CompletedTrace, Derived, Learned, SlimSpan,
+    build_tree_slim, unique_spans, Assembler, ClassLimit, CompletedTrace, Derived, Learned,
+    SlimSpan,
 };
 use meshtrace_storage::{DerivedStore, Store};
 use tokio::sync::mpsc;
@@ -90,6 +92,8 @@ pub(super) struct Engine {
     /// Completed trace IDs, to detect spans later than the assembler remembers.
     seen: Bounded<TraceId, ()>,
     last_version: i64,
+    /// The bound on distinct classes.
+    classes: ClassLimit,
 }
 
 impl Engine {
@@ -110,6 +114,7 @@ impl Engine {
             recent: Bounded::new(settings.max_open_traces),
             seen: Bounded::new(SEEN_CAP),
             last_version: 0,
+            classes: ClassLimit::new(settings.max_classes, settings.mapping_max_age),
         }
     }
 
@@ -166,8 +171,12 @@ impl Engine {
         let mut rows = Rows::default();
         let observer = self.shared.observer.clone();
         let wall = now_unix_nanos();
+        let now = self.now();
         for (first, c) in done {
-            let derived = c.derive(&rules, &graph);
+            let mut derived = c.derive(&rules, &graph);
+            if self.classes.apply(&mut derived, &rules, now) {
+                self.shared.classes_folded.fetch_add(1, Ordering::Relaxed);
+            }
             if let (Some(o), true) = (&observer, first) {
                 o.record(&derived, &c.tree, wall);
             }
@@ -255,8 +264,10 @@ impl Engine {
         self.seen.insert(id, ());
     }
 
-    /// Drops the class mapping's signatures no complete trace made for its maximum age.
-    fn expire_mapping(&self, now: i64) {
+    /// Drops the class mapping's signatures no complete trace made for its maximum age, and
+    /// the classes no trace had as long from the class count.
+    fn expire_mapping(&mut self, now: i64) {
+        self.classes.expire(now);
         let mut mapping = self
             .shared
             .mapping
@@ -278,10 +289,9 @@ impl Engine {
             .stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = self.assembler.stats();
-        self.shared.open_traces.store(
-            self.assembler.open_traces() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.shared
+            .open_traces
+            .store(self.assembler.open_traces() as u64, Ordering::Relaxed);
     }
 }
 
