@@ -11,12 +11,14 @@
 //! existed read it as null.
 //!
 //! Derived rows do not repeat what the span rows hold, to keep them to a few bytes a span: an
-//! edge names only its client span (`client_span_id`: the server span is the one whose parent
-//! it is; null when the caller reported no span), its proxy/network overhead is
+//! edge names its client span (`client_span_id`: the server span is the one whose parent it
+//! is), and its server span (`server_span_id`) only when the caller reported no span; its
+//! proxy/network overhead is
 //! `client_duration_ns - server_duration_ns`, and `critical_path` holds one row per trace and
 //! (service, operation) on the path, with the self time summed and the `spans` counted (the
 //! per-span path of one trace is `GET /api/v1/traces/{id}/provenance`). Segments written before
-//! that keep their extra columns on disk, unread; their `spans` read as null.
+//! that keep their extra columns on disk, unread; their `spans` read as null (each of their
+//! rows was one span: `coalesce(spans, 1)`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -84,6 +86,8 @@ fn edges_schema() -> SchemaRef {
             f("operation", Utf8, false),
             f("connection_type", Utf8, false),
             f("client_span_id", id8(), true),
+            // Only where `client_span_id` is null (the caller reported no span).
+            f("server_span_id", id8(), true),
             f("client_duration_ns", Int64, true),
             f("server_duration_ns", Int64, true),
             f("status", Utf8, false),
@@ -277,6 +281,10 @@ impl Rows {
             text(&|r| &r.operation),
             text(&|r| r.connection_type.as_str()),
             opt_ids8(rows.iter().map(|r| r.1.client_span_id))?,
+            opt_ids8(
+                rows.iter()
+                    .map(|r| r.1.server_span_id.filter(|_| r.1.client_span_id.is_none())),
+            )?,
             opt_int(&|r| r.client_duration_ns),
             opt_int(&|r| r.server_duration_ns),
             text(&|r| r.status.as_str()),

@@ -280,11 +280,20 @@ impl<'de> Visitor<'de> for Root<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let st = self.0;
+        // Spans are read from the first of `resourceSpans` (or an alias) and `result` that is
+        // not null; a key repeated or another alias after it is skipped.
+        let mut read = false;
         while let Some(key) = map.next_key::<Field>()? {
             st.path.field = key.name();
             match key {
-                Field::ResourceSpans => nullable(&mut map, Resources(st))?,
-                Field::Result => nullable(&mut map, Root(st))?,
+                Field::ResourceSpans if !read => {
+                    read = map
+                        .next_value_seed(Nullable(Resources(&mut *st)))?
+                        .is_some();
+                }
+                Field::Result if !read => {
+                    read = map.next_value_seed(Nullable(Root(&mut *st)))?.is_some();
+                }
                 _ => skip(&mut map)?,
             }
             st.path.field = "";
@@ -367,6 +376,7 @@ impl<'de> Visitor<'de> for ResourceSpans<'_, '_> {
         let (st, r) = (self.0, self.1);
         let mut base: Option<Base> = None;
         let mut early: Vec<Json> = Vec::new();
+        let mut scopes_read = false;
         let mut scopes = Scopes {
             r,
             index: 0,
@@ -375,17 +385,25 @@ impl<'de> Visitor<'de> for ResourceSpans<'_, '_> {
         while let Some(key) = map.next_key::<Field>()? {
             st.path.field = key.name();
             match key {
-                Field::Resource => {
+                // Only the first `resource` counts, and the first `scopeSpans` (or an alias)
+                // that is not null.
+                Field::Resource if base.is_none() => {
                     let attrs = nullable(&mut map, ResourceSeed)?;
                     let b = base.insert(Base::of_resource(attrs));
                     for raw in early.drain(..) {
                         scopes.read_raw(st, b, &raw).map_err(relocated)?;
                     }
                 }
-                Field::ScopeSpans => match &base {
-                    Some(b) => nullable(&mut map, ScopeList(st, b, &mut scopes))?,
+                Field::ScopeSpans if !scopes_read => match &base {
+                    Some(b) => {
+                        let seed = Nullable(ScopeList(st, b, &mut scopes));
+                        scopes_read = map.next_value_seed(seed)?.is_some();
+                    }
                     // Its resource is further on: read the scopes once it is known.
-                    None => early.extend(map.next_value::<Option<Json>>()?),
+                    None => {
+                        early.extend(map.next_value::<Option<Json>>()?);
+                        scopes_read = !early.is_empty();
+                    }
                 },
                 _ => skip(&mut map)?,
             }
@@ -468,10 +486,12 @@ impl<'de> Visitor<'de> for ScopeSpans<'_, '_, '_, '_> {
         let ScopeSpans(st, resource, scopes) = self;
         let mut base: Option<Base> = None;
         let mut early: Vec<Json> = Vec::new();
+        let mut spans_read = false;
         while let Some(key) = map.next_key::<Field>()? {
             st.path.field = key.name();
             match key {
-                Field::Scope => {
+                // Only the first `scope` counts, and the first `spans` that is not null.
+                Field::Scope if base.is_none() => {
                     let scope = nullable(&mut map, ScopeSeed)?;
                     let b = base.insert(Base {
                         scope_name: scope.0,
@@ -483,10 +503,17 @@ impl<'de> Visitor<'de> for ScopeSpans<'_, '_, '_, '_> {
                         read_spans_raw(st, b, scopes, &raw).map_err(relocated)?;
                     }
                 }
-                Field::Spans => match &base {
-                    Some(b) => nullable(&mut map, SpanList(st, b, scopes))?,
+                Field::Spans if !spans_read => match &base {
+                    Some(b) => {
+                        spans_read = map
+                            .next_value_seed(Nullable(SpanList(st, b, scopes)))?
+                            .is_some();
+                    }
                     // Its scope is further on: read the spans once it is known.
-                    None => early.extend(map.next_value::<Option<Json>>()?),
+                    None => {
+                        early.extend(map.next_value::<Option<Json>>()?);
+                        spans_read = !early.is_empty();
+                    }
                 },
                 _ => skip(&mut map)?,
             }

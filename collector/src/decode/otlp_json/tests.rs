@@ -416,3 +416,31 @@ fn resource_and_scope_after_their_spans() {
         "unknown_service"
     );
 }
+
+/// A field under two names (or twice) is read once: spans are not ingested twice, and `null`
+/// under one name does not erase the value under the other; enums written as floats read as
+/// their default.
+#[test]
+fn aliases_and_repeated_keys_are_read_once() {
+    let span = r#"{"traceId": "0102030405060708090a0b0c0d0e0f10", "trace_id": null,
+        "spanId": "0102030405060708", "name": "x", "kind": 2.0, "status": {"code": 1.0},
+        "startTimeUnixNano": "1000", "endTimeUnixNano": "3000"}"#;
+    let resource = format!(
+        r#"{{"scopeSpans": [{{"spans": [{span}]}}], "scope_spans": [{{"spans": [{span}]}}]}}"#
+    );
+    let body = format!(
+        r#"{{"resourceSpans": [{resource}], "batches": [{resource}], "result": {{"resourceSpans": [{resource}]}}}}"#
+    );
+    let batch = decode_ok(body.as_bytes());
+    assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+    assert_eq!(batch.spans.len(), 1, "one resource, one scope list");
+    let s = &batch.spans[0];
+    assert_eq!(s.trace_id_hex(), "0102030405060708090a0b0c0d0e0f10");
+    assert_eq!(
+        (s.kind, s.status_code),
+        (SpanKind::Unspecified, StatusCode::Unset)
+    );
+    // api_v3's wrapper alone is read.
+    let wrapped = format!(r#"{{"result": {{"resourceSpans": [{resource}]}}}}"#);
+    assert_eq!(decode_ok(wrapped.as_bytes()).spans.len(), 1);
+}

@@ -97,14 +97,15 @@ impl<'de> Visitor<'de> for SpanSeed<'_> {
         while let Some(key) = map.next_key::<Field>()? {
             self.0.field = key.name();
             match key {
-                Field::TraceId => s.ids[0] = nullable(&mut map, Id)?,
-                Field::SpanId => s.ids[1] = nullable(&mut map, Id)?,
-                Field::ParentSpanId => s.ids[2] = nullable(&mut map, Id)?,
-                Field::TraceState => s.trace_state = nullable(&mut map, Text)?,
+                // `null` under one name does not erase the value under the other.
+                Field::TraceId => set(&mut s.ids[0], map.next_value_seed(Nullable(Id))?),
+                Field::SpanId => set(&mut s.ids[1], map.next_value_seed(Nullable(Id))?),
+                Field::ParentSpanId => set(&mut s.ids[2], map.next_value_seed(Nullable(Id))?),
+                Field::TraceState => set(&mut s.trace_state, map.next_value_seed(Nullable(Text))?),
                 Field::Name => s.name = nullable(&mut map, Text)?,
                 Field::Kind => s.kind = nullable(&mut map, Kind)?,
-                Field::StartTime => s.start = nullable(&mut map, Unsigned)?,
-                Field::EndTime => s.end = nullable(&mut map, Unsigned)?,
+                Field::StartTime => set(&mut s.start, map.next_value_seed(Nullable(Unsigned))?),
+                Field::EndTime => set(&mut s.end, map.next_value_seed(Nullable(Unsigned))?),
                 Field::Status => s.status = nullable(&mut map, StatusSeed)?,
                 Field::Attributes => s.attributes = nullable(&mut map, KeyValues)?,
                 Field::Events => s.events = nullable(&mut map, Events)?,
@@ -114,6 +115,13 @@ impl<'de> Visitor<'de> for SpanSeed<'_> {
             self.0.field = "";
         }
         Ok(s)
+    }
+}
+
+/// Sets a field read under one of its names, unless it was `null` there.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
     }
 }
 
@@ -265,6 +273,9 @@ impl Visitor<'_> for Kind {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<SpanKind, E> {
         Ok(SpanKind::parse(v).unwrap_or_default())
     }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<SpanKind, E> {
+        Ok(SpanKind::default())
+    }
 }
 
 /// `status`: `code` (number or name) and `message`.
@@ -309,6 +320,9 @@ impl Visitor<'_> for Code {
         Ok(StatusCode::parse(
             v.strip_prefix("status_code_").unwrap_or(&v),
         ))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<StatusCode, E> {
+        Ok(StatusCode::Unset)
     }
 }
 
@@ -599,9 +613,9 @@ impl<'de> Visitor<'de> for LinkSeed {
         let (mut trace_state, mut attributes) = (String::new(), Vec::new());
         while let Some(key) = map.next_key::<Field>()? {
             match key {
-                Field::TraceId => trace = nullable(&mut map, Id)?,
-                Field::SpanId => span = nullable(&mut map, Id)?,
-                Field::TraceState => trace_state = nullable(&mut map, Text)?,
+                Field::TraceId => set(&mut trace, map.next_value_seed(Nullable(Id))?),
+                Field::SpanId => set(&mut span, map.next_value_seed(Nullable(Id))?),
+                Field::TraceState => set(&mut trace_state, map.next_value_seed(Nullable(Text))?),
                 Field::Attributes => attributes = nullable(&mut map, KeyValues)?,
                 _ => skip(&mut map)?,
             }
