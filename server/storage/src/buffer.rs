@@ -5,7 +5,7 @@
 //! both at once and a flush swaps "batches in the buffer" for "segment in the list" in one
 //! step (see the protocol in [`crate::layout`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -116,13 +116,15 @@ impl View {
     }
 }
 
-/// Service and operation names: all known ones, and those not yet in the catalog.
+/// Service and operation names: all known ones, when a span of each was last appended, and
+/// those not yet in the catalog.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
-    services: BTreeSet<String>,
-    /// service → operation name → kinds (as the catalog spells them). Nested so that a
-    /// known name is found from borrowed strings, without copying them.
-    operations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// service → when a span of it was last appended (unix ns).
+    services: BTreeMap<String, i64>,
+    /// service → operation name → kind (as the catalog spells it) → last appended. Nested
+    /// so that a known name is found from borrowed strings, without copying them.
+    operations: BTreeMap<String, BTreeMap<String, BTreeMap<String, i64>>>,
     pending: NewNames,
     limits: NameLimits,
     /// (services, operations) not indexed because the limits were reached.
@@ -147,34 +149,36 @@ impl Default for NameLimits {
 }
 
 impl Names {
-    /// Starts from the names the catalog already holds.
-    pub fn from_catalog(names: NewNames, limits: NameLimits) -> Names {
-        let mut operations: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-        for (service, name, kind) in names.operations {
-            let kinds = operations.entry(service).or_default().entry(name);
-            kinds.or_default().insert(kind);
-        }
-        Names {
-            services: names.services.into_iter().collect(),
-            operations,
-            pending: NewNames::default(),
+    /// Starts from the names the catalog already holds, as if last seen at `now_ns`.
+    pub fn from_catalog(names: NewNames, limits: NameLimits, now_ns: i64) -> Names {
+        let mut out = Names {
             limits,
-            refused: (0, 0),
-        }
+            ..Names::default()
+        };
+        out.absorb(names, now_ns);
+        out
     }
 
-    /// Adds names a peer committed to the catalog (cluster mode), bypassing the limits: the
-    /// peer applied them.
-    pub fn absorb(&mut self, names: NewNames) {
-        self.services.extend(names.services);
+    /// Adds names as seen at `now_ns`, bypassing the limits: names a peer committed to the
+    /// catalog (cluster mode, the peer applied them), or names given back after a failure.
+    pub fn absorb(&mut self, names: NewNames, now_ns: i64) {
+        for service in names.services {
+            let seen = self.services.entry(service).or_default();
+            *seen = (*seen).max(now_ns);
+        }
         for (service, name, kind) in names.operations {
             let kinds = self.operations.entry(service).or_default().entry(name);
-            kinds.or_default().insert(kind);
+            let seen = kinds.or_default().entry(kind).or_default();
+            *seen = (*seen).max(now_ns);
         }
     }
 
-    /// Records the (service, operation, kind) names of appended spans.
-    pub fn observe<'a>(&mut self, spans: impl IntoIterator<Item = (&'a str, &'a str, SpanKind)>) {
+    /// Records the (service, operation, kind) names of spans appended at `now_ns`.
+    pub fn observe<'a>(
+        &mut self,
+        spans: impl IntoIterator<Item = (&'a str, &'a str, SpanKind)>,
+        now_ns: i64,
+    ) {
         let mut last: Option<(&str, &str, SpanKind)> = None;
         for (service, name, kind) in spans {
             // Spans of a batch come grouped by resource: most repeat the one before.
@@ -182,58 +186,62 @@ impl Names {
                 continue;
             }
             last = Some((service, name, kind));
-            if !self.services.contains(service) {
-                if self.services.len() >= self.limits.max_services {
+            let full = self.services.len() >= self.limits.max_services;
+            match self.services.get_mut(service) {
+                Some(seen) => *seen = (*seen).max(now_ns),
+                None if full => {
                     self.refused.0 += 1;
                     continue;
                 }
-                self.services.insert(service.to_string());
-                self.pending.services.push(service.to_string());
+                None => {
+                    self.services.insert(service.to_string(), now_ns);
+                    self.pending.services.push(service.to_string());
+                }
+            }
+            let known = self
+                .operations
+                .get_mut(service)
+                .and_then(|ops| ops.get_mut(name))
+                .and_then(|kinds| kinds.get_mut(kind.as_str()));
+            if let Some(seen) = known {
+                *seen = (*seen).max(now_ns);
+                continue;
             }
             let ops = self.operations.get(service);
-            let known = ops
-                .and_then(|ops| ops.get(name))
-                .is_some_and(|kinds| kinds.contains(kind.as_str()));
             let new_name = ops.is_none_or(|ops| !ops.contains_key(name));
             let full = ops.is_some_and(|ops| ops.len() >= self.limits.max_operations_per_service);
             if new_name && full {
                 self.refused.1 += 1;
-            } else if !known {
-                let ops = self.operations.entry(service.to_string()).or_default();
-                let kinds = ops.entry(name.to_string()).or_default();
-                kinds.insert(kind.as_str().to_string());
-                let op = (
-                    service.to_string(),
-                    name.to_string(),
-                    kind.as_str().to_string(),
-                );
-                self.pending.operations.push(op);
+                continue;
             }
+            let ops = self.operations.entry(service.to_string()).or_default();
+            let kinds = ops.entry(name.to_string()).or_default();
+            kinds.insert(kind.as_str().to_string(), now_ns);
+            let op = (
+                service.to_string(),
+                name.to_string(),
+                kind.as_str().to_string(),
+            );
+            self.pending.operations.push(op);
         }
     }
 
-    /// Drops the names stored spans no longer hold and returns them: an operation whose
-    /// (service, name, kind) series `live` does not hold, unless its service is in `folded`
-    /// (its rollups counted some operations under the overflow name: all of its operations
-    /// are kept), and a service left without operations that `live` holds no series of.
-    /// Names not yet persisted are kept.
-    pub fn trim(
-        &mut self,
-        live: &HashSet<(String, String, String)>,
-        folded: &HashSet<String>,
-    ) -> NewNames {
+    /// Drops the names no span was appended with since `cutoff_ns` and returns them: an
+    /// operation (service, name, kind), and a service left without operations. Names not yet
+    /// persisted are kept.
+    pub fn trim(&mut self, cutoff_ns: i64) -> NewNames {
         let pending: HashSet<&String> = self.pending.services.iter().collect();
         let pending_ops: HashSet<&(String, String, String)> =
             self.pending.operations.iter().collect();
         let mut removed = NewNames::default();
         for (service, ops) in &mut self.operations {
-            if folded.contains(service) {
-                continue;
-            }
             for (name, kinds) in ops.iter_mut() {
-                kinds.retain(|kind| {
+                kinds.retain(|kind, seen| {
+                    if *seen >= cutoff_ns {
+                        return true;
+                    }
                     let series = (service.clone(), name.clone(), kind.clone());
-                    let keep = live.contains(&series) || pending_ops.contains(&series);
+                    let keep = pending_ops.contains(&series);
                     if !keep {
                         removed.operations.push(series);
                     }
@@ -242,13 +250,11 @@ impl Names {
             }
             ops.retain(|_, kinds| !kinds.is_empty());
         }
-        let with_series: HashSet<&str> = live.iter().map(|(s, _, _)| s.as_str()).collect();
         self.operations.retain(|_, ops| !ops.is_empty());
         let operations = &self.operations;
-        self.services.retain(|service| {
-            let keep = operations.contains_key(service)
-                || with_series.contains(service.as_str())
-                || pending.contains(service);
+        self.services.retain(|service, seen| {
+            let keep =
+                *seen >= cutoff_ns || operations.contains_key(service) || pending.contains(service);
             if !keep {
                 removed.services.push(service.clone());
             }
@@ -269,7 +275,7 @@ impl Names {
 
     /// All service names, sorted.
     pub fn services(&self) -> Vec<String> {
-        self.services.iter().cloned().collect()
+        self.services.keys().cloned().collect()
     }
 
     /// The operations of a service, sorted by name then kind, optionally of one kind only.
@@ -278,7 +284,7 @@ impl Names {
             return Vec::new();
         };
         ops.iter()
-            .flat_map(|(name, kinds)| kinds.iter().map(move |k| (name, k)))
+            .flat_map(|(name, kinds)| kinds.keys().map(move |k| (name, k)))
             .filter_map(|(name, k)| Some((name.clone(), SpanKind::parse(k)?)))
             .filter(|(_, k)| kind.is_none_or(|want| *k == want))
             .collect()
@@ -295,7 +301,7 @@ mod tests {
             max_services: 2,
             max_operations_per_service: 3,
         };
-        let mut names = Names::from_catalog(NewNames::default(), limits);
+        let mut names = Names::from_catalog(NewNames::default(), limits, 0);
         let made_up: Vec<(String, String)> = (0..10)
             .flat_map(|s| (0..10).map(move |o| (format!("svc-{s}"), format!("op-{o}"))))
             .collect();
@@ -303,61 +309,57 @@ mod tests {
             made_up
                 .iter()
                 .map(|(s, o)| (s.as_str(), o.as_str(), SpanKind::Server)),
+            0,
         );
         assert_eq!(names.services(), ["svc-0", "svc-1"]);
         assert_eq!(names.operations("svc-1", None).len(), 3);
         assert_eq!(names.refused, (80, 14));
         // A known operation under a new kind is still indexed.
-        names.observe([("svc-0", "op-0", SpanKind::Client)]);
+        names.observe([("svc-0", "op-0", SpanKind::Client)], 0);
         assert_eq!(names.operations("svc-0", None).len(), 4);
         assert_eq!(names.take_pending().services.len(), 2);
     }
 
     #[test]
-    fn trimming_keeps_live_folded_and_pending_names() {
+    fn names_unseen_since_the_cutoff_are_trimmed_unless_pending() {
         let stored = NewNames {
-            services: ["gone", "live", "folded"].map(String::from).to_vec(),
+            services: ["gone", "live"].map(String::from).to_vec(),
             operations: [
                 ("gone", "old", "server"),
                 ("live", "get", "server"),
-                ("live", "get", "client"),
                 ("live", "old", "server"),
-                ("folded", "rare", "server"),
             ]
             .map(|(s, o, k)| (s.to_string(), o.to_string(), k.to_string()))
             .to_vec(),
         };
-        let mut names = Names::from_catalog(stored, NameLimits::default());
-        names.observe([("fresh", "new", SpanKind::Server)]);
-        let series = |s: &str, o: &str, k: &str| (s.to_string(), o.to_string(), k.to_string());
-        let live: HashSet<_> = [
-            series("live", "get", "server"),
-            series("folded", "(other operations)", "server"),
-        ]
-        .into();
-        let folded: HashSet<String> = ["folded".to_string()].into();
-        let removed = names.trim(&live, &folded);
+        let mut names = Names::from_catalog(stored, NameLimits::default(), 100);
+        names.observe([("live", "get", SpanKind::Server)], 200);
+        names.observe([("live", "get", SpanKind::Client)], 50);
+        names.observe([("fresh", "new", SpanKind::Server)], 50);
+        let removed = names.trim(150);
         assert_eq!(removed.services, ["gone"]);
         let mut ops = removed.operations;
         ops.sort();
+        let series = |s: &str, o: &str, k: &str| (s.to_string(), o.to_string(), k.to_string());
         assert_eq!(
             ops,
             [
                 series("gone", "old", "server"),
-                series("live", "get", "client"),
                 series("live", "old", "server")
             ]
         );
-        assert_eq!(names.services(), ["folded", "fresh", "live"]);
         assert_eq!(
-            names.operations("live", None),
-            [("get".to_string(), SpanKind::Server)]
-        );
-        assert_eq!(names.operations("folded", None).len(), 1);
-        assert_eq!(
-            names.operations("fresh", None).len(),
-            1,
+            names.services(),
+            ["fresh", "live"],
             "not yet persisted: kept"
+        );
+        let live: Vec<_> = names.operations("live", None);
+        assert_eq!(live.len(), 2, "get as a server, and as a client (pending)");
+        assert!(names.take_pending().operations.len() == 2);
+        assert_eq!(
+            names.trim(150).services,
+            ["fresh"],
+            "once persisted, it goes"
         );
     }
 }

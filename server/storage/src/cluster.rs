@@ -136,7 +136,7 @@ impl Store {
         if batch.num_rows() == 0 {
             return Appended::New;
         }
-        lock(&self.inner.names).observe(names);
+        lock(&self.inner.names).observe(names, meshtrace_model::time::now_unix_nanos());
         self.write_view().batches.push(Buffered {
             seq,
             partition: Some(partition),
@@ -220,7 +220,7 @@ impl Store {
             .map(|s| known.get(&s.id).cloned().unwrap_or_else(|| Arc::new(s)))
             .collect();
         drop(view);
-        lock(&self.inner.names).absorb(names);
+        lock(&self.inner.names).absorb(names, meshtrace_model::time::now_unix_nanos());
         Ok(new)
     }
 }

@@ -2,7 +2,7 @@
 //! the checkpoint, the rollups and the counters. Queries live in `query.rs` and `sql.rs`.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -25,10 +25,16 @@ use crate::layout::{encode_segment, segment_path, SegmentReader};
 use crate::orphans::{self, Settled};
 use crate::ownership::Owned;
 use crate::pending::{Rebuild, Unresolved};
-use crate::rollup::{rollups_of, RollupFilter, Rollups, OVERFLOW_OPERATION};
+use crate::rollup::{rollups_of, RollupFilter, Rollups};
 use crate::sql_runtime::SqlRuntime;
 use crate::touches::Touches;
 use crate::{StoreConfig, StoreStats};
+
+/// How often retention trims the name lists.
+const NAMES_TRIM_EVERY_NS: i64 = 600_000_000_000;
+/// How much longer than the retention a name stays after its last span was appended (spans
+/// may be dated a little ahead of the clock).
+const NAMES_MARGIN_NS: i64 = 3_600_000_000_000;
 
 /// The span store. Cheap to clone; all clones share one state.
 #[derive(Clone, Debug)]
@@ -66,6 +72,8 @@ pub(crate) struct Inner {
     pub names: Mutex<Names>,
     pub reader: SegmentReader,
     pub flush_lock: tokio::sync::Mutex<()>,
+    /// When the name lists were last trimmed (unix ns; see [`Store::trim_names`]).
+    names_trimmed_at: AtomicI64,
     pub checkpoint: AtomicU64,
     pub counters: Counters,
     pub tables: Mutex<Vec<(String, Arc<dyn TableProvider>)>>,
@@ -159,7 +167,7 @@ impl Store {
             "span store opened"
         );
         let runtime = runtime(&store, cfg.sql.memory_bytes)?;
-        let names = Names::from_catalog(names, cfg.names);
+        let names = Names::from_catalog(names, cfg.names, now_unix_nanos());
         let sql_runtime = SqlRuntime::new(cfg.sql.clone())?;
         let inner = Inner {
             reader: SegmentReader::new(store.clone()),
@@ -173,6 +181,7 @@ impl Store {
             }),
             names: Mutex::new(names),
             flush_lock: tokio::sync::Mutex::new(()),
+            names_trimmed_at: AtomicI64::new(now_unix_nanos()),
             checkpoint: AtomicU64::new(checkpoint),
             counters: Counters::default(),
             tables: Mutex::new(Vec::new()),
@@ -273,7 +282,7 @@ impl Store {
             );
             return Ok(());
         }
-        lock(&self.inner.names).observe(names);
+        lock(&self.inner.names).observe(names, now_unix_nanos());
         self.buffer(wal_seq, batch);
         Ok(())
     }
@@ -546,52 +555,46 @@ impl Store {
             self.write_view().damaged.retain(|d| d.id != seg.id);
             tracing::info!(path = %seg.path, "damaged segment expired");
         }
-        if !expired.is_empty() && self.inner.cfg.cluster_node.is_none() {
-            self.trim_names().await?;
+        if self.inner.cfg.cluster_node.is_none() && self.names_trim_due() {
+            let cutoff = cutoff.saturating_sub(NAMES_MARGIN_NS);
+            match self.trim_names(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(names = n, "names no span had since the retention dropped"),
+                Err(e) => tracing::warn!(error = %e, "trimming the name lists failed"),
+            }
         }
         Ok(expired.len())
     }
 
-    /// Drops the service and operation names no stored span holds any more, from the name
-    /// lists and the catalog: those the rollups of no committed segment and no buffered span
-    /// count. Run after retention deleted segments; not in cluster mode, where spans buffered
-    /// by peers hold names this node cannot see. Returns how many names went.
-    pub async fn trim_names(&self) -> Result<usize, StorageError> {
-        // No flush commits names meanwhile.
+    /// Whether the name lists are due for [`Store::trim_names`] (every 10 minutes).
+    fn names_trim_due(&self) -> bool {
+        let now = now_unix_nanos();
+        let last = self.inner.names_trimmed_at.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= NAMES_TRIM_EVERY_NS
+            && self
+                .inner
+                .names_trimmed_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Drops the service and operation names no span was appended with since `cutoff_ns`
+    /// (names not yet persisted are kept), from the name lists and the catalog; retention
+    /// calls it with its cutoff less an hour, so a name leaves once the spans that carried it
+    /// are gone. Not in cluster mode, where peers append names this node does not see.
+    /// Returns how many names went.
+    pub async fn trim_names(&self, cutoff_ns: i64) -> Result<usize, StorageError> {
+        // No flush commits names between the trim and the catalog's deletion.
         let _serial = self.inner.flush_lock.lock().await;
-        let mut live: HashSet<(String, String, String)> = self
-            .inner
-            .catalog
-            .rolled_up_series()
-            .await?
-            .into_iter()
-            .collect();
-        let batches = self.snapshot().batches;
-        let buffered = tokio::task::spawn_blocking(move || rollups_of(&batches, None)).await??;
-        live.extend(
-            buffered
-                .into_keys()
-                .map(|k| (k.service, k.operation, k.kind.as_str().to_string())),
-        );
-        let folded: HashSet<String> = live
-            .iter()
-            .filter(|(_, operation, _)| operation == OVERFLOW_OPERATION)
-            .map(|(service, _, _)| service.clone())
-            .collect();
-        let removed = lock(&self.inner.names).trim(&live, &folded);
+        let removed = lock(&self.inner.names).trim(cutoff_ns);
         let count = removed.services.len() + removed.operations.len();
         if count == 0 {
             return Ok(0);
         }
         if let Err(e) = self.inner.catalog.delete_names(&removed).await {
-            lock(&self.inner.names).absorb(removed);
+            lock(&self.inner.names).absorb(removed, now_unix_nanos());
             return Err(e);
         }
-        tracing::info!(
-            services = removed.services.len(),
-            operations = removed.operations.len(),
-            "names no stored span holds any more were dropped"
-        );
         Ok(count)
     }
 
