@@ -1,8 +1,8 @@
 //! A bound on the distinct classes traces get. A class claimed on an entry span
 //! (`mesh.class`) is a name any sender may choose, and every class costs state downstream
 //! (budget windows and priorities per class, graph and mapping rows, a derived column's
-//! cardinality). Classes the rules name, [`DEFAULT_CLASS`] and [`OTHER_CLASS`] are always
-//! kept; other classes are kept while at most `max` of them were seen within `max_age`, and
+//! cardinality). Classes the rules name, those the caller keeps (classes with an objective
+//! or an override), [`DEFAULT_CLASS`] and [`OTHER_CLASS`] are always kept; other classes are kept while at most `max` of them were seen within `max_age`, and
 //! beyond that a trace's class folds into [`OTHER_CLASS`] (counted). A class no trace had for
 //! `max_age` leaves the count ([`ClassLimit::expire`]), so the room a flood took comes back.
 
@@ -43,12 +43,20 @@ impl ClassLimit {
 
     /// Gives `d` the class it may have at `now_ns` (any monotonic clock, the one
     /// [`ClassLimit::expire`] is given): its own, or [`OTHER_CLASS`] when the limit is full.
-    /// Returns whether it was folded.
-    pub fn apply(&mut self, d: &mut Derived, rules: &[ClassRule], now_ns: i64) -> bool {
+    /// A class the rules name or `kept` says yes to is always its own. Returns whether it was
+    /// folded.
+    pub fn apply(
+        &mut self,
+        d: &mut Derived,
+        rules: &[ClassRule],
+        kept: impl Fn(&str) -> bool,
+        now_ns: i64,
+    ) -> bool {
         let class = &d.trace.class;
         let always = &**class == DEFAULT_CLASS
             || &**class == OTHER_CLASS
-            || rules.iter().any(|r| *r.class == **class);
+            || rules.iter().any(|r| *r.class == **class)
+            || kept(class);
         if always {
             return false;
         }

@@ -48,31 +48,36 @@ fn claimed_classes_past_the_limit_fold_into_other() {
         service: Some("nowhere".into()),
         ..ClassRule::default()
     }];
+    // A class the caller keeps (one with an objective, say).
+    let kept = |class: &str| class == "interactive";
     let mut limit = ClassLimit::new(2, Duration::from_secs(3600));
     for (i, class) in ["a", "b", "a"].into_iter().enumerate() {
         let mut d = trace(i as u8 + 1, class);
-        assert!(!limit.apply(&mut d, &rules, 0), "{class} kept");
+        assert!(!limit.apply(&mut d, &rules, kept, 0), "{class} kept");
         assert_eq!(classes(&d), [class]);
     }
     let mut flood = trace(9, "made-up-1");
-    assert!(limit.apply(&mut flood, &rules, 0));
+    assert!(limit.apply(&mut flood, &rules, kept, 0));
     assert_eq!(
         classes(&flood),
         [OTHER_CLASS],
         "the trace and every row of it"
     );
     assert!(!flood.edges.is_empty());
-    // A class a rule names, and the default class, are always kept.
-    for class in ["gold", ""] {
+    // A class a rule names, one the caller keeps, and the default class are always kept.
+    for class in ["gold", "interactive", ""] {
         let mut d = trace(10, class);
-        assert!(!limit.apply(&mut d, &rules, 0));
+        assert!(!limit.apply(&mut d, &rules, kept, 0));
     }
     assert_eq!((limit.len(), limit.folded()), (2, 1));
 
     // "b" is seen again at 50 min; "a" is an hour old at 61 min and leaves.
-    assert!(!limit.apply(&mut trace(11, "b"), &rules, 50 * MIN));
+    assert!(!limit.apply(&mut trace(11, "b"), &rules, kept, 50 * MIN));
     assert_eq!(limit.expire(61 * MIN), 1);
     let mut late = trace(12, "made-up-2");
-    assert!(!limit.apply(&mut late, &rules, 61 * MIN), "room again");
+    assert!(
+        !limit.apply(&mut late, &rules, kept, 61 * MIN),
+        "room again"
+    );
     assert_eq!(classes(&late), ["made-up-2"]);
 }

@@ -78,6 +78,8 @@ struct Inner {
     store: Store,
     provenance: Provenance,
     obs: Arc<Mutex<Observations>>,
+    /// The classes with an objective or an override, shared with the [`Recorder`].
+    kept: Arc<RwLock<std::collections::BTreeSet<String>>>,
     catalog_objectives: RwLock<BTreeMap<String, Objective>>,
     overrides: RwLock<BTreeMap<String, u8>>,
     prioritizer: Mutex<Prioritizer>,
@@ -215,6 +217,7 @@ impl Priorities {
             store: store.clone(),
             provenance: provenance.clone(),
             obs: recorder.obs,
+            kept: recorder.kept,
             catalog_objectives: RwLock::new(catalog_objectives),
             overrides: RwLock::new(overrides),
             prioritizer: Mutex::new(Prioritizer::new(priority_config(settings))),
@@ -235,6 +238,7 @@ impl Priorities {
         let p = Priorities {
             inner: Arc::new(inner),
         };
+        p.refresh_kept();
         tokio::spawn(task::run(p.clone()));
         Ok(p)
     }
@@ -248,9 +252,23 @@ impl Priorities {
         &self.inner.settings
     }
 
-    /// Asks the task for an update now (after an objective or override change).
+    /// Asks the task for an update now (after an objective or override change), and
+    /// refreshes the classes provenance keeps.
     pub fn wake(&self) {
+        self.refresh_kept();
         self.inner.wake.notify_one();
+    }
+
+    /// Tells provenance (through the [`Recorder`]) which classes have an objective or an
+    /// override: those keep their class past `max_classes`.
+    fn refresh_kept(&self) {
+        let mut kept: std::collections::BTreeSet<String> = self.objectives().into_keys().collect();
+        kept.extend(self.overrides().into_keys());
+        *self
+            .inner
+            .kept
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = kept;
     }
 
     /// Cancelled when the server stops (long polls return at once).

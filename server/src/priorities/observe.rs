@@ -3,7 +3,8 @@
 //! hop's parent is its nearest ancestor on the critical path; a hop overlapping a sibling in
 //! time is a parallel branch of its parent's fan-out).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use meshtrace_budget::{HopSample, Observations};
 use meshtrace_provenance::{Derived, TraceTree};
@@ -14,6 +15,9 @@ use crate::provenance::TraceObserver;
 #[derive(Clone)]
 pub struct Recorder {
     pub(super) obs: Arc<Mutex<Observations>>,
+    /// The classes with an objective or an override (kept by [`super::Priorities`]): never
+    /// folded into `other` by provenance's class limit.
+    pub(super) kept: Arc<RwLock<BTreeSet<String>>>,
 }
 
 impl Recorder {
@@ -23,6 +27,7 @@ impl Recorder {
     pub fn new(window: meshtrace_budget::WindowConfig) -> Recorder {
         Recorder {
             obs: Arc::new(Mutex::new(Observations::new(window))),
+            kept: Arc::default(),
         }
     }
 }
@@ -63,6 +68,11 @@ impl TraceObserver for Recorder {
         let hops = hop_samples(d, tree);
         let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
         obs.record_trace(&d.trace.class, d.trace.duration_ns, &hops, now_ns);
+    }
+
+    fn keeps_class(&self, class: &str) -> bool {
+        let kept = self.kept.read().unwrap_or_else(PoisonError::into_inner);
+        kept.contains(class)
     }
 }
 

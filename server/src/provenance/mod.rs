@@ -62,6 +62,12 @@ struct Shared {
 /// and the wall-clock time (unix ns). The budgets engine records them this way.
 pub trait TraceObserver: Send + Sync {
     fn record(&self, derived: &Derived, tree: &TraceTree, now_ns: i64);
+
+    /// Whether traces of `class` keep it however many classes are in use (`max_classes`):
+    /// the budgets engine keeps the classes with an objective or an override.
+    fn keeps_class(&self, _class: &str) -> bool {
+        false
+    }
 }
 
 impl Shared {

@@ -174,7 +174,8 @@ impl Engine {
         let now = self.now();
         for (first, c) in done {
             let mut derived = c.derive(&rules, &graph);
-            if self.classes.apply(&mut derived, &rules, now) {
+            let kept = |class: &str| observer.as_ref().is_some_and(|o| o.keeps_class(class));
+            if self.classes.apply(&mut derived, &rules, kept, now) {
                 self.shared.classes_folded.fetch_add(1, Ordering::Relaxed);
             }
             if let (Some(o), true) = (&observer, first) {
