@@ -5,6 +5,9 @@
 //! or an override), [`DEFAULT_CLASS`] and [`OTHER_CLASS`] are always kept; other classes are kept while at most `max` of them were seen within `max_age`, and
 //! beyond that a trace's class folds into [`OTHER_CLASS`] (counted). A class no trace had for
 //! `max_age` leaves the count ([`ClassLimit::expire`]), so the room a flood took comes back.
+//! The limit applies where traces are derived (the derived tables, budgets, the graph and the
+//! mapping); the query API's on-the-fly classification of a trace's spans (open traces in
+//! search, a trace's provenance) still shows the class as claimed.
 
 use std::collections::HashMap;
 use std::time::Duration;

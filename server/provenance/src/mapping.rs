@@ -41,6 +41,8 @@ pub struct MappingEntry {
 pub struct Learned {
     class: Name,
     signatures: BTreeSet<Signature>,
+    /// When it was learned (the clock of [`ClassMapping::learn`]).
+    at_ns: i64,
 }
 
 /// Learned signature → class counts. Hashed (foldhash, seeded per process: names come from
@@ -62,6 +64,9 @@ struct Counts {
     classes: BTreeMap<Name, u64>,
     /// On the caller's clock (see [`ClassMapping::learn`]), in nanoseconds.
     last_seen_ns: i64,
+    /// When the signature was (last) added: counts of traces learned before it are not in
+    /// it (it expired in between).
+    since_ns: i64,
 }
 
 /// Signatures a mapping holds unless told otherwise.
@@ -155,6 +160,7 @@ impl ClassMapping {
         let mut learned = Learned {
             class: d.trace.class.clone(),
             signatures: signatures(d),
+            at_ns: now_ns,
         };
         let before = learned.signatures.len();
         let mut room = self.max_signatures.saturating_sub(self.counts.len());
@@ -168,7 +174,10 @@ impl ClassMapping {
         });
         self.refused += (before - learned.signatures.len()) as u64;
         for sig in &learned.signatures {
-            let counts = self.counts.entry(sig.clone()).or_default();
+            let counts = self.counts.entry(sig.clone()).or_insert_with(|| Counts {
+                since_ns: now_ns,
+                ..Counts::default()
+            });
             counts.last_seen_ns = counts.last_seen_ns.max(now_ns);
             match counts.classes.get_mut(&learned.class) {
                 Some(n) => *n += 1,
@@ -184,7 +193,13 @@ impl ClassMapping {
     /// Undoes an earlier [`ClassMapping::learn`].
     pub fn forget(&mut self, learned: &Learned) {
         for sig in &learned.signatures {
-            if let Some(counts) = self.counts.get_mut(sig) {
+            // A signature added again after `learned` (it expired in between) does not hold
+            // its count.
+            let counts = self
+                .counts
+                .get_mut(sig)
+                .filter(|c| c.since_ns <= learned.at_ns);
+            if let Some(counts) = counts {
                 let classes = &mut counts.classes;
                 if let Some(n) = classes.get_mut(&learned.class) {
                     *n = n.saturating_sub(1);

@@ -107,7 +107,7 @@ fn signatures_age_out() {
     let flood = derive(&call(1, "gold", "made-up-7f3a", false), &[]);
     let real = derive(&call(2, "gold", "GET /items", false), &[]);
     let mut m = ClassMapping::new().with_max_age(std::time::Duration::from_secs(3600));
-    m.learn(&flood, 0).expect("learned");
+    let old = m.learn(&flood, 0).expect("learned");
     m.learn(&real, 0).expect("learned");
     m.learn(&real, 50 * MIN).expect("learned again");
     let operations = |m: &ClassMapping| -> Vec<String> {
@@ -120,6 +120,11 @@ fn signatures_age_out() {
     assert_eq!(m.expire(70 * MIN), 1, "the signature unseen for an hour");
     assert_eq!(operations(&m), ["GET /items"]);
     assert_eq!(m.expired(), 1);
-    m.learn(&flood, 71 * MIN).expect("learned anew");
+    let again = m.learn(&flood, 71 * MIN).expect("learned anew");
     assert_eq!(operations(&m), ["GET /items", "made-up-7f3a"]);
+    // Forgetting the trace learned before the signature expired leaves the new count alone.
+    m.forget(&old);
+    assert_eq!(operations(&m), ["GET /items", "made-up-7f3a"]);
+    m.forget(&again);
+    assert_eq!(operations(&m), ["GET /items"]);
 }

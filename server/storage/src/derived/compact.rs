@@ -48,13 +48,26 @@ impl DerivedStore {
             return Ok(0);
         }
         let mut merged = 0;
+        let mut failed = None;
         for t in &self.inner.tables {
             let run = pick_run(&t.snapshot().0, target);
-            if run.len() >= 2 && self.merge(t, &run).await? {
-                merged += run.len();
+            if run.len() < 2 {
+                continue;
+            }
+            // One table's failure does not hold up the others.
+            match self.merge(t, &run).await {
+                Ok(true) => merged += run.len(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(table = %t.name, error = %e, "derived compaction failed");
+                    failed = Some(e);
+                }
             }
         }
-        Ok(merged)
+        match failed {
+            Some(e) if merged == 0 => Err(e),
+            _ => Ok(merged),
+        }
     }
 
     /// Replaces `run` by one segment holding all its rows; false when the run changed while
