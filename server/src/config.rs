@@ -139,6 +139,9 @@ pub struct StorageConfig {
     /// Fingerprints of the most recent spans kept to drop copies (client retries, requests
     /// sent twice); 0 turns deduplication off.
     pub dedup_window_spans: usize,
+    /// Rows a compacted span segment holds: segments under half of it (a quiet mesh flushes
+    /// small ones) are merged in the background; 0: never.
+    pub compact_rows: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +336,7 @@ impl Default for StorageConfig {
             max_operations_per_service: 2_000,
             max_buffered_rows: 500_000,
             dedup_window_spans: 2_000_000,
+            compact_rows: 200_000,
         }
     }
 }

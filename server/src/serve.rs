@@ -129,6 +129,8 @@ fn store_config(config: &Config) -> StoreConfig {
             max_services: config.storage.max_services,
             max_operations_per_service: config.storage.max_operations_per_service,
         },
+        compact_rows: config.storage.compact_rows,
+        compact_grace: StoreConfig::default().compact_grace,
         cluster_node: None,
     }
 }
@@ -378,6 +380,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(maintenance(
+        store.clone(),
         state.queries.clone(),
         opened.provenance.derived().clone(),
         shutdown.clone(),
@@ -470,10 +473,12 @@ async fn background(
     }
 }
 
-/// Every 30 s: merges small derived segments (see `meshtrace_storage::derived`), then keeps
-/// the service graph's per-minute rollups of the recent past ready, so that graph and
-/// dependencies queries read few rows (see `meshtrace_query::graph_rollup`).
+/// Every 30 s: merges small span and derived segments (see `meshtrace_storage`'s
+/// `compact` and `derived`), then keeps the service graph's per-minute rollups of the recent
+/// past ready, so that graph and dependencies queries read few rows (see
+/// `meshtrace_query::graph_rollup`).
 async fn maintenance(
+    store: Store,
     queries: Queries,
     derived: DerivedStore,
     shutdown: CancellationToken,
@@ -487,6 +492,14 @@ async fn maintenance(
         tokio::select! {
             // Cut short, a pass leaves at most files without a catalog row, removed at the
             // next open (see the compaction's design note).
+            _ = shutdown.cancelled() => return Ok(()),
+            compacted = store.compact_segments() => {
+                if let Err(e) = compacted {
+                    tracing::warn!(error = %e, "could not compact span segments");
+                }
+            }
+        }
+        tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             compacted = derived.compact() => {
                 if let Err(e) = compacted {

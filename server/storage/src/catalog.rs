@@ -162,6 +162,7 @@ macro_rules! on_pool {
 // The derived tables' segment rows and the name tables' trimming (after `on_pool!`, which
 // they use).
 mod derived_rows;
+mod merged;
 mod names;
 
 fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {

@@ -25,6 +25,7 @@ mod cancel;
 mod check;
 pub mod cluster;
 mod commit;
+mod compact;
 mod object_reader;
 mod ownership;
 mod pending;
@@ -74,6 +75,11 @@ pub struct StoreConfig {
     pub sql: SqlLimits,
     /// Names the service and operation lists keep.
     pub names: NameLimits,
+    /// Rows a compacted span segment holds: smaller segments are merged in the background
+    /// ([`Store::compact_segments`]); 0 turns compaction off.
+    pub compact_rows: usize,
+    /// How long the files of merged segments stay for queries still reading them.
+    pub compact_grace: Duration,
     /// `Some(node id)` in cluster mode: several nodes share the object store and the catalog,
     /// so nothing is swept as an orphan at open (a peer may be between its `put` and its
     /// commit), segment names carry the node id, and [`Store::refresh`] reads peers' segments.
@@ -101,6 +107,8 @@ impl Default for StoreConfig {
             row_group_rows: 16_384,
             sql: SqlLimits::default(),
             names: NameLimits::default(),
+            compact_rows: 200_000,
+            compact_grace: Duration::from_secs(120),
             cluster_node: None,
         }
     }

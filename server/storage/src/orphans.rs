@@ -6,8 +6,9 @@
 //! or a commit whose reply was lost, leaves files whose spans exist nowhere else. So open only
 //! lists them ([`find`]); once the log is open the server calls [`crate::Store::settle_orphans`]
 //! with the first sequence number the log holds, and each file is judged by the sequence range
-//! in its name (`seg-<first>-<last>.parquet`): when the log holds all of it the file is deleted
-//! (the replay writes it again), otherwise it is moved under `quarantine/` with an ERROR and
+//! in its name (`seg-<first>-<last>.parquet`): when committed segments hold all of it (the
+//! leftover of a compaction, see [`crate::compact`]) or the log does (the replay writes it
+//! again) the file is deleted, otherwise it is moved under `quarantine/` with an ERROR and
 //! never deleted. Temporary files of a `put` cut short (`<name>#<n>`, which listing skips) are
 //! removed at open ([`remove_temporary_files`]).
 
@@ -59,13 +60,42 @@ pub enum Settled {
     Quarantined,
 }
 
-/// Deletes or quarantines one orphan given the first sequence number the log holds.
+/// Whether the sequence ranges `stored` (of committed segments, as `(first, last)`) cover
+/// every number from `first` to `last`.
+pub(crate) fn covered(first: u64, last: u64, stored: &[(u64, u64)]) -> bool {
+    let mut ranges = stored.to_vec();
+    ranges.sort_unstable();
+    let mut next = first;
+    for (a, b) in ranges {
+        if a > next {
+            break;
+        }
+        if b >= next {
+            if b >= last {
+                return true;
+            }
+            next = b + 1;
+        }
+    }
+    false
+}
+
+/// Deletes or quarantines one orphan given the first sequence number the log holds and the
+/// sequence ranges of the committed segments.
 pub(crate) async fn settle(
     store: &dyn ObjectStore,
     path: &ObjectPath,
     log_first: u64,
+    stored: &[(u64, u64)],
 ) -> Result<Settled, StorageError> {
     let range = sequence_range(path.as_ref());
+    if let Some((first, last)) = range.filter(|&(f, l)| covered(f, l, stored)) {
+        tracing::warn!(%path, first, last, "removing segment file without catalog row: committed segments hold its spans (a compaction's leftover)");
+        match store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(Settled::Deleted),
+            Err(e) => return Err(e.into()),
+        }
+    }
     if range.is_some_and(|(first, _)| first >= log_first) {
         tracing::warn!(%path, "removing segment file without catalog row: the log replays it");
         match store.delete(path).await {
@@ -134,5 +164,16 @@ mod tests {
         let renamed = "spans/date=2026-12-06/hour=21/seg-5-9-1765055000.parquet";
         assert_eq!(sequence_range(renamed), Some((5, 9)));
         assert_eq!(sequence_range("spans/x/other.parquet"), None);
+    }
+
+    #[test]
+    fn ranges_covered_by_committed_segments() {
+        let stored = [(11, 20), (1, 5), (6, 10), (30, 40)];
+        assert!(covered(1, 20, &stored), "a merge of the first three");
+        assert!(covered(6, 10, &stored), "one merged input");
+        assert!(covered(32, 35, &stored));
+        assert!(!covered(15, 31, &stored), "21 to 29 are stored nowhere");
+        assert!(!covered(41, 50, &stored), "a flush not committed");
+        assert!(!covered(1, 5, &[]));
     }
 }

@@ -647,9 +647,13 @@ impl Store {
     /// [`crate::orphans`]). Returns (deleted, quarantined).
     pub async fn settle_orphans(&self, log_first: u64) -> Result<(usize, usize), StorageError> {
         let found = std::mem::take(&mut *lock(&self.inner.orphans));
+        let stored: Vec<(u64, u64)> = (self.read_view().segments.iter())
+            .map(|s| (s.wal_seq_min, s.wal_seq_max))
+            .collect();
         let (mut deleted, mut quarantined) = (0, 0);
         for path in found {
-            match orphans::settle(self.inner.store.as_ref(), &path, log_first).await? {
+            let store = self.inner.store.as_ref();
+            match orphans::settle(store, &path, log_first, &stored).await? {
                 Settled::Deleted => deleted += 1,
                 Settled::Quarantined => quarantined += 1,
             }

@@ -28,8 +28,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{new_null_array, RecordBatch};
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
@@ -37,6 +36,7 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use super::{DerivedSegment, DerivedStore, TableState};
 use crate::catalog::SegmentTable;
+use crate::compact::{conform, pick_run};
 use crate::error::StorageError;
 use crate::object_reader::ObjectReader;
 
@@ -173,60 +173,10 @@ impl DerivedStore {
     }
 }
 
-/// A run of this many small segments is merged even when it holds fewer than half of
-/// `compact_rows` rows (a quiet mesh flushes small segments).
-const MANY_SEGMENTS: usize = 32;
-
-/// The oldest run of consecutive small segments worth merging (see the module docs): one
-/// that holds at least half of `target` rows (its result is not small, so it is not merged
-/// again), or [`MANY_SEGMENTS`].
-fn pick_run(segments: &[Arc<DerivedSegment>], target: usize) -> Vec<Arc<DerivedSegment>> {
-    let rows_of = |s: &DerivedSegment| s.row_count.max(0) as usize;
-    let worth = |run: &[Arc<DerivedSegment>], rows: usize| {
-        run.len() >= 2 && (rows >= target / 2 || run.len() >= MANY_SEGMENTS)
-    };
-    let (mut run, mut rows): (Vec<Arc<DerivedSegment>>, usize) = (Vec::new(), 0);
-    for seg in segments {
-        if rows_of(seg) >= target / 2 {
-            if worth(&run, rows) {
-                return run;
-            }
-            (run, rows) = (Vec::new(), 0);
-            continue;
-        }
-        run.push(seg.clone());
-        rows += rows_of(seg);
-        if rows >= target || run.len() >= MANY_SEGMENTS {
-            return run;
-        }
-    }
-    if worth(&run, rows) {
-        run
-    } else {
-        Vec::new()
-    }
-}
-
-/// A batch in `schema`'s columns: taken by name, null where the batch has none (a column added
-/// since it was written; refused unless nullable), the batch's other columns left out.
-pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    if batch.schema() == *schema {
-        return Ok(batch);
-    }
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => c.clone(),
-            None => new_null_array(f.data_type(), batch.num_rows()),
-        })
-        .collect();
-    RecordBatch::try_new(schema.clone(), columns)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compact::MANY_SEGMENTS;
 
     fn seg(id: i64, rows: i64) -> Arc<DerivedSegment> {
         Arc::new(DerivedSegment {

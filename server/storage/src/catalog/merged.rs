@@ -1,0 +1,71 @@
+//! The catalog side of span segment compaction ([`crate::compact`]): one transaction that
+//! commits the merged segment's row and rollups and deletes exactly the merged segments' rows,
+//! and the later deletion of their rollup rows.
+
+use super::{to_i64, Catalog, SegmentInfo};
+use crate::error::StorageError;
+use crate::rollup::Rollups;
+
+impl Catalog {
+    /// Commits `seg` (with its rollups) in place of the segments `old`, in one transaction
+    /// that rolls back unless every one of them is still there; returns the new row's id.
+    /// The rollup rows of `old` stay (queries of an earlier snapshot read them) until
+    /// [`Catalog::delete_rollups`].
+    pub async fn replace_segments(
+        &self,
+        seg: &SegmentInfo,
+        rollups: &Rollups,
+        old: &[i64],
+    ) -> Result<i64, StorageError> {
+        const INSERT: &str = "INSERT INTO segments (path, min_start_ns, max_start_ns, row_count, \
+             byte_size, wal_seq_min, wal_seq_max, services, created_at_ns) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
+        const DELETE: &str = "DELETE FROM segments WHERE id = $1 AND damaged IS NULL";
+        const ROLLUP: &str = "INSERT INTO span_rollups (segment_id, minute_ns, service, \
+             operation, kind, calls, errors, durations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let services = serde_json::to_string(&seg.services).unwrap_or_else(|_| "[]".into());
+        let (seq_min, seq_max) = (
+            to_i64(seg.wal_seq_min, "wal_seq_min")?,
+            to_i64(seg.wal_seq_max, "wal_seq_max")?,
+        );
+        let id = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for id in old {
+                let done = sqlx::query(DELETE).bind(id).execute(&mut *tx).await?;
+                if done.rows_affected() != 1 {
+                    return Err(StorageError::Conflict(format!("segment {id} is gone")));
+                }
+            }
+            let id: i64 = sqlx::query_scalar(INSERT)
+                .bind(&seg.path).bind(seg.min_start_ns).bind(seg.max_start_ns)
+                .bind(seg.row_count).bind(seg.byte_size).bind(seq_min).bind(seq_max)
+                .bind(&services).bind(seg.created_at_ns)
+                .fetch_one(&mut *tx).await?;
+            for (k, r) in rollups {
+                sqlx::query(ROLLUP)
+                    .bind(id).bind(k.minute_ns).bind(&k.service).bind(&k.operation)
+                    .bind(k.kind.as_str()).bind(to_i64(r.calls, "calls")?)
+                    .bind(to_i64(r.errors, "errors")?).bind(r.durations.to_bytes())
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await.map_err(|e| StorageError::CommitOutcomeUnknown(e.to_string()))?;
+            id
+        });
+        Ok(id)
+    }
+
+    /// Deletes the rollup rows of segments whose rows are gone (merged ones, once no query
+    /// can still read them).
+    pub async fn delete_rollups(&self, segments: &[i64]) -> Result<(), StorageError> {
+        const SQL: &str = "DELETE FROM span_rollups WHERE segment_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM segments WHERE id = $1)";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for id in segments {
+                sqlx::query(SQL).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
