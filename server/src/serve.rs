@@ -130,7 +130,8 @@ fn store_config(config: &Config) -> StoreConfig {
             max_operations_per_service: config.storage.max_operations_per_service,
         },
         compact_rows: config.storage.compact_rows,
-        compact_grace: StoreConfig::default().compact_grace,
+        // Longer than any query may read the merged files.
+        compact_grace: (StoreConfig::default().compact_grace).max(config.query.sql_timeout * 2),
         cluster_node: None,
     }
 }
@@ -223,12 +224,13 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let (wal, replayed) =
         Wal::open_at(wal_config, checkpoint).context("opening the write-ahead log")?;
     wal.advance_past(checkpoint);
-    // Segment files without a catalog row: deleted when the log replays them, else quarantined.
-    let log_first = replayed.first().map_or(wal.last_seq() + 1, |r| r.seq);
-    store.settle_orphans(log_first).await?;
     // Segment files missing or unreadable: rebuilt from the log when it holds them.
     let log_holds: Vec<u64> = replayed.iter().map(|r| r.seq).collect();
     store.check_segments(&log_holds).await?;
+    // Segment files without a catalog row: deleted when intact committed segments or the log
+    // hold their spans, else quarantined (after the check, so damaged segments do not count).
+    let log_first = replayed.first().map_or(wal.last_seq() + 1, |r| r.seq);
+    store.settle_orphans(log_first).await?;
     let mut dedup = Dedup::new(config.storage.dedup_window_spans);
     let (mut spans, records) = (0, replayed.len());
     for record in replayed {

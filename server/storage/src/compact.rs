@@ -6,12 +6,15 @@
 //!
 //! # Design
 //!
-//! A pass takes the oldest run of consecutive committed segments (in commit order) each under
-//! half of `compact_rows`, up to `compact_rows` rows, once it holds at least half of that (or
-//! 32 segments). It reads them whole, writes their rows as one segment sorted by trace and
-//! time (the flush's encoding, bloom filters and page index included) with the per-minute
-//! rollups computed from the same rows, and names it after the union of their log sequence
-//! ranges. Reading and writing take no lock. Then, under the flush lock, one catalog
+//! A pass takes the first run of committed segments in log order whose sequence ranges follow
+//! each other without a gap (a damaged or lost segment's range breaks a run, so a merged
+//! segment holds exactly the records of its range), each under half of `compact_rows`, up to
+//! `compact_rows` rows, once it holds at least half of that (or 32 segments); segments near
+//! retention, and those of a run whose merge failed, are left alone. It reads them whole,
+//! writes their rows as one segment sorted by trace and time (the flush's encoding, bloom
+//! filters and page index included) with the inputs' rollups merged, and names it after the
+//! union of their sequence ranges plus its creation time (a merge tried again never writes
+//! over an earlier attempt's file). Reading and writing take no lock. Then, under the flush lock, one catalog
 //! transaction inserts the new row with its rollups and deletes exactly the merged rows (it
 //! rolls back if any is gone: retention took it), and the in-memory list swaps them for the
 //! new segment: a query snapshots the list under the same lock, so it reads either the old
@@ -21,10 +24,13 @@
 //! A crash loses nothing. Before the commit, the new file has no row; after it, the old files
 //! have none. Either way the file without a row is an orphan whose sequence range lies within
 //! the ranges of committed segments, which [`crate::orphans`] deletes at the next start (its
-//! spans are stored). A commit whose outcome is unknown is looked up by path. The write-ahead
-//! log is not involved: its checkpoint only moves with flushes. Damaged segments are never
-//! merged, and in cluster mode (peers list each other's segments) nothing is.
+//! spans are stored; the sweep runs after the start-up check has set damaged segments aside,
+//! so only intact ones count). A commit whose outcome is unknown is looked up by path before
+//! any other merge. The write-ahead log is not involved: its checkpoint only moves with
+//! flushes. Damaged segments are never merged, and in cluster mode (peers list each other's
+//! segments) nothing is.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::{new_null_array, RecordBatch};
@@ -39,8 +45,8 @@ use crate::catalog::{DerivedSegment, SegmentInfo, SegmentTable};
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path};
 use crate::object_reader::ObjectReader;
-use crate::rollup::rollups_of;
-use crate::store::Store;
+use crate::rollup::{rollups_of, Rollups};
+use crate::store::{lock, Store};
 
 /// A run of this many small segments is merged even when it holds fewer than half of
 /// `compact_rows` rows (a quiet mesh flushes small segments).
@@ -63,21 +69,29 @@ impl Rows for SegmentInfo {
     }
 }
 
-/// The oldest run of consecutive small segments worth merging (see the module docs): one
+/// The first run of consecutive small segments worth merging (see the module docs): one
 /// that holds at least half of `target` rows (its result is not small, so it is not merged
-/// again), or [`MANY_SEGMENTS`].
-pub(crate) fn pick_run<T: Rows>(segments: &[Arc<T>], target: usize) -> Vec<Arc<T>> {
+/// again), or [`MANY_SEGMENTS`]. A segment for which `follows(previous, it)` is false starts a
+/// new run.
+pub(crate) fn pick_run<T: Rows>(
+    segments: &[Arc<T>],
+    target: usize,
+    follows: impl Fn(&T, &T) -> bool,
+) -> Vec<Arc<T>> {
     let worth = |run: &[Arc<T>], rows: usize| {
         run.len() >= 2 && (rows >= target / 2 || run.len() >= MANY_SEGMENTS)
     };
     let (mut run, mut rows): (Vec<Arc<T>>, usize) = (Vec::new(), 0);
     for seg in segments {
-        if seg.rows() >= target / 2 {
+        let breaks = run.last().is_some_and(|prev| !follows(prev, seg));
+        if seg.rows() >= target / 2 || breaks {
             if worth(&run, rows) {
                 return run;
             }
             (run, rows) = (Vec::new(), 0);
-            continue;
+            if seg.rows() >= target / 2 {
+                continue;
+            }
         }
         run.push(seg.clone());
         rows += seg.rows();
@@ -109,6 +123,25 @@ pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBa
     RecordBatch::try_new(schema.clone(), columns)
 }
 
+/// What span compaction remembers between passes.
+#[derive(Debug, Default)]
+pub(crate) struct Merges {
+    /// A merge whose commit outcome is not known: settled before any other pass.
+    unresolved: Option<UnresolvedMerge>,
+    /// Segments of runs whose merge failed: not merged again until a restart.
+    failed: HashSet<i64>,
+}
+
+#[derive(Debug)]
+struct UnresolvedMerge {
+    info: SegmentInfo,
+    old: Vec<Arc<SegmentInfo>>,
+}
+
+/// Segments whose spans retention deletes within this long are not merged (a merge would
+/// keep them until its newest input expires).
+const NEAR_RETENTION_NS: i64 = 600_000_000_000;
+
 impl Store {
     /// One compaction pass over the span segments; returns how many segments were merged
     /// away (0 when compaction is off, in cluster mode, or nothing is worth merging).
@@ -117,45 +150,73 @@ impl Store {
         if target == 0 || self.inner.cfg.cluster_node.is_some() {
             return Ok(0);
         }
-        let run = pick_run(&self.read_view().segments, target);
+        if !self.settle_unresolved_merge().await? {
+            return Ok(0);
+        }
+        let run = self.next_run(target);
         if run.len() < 2 {
             return Ok(0);
         }
-        Ok(if self.merge(&run).await? {
-            run.len()
-        } else {
-            0
-        })
+        match self.merge(&run).await {
+            Ok(merged) => Ok(if merged { run.len() } else { 0 }),
+            Err(e) => {
+                // Not tried again until a restart: a failure that repeats must not stop every
+                // later merge.
+                let mut merges = lock(&self.inner.merges);
+                merges.failed.extend(run.iter().map(|s| s.id));
+                Err(e)
+            }
+        }
+    }
+
+    /// The run to merge: segments in log order, each following the one before it without a
+    /// gap in the sequence numbers (a damaged or missing segment's range breaks a run), none
+    /// near retention or in a failed run.
+    fn next_run(&self, target: usize) -> Vec<Arc<SegmentInfo>> {
+        let keep_after = self.retention_cutoff_ns().saturating_add(NEAR_RETENTION_NS);
+        let failed = lock(&self.inner.merges).failed.clone();
+        let mut segments: Vec<Arc<SegmentInfo>> = (self.read_view().segments.iter())
+            .filter(|s| s.max_start_ns > keep_after && !failed.contains(&s.id))
+            .cloned()
+            .collect();
+        segments.sort_by_key(|s| s.wal_seq_min);
+        let follows = |a: &SegmentInfo, b: &SegmentInfo| b.wal_seq_min == a.wal_seq_max + 1;
+        pick_run(&segments, target, follows)
     }
 
     /// Replaces `run` by one segment holding all its rows; false when the run changed while
     /// it was merged (retention), and nothing was replaced.
     async fn merge(&self, run: &[Arc<SegmentInfo>]) -> Result<bool, StorageError> {
         let schema = spans_schema();
-        let mut batches = Vec::new();
+        let (mut batches, mut rollups) = (Vec::new(), Rollups::default());
         for seg in run {
-            for batch in self.read_whole(seg).await? {
-                batches.push(conform(batch, &schema)?);
+            let rows: Vec<RecordBatch> = (self.read_whole(seg).await?.into_iter())
+                .map(|b| conform(b, &schema))
+                .collect::<Result<_, _>>()?;
+            // Each input's rollups as its flush computed them (their overflow fold included).
+            for (key, r) in rollups_of(&rows, None)? {
+                rollups.entry(key).or_default().merge(&r);
             }
+            batches.extend(rows);
         }
         let rg = self.inner.cfg.row_group_rows;
-        let (enc, rollups) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StorageError>((encode_segment(&batches, rg)?, rollups_of(&batches, None)?))
-        })
-        .await??;
+        let enc = tokio::task::spawn_blocking(move || encode_segment(&batches, rg)).await??;
         let seq_min = run.iter().map(|s| s.wal_seq_min).min().unwrap_or_default();
         let seq_max = run.iter().map(|s| s.wal_seq_max).max().unwrap_or_default();
-        let mut path = segment_path(enc.min_start_ns, seq_min, seq_max);
-        if self.read_view().segments.iter().any(|s| s.path == path) {
-            path = path.replace(".parquet", &format!("-{}.parquet", now_ns()));
-        }
+        // Named apart from every other file: a merge tried again never writes over an earlier
+        // attempt's file, which a lost commit may have registered.
+        let path = segment_path(enc.min_start_ns, seq_min, seq_max)
+            .replace(".parquet", &format!("-{}.parquet", now_ns()));
         let object = ObjectPath::from(path.as_str());
         let byte_size = enc.bytes.len() as i64;
         self.inner
             .store
             .put(&object, PutPayload::from(enc.bytes))
             .await?;
-        self.sync_segment(&path).await?;
+        if let Err(e) = self.sync_segment(&path).await {
+            self.delete_failed(&object).await;
+            return Err(e);
+        }
         let mut info = SegmentInfo {
             id: 0,
             path,
@@ -181,16 +242,43 @@ impl Store {
             self.delete_failed(&object).await;
             return Ok(false);
         }
-        info.id = match self
+        match self
             .inner
             .catalog
             .replace_segments(&info, &rollups, &old)
             .await
         {
-            Ok(id) => id,
-            Err(e) => self.settle_failed_merge(&object, e).await?,
-        };
+            Ok(id) => info.id = id,
+            Err(StorageError::CommitOutcomeUnknown(why)) => {
+                // Settled (looked up by path) now if the catalog answers, else before any
+                // other pass.
+                tracing::warn!(%why, "the commit of a span merge may or may not have happened");
+                let old = run.to_vec();
+                lock(&self.inner.merges).unresolved = Some(UnresolvedMerge { info, old });
+                drop(_serial);
+                self.settle_unresolved_merge().await?;
+                return Ok(false);
+            }
+            Err(StorageError::Conflict(why)) => {
+                // Rolled back: a merged segment went meanwhile (retention).
+                tracing::debug!(%why, "span merge abandoned");
+                self.delete_failed(&object).await;
+                return Ok(false);
+            }
+            Err(e) => {
+                self.delete_failed(&object).await;
+                return Err(e);
+            }
+        }
+        self.swap_merged(info, run);
+        Ok(true)
+    }
+
+    /// Shows `info` instead of the merged segments `run` and deletes their files and rollup
+    /// rows after the grace.
+    fn swap_merged(&self, info: SegmentInfo, run: &[Arc<SegmentInfo>]) {
         tracing::info!(segments = run.len(), rows = info.row_count, path = %info.path, "span segments compacted");
+        let old: Vec<i64> = run.iter().map(|s| s.id).collect();
         {
             let mut view = self.write_view();
             let at = view.segments.iter().position(|s| old.contains(&s.id));
@@ -199,7 +287,38 @@ impl Store {
             view.segments.insert(at, Arc::new(info));
         }
         self.delete_merged_later(run.iter().map(|s| s.path.clone()).collect(), old);
-        Ok(true)
+    }
+
+    /// Settles a merge whose commit outcome was not known, by looking its path up (under the
+    /// flush lock): registered, the merge happened and is shown; not, its file is deleted.
+    /// False while the catalog cannot be asked (no other merge runs meanwhile).
+    async fn settle_unresolved_merge(&self) -> Result<bool, StorageError> {
+        let Some(u) = lock(&self.inner.merges).unresolved.take() else {
+            return Ok(true);
+        };
+        let _serial = self.inner.flush_lock.lock().await;
+        let found = self
+            .inner
+            .catalog
+            .segment_id(SegmentTable::Spans, &u.info.path)
+            .await;
+        match found {
+            Ok(Some(id)) => {
+                let info = SegmentInfo { id, ..u.info };
+                self.swap_merged(info, &u.old);
+                Ok(true)
+            }
+            Ok(None) => {
+                self.delete_failed(&ObjectPath::from(u.info.path.as_str()))
+                    .await;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the outcome of a span merge is not known yet");
+                lock(&self.inner.merges).unresolved = Some(u);
+                Ok(false)
+            }
+        }
     }
 
     /// Every row of one segment, in the columns it was written with.
@@ -211,33 +330,6 @@ impl Store {
             .await?
             .build()?;
         Ok(stream.try_collect().await?)
-    }
-
-    /// A merge whose commit failed: rolled back (the file is deleted), or of unknown outcome,
-    /// looked up: if its row is there the merge happened (its id), if not the file is deleted;
-    /// if the catalog cannot be asked the file stays for the next start's orphan sweep.
-    async fn settle_failed_merge(
-        &self,
-        object: &ObjectPath,
-        e: StorageError,
-    ) -> Result<i64, StorageError> {
-        if !matches!(e, StorageError::CommitOutcomeUnknown(_)) {
-            self.delete_failed(object).await;
-            return Err(e);
-        }
-        match self
-            .inner
-            .catalog
-            .segment_id(SegmentTable::Spans, object.as_ref())
-            .await
-        {
-            Ok(Some(id)) => Ok(id),
-            Ok(None) => {
-                self.delete_failed(object).await;
-                Err(e)
-            }
-            Err(_) => Err(e),
-        }
     }
 
     /// Deletes the files and rollup rows of merged segments once queries that may still read

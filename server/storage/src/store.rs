@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     pub rebuild: Mutex<Vec<Rebuild>>,
     /// Which minutes of derived rows changed when (see [`crate::touches`]).
     pub derived_touches: Mutex<Touches>,
+    /// Span compaction's state (see [`crate::compact`]).
+    pub merges: Mutex<crate::compact::Merges>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -193,6 +195,7 @@ impl Store {
             unresolved: Mutex::new(None),
             rebuild: Mutex::new(Vec::new()),
             derived_touches: Mutex::default(),
+            merges: Mutex::default(),
         };
         Ok(Store {
             inner: Arc::new(inner),

@@ -50,7 +50,7 @@ impl DerivedStore {
         let mut merged = 0;
         let mut failed = None;
         for t in &self.inner.tables {
-            let run = pick_run(&t.snapshot().0, target);
+            let run = pick_run(&t.snapshot().0, target, |_, _| true);
             if run.len() < 2 {
                 continue;
             }
@@ -204,19 +204,22 @@ mod tests {
             seg(4, 900),
             seg(5, 100),
         ];
-        assert_eq!(ids(pick_run(&list, 1000)), vec![2, 3]);
+        assert_eq!(ids(pick_run(&list, 1000, |_, _| true)), vec![2, 3]);
         let list = [seg(1, 400), seg(2, 400), seg(3, 400), seg(4, 400)];
-        assert_eq!(ids(pick_run(&list, 1000)), vec![1, 2, 3]);
+        assert_eq!(ids(pick_run(&list, 1000, |_, _| true)), vec![1, 2, 3]);
         let lone = [seg(1, 100), seg(2, 900)];
         assert!(
-            pick_run(&lone, 1000).is_empty(),
+            pick_run(&lone, 1000, |_, _| true).is_empty(),
             "one small segment alone is left"
         );
         // Too few rows to be worth a rewrite yet, unless there are many of them.
         let few = [seg(1, 100), seg(2, 100), seg(3, 900), seg(4, 10)];
-        assert!(pick_run(&few, 1000).is_empty());
+        assert!(pick_run(&few, 1000, |_, _| true).is_empty());
         let many: Vec<_> = (0..40).map(|i| seg(i, 1)).collect();
-        assert_eq!(pick_run(&many, 1000).len(), MANY_SEGMENTS);
-        assert!(pick_run(&list, 0).is_empty(), "a target of 0 is off");
+        assert_eq!(pick_run(&many, 1000, |_, _| true).len(), MANY_SEGMENTS);
+        assert!(
+            pick_run(&list, 0, |_, _| true).is_empty(),
+            "a target of 0 is off"
+        );
     }
 }
