@@ -18,6 +18,15 @@ pub mod zipkin;
 /// The resource attribute carried in [`meshtrace_model::Span::service_name`].
 pub const SERVICE_NAME: &str = "service.name";
 
+/// Takes the `service.name` attribute out of a resource's attributes, as the span's service
+/// name (empty when there is none).
+pub(crate) fn take_service_name(attrs: &mut Vec<meshtrace_model::KeyValue>) -> String {
+    match attrs.iter().position(|kv| kv.key == SERVICE_NAME) {
+        Some(i) => attrs.remove(i).value.to_display(),
+        None => String::new(),
+    }
+}
+
 /// Converts unsigned unix nanoseconds to the model's `i64`, saturating far-future times.
 pub(crate) fn nanos(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

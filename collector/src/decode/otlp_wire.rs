@@ -13,7 +13,7 @@
 
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
 
-use super::{duration, nanos, SERVICE_NAME};
+use super::{duration, nanos, take_service_name};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Limits};
 
@@ -197,10 +197,7 @@ fn resource_spans(bytes: &[u8], at: usize, limits: &Limits, batch: &mut Batch) -
             _ => r.skip(number, wire)?,
         }
     }
-    let service_name = match attrs.iter().position(|kv| kv.key == SERVICE_NAME) {
-        Some(i) => attrs.remove(i).value.to_display(),
-        None => String::new(),
-    };
+    let service_name = take_service_name(&mut attrs);
     let mut index = 0;
     let mut r = Reader::new(bytes, "ResourceSpans");
     while let Some((number, wire)) = r.field()? {

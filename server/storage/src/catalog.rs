@@ -159,8 +159,32 @@ macro_rules! on_pool {
     };
 }
 
-// The derived tables' segment rows and the name tables' trimming (after `on_pool!`, which
-// they use).
+/// The INSERT of one rollup row.
+const ROLLUP_INSERT: &str = "INSERT INTO span_rollups (segment_id, minute_ns, service, \
+     operation, kind, calls, errors, durations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Inserts a segment's rollup rows in a transaction (a macro: each catalog backend's
+/// transaction is its own type).
+macro_rules! insert_rollups {
+    ($tx:expr, $id:expr, $rollups:expr) => {
+        for (k, r) in $rollups {
+            sqlx::query(ROLLUP_INSERT)
+                .bind($id)
+                .bind(k.minute_ns)
+                .bind(&k.service)
+                .bind(&k.operation)
+                .bind(k.kind.as_str())
+                .bind(to_i64(r.calls, "calls")?)
+                .bind(to_i64(r.errors, "errors")?)
+                .bind(r.durations.to_bytes())
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
+// The derived tables' segment rows, span compaction's rows and the name tables' trimming
+// (after `on_pool!` and `insert_rollups!`, which they use).
 mod derived_rows;
 mod merged;
 mod names;
@@ -352,8 +376,6 @@ impl Catalog {
              ON CONFLICT DO NOTHING";
         const META: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-        const ROLLUP: &str = "INSERT INTO span_rollups (segment_id, minute_ns, service, \
-             operation, kind, calls, errors, durations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let services = serde_json::to_string(&seg.services).unwrap_or_else(|_| "[]".into());
         let (seq_min, seq_max) = (
             to_i64(seg.wal_seq_min, "wal_seq_min")?,
@@ -388,13 +410,7 @@ impl Catalog {
                     return Err(StorageError::Fenced { partition: m.partition });
                 }
             }
-            for (k, r) in rollups {
-                sqlx::query(ROLLUP)
-                    .bind(id).bind(k.minute_ns).bind(&k.service).bind(&k.operation)
-                    .bind(k.kind.as_str()).bind(to_i64(r.calls, "calls")?)
-                    .bind(to_i64(r.errors, "errors")?).bind(r.durations.to_bytes())
-                    .execute(&mut *tx).await?;
-            }
+            insert_rollups!(tx, id, rollups);
             tx.commit().await.map_err(|e| StorageError::CommitOutcomeUnknown(e.to_string()))?;
             id
         });

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::catalog::{PartitionMark, SegmentInfo, SegmentTable};
 use crate::error::StorageError;
+use crate::layout::EncodedSegment;
 use crate::pending::Unresolved;
 use crate::store::{lock, Store};
 
@@ -117,6 +118,39 @@ impl Store {
             "segment committed"
         );
         self.write_view().finish_flush(Arc::new(info));
+    }
+
+    /// Writes an encoded segment at `path` (one `put`, then made durable; deleted again if
+    /// that fails) and describes it for the catalog (`id` 0 until committed).
+    pub(crate) async fn put_segment(
+        &self,
+        path: String,
+        enc: EncodedSegment,
+        (wal_seq_min, wal_seq_max): (u64, u64),
+        created_at_ns: i64,
+    ) -> Result<SegmentInfo, StorageError> {
+        let object = ObjectPath::from(path.as_str());
+        let byte_size = enc.bytes.len() as i64;
+        self.inner
+            .store
+            .put(&object, PutPayload::from(enc.bytes))
+            .await?;
+        if let Err(e) = self.sync_segment(&path).await {
+            self.delete_failed(&object).await;
+            return Err(e);
+        }
+        Ok(SegmentInfo {
+            id: 0,
+            path,
+            min_start_ns: enc.min_start_ns,
+            max_start_ns: enc.max_start_ns,
+            row_count: enc.rows as i64,
+            byte_size,
+            wal_seq_min,
+            wal_seq_max,
+            services: enc.services,
+            created_at_ns,
+        })
     }
 
     /// Makes a segment file just written to the local data directory durable (see

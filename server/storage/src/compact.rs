@@ -30,7 +30,6 @@
 //! flushes. Damaged segments are never merged, and in cluster mode (peers list each other's
 //! segments) nothing is.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::{new_null_array, RecordBatch};
@@ -38,13 +37,14 @@ use arrow_schema::{ArrowError, SchemaRef};
 use futures::TryStreamExt;
 use meshtrace_model::schema::spans_schema;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use crate::catalog::{DerivedSegment, SegmentInfo, SegmentTable};
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path};
 use crate::object_reader::ObjectReader;
+use crate::pending::UnresolvedMerge;
 use crate::rollup::{rollups_of, Rollups};
 use crate::store::{lock, Store};
 
@@ -123,21 +123,6 @@ pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBa
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// What span compaction remembers between passes.
-#[derive(Debug, Default)]
-pub(crate) struct Merges {
-    /// A merge whose commit outcome is not known: settled before any other pass.
-    unresolved: Option<UnresolvedMerge>,
-    /// Segments of runs whose merge failed: not merged again until a restart.
-    failed: HashSet<i64>,
-}
-
-#[derive(Debug)]
-struct UnresolvedMerge {
-    info: SegmentInfo,
-    old: Vec<Arc<SegmentInfo>>,
-}
-
 /// Segments whose spans retention deletes within this long are not merged (a merge would
 /// keep them until its newest input expires).
 const NEAR_RETENTION_NS: i64 = 600_000_000_000;
@@ -208,31 +193,14 @@ impl Store {
         let path = segment_path(enc.min_start_ns, seq_min, seq_max)
             .replace(".parquet", &format!("-{}.parquet", now_ns()));
         let object = ObjectPath::from(path.as_str());
-        let byte_size = enc.bytes.len() as i64;
-        self.inner
-            .store
-            .put(&object, PutPayload::from(enc.bytes))
+        let created = run
+            .iter()
+            .map(|s| s.created_at_ns)
+            .max()
+            .unwrap_or_default();
+        let mut info = self
+            .put_segment(path, enc, (seq_min, seq_max), created)
             .await?;
-        if let Err(e) = self.sync_segment(&path).await {
-            self.delete_failed(&object).await;
-            return Err(e);
-        }
-        let mut info = SegmentInfo {
-            id: 0,
-            path,
-            min_start_ns: enc.min_start_ns,
-            max_start_ns: enc.max_start_ns,
-            row_count: enc.rows as i64,
-            byte_size,
-            wal_seq_min: seq_min,
-            wal_seq_max: seq_max,
-            services: enc.services,
-            created_at_ns: run
-                .iter()
-                .map(|s| s.created_at_ns)
-                .max()
-                .unwrap_or_default(),
-        };
         let old: Vec<i64> = run.iter().map(|s| s.id).collect();
         let _serial = self.inner.flush_lock.lock().await;
         let listed = old

@@ -1,6 +1,10 @@
 //! Segments whose catalog state is in between, as the store remembers them: a commit whose
-//! outcome is not known yet ([`Unresolved`], see `commit.rs`) and damaged segments the
-//! write-ahead log is rebuilding ([`Rebuild`], see `check.rs`).
+//! outcome is not known yet ([`Unresolved`], see `commit.rs`), damaged segments the
+//! write-ahead log is rebuilding ([`Rebuild`], see `check.rs`), and span merges of unknown
+//! outcome or failed ([`Merges`], see `compact.rs`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 
@@ -23,4 +27,20 @@ pub(crate) struct Rebuild {
     pub id: i64,
     pub seq_min: u64,
     pub seq_max: u64,
+}
+
+/// What span compaction ([`crate::compact`]) remembers between passes.
+#[derive(Debug, Default)]
+pub(crate) struct Merges {
+    /// A merge whose commit outcome is not known: settled before any other pass.
+    pub unresolved: Option<UnresolvedMerge>,
+    /// Segments of runs whose merge failed: not merged again until a restart.
+    pub failed: HashSet<i64>,
+}
+
+/// A span merge whose commit outcome is not known yet.
+#[derive(Debug)]
+pub(crate) struct UnresolvedMerge {
+    pub info: SegmentInfo,
+    pub old: Vec<Arc<SegmentInfo>>,
 }

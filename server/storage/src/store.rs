@@ -16,7 +16,7 @@ use meshtrace_model::time::now_unix_nanos;
 use meshtrace_model::{Span, SpanKind};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::buffer::{Buffered, Names, Snapshot, Taken, View};
 use crate::catalog::{Catalog, SegmentInfo};
@@ -94,7 +94,7 @@ pub(crate) struct Inner {
     /// Which minutes of derived rows changed when (see [`crate::touches`]).
     pub derived_touches: Mutex<Touches>,
     /// Span compaction's state (see [`crate::compact`]).
-    pub merges: Mutex<crate::compact::Merges>,
+    pub merges: Mutex<crate::pending::Merges>,
 }
 
 /// The URL under which the store's object store is registered in every session.
@@ -446,28 +446,10 @@ impl Store {
         if self.read_view().segments.iter().any(|s| s.path == path) {
             path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
         }
-        let byte_size = enc.bytes.len();
         let object = ObjectPath::from(path.as_str());
-        self.inner
-            .store
-            .put(&object, PutPayload::from(enc.bytes))
+        let mut info = self
+            .put_segment(path, enc, (seq_min, seq_max), now_unix_nanos())
             .await?;
-        if let Err(e) = self.sync_segment(&path).await {
-            self.delete_failed(&object).await;
-            return Err(e);
-        }
-        let mut info = SegmentInfo {
-            id: 0,
-            path,
-            min_start_ns: enc.min_start_ns,
-            max_start_ns: enc.max_start_ns,
-            row_count: enc.rows as i64,
-            byte_size: byte_size as i64,
-            wal_seq_min: seq_min,
-            wal_seq_max: seq_max,
-            services: enc.services,
-            created_at_ns: now_unix_nanos(),
-        };
         let names = lock(&self.inner.names).take_pending();
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
         let commit = self

@@ -27,7 +27,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Value as Json;
 
 use super::super::ids::decode_hex_or_base64;
-use super::super::{duration, nanos, SERVICE_NAME};
+use super::super::{duration, nanos, take_service_name};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Limits, RejectReason};
 
@@ -345,10 +345,7 @@ struct Base {
 
 impl Base {
     fn of_resource(mut attrs: Vec<KeyValue>) -> Base {
-        let service_name = match attrs.iter().position(|kv| kv.key == SERVICE_NAME) {
-            Some(i) => attrs.remove(i).value.to_display(),
-            None => String::new(),
-        };
+        let service_name = take_service_name(&mut attrs);
         Base {
             service_name,
             resource_attributes: attrs,

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue as Pb
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span;
 
-use crate::decode::{duration, nanos, SERVICE_NAME};
+use crate::decode::{duration, nanos, take_service_name};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Limits};
 
@@ -44,10 +44,7 @@ pub fn from_request(req: ExportTraceServiceRequest, limits: &Limits) -> Batch {
 /// Takes `service.name` out of a resource; returns it and the remaining attributes.
 fn split_resource(resource: Option<Resource>) -> (String, Vec<KeyValue>) {
     let mut attrs = attrs_from_pb(resource.map(|r| r.attributes).unwrap_or_default());
-    let service = match attrs.iter().position(|kv| kv.key == SERVICE_NAME) {
-        Some(i) => attrs.remove(i).value.to_display(),
-        None => String::new(),
-    };
+    let service = take_service_name(&mut attrs);
     (service, attrs)
 }
 

@@ -2,7 +2,7 @@
 //! commits the merged segment's row and rollups and deletes exactly the merged segments' rows,
 //! and the later deletion of their rollup rows.
 
-use super::{to_i64, Catalog, SegmentInfo};
+use super::{to_i64, Catalog, SegmentInfo, ROLLUP_INSERT};
 use crate::error::StorageError;
 use crate::rollup::Rollups;
 
@@ -21,8 +21,6 @@ impl Catalog {
              byte_size, wal_seq_min, wal_seq_max, services, created_at_ns) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
         const DELETE: &str = "DELETE FROM segments WHERE id = $1 AND damaged IS NULL";
-        const ROLLUP: &str = "INSERT INTO span_rollups (segment_id, minute_ns, service, \
-             operation, kind, calls, errors, durations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let services = serde_json::to_string(&seg.services).unwrap_or_else(|_| "[]".into());
         let (seq_min, seq_max) = (
             to_i64(seg.wal_seq_min, "wal_seq_min")?,
@@ -41,13 +39,7 @@ impl Catalog {
                 .bind(seg.row_count).bind(seg.byte_size).bind(seq_min).bind(seq_max)
                 .bind(&services).bind(seg.created_at_ns)
                 .fetch_one(&mut *tx).await?;
-            for (k, r) in rollups {
-                sqlx::query(ROLLUP)
-                    .bind(id).bind(k.minute_ns).bind(&k.service).bind(&k.operation)
-                    .bind(k.kind.as_str()).bind(to_i64(r.calls, "calls")?)
-                    .bind(to_i64(r.errors, "errors")?).bind(r.durations.to_bytes())
-                    .execute(&mut *tx).await?;
-            }
+            insert_rollups!(tx, id, rollups);
             tx.commit().await.map_err(|e| StorageError::CommitOutcomeUnknown(e.to_string()))?;
             id
         });
