@@ -13,7 +13,7 @@
 
 use meshtrace_model::{AttrValue, Event, KeyValue, Link, Span, SpanKind, StatusCode};
 
-use super::{duration, nanos, take_service_name};
+use super::{duration, nanos, Base};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Limits};
 
@@ -177,15 +177,6 @@ pub fn decode(body: &[u8], limits: &Limits) -> Result<Batch> {
     Ok(batch)
 }
 
-/// What every span of a scope starts from: its resource's and scope's fields.
-struct Base {
-    service_name: String,
-    resource_attributes: Vec<KeyValue>,
-    scope_name: String,
-    scope_version: String,
-    scope_attributes: Vec<KeyValue>,
-}
-
 /// One `ResourceSpans`; its resource is read first wherever it sits in the bytes.
 fn resource_spans(bytes: &[u8], at: usize, limits: &Limits, batch: &mut Batch) -> Result<()> {
     let mut attrs = Vec::new();
@@ -197,21 +188,14 @@ fn resource_spans(bytes: &[u8], at: usize, limits: &Limits, batch: &mut Batch) -
             _ => r.skip(number, wire)?,
         }
     }
-    let service_name = take_service_name(&mut attrs);
+    let base = Base::of_resource(attrs);
     let mut index = 0;
     let mut r = Reader::new(bytes, "ResourceSpans");
     while let Some((number, wire)) = r.field()? {
         match number {
             2 => {
                 let scope = r.len(wire, "scope_spans")?;
-                scope_spans(
-                    scope,
-                    (&service_name, &attrs),
-                    at,
-                    &mut index,
-                    limits,
-                    batch,
-                )?;
+                scope_spans(scope, &base, at, &mut index, limits, batch)?;
             }
             _ => r.skip(number, wire)?,
         }
@@ -234,19 +218,13 @@ fn resource(bytes: &[u8], attrs: &mut Vec<KeyValue>) -> Result<()> {
 /// One `ScopeSpans`: its scope first, then its spans in order.
 fn scope_spans(
     bytes: &[u8],
-    (service_name, resource_attributes): (&str, &[KeyValue]),
+    resource_base: &Base,
     resource: usize,
     index: &mut usize,
     limits: &Limits,
     batch: &mut Batch,
 ) -> Result<()> {
-    let mut base = Base {
-        service_name: service_name.to_owned(),
-        resource_attributes: resource_attributes.to_vec(),
-        scope_name: String::new(),
-        scope_version: String::new(),
-        scope_attributes: Vec::new(),
-    };
+    let mut base = resource_base.clone();
     let mut spans = 0;
     let mut r = Reader::new(bytes, "ScopeSpans");
     while let Some((number, wire)) = r.field()? {
@@ -312,15 +290,10 @@ fn count_repeated(bytes: &[u8]) -> Result<[usize; 3]> {
 fn span(bytes: &[u8], base: &Base, at: Position, limits: &Limits, batch: &mut Batch) -> Result<()> {
     let [attributes, events, links] = count_repeated(bytes)?;
     let mut s = Span {
-        service_name: base.service_name.clone(),
-        resource_attributes: base.resource_attributes.clone(),
-        scope_name: base.scope_name.clone(),
-        scope_version: base.scope_version.clone(),
-        scope_attributes: base.scope_attributes.clone(),
         attributes: Vec::with_capacity(attributes),
         events: Vec::with_capacity(events),
         links: Vec::with_capacity(links),
-        ..Span::default()
+        ..base.span()
     };
     let mut ids = RawIds {
         trace_id: &[],

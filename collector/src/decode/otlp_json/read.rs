@@ -27,7 +27,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Value as Json;
 
 use super::super::ids::decode_hex_or_base64;
-use super::super::{duration, nanos, take_service_name};
+use super::super::{duration, nanos, Base};
 use crate::validate::{validate_raw, Position, RawIds};
 use crate::{Batch, Limits, RejectReason};
 
@@ -330,27 +330,6 @@ impl<'de> Visitor<'de> for Resources<'_, '_> {
         }
         st.path.resource = None;
         Ok(())
-    }
-}
-
-/// What every span of a scope starts from: its resource's and scope's fields.
-#[derive(Clone, Default)]
-struct Base {
-    service_name: String,
-    resource_attributes: Vec<KeyValue>,
-    scope_name: String,
-    scope_version: String,
-    scope_attributes: Vec<KeyValue>,
-}
-
-impl Base {
-    fn of_resource(mut attrs: Vec<KeyValue>) -> Base {
-        let service_name = take_service_name(&mut attrs);
-        Base {
-            service_name,
-            resource_attributes: attrs,
-            ..Base::default()
-        }
     }
 }
 

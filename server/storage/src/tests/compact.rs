@@ -20,6 +20,19 @@ fn compacting(dir: &std::path::Path) -> StoreConfig {
     }
 }
 
+/// A compacting store with three segments of 200 mesh spans, records 1 to 3.
+async fn three_segments(dir: &std::path::Path) -> Store {
+    let store = Store::open(compacting(dir)).await.unwrap();
+    let t0 = now_ns() - 60_000_000_000;
+    for seq in 1..=3u64 {
+        store
+            .append(seq, &mesh_traffic(seq, 200, t0, 1_000_000))
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    store
+}
+
 fn parquet_files(dir: &std::path::Path) -> usize {
     let mut n = 0;
     let mut dirs = vec![dir.join("spans")];
@@ -120,14 +133,7 @@ async fn small_segments_are_merged_without_gap_or_duplicate() {
 #[tokio::test]
 async fn files_a_merge_cut_short_leaves_are_removed_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(compacting(dir.path())).await.unwrap();
-    let t0 = now_ns() - 60_000_000_000;
-    for seq in 1..=3u64 {
-        store
-            .append(seq, &mesh_traffic(seq, 200, t0, 1_000_000))
-            .unwrap();
-        store.flush().await.unwrap();
-    }
+    let store = three_segments(dir.path()).await;
     let segs = store.segments();
     let first = dir.path().join(&segs[0].path);
     // As if a merge of all three was written and never committed.
@@ -181,14 +187,7 @@ async fn runs_do_not_span_a_gap_in_the_sequence_numbers() {
 #[tokio::test]
 async fn a_catalog_from_before_a_merge_quarantines_the_merged_file() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(compacting(dir.path())).await.unwrap();
-    let t0 = now_ns() - 60_000_000_000;
-    for seq in 1..=3u64 {
-        store
-            .append(seq, &mesh_traffic(seq, 200, t0, 1_000_000))
-            .unwrap();
-        store.flush().await.unwrap();
-    }
+    let store = three_segments(dir.path()).await;
     store.close().await;
     drop(store);
     // The catalog as it is now: the database and SQLite's write-ahead file, if any.

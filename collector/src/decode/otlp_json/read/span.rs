@@ -46,15 +46,10 @@ impl SpanFields<'_> {
             duration_nano: duration(start, nanos(self.end)),
             status_code: self.status.0,
             status_message: self.status.1,
-            service_name: base.service_name.clone(),
-            resource_attributes: base.resource_attributes.clone(),
-            scope_name: base.scope_name.clone(),
-            scope_version: base.scope_version.clone(),
-            scope_attributes: base.scope_attributes.clone(),
             attributes: self.attributes,
             events: self.events,
             links: self.links,
-            ..Span::default()
+            ..base.span()
         };
         let raw = RawIds {
             trace_id: &ids[0],
