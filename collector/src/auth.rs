@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use meshtrace_model::class::strip_class_claims;
+use meshtrace_model::tenant::{TenantId, TENANT_HEADER};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -66,6 +67,10 @@ pub struct TokenConfig {
     /// `ingest`: the trace classes its spans may claim. Empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
+    /// The tenant the token acts for: its requests belong to it, and an `X-Scope-OrgID`
+    /// naming another is refused. None: the header's tenant (or `single`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for TokenConfig {
             .field("scopes", &self.scopes)
             .field("services", &self.services)
             .field("classes", &self.classes)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +241,9 @@ pub enum AuthError {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The `X-Scope-OrgID` header is not a tenant identifier.
+    #[error("{0}")]
+    BadTenant(String),
 }
 
 impl AuthError {
@@ -242,6 +251,7 @@ impl AuthError {
         match self {
             AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AuthError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            AuthError::BadTenant(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -249,6 +259,7 @@ impl AuthError {
         match self {
             AuthError::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
             AuthError::PermissionDenied(m) => tonic::Status::permission_denied(m.clone()),
+            AuthError::BadTenant(m) => tonic::Status::invalid_argument(m.clone()),
         }
     }
 }
@@ -288,6 +299,9 @@ impl Auth {
             }
             if tokens[..i].iter().any(|o| o.token == t.token) {
                 return Err(format!("auth token {:?} repeats another token", t.name));
+            }
+            if let Some(Err(e)) = t.tenant.as_deref().map(TenantId::parse) {
+                return Err(format!("auth token {:?}: {e}", t.name));
             }
         }
         Ok(Auth {
@@ -365,6 +379,41 @@ impl Auth {
     }
 }
 
+/// The tenant a request acts for: the one its token binds, else the one its `X-Scope-OrgID`
+/// header names, else [`TenantId::SINGLE`]. A header naming another tenant than the token's
+/// is refused (403), a malformed one is 400.
+pub fn tenant_of(caller: &Caller, header: Option<&[u8]>) -> Result<TenantId, AuthError> {
+    let named = match header {
+        None => None,
+        Some(raw) => {
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| AuthError::BadTenant("X-Scope-OrgID is not UTF-8".into()))?;
+            Some(TenantId::parse(text.trim()).map_err(AuthError::BadTenant)?)
+        }
+    };
+    let bound = match caller {
+        Caller::Token(t) => t.tenant.as_deref(),
+        Caller::Anonymous => None,
+    };
+    match (bound, named) {
+        (Some(own), Some(named)) if own != named.as_str() => {
+            Err(AuthError::PermissionDenied(format!(
+                "token {:?} acts for tenant {own:?}, not {:?}",
+                caller.name(),
+                named.as_str()
+            )))
+        }
+        // Checked when the tokens were read.
+        (Some(own), _) => TenantId::parse(own).map_err(AuthError::BadTenant),
+        (None, named) => Ok(named.unwrap_or_default()),
+    }
+}
+
+/// The tenant header of a request, if any.
+pub fn tenant_header(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(TENANT_HEADER).map(HeaderValue::as_bytes)
+}
+
 /// The state of [`require`]: the tokens and which access each request needs (`None`: open).
 #[derive(Clone)]
 pub struct Guard {
@@ -380,25 +429,51 @@ pub fn peer_of(request: &Request) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-/// The middleware: refuses what the caller may not do, else serves it with the [`Caller`] in
-/// the request's extensions.
+/// The middleware: refuses what the caller may not do, else serves it with the [`Caller`] and
+/// its [`TenantId`] (see [`tenant_of`]) in the request's extensions.
 pub async fn require(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
-    let Some(access) = (guard.access)(request.method(), request.uri().path()) else {
-        return next.run(request).await;
-    };
     let peer = peer_of(&request);
-    match guard
-        .auth
-        .authorize(authorization(request.headers()), peer, access)
-    {
-        Ok(caller) => {
+    let caller = match (guard.access)(request.method(), request.uri().path()) {
+        None => Ok(Caller::Anonymous),
+        Some(access) => guard
+            .auth
+            .authorize(authorization(request.headers()), peer, access),
+    };
+    let decided = caller.and_then(|caller| {
+        let tenant = tenant_of(&caller, tenant_header(request.headers()))?;
+        Ok((caller, tenant))
+    });
+    match decided {
+        Ok((caller, tenant)) => {
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(tenant);
             next.run(request).await
         }
         Err(e) => {
             tracing::debug!(path = request.uri().path(), ?peer, error = %e, "request refused");
             e.into_response()
         }
+    }
+}
+
+/// Handlers behind [`require`] take the tenant as an argument; without the middleware it is
+/// [`TenantId::SINGLE`].
+pub struct Tenant(pub TenantId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Tenant, Self::Rejection> {
+        Ok(Tenant(
+            parts
+                .extensions
+                .get::<TenantId>()
+                .cloned()
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -418,6 +493,7 @@ mod tests {
             scopes: scopes.to_vec(),
             services: vec![],
             classes: vec![],
+            tenant: None,
         }
     }
 
@@ -500,5 +576,29 @@ mod tests {
         assert!(caller.may_act_for(Scope::Proxy, "reviews"));
         assert!(!caller.may_act_for(Scope::Proxy, "ratings"));
         assert!(Caller::Anonymous.may_act_for(Scope::Proxy, "ratings"));
+    }
+
+    #[test]
+    fn a_token_binds_its_tenant_and_the_header_names_the_others() {
+        let anonymous = Caller::Anonymous;
+        assert!(tenant_of(&anonymous, None).unwrap().is_single());
+        assert_eq!(
+            tenant_of(&anonymous, Some(b"acme")).unwrap().as_str(),
+            "acme"
+        );
+        let e = tenant_of(&anonymous, Some(b"../x")).unwrap_err();
+        assert_eq!(e.http_status(), 400);
+        let mut t = token(
+            "acme-collector",
+            "ingest-token-0123456789",
+            &[Scope::Ingest],
+        );
+        t.tenant = Some("acme".into());
+        let bound = Caller::Token(Arc::new(t));
+        assert_eq!(tenant_of(&bound, None).unwrap().as_str(), "acme");
+        assert_eq!(tenant_of(&bound, Some(b"acme")).unwrap().as_str(), "acme");
+        let e = tenant_of(&bound, Some(b"globex")).unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        assert!(e.to_string().contains("acts for tenant \"acme\""), "{e}");
     }
 }

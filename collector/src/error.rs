@@ -60,6 +60,9 @@ pub enum Error {
     },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A new tenant would pass the configured number of tenants.
+    #[error("{0}")]
+    TenantLimit(String),
 }
 
 impl Error {
@@ -68,7 +71,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
-            Error::Overloaded { .. } => ErrorCode::ResourceExhausted,
+            Error::Overloaded { .. } | Error::TenantLimit(_) => ErrorCode::ResourceExhausted,
             Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Wal(_) | Error::Io(_) => ErrorCode::Internal,
         }

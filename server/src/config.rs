@@ -33,6 +33,23 @@ pub struct Config {
     pub auth: AuthSettings,
     pub tls: crate::tls::TlsSettings,
     pub cluster: ClusterSettings,
+    pub tenants: TenantSettings,
+}
+
+/// Tenants (`[tenants]`): requests name theirs with `X-Scope-OrgID` or a token binds it; each
+/// tenant's data lives under `DATA_DIR/tenants/ID` (the default tenant, `single`, in
+/// `DATA_DIR` itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Tenants besides `single` served at most; a request for a new one past it is 429.
+    pub max: usize,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        TenantSettings { max: 16 }
+    }
 }
 
 /// Cluster mode (`[cluster]`): on when `name` is set. See `docs/scaling.md`.
@@ -306,6 +323,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             tls: Default::default(),
             cluster: ClusterSettings::default(),
+            tenants: TenantSettings::default(),
         }
     }
 }
@@ -463,6 +481,9 @@ pub struct ServeArgs {
     /// Partitions of a new cluster's span stream [default: 32]
     #[arg(long, env = "MESHTRACE_PARTITIONS")]
     pub partitions: Option<u32>,
+    /// Tenants besides the default one served at most [default: 16]
+    #[arg(long, env = "MESHTRACE_MAX_TENANTS")]
+    pub max_tenants: Option<usize>,
     /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
     #[arg(long, env = "MESHTRACE_NO_FSYNC")]
     pub no_fsync: bool,
@@ -517,6 +538,7 @@ impl Config {
         set(&mut self.provenance.idle, &a.provenance_idle);
         set(&mut self.budgets.step, &a.budget_step);
         set(&mut self.budgets.window, &a.budget_window);
+        set(&mut self.tenants.max, &a.max_tenants);
         if a.tls_cert.is_some() {
             self.tls.cert = a.tls_cert.clone();
         }

@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod config;
 mod demo;
+mod engine;
 mod experiment;
 mod health;
 mod import;
@@ -15,6 +16,7 @@ mod pipeline;
 mod priorities;
 mod provenance;
 mod serve;
+mod tenants;
 mod tls;
 
 use clap::{Parser, Subcommand};

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod shared;
 pub mod sketch;
 pub mod span;
+pub mod tenant;
 pub mod time;
 
 pub use shared::SpanRef;

@@ -26,8 +26,10 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use meshtrace_model::tenant::TenantId;
+
 use super::Ingest;
-use crate::auth::{authorization, police, Access, Caller};
+use crate::auth::{authorization, police, tenant_header, tenant_of, Access, Caller};
 use crate::decode::otlp;
 use crate::Error;
 
@@ -73,8 +75,14 @@ where
         }
         let peer = peer_ip(&req);
         let auth = self.ingest.auth();
-        let caller = match auth.authorize(authorization(req.headers()), peer, Access::INGEST) {
-            Ok(caller) => caller,
+        let decided = auth
+            .authorize(authorization(req.headers()), peer, Access::INGEST)
+            .and_then(|caller| {
+                let tenant = tenant_of(&caller, tenant_header(req.headers()))?;
+                Ok((caller, tenant))
+            });
+        let (caller, tenant) = match decided {
+            Ok(decided) => decided,
             Err(e) => return Box::pin(async move { Ok(e.grpc_status().into_http()) }),
         };
         let this = self.clone();
@@ -83,7 +91,7 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(this.max_decoded);
-            Ok(grpc.unary(Export(this.ingest, caller), req).await)
+            Ok(grpc.unary(Export(this.ingest, caller, tenant), req).await)
         })
     }
 }
@@ -97,21 +105,21 @@ pub fn peer_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
 }
 
 /// One export call.
-struct Export(Arc<Ingest>, Caller);
+struct Export(Arc<Ingest>, Caller, TenantId);
 
 impl UnaryService<Bytes> for Export {
     type Response = ExportTraceServiceResponse;
     type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let (ingest, caller) = (self.0.clone(), self.1.clone());
-        Box::pin(async move { export(&ingest, &caller, request.into_inner()).await })
+        let (ingest, caller, tenant) = (self.0.clone(), self.1.clone(), self.2.clone());
+        Box::pin(async move { export(&ingest, (&caller, &tenant), request.into_inner()).await })
     }
 }
 
 async fn export(
     ingest: &Ingest,
-    caller: &Caller,
+    (caller, tenant): (&Caller, &TenantId),
     body: Bytes,
 ) -> Result<Response<ExportTraceServiceResponse>, Status> {
     let mut batch = otlp::decode_protobuf(&body, ingest.limits()).map_err(|e| {
@@ -120,7 +128,7 @@ async fn export(
     })?;
     police(caller, &mut batch);
     let outcome = ingest
-        .submit_otlp("otlp_grpc", batch, body)
+        .submit_otlp("otlp_grpc", tenant, batch, body)
         .await
         .map_err(|e| {
             tracing::debug!(error = %e, "otlp grpc export failed");

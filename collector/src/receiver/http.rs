@@ -19,8 +19,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
+use meshtrace_model::tenant::TenantId;
+
 use super::{Ingest, Outcome};
-use crate::auth::{self, Caller};
+use crate::auth::{self, Caller, Tenant};
 use crate::decode::{otlp, otlp_json, zipkin};
 use crate::Error;
 
@@ -136,6 +138,7 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Error> {
 async fn otlp_traces(
     State(ingest): State<Ingest>,
     caller: Caller,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -151,7 +154,8 @@ async fn otlp_traces(
             return error_response(&e);
         }
     };
-    match otlp_ingest(&ingest, &caller, &headers, body, encoding).await {
+    let who = (&caller, &tenant);
+    match otlp_ingest(&ingest, who, &headers, body, encoding).await {
         Ok(outcome) => otlp_success(encoding, outcome),
         Err(e) => {
             ingest.record_failure("otlp_http", &e);
@@ -162,7 +166,7 @@ async fn otlp_traces(
 
 async fn otlp_ingest(
     ingest: &Ingest,
-    caller: &Caller,
+    (caller, tenant): (&Caller, &TenantId),
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
@@ -172,12 +176,12 @@ async fn otlp_ingest(
         Encoding::Protobuf => {
             let mut batch = otlp::decode_protobuf(&bytes, ingest.limits())?;
             auth::police(caller, &mut batch);
-            ingest.submit_otlp("otlp_http", batch, bytes).await
+            ingest.submit_otlp("otlp_http", tenant, batch, bytes).await
         }
         Encoding::Json => {
             let mut batch = otlp_json::decode(&bytes, ingest.limits())?;
             auth::police(caller, &mut batch);
-            ingest.submit("otlp_http", batch).await
+            ingest.submit("otlp_http", tenant, batch).await
         }
     }
 }
@@ -214,6 +218,7 @@ fn otlp_success(encoding: Encoding, outcome: Outcome) -> Response {
 async fn zipkin_spans(
     State(ingest): State<Ingest>,
     caller: Caller,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -232,7 +237,7 @@ async fn zipkin_spans(
         let bytes = read_body(&ingest, &headers, body).await?;
         let mut batch = zipkin::decode(&bytes, ingest.limits())?;
         auth::police(&caller, &mut batch);
-        ingest.submit("zipkin", batch).await
+        ingest.submit("zipkin", &tenant, batch).await
     }
     .await;
     match result {

@@ -11,8 +11,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use meshtrace_model::tenant::TenantId;
+
 use crate::auth::Auth;
 use crate::metrics::IngestMetrics;
+use crate::sink::{SingleTenant, TenantSinks};
 use crate::{Batch, Error, Limits, SpanSink};
 
 /// Size limits and span limits applied by every receiver.
@@ -48,7 +51,7 @@ pub struct Outcome {
 /// The shared entry point of all receivers.
 #[derive(Clone)]
 pub struct Ingest {
-    sink: Arc<dyn SpanSink>,
+    sinks: Arc<dyn TenantSinks>,
     metrics: IngestMetrics,
     config: Arc<ReceiverConfig>,
     auth: Auth,
@@ -58,9 +61,19 @@ pub struct Ingest {
 const MAX_QUOTED_REJECTIONS: usize = 5;
 
 impl Ingest {
+    /// Receivers for the default tenant only, delivering to `sink`.
     pub fn new(sink: Arc<dyn SpanSink>, metrics: IngestMetrics, config: ReceiverConfig) -> Self {
+        Self::with_tenants(Arc::new(SingleTenant(sink)), metrics, config)
+    }
+
+    /// Receivers that deliver each tenant's spans to its own sink.
+    pub fn with_tenants(
+        sinks: Arc<dyn TenantSinks>,
+        metrics: IngestMetrics,
+        config: ReceiverConfig,
+    ) -> Self {
         Ingest {
-            sink,
+            sinks,
             metrics,
             config: Arc::new(config),
             auth: Auth::default(),
@@ -85,9 +98,15 @@ impl Ingest {
         &self.config.limits
     }
 
-    /// Counts a batch, delivers its valid spans and waits until they are durable.
-    pub async fn submit(&self, protocol: &'static str, batch: Batch) -> Result<Outcome, Error> {
-        self.submit_from(protocol, batch, None).await
+    /// Counts a batch, delivers its valid spans to `tenant`'s sink and waits until they are
+    /// durable.
+    pub async fn submit(
+        &self,
+        protocol: &'static str,
+        tenant: &TenantId,
+        batch: Batch,
+    ) -> Result<Outcome, Error> {
+        self.submit_from(protocol, tenant, batch, None).await
     }
 
     /// As [`Ingest::submit`], for a batch decoded from the OTLP protobuf `request` (the sink
@@ -95,15 +114,18 @@ impl Ingest {
     pub async fn submit_otlp(
         &self,
         protocol: &'static str,
+        tenant: &TenantId,
         batch: Batch,
         request: Bytes,
     ) -> Result<Outcome, Error> {
-        self.submit_from(protocol, batch, Some(request)).await
+        self.submit_from(protocol, tenant, batch, Some(request))
+            .await
     }
 
     async fn submit_from(
         &self,
         protocol: &'static str,
+        tenant: &TenantId,
         batch: Batch,
         request: Option<Bytes>,
     ) -> Result<Outcome, Error> {
@@ -127,14 +149,19 @@ impl Ingest {
             self.metrics.reject(r.reason.as_str(), 1);
         }
         if accepted > 0 {
-            let durable = match request {
-                Some(request) => self.sink.accept_otlp(spans, request),
-                None => self.sink.accept(spans),
+            let durable = async {
+                let sink = self.sinks.sink(tenant).await?;
+                match request {
+                    Some(request) => sink.accept_otlp(spans, request).await,
+                    None => sink.accept(spans).await,
+                }
             };
             if let Err(e) = durable.await {
                 let reason = match e {
                     Error::Overloaded { .. } => "overloaded",
                     Error::Unavailable { .. } => "unavailable",
+                    Error::TenantLimit(_) => "tenant_limit",
+                    Error::InvalidArgument(_) => "invalid",
                     _ => "internal",
                 };
                 self.metrics.reject(reason, accepted as u64);
@@ -223,7 +250,7 @@ mod tests {
         let whole = Bytes::from(req.encode_to_vec());
         let batch = decode_protobuf(&whole, ingest.limits()).unwrap();
         ingest
-            .submit_otlp("otlp_grpc", batch, whole.clone())
+            .submit_otlp("otlp_grpc", &TenantId::single(), batch, whole.clone())
             .await
             .unwrap();
 
@@ -234,7 +261,7 @@ mod tests {
         let batch = decode_protobuf(&whole, &tight).unwrap();
         assert!(batch.truncated > 0);
         ingest
-            .submit_otlp("otlp_grpc", batch, whole.clone())
+            .submit_otlp("otlp_grpc", &TenantId::single(), batch, whole.clone())
             .await
             .unwrap();
 
@@ -244,7 +271,7 @@ mod tests {
         let partly_bad = Bytes::from(req.encode_to_vec());
         let batch = decode_protobuf(&partly_bad, ingest.limits()).unwrap();
         let outcome = ingest
-            .submit_otlp("otlp_grpc", batch, partly_bad)
+            .submit_otlp("otlp_grpc", &TenantId::single(), batch, partly_bad)
             .await
             .unwrap();
         assert_eq!((outcome.accepted, outcome.rejected), (1, 1));

@@ -60,14 +60,10 @@ pub struct Security {
     pub cors_origins: Vec<String>,
 }
 
-/// The router of the query port.
-pub fn router(state: ApiState, timing: timing::RequestTiming, security: Security) -> Router {
+/// The query API of one tenant's engine, without the port's security layers ([`secure`]).
+pub fn routes(state: ApiState, timing: timing::RequestTiming) -> Router {
     let (v1, _) = openapi::v1_router().split_for_parts();
-    let guard = auth::Guard {
-        auth: security.auth,
-        access: access::route_access,
-    };
-    let router = Router::new()
+    Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -88,12 +84,23 @@ pub fn router(state: ApiState, timing: timing::RequestTiming, security: Security
         .route_layer(axum::middleware::from_fn_with_state(timing, timing::time))
         .fallback(ui::serve)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(state)
+}
+
+/// The query port's security around `router` (which serves every tenant): the Host
+/// allow-list, then tokens and scopes (which also decide the request's tenant, see
+/// [`auth::require`]), and CORS for the configured origins only.
+pub fn secure(router: Router, security: Security) -> Router {
+    let guard = auth::Guard {
+        auth: security.auth,
+        access: access::route_access,
+    };
+    let router = router
         .layer(axum::middleware::from_fn_with_state(guard, auth::require))
         .layer(axum::middleware::from_fn_with_state(
             security.hosts,
             access::check_request,
-        ))
-        .with_state(state);
+        ));
     match cors(&security.cors_origins) {
         Some(layer) => router.layer(layer),
         None => router,
@@ -112,7 +119,11 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST, Method::PUT])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static(meshtrace_model::tenant::TENANT_HEADER),
+            ]),
     )
 }
 

@@ -404,7 +404,7 @@ async fn run_once(args: &IngestArgs, off: Option<Feature>) -> anyhow::Result<Run
     };
     let mut run = load(endpoint, args).await?;
     if let Some(running) = server {
-        let store = running.opened.store.clone();
+        let store = running.opened().store.clone();
         running.stop().await?;
         let stats = store.stats();
         if stats.rows_written > 0 {

@@ -149,18 +149,18 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
     // Every trace completes after the idle window; then everything is flushed, and the
     // server's background task rolls the service graph up as it does every 30 s.
     tokio::time::sleep(config.provenance.idle + Duration::from_secs(2)).await;
-    running.opened.store.flush().await?;
-    running.opened.provenance.derived().flush().await?;
+    running.opened().store.flush().await?;
+    running.opened().provenance.derived().flush().await?;
     let fill_rss_mib = peak_rss_kib() as f64 / 1024.0;
     // Compacted as the server's background pass would leave it, so that no pass runs while
     // the queries are timed.
-    while running.opened.provenance.derived().compact().await? > 0 {}
+    while running.opened().provenance.derived().compact().await? > 0 {}
     tokio::time::sleep(Duration::from_secs(32)).await;
     reset_peak_rss();
     let client = reqwest::Client::new();
     let base = format!("http://{http}");
     let mut times = Vec::new();
-    let store = running.opened.store.clone();
+    let store = running.opened().store.clone();
     for q in queries(end_ns, range_ns) {
         let mut ms = Vec::with_capacity(args.runs);
         let before = store.stats();
@@ -352,12 +352,12 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// segments and derived segments apart. Files of compacted segments waiting for their grace
 /// period to end are not counted.
 fn stored_size(running: &crate::serve::Running) -> anyhow::Result<(usize, u64, u64)> {
-    let spans = running.opened.store.segments();
+    let spans = running.opened().store.segments();
     let mut files = spans.len();
     let span_bytes = spans.iter().map(|s| s.byte_size.max(0) as u64).sum();
     let mut derived_bytes = 0;
     for table in [TRACES, EDGES, CRITICAL_PATH] {
-        let segments = running.opened.provenance.derived().segments(table)?;
+        let segments = running.opened().provenance.derived().segments(table)?;
         files += segments.len();
         derived_bytes += segments
             .iter()

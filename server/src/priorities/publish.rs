@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::future::BoxFuture;
 use futures::Stream;
 use meshtrace_budget::{Assignment, AssignmentSet, MatchRule, Signature};
 use meshtrace_proto::priorities::v1 as pb;
@@ -18,7 +19,8 @@ use tonic::{Request, Response, Status};
 
 use super::{is_valid_name, Priorities, MAX_NAME_CHARS};
 use axum::http::HeaderValue;
-use meshtrace_collector::auth::{Access, Auth, Caller, Scope};
+use meshtrace_collector::auth::{tenant_of, Access, Auth, Caller, Scope};
+use meshtrace_model::tenant::{TenantId, TENANT_HEADER};
 
 /// Channels kept before unwatched, unpublished ones are dropped.
 const PRUNE_AT: usize = 1024;
@@ -218,9 +220,27 @@ impl Drop for WatcherGuard {
     }
 }
 
+/// Where a watch finds its tenant's priorities (see `crate::tenants`).
+pub trait PrioritiesOf: Send + Sync + 'static {
+    fn priorities(&self, tenant: &TenantId) -> BoxFuture<'static, Result<Priorities, Status>>;
+}
+
+/// One engine's priorities serve the default tenant only.
+impl PrioritiesOf for Priorities {
+    fn priorities(&self, tenant: &TenantId) -> BoxFuture<'static, Result<Priorities, Status>> {
+        let result = match tenant.is_single() {
+            true => Ok(self.clone()),
+            false => Err(Status::invalid_argument(format!(
+                "tenant {tenant} is not served here"
+            ))),
+        };
+        Box::pin(async move { result })
+    }
+}
+
 /// The gRPC `meshtrace.priorities.v1.Priorities` service.
 pub struct WatchService {
-    p: Priorities,
+    source: Arc<dyn PrioritiesOf>,
 }
 
 /// The watch service behind the token check ([`meshtrace_collector::auth`]): `proxy` (or
@@ -244,14 +264,18 @@ impl Interceptor for TokenCheck {
             .0
             .authorize(header.as_ref(), peer, access)
             .map_err(|e| e.grpc_status())?;
+        let named = req.metadata().get(TENANT_HEADER).map(|v| v.as_bytes());
+        let tenant = tenant_of(&caller, named).map_err(|e| e.grpc_status())?;
         req.extensions_mut().insert(caller);
+        req.extensions_mut().insert(tenant);
         Ok(req)
     }
 }
 
 impl WatchService {
-    pub fn server(p: Priorities, auth: Auth) -> GuardedWatch {
-        let server = pb::priorities_server::PrioritiesServer::new(WatchService { p });
+    /// The service for the tenants `source` serves.
+    pub fn server(source: Arc<dyn PrioritiesOf>, auth: Auth) -> GuardedWatch {
+        let server = pb::priorities_server::PrioritiesServer::new(WatchService { source });
         InterceptedService::new(server, TokenCheck(auth))
     }
 }
@@ -276,6 +300,8 @@ impl pb::priorities_server::Priorities for WatchService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<SetStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let tenant = request.extensions().get::<TenantId>().cloned();
+        let p = self.source.priorities(&tenant.unwrap_or_default()).await?;
         let req = request.into_inner();
         if !is_valid_name(&req.service) {
             return Err(Status::invalid_argument(format!(
@@ -301,11 +327,11 @@ impl pb::priorities_server::Priorities for WatchService {
         };
         tracing::debug!(service = %req.service, %node, "priority watch started");
         let state = Watch {
-            rx: self.p.inner.board.subscribe(&req.service),
+            rx: p.inner.board.subscribe(&req.service),
             sent_first: false,
             node,
-            _guard: WatcherGuard::new(&self.p),
-            p: self.p.clone(),
+            _guard: WatcherGuard::new(&p),
+            p: p.clone(),
         };
         let stream = futures::stream::unfold(state, |mut w| async move {
             if w.sent_first {

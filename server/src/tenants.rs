@@ -1,0 +1,284 @@
+//! Tenants: one [`Engine`] per tenant, so that nothing of one tenant is seen by another.
+//!
+//! A request's tenant is decided with its caller (see `meshtrace_collector::auth::tenant_of`:
+//! the token's, else `X-Scope-OrgID`, else `single`). The default tenant's engine is the server
+//! as it always was, on `DATA_DIR`; every other tenant has an engine of its own on
+//! `DATA_DIR/tenants/ID`: its own write-ahead log, span and derived segments, SQLite catalog
+//! (so classes, objectives, overrides, priority versions and proxies too), provenance,
+//! budgets and priorities. Keeping tenants apart is then a matter of routing, not of a filter
+//! every query must remember: the receivers hand spans to the tenant's sink
+//! ([`TenantSinks`]), the query port sends each request to the tenant's router ([`router`]),
+//! and priority watches read the tenant's priorities ([`PrioritiesOf`]).
+//!
+//! An engine is opened when its tenant's first request arrives, and at start-up for every
+//! tenant folder present (its log may hold acknowledged spans). At most `[tenants] max`
+//! tenants besides `single` are served: a request for another is 429. Cluster mode and a
+//! PostgreSQL catalog serve the default tenant only, for now.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use meshtrace_collector::auth::Tenant;
+use meshtrace_collector::sink::TenantSinks;
+use meshtrace_collector::{Error, SpanSink};
+use meshtrace_model::tenant::TenantId;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::api::timing::RequestTiming;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::priorities::publish::PrioritiesOf;
+use crate::priorities::Priorities;
+
+/// Every tenant's engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Tenants(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    timing: RequestTiming,
+    shutdown: CancellationToken,
+    single: Arc<Engine>,
+    others: RwLock<HashMap<TenantId, Arc<Engine>>>,
+    /// Held while an engine opens, so that two first requests open it once.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// Why a tenant's engine is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("tenant {tenant} would pass the limit of {max} tenants ([tenants] max)")]
+    Limit { tenant: TenantId, max: usize },
+    #[error("tenant {tenant} is not served: {why}")]
+    NotServed { tenant: TenantId, why: &'static str },
+    #[error("tenant {tenant} could not be opened: {why}")]
+    Failed { tenant: TenantId, why: String },
+}
+
+impl TenantError {
+    fn ingest_error(self) -> Error {
+        match self {
+            TenantError::Limit { .. } => Error::TenantLimit(self.to_string()),
+            TenantError::NotServed { .. } => Error::InvalidArgument(self.to_string()),
+            TenantError::Failed { .. } => Error::Unavailable {
+                reason: self.to_string(),
+                retry_after: std::time::Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+impl IntoResponse for TenantError {
+    fn into_response(self) -> Response {
+        use http::StatusCode;
+        let status = match &self {
+            TenantError::Limit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            TenantError::NotServed { .. } => StatusCode::BAD_REQUEST,
+            TenantError::Failed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let body = serde_json::json!({ "error": self.to_string() });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+impl Tenants {
+    /// The engines of the default tenant and of every tenant folder under `DATA_DIR/tenants`.
+    pub async fn start(
+        config: &Config,
+        single: Arc<Engine>,
+        timing: RequestTiming,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Tenants> {
+        let tenants = Tenants(Arc::new(Inner {
+            config: config.clone(),
+            timing,
+            shutdown,
+            single,
+            others: RwLock::default(),
+            opening: tokio::sync::Mutex::new(()),
+        }));
+        for tenant in tenants.present()? {
+            let engine = tenants
+                .open(&tenant)
+                .await
+                .with_context(|| format!("opening tenant {tenant}"))?;
+            tenants
+                .0
+                .others
+                .write()
+                .expect("tenants")
+                .insert(tenant, engine);
+        }
+        Ok(tenants)
+    }
+
+    /// The folder of the tenants besides `single`.
+    fn root(&self) -> PathBuf {
+        self.0.config.data_dir.join("tenants")
+    }
+
+    /// The tenants with a folder (ignoring what is not a tenant identifier).
+    fn present(&self) -> anyhow::Result<Vec<TenantId>> {
+        let entries = match std::fs::read_dir(self.root()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("listing the tenants' folders"),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            match name.to_str().map(TenantId::parse) {
+                Some(Ok(t)) if !t.is_single() => found.push(t),
+                _ => tracing::warn!(?name, "not a tenant folder; left alone"),
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The default tenant's engine.
+    pub fn single(&self) -> &Arc<Engine> {
+        &self.0.single
+    }
+
+    /// Every engine but the default tenant's.
+    fn others(&self) -> Vec<Arc<Engine>> {
+        let others = self.0.others.read().expect("tenants");
+        others.values().cloned().collect()
+    }
+
+    /// The tenant's engine, opened if it is new.
+    pub async fn engine(&self, tenant: &TenantId) -> Result<Arc<Engine>, TenantError> {
+        if tenant.is_single() {
+            return Ok(self.0.single.clone());
+        }
+        if let Some(e) = self.0.others.read().expect("tenants").get(tenant) {
+            return Ok(e.clone());
+        }
+        let _opening = self.0.opening.lock().await;
+        if let Some(e) = self.0.others.read().expect("tenants").get(tenant) {
+            return Ok(e.clone());
+        }
+        let max = self.0.config.tenants.max;
+        if self.0.others.read().expect("tenants").len() >= max {
+            return Err(TenantError::Limit {
+                tenant: tenant.clone(),
+                max,
+            });
+        }
+        let engine = self.open(tenant).await.map_err(|e| TenantError::Failed {
+            tenant: tenant.clone(),
+            why: format!("{e:#}"),
+        })?;
+        tracing::info!(%tenant, "serving a new tenant");
+        let mut others = self.0.others.write().expect("tenants");
+        others.insert(tenant.clone(), engine.clone());
+        Ok(engine)
+    }
+
+    /// Opens a tenant's engine on its folder.
+    async fn open(&self, tenant: &TenantId) -> anyhow::Result<Arc<Engine>> {
+        let config = self.config_of(tenant)?;
+        let engine = Engine::start(
+            tenant.clone(),
+            &config,
+            Registry::default(),
+            self.0.timing.clone(),
+            &self.0.shutdown,
+        )
+        .await?;
+        engine.set_ready();
+        Ok(Arc::new(engine))
+    }
+
+    /// The server's configuration with the tenant's folder as the data folder.
+    fn config_of(&self, tenant: &TenantId) -> Result<Config, TenantError> {
+        let not_served = |why| TenantError::NotServed {
+            tenant: tenant.clone(),
+            why,
+        };
+        if self.0.config.cluster.name.is_some() {
+            return Err(not_served("cluster mode serves the default tenant only"));
+        }
+        if self.0.config.catalog_url.is_some() {
+            return Err(not_served(
+                "tenants besides the default one need the embedded catalog (no catalog_url)",
+            ));
+        }
+        let mut config = self.0.config.clone();
+        config.data_dir = self.root().join(tenant.as_str());
+        Ok(config)
+    }
+
+    /// After the shutdown token was cancelled: stops every tenant's engine but the default
+    /// one's (which the server stops last, after the cluster node).
+    pub async fn stop_others(&self) {
+        for engine in self.others() {
+            if let Err(e) = engine.stop().await {
+                tracing::error!(
+                    tenant = %engine.tenant, error = format!("{e:#}"),
+                    "could not flush everything before stopping; the acknowledged spans stay \
+                     in the tenant's write-ahead log and are stored at the next start"
+                );
+            }
+        }
+    }
+}
+
+impl TenantSinks for Tenants {
+    fn sink(&self, tenant: &TenantId) -> BoxFuture<'static, Result<Arc<dyn SpanSink>, Error>> {
+        let (tenants, tenant) = (self.clone(), tenant.clone());
+        Box::pin(async move {
+            match tenants.engine(&tenant).await {
+                Ok(engine) => Ok(engine.sink.clone()),
+                Err(e) => Err(e.ingest_error()),
+            }
+        })
+    }
+}
+
+impl PrioritiesOf for Tenants {
+    fn priorities(
+        &self,
+        tenant: &TenantId,
+    ) -> BoxFuture<'static, Result<Priorities, tonic::Status>> {
+        let (tenants, tenant) = (self.clone(), tenant.clone());
+        Box::pin(async move {
+            match tenants.engine(&tenant).await {
+                Ok(engine) => Ok(engine.state.priorities.clone()),
+                Err(e) => {
+                    let message = e.to_string();
+                    let code = e.ingest_error().code().grpc_code();
+                    Err(tonic::Status::new(code, message))
+                }
+            }
+        })
+    }
+}
+
+/// The query port's router for every tenant: each request goes to its tenant's engine (the
+/// port's security layers, added around this, decided the tenant).
+pub fn router(tenants: Tenants) -> axum::Router {
+    axum::Router::new().fallback(dispatch).with_state(tenants)
+}
+
+async fn dispatch(
+    State(tenants): State<Tenants>,
+    Tenant(tenant): Tenant,
+    request: Request,
+) -> Response {
+    match tenants.engine(&tenant).await {
+        Ok(engine) => match engine.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        Err(e) => e.into_response(),
+    }
+}
