@@ -430,19 +430,21 @@ pub fn peer_of(request: &Request) -> Option<IpAddr> {
 }
 
 /// The middleware: refuses what the caller may not do, else serves it with the [`Caller`] and
-/// its [`TenantId`] (see [`tenant_of`]) in the request's extensions.
+/// its [`TenantId`] (see [`tenant_of`]) in the request's extensions. Open requests (no
+/// access needed: health, the dashboard's files) belong to the default tenant whatever they
+/// name, so that no one opens a tenant or reads its state without a say from the tokens.
 pub async fn require(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     let peer = peer_of(&request);
-    let caller = match (guard.access)(request.method(), request.uri().path()) {
-        None => Ok(Caller::Anonymous),
+    let decided = match (guard.access)(request.method(), request.uri().path()) {
+        None => Ok((Caller::Anonymous, TenantId::single())),
         Some(access) => guard
             .auth
-            .authorize(authorization(request.headers()), peer, access),
+            .authorize(authorization(request.headers()), peer, access)
+            .and_then(|caller| {
+                let tenant = tenant_of(&caller, tenant_header(request.headers()))?;
+                Ok((caller, tenant))
+            }),
     };
-    let decided = caller.and_then(|caller| {
-        let tenant = tenant_of(&caller, tenant_header(request.headers()))?;
-        Ok((caller, tenant))
-    });
     match decided {
         Ok((caller, tenant)) => {
             request.extensions_mut().insert(caller);

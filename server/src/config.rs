@@ -24,6 +24,10 @@ pub struct Config {
     pub listen: Listen,
     /// `sqlite://PATH` or `postgres://...`; empty means SQLite at `DATA_DIR/catalog.db`.
     pub catalog_url: Option<String>,
+    /// Set for a tenant's engine with a PostgreSQL catalog (see `crate::tenants`): the schema
+    /// of its tables. Not configurable.
+    #[serde(skip)]
+    pub catalog_schema: Option<String>,
     pub storage: StorageConfig,
     pub ingest: ReceiverConfig,
     pub wal: WalSettings,
@@ -42,13 +46,18 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantSettings {
+    /// Off: `X-Scope-OrgID` and tokens' tenants are ignored, every request is `single`'s.
+    pub enabled: bool,
     /// Tenants besides `single` served at most; a request for a new one past it is 429.
     pub max: usize,
 }
 
 impl Default for TenantSettings {
     fn default() -> Self {
-        TenantSettings { max: 16 }
+        TenantSettings {
+            enabled: true,
+            max: 16,
+        }
     }
 }
 
@@ -314,6 +323,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             listen: Listen::default(),
             catalog_url: None,
+            catalog_schema: None,
             storage: StorageConfig::default(),
             ingest: ReceiverConfig::default(),
             wal: WalSettings::default(),

@@ -3,7 +3,7 @@
 //! A request's tenant is decided with its caller (see `meshtrace_collector::auth::tenant_of`:
 //! the token's, else `X-Scope-OrgID`, else `single`). The default tenant's engine is the server
 //! as it always was, on `DATA_DIR`; every other tenant has an engine of its own on
-//! `DATA_DIR/tenants/ID`: its own write-ahead log, span and derived segments, SQLite catalog
+//! `DATA_DIR/tenants/ID`: its own write-ahead log, span and derived segments, catalog
 //! (so classes, objectives, overrides, priority versions and proxies too), provenance,
 //! budgets and priorities. Keeping tenants apart is then a matter of routing, not of a filter
 //! every query must remember: the receivers hand spans to the tenant's sink
@@ -12,12 +12,14 @@
 //!
 //! An engine is opened when its tenant's first request arrives, and at start-up for every
 //! tenant folder present (its log may hold acknowledged spans). At most `[tenants] max`
-//! tenants besides `single` are served: a request for another is 429. Cluster mode and a
-//! PostgreSQL catalog serve the default tenant only, for now.
+//! tenants besides `single` are served: a request for another is 429. With a PostgreSQL
+//! catalog, a tenant's catalog is the schema `tenant_ID` of the same database. Cluster mode
+//! serves the default tenant only, for now.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{Request, State};
@@ -47,9 +49,15 @@ struct Inner {
     shutdown: CancellationToken,
     single: Arc<Engine>,
     others: RwLock<HashMap<TenantId, Arc<Engine>>>,
-    /// Held while an engine opens, so that two first requests open it once.
-    opening: tokio::sync::Mutex<()>,
+    /// Held while an engine opens (by the task that opens it, so a request that goes away
+    /// does not let a second open start), and while engines stop.
+    opening: Arc<tokio::sync::Mutex<()>>,
+    /// When a tenant's engine last failed to open: it is not tried again for a while.
+    failed: Mutex<HashMap<TenantId, Instant>>,
 }
+
+/// How long a tenant whose engine failed to open is refused before it is tried again.
+const RETRY_OPEN_AFTER: Duration = Duration::from_secs(30);
 
 /// Why a tenant's engine is not there.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +66,9 @@ pub enum TenantError {
     Limit { tenant: TenantId, max: usize },
     #[error("tenant {tenant} is not served: {why}")]
     NotServed { tenant: TenantId, why: &'static str },
-    #[error("tenant {tenant} could not be opened: {why}")]
-    Failed { tenant: TenantId, why: String },
+    /// The details are in the server's log, not in answers.
+    #[error("tenant {tenant} could not be opened; the server's log says why")]
+    Failed { tenant: TenantId },
 }
 
 impl TenantError {
@@ -102,19 +111,17 @@ impl Tenants {
             shutdown,
             single,
             others: RwLock::default(),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Arc::default(),
+            failed: Mutex::default(),
         }));
+        if !config.tenants.enabled {
+            return Ok(tenants);
+        }
+        // Each is recovered before the listeners start: its log may hold acknowledged spans.
+        // One that cannot be opened is logged and tried again at a request after a while.
+        // Every present tenant, even past `max` (which bounds new ones).
         for tenant in tenants.present()? {
-            let engine = tenants
-                .open(&tenant)
-                .await
-                .with_context(|| format!("opening tenant {tenant}"))?;
-            tenants
-                .0
-                .others
-                .write()
-                .expect("tenants")
-                .insert(tenant, engine);
+            let _ = tenants.open_and_keep(tenant).await;
         }
         Ok(tenants)
     }
@@ -154,18 +161,59 @@ impl Tenants {
         others.values().cloned().collect()
     }
 
-    /// The tenant's engine, opened if it is new.
+    /// The tenant's engine, opened if it is new (the default tenant's for every tenant when
+    /// `[tenants] enabled` is off).
     pub async fn engine(&self, tenant: &TenantId) -> Result<Arc<Engine>, TenantError> {
-        if tenant.is_single() {
+        if tenant.is_single() || !self.0.config.tenants.enabled {
             return Ok(self.0.single.clone());
         }
         if let Some(e) = self.0.others.read().expect("tenants").get(tenant) {
             return Ok(e.clone());
         }
-        let _opening = self.0.opening.lock().await;
+        let opening = self.0.opening.clone().lock_owned().await;
         if let Some(e) = self.0.others.read().expect("tenants").get(tenant) {
             return Ok(e.clone());
         }
+        self.may_open(tenant)?;
+        // In a task of its own, holding the lock: a request that goes away does not cut an
+        // open short (leaving half an engine on the tenant's folder) nor let another start.
+        let (tenants, t) = (self.clone(), tenant.clone());
+        let task = tokio::spawn(async move {
+            let _opening = opening;
+            tenants.open_and_keep(t).await
+        });
+        task.await.unwrap_or_else(|_| {
+            Err(TenantError::Failed {
+                tenant: tenant.clone(),
+            })
+        })
+    }
+
+    /// Opens the tenant's engine and keeps it, or remembers when it failed.
+    async fn open_and_keep(&self, tenant: TenantId) -> Result<Arc<Engine>, TenantError> {
+        let failed = &self.0.failed;
+        match self.open(&tenant).await {
+            Ok(engine) => {
+                tracing::info!(%tenant, "serving a tenant");
+                failed.lock().expect("tenants").remove(&tenant);
+                let mut others = self.0.others.write().expect("tenants");
+                others.insert(tenant, engine.clone());
+                Ok(engine)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::error!(%tenant, error, "could not open a tenant's engine");
+                failed
+                    .lock()
+                    .expect("tenants")
+                    .insert(tenant.clone(), Instant::now());
+                Err(TenantError::Failed { tenant })
+            }
+        }
+    }
+
+    /// Refuses a new engine past the limit, while stopping, or soon after one failed.
+    fn may_open(&self, tenant: &TenantId) -> Result<(), TenantError> {
         let max = self.0.config.tenants.max;
         if self.0.others.read().expect("tenants").len() >= max {
             return Err(TenantError::Limit {
@@ -173,14 +221,19 @@ impl Tenants {
                 max,
             });
         }
-        let engine = self.open(tenant).await.map_err(|e| TenantError::Failed {
-            tenant: tenant.clone(),
-            why: format!("{e:#}"),
-        })?;
-        tracing::info!(%tenant, "serving a new tenant");
-        let mut others = self.0.others.write().expect("tenants");
-        others.insert(tenant.clone(), engine.clone());
-        Ok(engine)
+        if self.0.shutdown.is_cancelled() {
+            return Err(TenantError::NotServed {
+                tenant: tenant.clone(),
+                why: "the server is stopping",
+            });
+        }
+        let failed = self.0.failed.lock().expect("tenants").get(tenant).copied();
+        if failed.is_some_and(|at| at.elapsed() < RETRY_OPEN_AFTER) {
+            return Err(TenantError::Failed {
+                tenant: tenant.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Opens a tenant's engine on its folder.
@@ -198,7 +251,8 @@ impl Tenants {
         Ok(Arc::new(engine))
     }
 
-    /// The server's configuration with the tenant's folder as the data folder.
+    /// The server's configuration with the tenant's folder as the data folder (and its schema
+    /// as the catalog's, with PostgreSQL).
     fn config_of(&self, tenant: &TenantId) -> Result<Config, TenantError> {
         let not_served = |why| TenantError::NotServed {
             tenant: tenant.clone(),
@@ -207,19 +261,28 @@ impl Tenants {
         if self.0.config.cluster.name.is_some() {
             return Err(not_served("cluster mode serves the default tenant only"));
         }
-        if self.0.config.catalog_url.is_some() {
-            return Err(not_served(
-                "tenants besides the default one need the embedded catalog (no catalog_url)",
-            ));
-        }
         let mut config = self.0.config.clone();
         config.data_dir = self.root().join(tenant.as_str());
+        match config.catalog_url.as_deref() {
+            // SQLite at the tenant's folder.
+            None => {}
+            Some(url) if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
+                config.catalog_schema = Some(format!("tenant_{tenant}"));
+            }
+            Some(_) => {
+                return Err(not_served(
+                    "tenants besides the default one need the embedded catalog or PostgreSQL",
+                ))
+            }
+        }
         Ok(config)
     }
 
     /// After the shutdown token was cancelled: stops every tenant's engine but the default
-    /// one's (which the server stops last, after the cluster node).
+    /// one's (which the server stops last, after the cluster node). Waits for an engine being
+    /// opened; none opens after (see [`Tenants::may_open`]).
     pub async fn stop_others(&self) {
+        let _opening = self.0.opening.lock().await;
         for engine in self.others() {
             if let Err(e) = engine.stop().await {
                 tracing::error!(

@@ -465,3 +465,98 @@ async fn interactive_is_raised_above_batch_at_the_shared_hop() {
     assert!(metrics.contains("meshtrace_budget_updates_total"));
     drop(stream);
 }
+
+/// A tenant's (`X-Scope-OrgID`) objectives, budgets and priorities are its own: acme's traffic
+/// raises interactive above batch for acme's watchers, over HTTP and gRPC, while the default
+/// tenant's `reviews` set stays at version 0.
+#[tokio::test]
+async fn a_tenants_priorities_are_its_own() {
+    const TENANT: (&str, &str) = ("x-scope-orgid", "acme");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meshtrace.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let cfg = config.display().to_string();
+    let flags = [
+        "--config",
+        &cfg,
+        "--provenance-idle",
+        "1s",
+        "--budget-step",
+        "1s",
+    ];
+    let server = Server::start(&dir.path().join("data"), &flags).await;
+    let http = reqwest::Client::new();
+    let objective = r#"{"quantile": 0.99, "latency_ms": 50, "importance": 10}"#;
+    let r = http
+        .put(format!(
+            "{}/api/v1/classes/interactive/objective",
+            server.http
+        ))
+        .header(TENANT.0, TENANT.1)
+        .header("content-type", "application/json")
+        .body(objective)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{}/v1/traces", server.otlp))
+        .header(TENANT.0, TENANT.1)
+        .header("content-type", "application/json")
+        .body(traffic(20).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = format!("{}/api/v1/priorities?service=reviews", server.http);
+        let set: Value = http
+            .get(url)
+            .header(TENANT.0, TENANT.1)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if interactive_first(&set) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acme's set never changed: {set}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut client = PrioritiesClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let watch = |tenant: Option<&str>| {
+        let mut request = tonic::Request::new(WatchRequest {
+            service: "reviews".into(),
+            node: "g1".into(),
+        });
+        if let Some(t) = tenant {
+            request.metadata_mut().insert(TENANT.0, t.parse().unwrap());
+        }
+        request
+    };
+    let mut acme = client
+        .watch_priorities(watch(Some(TENANT.1)))
+        .await
+        .unwrap();
+    let set = acme.get_mut().message().await.unwrap().unwrap();
+    assert!(set.version >= 1, "{set:?}");
+    let (i, b) = (grpc_level(&set, "interactive"), grpc_level(&set, "batch"));
+    assert!(matches!((i, b), (Some(i), Some(b)) if i < b), "{set:?}");
+
+    let mut plain = client.watch_priorities(watch(None)).await.unwrap();
+    let set = plain.get_mut().message().await.unwrap().unwrap();
+    assert_eq!((set.version, set.assignments.len()), (0, 0), "{set:?}");
+    let (_, _, default, _) = poll(&server, "service=reviews", None).await;
+    assert_eq!(default["version"], 0, "{default}");
+    let bad = client
+        .watch_priorities(watch(Some("../x")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+}

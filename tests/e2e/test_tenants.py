@@ -97,6 +97,12 @@ def test_each_tenant_sees_only_its_own_spans(server_factory):
     assert r.status_code == 400 and "tenant" in r.text, r.text
     assert (server.data_dir / "tenants" / ACME).is_dir()
     assert not (server.data_dir / "tenants" / "initech").exists()
+    # Open paths (health, metrics, the dashboard's files) are the default tenant's: naming a
+    # tenant there opens nothing.
+    for path in ("/readyz", "/metrics", "/search"):
+        r = requests.get(f"{server.query_url}{path}", headers={"X-Scope-OrgID": "drive-by"}, timeout=10)
+        assert r.status_code == 200, (path, r.status_code)
+    assert not (server.data_dir / "tenants" / "drive-by").exists()
 
     # Acknowledged spans of a tenant survive kill -9: its log is replayed at the next start.
     late = new_trace_id().hex()
@@ -169,3 +175,50 @@ def test_a_token_bound_to_a_tenant_acts_for_it_only(server_factory, tmp_path):
     )
     assert r.status_code == 403, r.text
     assert globex.services() == []
+
+
+def test_tenants_on_a_postgres_catalog_keep_their_own_schema(pg_catalog_url, server_factory):
+    import subprocess
+
+    server = server_factory(catalog_url=pg_catalog_url, name="pg")
+    sent = {}
+    for tenant in (ACME, None):
+        trace = new_trace_id().hex()
+        body = request_json(f"{tenant or 'plain'}-frontend", [span_json(trace, "GET /", now_ns(), now_ns() + 1000)])
+        headers = {"X-Scope-OrgID": tenant} if tenant else {}
+        r = post_otlp_json(server, body, headers=headers)
+        assert r.status_code == 200, r.text
+        sent[tenant] = trace
+    acme, plain = tenant_api(server, ACME), tenant_api(server, None)
+    eventually(lambda: found(acme, "acme-frontend") == {sent[ACME]}, timeout=15, what="acme's trace")
+    eventually(lambda: found(plain, "plain-frontend") == {sent[None]}, timeout=15, what="the default tenant's")
+    assert found(plain, "acme-frontend") == set() and found(acme, "plain-frontend") == set()
+
+    def segment_rows(schema: str) -> int:
+        out = subprocess.run(
+            ["psql", pg_catalog_url, "-Atc", f"SELECT count(*) FROM {schema}.segments"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return int(out.stdout.strip())
+
+    # The tenant's catalog is its own schema of the same database; the default one stays public.
+    eventually(lambda: segment_rows('"tenant_acme"') >= 1, timeout=15, what="acme's segment rows")
+    server.restart()
+    assert found(acme, "acme-frontend") == {sent[ACME]}
+    assert found(acme, "plain-frontend") == set()
+
+
+def test_tenants_switched_off_ignore_the_header(server_factory, tmp_path):
+    config = tmp_path / "no-tenants.toml"
+    config.write_text("[tenants]\nenabled = false\n")
+    server = server_factory("--config", str(config))
+    trace = new_trace_id().hex()
+    body = request_json("acme-frontend", [span_json(trace, "GET /", now_ns(), now_ns() + 1000)])
+    r = post_otlp_json(server, body, headers={"X-Scope-OrgID": ACME})
+    assert r.status_code == 200, r.text
+    plain = tenant_api(server, None)
+    eventually(lambda: found(plain, "acme-frontend") == {trace}, timeout=15, what="the trace, untenanted")
+    assert found(tenant_api(server, GLOBEX), "acme-frontend") == {trace}
+    assert not (server.data_dir / "tenants").exists()

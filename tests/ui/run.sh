@@ -35,4 +35,4 @@ fi
 
 npm ci --no-audit --no-fund --loglevel=error
 mkdir -p artifacts
-exec node --test --test-concurrency=1 ui.test.mjs services.test.mjs auth.test.mjs
+exec node --test --test-concurrency=1 ui.test.mjs services.test.mjs auth.test.mjs tenants.test.mjs

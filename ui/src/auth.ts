@@ -26,9 +26,35 @@ export function forgetToken(): void {
   }
 }
 
-/** The `Authorization` header for a token (none without one). */
+/** The `Authorization` header for a token, and the tenant header (none without them). */
 export function authHeaders(token: string | null): Record<string, string> {
-  return token ? { Authorization: `Bearer ${token}` } : {};
+  const tenant = storedTenant();
+  return {
+    ...(token ? { Authorization: `Bearer ${token}` } : {}),
+    ...(tenant ? { "X-Scope-OrgID": tenant } : {}),
+  };
+}
+
+// The tenant whose data the dashboard shows (`X-Scope-OrgID`), chosen in the top bar and kept
+// in local storage; none: the server's default tenant, or the one the token is bound to.
+const TENANT_KEY = "meshtrace.tenant";
+
+/** What the server accepts as a tenant identifier. */
+export const TENANT_RE = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/;
+
+/** The chosen tenant, or null. */
+export function storedTenant(): string | null {
+  try {
+    return localStorage.getItem(TENANT_KEY) || null;
+  } catch {
+    return null;
+  }
+}
+
+/** Chooses a tenant (an empty one: the default). */
+export function storeTenant(tenant: string): void {
+  if (tenant) localStorage.setItem(TENANT_KEY, tenant);
+  else localStorage.removeItem(TENANT_KEY);
 }
 
 /** `message`: the server's; `refused`: the request carried the stored token (now forgotten). */

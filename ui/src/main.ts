@@ -2,7 +2,7 @@
 // token prompt in place of the page when the server asks for a bearer token (signin.ts).
 
 import "./style.css";
-import { forgetToken, setUnauthorizedHandler, storedToken } from "./auth";
+import { TENANT_RE, forgetToken, setUnauthorizedHandler, storeTenant, storedTenant, storedToken } from "./auth";
 import { h } from "./dom";
 import { SearchPage } from "./search";
 import { TracePage } from "./trace";
@@ -119,7 +119,39 @@ class App implements Router {
       h("a", { href: "/priorities", "data-section": "priorities" }, "Priorities"),
       h("span", { class: "spacer" }),
       form,
+      this.tenantForm(),
       this.forget,
+    );
+  }
+
+  /** The tenant field: the tenant whose data every page shows (empty: the default one). */
+  private tenantForm(): HTMLElement {
+    const input = h("input", {
+      placeholder: "Tenant",
+      "aria-label": "Tenant (X-Scope-OrgID)",
+      title: "The tenant whose data the dashboard shows; empty: the default tenant",
+      spellcheck: "false",
+      "data-testid": "tenant-input",
+    });
+    input.value = storedTenant() ?? "";
+    input.addEventListener("input", () => input.setCustomValidity(""));
+    return h(
+      "form",
+      {
+        class: "tenant",
+        onsubmit: (e: Event) => {
+          e.preventDefault();
+          const tenant = input.value.trim();
+          if (tenant && !TENANT_RE.test(tenant)) {
+            input.setCustomValidity("1 to 64 letters, digits, '_', '-' or '.', not starting with '.'");
+            input.reportValidity();
+            return;
+          }
+          storeTenant(tenant);
+          this.route();
+        },
+      },
+      input,
     );
   }
 }

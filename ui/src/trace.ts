@@ -2,7 +2,7 @@
 // a link to the raw JSON, and critical-path highlighting when the provenance API answers.
 
 import * as api from "./api";
-import { storedToken } from "./auth";
+import { storedTenant, storedToken } from "./auth";
 import { spanDetails } from "./details";
 import { h, plainLabel } from "./dom";
 import { formatDuration, formatTime } from "./format";
@@ -139,9 +139,9 @@ export class TracePage implements Page {
   }
 }
 
-/** A link cannot send the bearer token: with one stored, the raw JSON is fetched with it. */
+/** A link cannot send the bearer token or tenant: with one stored, the raw JSON is fetched with it. */
 function rawJson(e: Event): void {
-  if (!storedToken()) return;
+  if (!storedToken() && !storedTenant()) return;
   e.preventDefault();
   const href = (e.currentTarget as HTMLAnchorElement).getAttribute("href") ?? "";
   api.openRaw(href).catch(() => undefined); // a failed fetch opens nothing, as a dead link would

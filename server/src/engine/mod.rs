@@ -63,7 +63,18 @@ impl Engine {
             opened.cluster.is_none(),
             shutdown.child_token(),
         )
-        .await?;
+        .await;
+        let priorities = match priorities {
+            Ok(p) => p,
+            Err(e) => {
+                // Leaves nothing running on the tenant's folder (the log is replayed again at
+                // the next open).
+                if let Err(closing) = opened.close().await {
+                    tracing::warn!(error = %closing, "could not close a store that failed to start");
+                }
+                return Err(e);
+            }
+        };
         registry.register_collector(Box::new(StoreMetrics {
             store: store.clone(),
             wal: opened.wal.clone(),

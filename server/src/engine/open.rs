@@ -95,6 +95,7 @@ fn store_config(config: &Config) -> StoreConfig {
     StoreConfig {
         data_dir: config.data_dir.clone(),
         catalog_url: config.catalog_url.clone(),
+        catalog_schema: config.catalog_schema.clone(),
         flush_max_rows: config.storage.flush_rows,
         flush_max_age: config.storage.flush_age,
         retention: config.storage.retention,

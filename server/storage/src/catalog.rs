@@ -204,8 +204,13 @@ fn to_u64(v: i64, what: &'static str) -> Result<u64, StorageError> {
 }
 
 impl Catalog {
-    /// Connects (SQLite at `data_dir/catalog.db` when `url` is `None`) and runs the migrations.
-    pub async fn connect(data_dir: &Path, url: Option<&str>) -> Result<Catalog, StorageError> {
+    /// Connects (SQLite at `data_dir/catalog.db` when `url` is `None`; PostgreSQL in `schema`
+    /// when given) and runs the migrations.
+    pub async fn connect(
+        data_dir: &Path,
+        url: Option<&str>,
+        schema: Option<&str>,
+    ) -> Result<Catalog, StorageError> {
         let catalog = match url {
             None => {
                 let opts = SqliteConnectOptions::new().filename(data_dir.join("catalog.db"));
@@ -215,12 +220,7 @@ impl Catalog {
                 Catalog::Sqlite(sqlite_pool(SqliteConnectOptions::from_str(u)?).await?)
             }
             Some(u) if u.starts_with("postgres:") || u.starts_with("postgresql:") => {
-                let pool = PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect(u)
-                    .await?;
-                Catalog::Postgres(pool)
+                Catalog::Postgres(postgres_pool(u, schema).await?)
             }
             Some(u) => {
                 let scheme = u.split(':').next().unwrap_or_default();
@@ -740,6 +740,40 @@ impl Catalog {
         }
         on_pool!(self, pool => pool.close().await)
     }
+}
+
+/// A pool on `url` whose connections use `schema` (created first) when given.
+async fn postgres_pool(url: &str, schema: Option<&str>) -> Result<PgPool, StorageError> {
+    let options = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10));
+    let Some(schema) = schema else {
+        return Ok(options.connect(url).await?);
+    };
+    // Quoted, from characters that need no escaping: never SQL built from arbitrary text.
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if schema.is_empty() || schema.len() > 63 || !schema.chars().all(safe) {
+        return Err(StorageError::Config(format!(
+            "catalog schema {schema:?} must be 1 to 63 letters, digits, '_', '-' or '.'"
+        )));
+    }
+    let set_path = format!("SET search_path TO \"{schema}\"");
+    let first = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&first)
+        .await?;
+    first.close().await;
+    let pool = options
+        .after_connect(move |conn, _| {
+            let set_path = set_path.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, set_path.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
 }
 
 async fn sqlite_pool(opts: SqliteConnectOptions) -> Result<SqlitePool, StorageError> {

@@ -63,6 +63,9 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// `None`: SQLite at `data_dir/catalog.db`; otherwise a `sqlite://` or `postgres://` URL.
     pub catalog_url: Option<String>,
+    /// PostgreSQL only: the schema the catalog's tables live in, created if missing (a
+    /// tenant's, so that tenants share a database but no table); `None`: the URL's default.
+    pub catalog_schema: Option<String>,
     /// Flush once this many rows are buffered.
     pub flush_max_rows: usize,
     /// Flush once the oldest buffered batch is this old.
@@ -101,6 +104,7 @@ impl Default for StoreConfig {
         StoreConfig {
             data_dir: PathBuf::from("data"),
             catalog_url: None,
+            catalog_schema: None,
             flush_max_rows: 100_000,
             flush_max_age: Duration::from_secs(2),
             retention: Duration::from_secs(7 * 24 * 3600),

@@ -152,7 +152,8 @@ impl Store {
         cfg: StoreConfig,
         store: Arc<dyn ObjectStore>,
     ) -> Result<Store, StorageError> {
-        let catalog = Catalog::connect(&cfg.data_dir, cfg.catalog_url.as_deref()).await?;
+        let url = cfg.catalog_url.as_deref();
+        let catalog = Catalog::connect(&cfg.data_dir, url, cfg.catalog_schema.as_deref()).await?;
         let segments = catalog.segments().await?;
         let orphans = match cfg.cluster_node {
             // A peer may be between writing a file and committing its row.
