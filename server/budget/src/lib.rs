@@ -13,6 +13,7 @@ pub mod objective;
 pub mod observe;
 pub mod positions;
 pub mod priority;
+pub mod step;
 
 pub use budget::{compute_budgets, ClassBudget, HopBudget};
 /// The mergeable latency sketch budgets are computed from (shared with the service graph).

@@ -68,7 +68,7 @@ impl Default for WindowConfig {
 }
 
 impl WindowConfig {
-    fn step_ns(&self) -> i64 {
+    pub(crate) fn step_ns(&self) -> i64 {
         (self.step.as_nanos() as i64).max(1)
     }
 
@@ -133,7 +133,7 @@ impl HopSample {
 }
 
 /// Statistics of one hop position.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HopStats {
     /// Self times, one value per trace visiting the position.
     pub self_time: Sketch,
@@ -151,7 +151,7 @@ impl HopStats {
         self.parallel_visits * 2 > self.visits()
     }
 
-    fn merge(&mut self, other: &HopStats) {
+    pub(crate) fn merge(&mut self, other: &HopStats) {
         self.self_time.merge(&other.self_time);
         self.parallel_visits += other.parallel_visits;
     }
@@ -167,9 +167,9 @@ pub struct ClassStats {
 
 /// [`ClassStats`] of one bucket, keyed by interned position.
 #[derive(Clone, Debug, Default)]
-struct BucketStats {
-    e2e: Sketch,
-    hops: Map<u32, HopStats>,
+pub(crate) struct BucketStats {
+    pub(crate) e2e: Sketch,
+    pub(crate) hops: Map<u32, HopStats>,
 }
 
 impl BucketStats {
@@ -182,7 +182,7 @@ impl BucketStats {
     }
 }
 
-type Bucket = BTreeMap<String, BucketStats>;
+pub(crate) type Bucket = BTreeMap<String, BucketStats>;
 
 /// Interned positions are rebuilt from the live buckets once this many more exist than live.
 const COMPACT_SLACK: usize = 4096;
@@ -190,13 +190,13 @@ const COMPACT_SLACK: usize = 4096;
 /// Windowed observations of every class.
 #[derive(Clone, Debug)]
 pub struct Observations {
-    cfg: WindowConfig,
-    buckets: BTreeMap<i64, Bucket>,
-    positions: Positions,
+    pub(crate) cfg: WindowConfig,
+    pub(crate) buckets: BTreeMap<i64, Bucket>,
+    pub(crate) positions: Positions,
     /// The newest bucket seen (by recording or advancing).
-    latest: Option<i64>,
+    pub(crate) latest: Option<i64>,
     /// Traces refused because they fell before the window.
-    late: u64,
+    pub(crate) late: u64,
     /// Hop samples folded into an ancestor (or dropped) for want of room for their position.
     folded: u64,
 }

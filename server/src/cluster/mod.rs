@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterSettings, Config};
-use crate::priorities::observe::{Observation, Recorder};
+use crate::priorities::observe::Recorder;
 use crate::priorities::Priorities;
 use crate::provenance::Provenance;
 use consume::Consuming;
@@ -39,9 +39,8 @@ pub struct Connected {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub object_store: Arc<dyn ObjectStore>,
-    /// Provenance's observer: forwards budget observations to every node.
+    /// Provenance's observer: records this node's traces, published a step at a time.
     pub forwarder: Arc<observations::Forwarder>,
-    forwarded: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Observation>>>,
 }
 
 /// This host's name, the default node ID.
@@ -124,10 +123,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
         .with_context(|| format!("cannot use JetStream at {url}"))?;
     names.check_partitions(&js, settings.partitions).await?;
     tracing::info!(cluster = %name, node = %node, nats = %url, object_store = %store_url, partitions = settings.partitions, "cluster dependencies reachable");
-    let (forwarder, forwarded) = observations::forwarder();
+    let forwarder = observations::Forwarder::new(crate::priorities::window_config(&config.budgets));
     Ok(Connected {
         forwarder,
-        forwarded: std::sync::Mutex::new(Some(forwarded)),
         settings,
         node,
         names,
@@ -185,15 +183,12 @@ impl Connected {
         let receive =
             observations::receive(self.client.clone(), subject.clone(), recorder, stop.clone());
         tokio::spawn(receive);
-        let queued = self.forwarded.lock().ok().and_then(|mut q| q.take());
-        if let Some(rx) = queued {
-            tokio::spawn(observations::publish(
-                self.client.clone(),
-                subject,
-                rx,
-                stop.clone(),
-            ));
-        }
+        let publisher = tokio::spawn(observations::publish(
+            self.client.clone(),
+            subject,
+            self.forwarder.clone(),
+            stop.clone(),
+        ));
         let tick = self.settings.lease_ttl / 4;
         let owner = tokio::spawn(own(
             leases,
@@ -214,6 +209,7 @@ impl Connected {
             stop,
             owner,
             refresh,
+            publisher,
         })
     }
 }
@@ -223,6 +219,8 @@ pub struct Node {
     stop: CancellationToken,
     owner: JoinHandle<Leases>,
     refresh: JoinHandle<()>,
+    /// Publishes the budget steps; its last one when stopped.
+    publisher: JoinHandle<()>,
 }
 
 impl Node {
@@ -230,6 +228,7 @@ impl Node {
     pub async fn stop(self) -> Option<Leases> {
         self.stop.cancel();
         let _ = self.refresh.await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher).await;
         self.owner.await.ok()
     }
 }

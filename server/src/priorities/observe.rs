@@ -33,32 +33,10 @@ impl Recorder {
 }
 
 impl Recorder {
-    /// Records an observation made on another node (cluster mode).
-    pub fn record_observation(&self, o: &Observation) {
+    /// Adds a step of observations a cluster node published (see `crate::cluster::observations`).
+    pub fn record_step(&self, step: &meshtrace_budget::step::Step) {
         let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
-        obs.record_trace(&o.class, o.e2e_ns, &o.hops, o.at_ns);
-    }
-}
-
-/// What one completed trace adds to the budget observations: its class, end-to-end duration,
-/// critical-path hops and when it completed. Cluster nodes forward these to each other.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Observation {
-    pub class: String,
-    pub e2e_ns: i64,
-    pub hops: Vec<HopSample>,
-    pub at_ns: i64,
-}
-
-impl Observation {
-    /// The observation of one completed trace.
-    pub fn of(d: &Derived, tree: &TraceTree, at_ns: i64) -> Observation {
-        Observation {
-            class: d.trace.class.to_string(),
-            e2e_ns: d.trace.duration_ns,
-            hops: hop_samples(d, tree),
-            at_ns,
-        }
+        obs.record_step(step);
     }
 }
 
