@@ -3,8 +3,9 @@
 //! [`meshtrace_provenance::Derived`] rows into record batches. The server's provenance task
 //! writes through [`Rows`]; the queries of this crate read the same columns back.
 //!
-//! Every row carries the trace's `start_time` (for retention and time filters; for an edge,
-//! the start of its client span, else its server span) and the `version` of the derivation
+//! Every row carries the trace's `start_time` (for retention and time filters: an edge is in
+//! the minute its trace started, and the same value on all of a trace's rows compresses to
+//! almost nothing; its span's own start is in the span row) and the `version` of the derivation
 //! (its completion time in ns): the SQL tables show only the latest version per trace. An
 //! edge's `dimensions` (the service graph's extra dimensions, `client_<key>` and
 //! `server_<key>`) are null unless some are configured; segments written before the column
@@ -29,8 +30,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use meshtrace_model::schema::timestamp_type;
-use meshtrace_model::SpanId;
-use meshtrace_provenance::{CompletionReason, CriticalPathRow, Derived, EdgeRow, Name, TraceTree};
+use meshtrace_provenance::{CompletionReason, CriticalPathRow, Derived, EdgeRow, Name};
 use meshtrace_storage::{DerivedTable, RecordBatch};
 
 pub const TRACES: &str = "traces";
@@ -163,12 +163,11 @@ fn reason_name(r: CompletionReason) -> &'static str {
     }
 }
 
-/// One derivation ready to be written: its rows and the start of every span.
+/// One derivation ready to be written.
 struct Entry {
     derived: Derived,
     version: i64,
     reason: CompletionReason,
-    edge_starts: Vec<i64>,
 }
 
 /// Rows of many traces, gathered before they become one batch per table.
@@ -178,37 +177,12 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Adds one trace's rows; `tree` gives the edges their start times.
-    pub fn push(
-        &mut self,
-        derived: Derived,
-        tree: &TraceTree,
-        version: i64,
-        reason: CompletionReason,
-    ) {
-        // The start of the first node with the span ID (the CLIENT half of a Zipkin shared
-        // span comes first and keeps its start).
-        let start_of = |id: SpanId| {
-            tree.nodes_with_span_id(id)
-                .next()
-                .map(|i| tree.nodes[i].start_ns)
-        };
-        let trace_start = derived.trace.start_ns;
-        let edge_starts = derived
-            .edges
-            .iter()
-            .map(|e| {
-                e.client_span_id
-                    .or(e.server_span_id)
-                    .and_then(start_of)
-                    .unwrap_or(trace_start)
-            })
-            .collect();
+    /// Adds one trace's rows.
+    pub fn push(&mut self, derived: Derived, version: i64, reason: CompletionReason) {
         self.entries.push(Entry {
             derived,
             version,
             reason,
-            edge_starts,
         });
     }
 
@@ -260,11 +234,8 @@ impl Rows {
             .entries
             .iter()
             .flat_map(|e| {
-                e.derived
-                    .edges
-                    .iter()
-                    .zip(&e.edge_starts)
-                    .map(move |(r, s)| (e, r, *s))
+                let start = e.derived.trace.start_ns;
+                e.derived.edges.iter().map(move |r| (e, r, start))
             })
             .collect();
         let text = |g: &dyn Fn(&EdgeRow) -> &str| -> ArrayRef {
@@ -395,7 +366,7 @@ mod tests {
 
     use super::*;
     use meshtrace_model::{Span, SpanKind};
-    use meshtrace_provenance::{build_tree, derive};
+    use meshtrace_provenance::derive;
 
     fn span(id: u8, parent: Option<u8>, service: &str, kind: SpanKind, start: i64) -> Span {
         Span {
@@ -412,15 +383,14 @@ mod tests {
     }
 
     #[test]
-    fn batches_match_the_schemas_and_edges_start_at_their_client() {
+    fn batches_match_the_schemas_and_edges_start_with_their_trace() {
         let spans = [
             span(1, None, "a", SpanKind::Server, 0),
             span(2, Some(1), "a", SpanKind::Client, 10),
             span(3, Some(2), "b", SpanKind::Server, 20),
         ];
-        let tree = build_tree(&spans);
         let mut rows = Rows::default();
-        rows.push(derive(&spans, &[]), &tree, 42, CompletionReason::Idle);
+        rows.push(derive(&spans, &[]), 42, CompletionReason::Idle);
         let batches = rows.into_batches().unwrap();
         let by_name: HashMap<&str, &RecordBatch> = batches.iter().map(|(n, b)| (*n, b)).collect();
         assert_eq!(by_name[TRACES].num_rows(), 1);
@@ -440,8 +410,7 @@ mod tests {
             .downcast_ref::<StringArray>()
             .unwrap();
         for i in 0..2 {
-            let want = if callers.value(i) == "a" { 10 } else { 0 };
-            assert_eq!(starts.value(i), want, "{}", callers.value(i));
+            assert_eq!(starts.value(i), 0, "{}", callers.value(i));
         }
         assert!(by_name[CRITICAL_PATH].num_rows() >= 1);
         for t in tables() {

@@ -85,7 +85,7 @@ fn derive_into(derived: &DerivedStore, spans: &[Span], expected: &mut ServiceGra
         for e in &d.edges {
             expected.add(e.call());
         }
-        rows.push(d, &tree, 1, CompletionReason::Idle);
+        rows.push(d, 1, CompletionReason::Idle);
     }
     for (table, batch) in rows.into_batches().unwrap() {
         derived.append(table, batch).unwrap();

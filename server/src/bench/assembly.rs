@@ -112,7 +112,7 @@ fn round(
         let derived = times.time(3, || c.derive(&[], &graph));
         times.time(4, || recorder.record(&derived, &c.tree, now));
         times.time(5, || mapping.learn(&derived, 0));
-        times.time(6, || rows.push(derived, &c.tree, version, c.reason));
+        times.time(6, || rows.push(derived, version, c.reason));
     }
     let batches = times.time(6, || rows.into_batches())?;
     let config = meshtrace_storage::DerivedConfig::default();

@@ -30,6 +30,8 @@ use crate::provenance::TraceObserver;
 /// step is published.
 pub struct Forwarder {
     local: Mutex<Observations>,
+    /// This node's window, where every node's steps are recorded.
+    recorder: Recorder,
 }
 
 impl TraceObserver for Forwarder {
@@ -38,13 +40,25 @@ impl TraceObserver for Forwarder {
         let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         local.record_trace(&d.trace.class, d.trace.duration_ns, &hops, now_ns);
     }
+
+    /// As the node's recorder keeps them: classes with an objective or an override.
+    fn keeps_class(&self, class: &str) -> bool {
+        self.recorder.keeps_class(class)
+    }
 }
 
 impl Forwarder {
+    /// A forwarder with windows of `window`: its own, and the node's recorder.
     pub fn new(window: WindowConfig) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             local: Mutex::new(Observations::new(window)),
+            recorder: Recorder::new(window),
         })
+    }
+
+    /// The node's recorder: the window its budgets are computed from.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// The steps over at `now_ns` (all of them with `all`), taken out.

@@ -112,15 +112,13 @@ fn store_config(config: &Config) -> StoreConfig {
     }
 }
 
-/// Starts provenance on the store. Completed traces go to the budgets' recorder, or in
-/// cluster mode to `forward` (which shares them with every node's recorder).
+/// Starts provenance on the store. Completed traces go to `observer`: the budgets' recorder,
+/// or in cluster mode the forwarder (which shares them with every node's recorder).
 async fn start_provenance(
     config: &Config,
     store: &Store,
-    forward: Option<Arc<dyn TraceObserver>>,
-) -> anyhow::Result<(Provenance, Recorder)> {
-    let recorder = Recorder::new(priorities::window_config(&config.budgets));
-    let observer = forward.unwrap_or_else(|| Arc::new(recorder.clone()));
+    observer: Arc<dyn TraceObserver>,
+) -> anyhow::Result<Provenance> {
     let provenance = Provenance::start(
         store,
         &config.provenance,
@@ -129,7 +127,7 @@ async fn start_provenance(
         Some(observer),
     )
     .await?;
-    Ok((provenance, recorder))
+    Ok(provenance)
 }
 
 /// Cluster mode: checks NATS and the object store, opens the store on them and the
@@ -147,7 +145,8 @@ async fn open_cluster(config: &Config) -> anyhow::Result<Opened> {
         .await
         .with_context(|| format!("cannot reach the catalog at {catalog}"))?;
     let forward: Arc<dyn TraceObserver> = connected.forwarder.clone();
-    let (provenance, recorder) = start_provenance(config, &store, Some(forward)).await?;
+    let provenance = start_provenance(config, &store, forward).await?;
+    let recorder = connected.forwarder.recorder().clone();
     Ok(Opened {
         store,
         wal: None,
@@ -188,7 +187,8 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         .await
         .context("opening the store")?;
     let checkpoint = store.checkpoint().await?;
-    let (provenance, recorder) = start_provenance(config, &store, None).await?;
+    let recorder = Recorder::new(priorities::window_config(&config.budgets));
+    let provenance = start_provenance(config, &store, Arc::new(recorder.clone())).await?;
     let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
     wal_config.queue_depth = config.wal.queue_depth;
     wal_config.segment_bytes = config.wal.segment_bytes;

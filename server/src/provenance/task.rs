@@ -183,7 +183,7 @@ impl Engine {
             }
             let version = self.next_version();
             self.learn(c.trace_id, &derived);
-            rows.push(derived, &c.tree, version, c.reason);
+            rows.push(derived, version, c.reason);
         }
         rows.into_batches()
     }
