@@ -10,6 +10,9 @@ Not a test: run it by hand (docs/scaling.md records its results):
 It needs what the cluster tests need: PostgreSQL at 127.0.0.1:5432, NATS with JetStream at
 127.0.0.1:4222, and for `--store s3` (the default) moto's S3 server from tests/requirements.txt.
 Every node gets `--no-fsync`-free defaults; the load generator and the nodes share the machine.
+It also prints the CPU each process group used per span (the nodes, nats-server, PostgreSQL
+and moto, read from /proc before the load and a few seconds after it): the cost of each
+component, from which docs/scaling.md sizes a cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -72,14 +76,45 @@ class Moto:
         self.proc.wait(10)
 
 
-def bench(binary: Path, node: Server, duration: str) -> dict:
-    """One `bench ingest --target` run against `node`'s OTLP gRPC port."""
+WARMUP_S = 3
+SETTLE_S = 4  # after the load: the last flushes and commits (flush age 2 s)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes used so far (0 for one that is gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def pids_of(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def bench(binary: Path, node: Server, duration: str, components: dict[str, list[int]]) -> dict:
+    """One `bench ingest --target` run against `node`'s OTLP gRPC port, with the CPU each
+    component (process group) used per span, load and the flushes after it included."""
+    before = {name: cpu_seconds(pids) for name, pids in components.items()}
     out = subprocess.run(
         [str(binary), "bench", "ingest", "--target", node.grpc_target, "--duration", duration,
-         "--warmup", "3s", "--json"],
+         "--warmup", f"{WARMUP_S}s", "--json"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    time.sleep(SETTLE_S)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    seconds = float(duration.rstrip("s")) + WARMUP_S
+    spans = result["spans_per_s"] * seconds  # the warm-up at the measured rate
+    result["cpu_us_per_span"] = {
+        name: (cpu_seconds(pids) - before[name]) * 1e6 / spans
+        for name, pids in components.items()
+    }
+    return result
 
 
 def run_cluster(binary, workdir, nodes: int, store: str, moto: Moto | None, duration) -> dict:
@@ -99,7 +134,14 @@ def run_cluster(binary, workdir, nodes: int, store: str, moto: Moto | None, dura
                 env=moto.env() if moto else {},
             )  # fmt: skip
             servers.append(s.start())
-        return bench(binary, servers[0], duration)
+        components = {
+            "meshtrace": [s.proc.pid for s in servers],
+            "nats-server": pids_of("nats-server"),
+            "postgres": pids_of("postgres"),
+        }
+        if moto:
+            components["moto (S3)"] = [moto.proc.pid]
+        return bench(binary, servers[0], duration, components)
     finally:
         for s in servers:
             s.close()
@@ -124,7 +166,8 @@ def main() -> None:
         try:
             standalone = Server(binary, workdir, name="standalone", flush_age="2s").start()
             try:
-                results = {"standalone": bench(binary, standalone, args.duration)}
+                node = {"meshtrace": [standalone.proc.pid]}
+                results = {"standalone": bench(binary, standalone, args.duration, node)}
             finally:
                 standalone.close()
             for n in (1, 3):
@@ -142,6 +185,10 @@ def main() -> None:
             f"{setup:<18} {r['spans_per_s']:>10.0f} {r['spans_per_s'] / base:>6.2f} "
             f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>7}"
         )
+    print("\nCPU µs per span by process (load and the flushes after it; the load generator apart):")
+    for setup, r in results.items():
+        costs = ", ".join(f"{name} {us:.2f}" for name, us in r["cpu_us_per_span"].items())
+        print(f"{setup:<18} {costs}")
 
 
 if __name__ == "__main__":
