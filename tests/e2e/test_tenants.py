@@ -53,19 +53,40 @@ def test_each_tenant_sees_only_its_own_spans(server_factory):
     plain = HttpExporter(endpoint=server.traces_url, timeout=10)
     result, sent["single"] = export_one_span(plain, "plain-frontend", "GET /")
     assert result == SpanExportResult.SUCCESS
+    # Zipkin v2 JSON, the third receiver, for globex too.
+    zipkin_trace = new_trace_id().hex()[:16]
+    zipkin_span = {
+        "traceId": zipkin_trace, "id": zipkin_trace, "name": "get /zipkin", "kind": "SERVER",
+        "timestamp": now_ns() // 1000, "duration": 1500,
+        "localEndpoint": {"serviceName": "globex-frontend"},
+    }  # fmt: skip
+    r = requests.post(
+        f"{server.zipkin_url}/api/v2/spans",
+        json=[zipkin_span],
+        headers={"X-Scope-OrgID": GLOBEX},
+        timeout=10,
+    )
+    assert r.status_code == 202, r.text
 
     apis = {ACME: tenant_api(server, ACME), GLOBEX: tenant_api(server, GLOBEX)}
     apis["single"] = tenant_api(server, None)
     services = {ACME: "acme-frontend", GLOBEX: "globex-frontend", "single": "plain-frontend"}
+    eventually(
+        lambda: found(apis[GLOBEX], "globex-frontend") == {sent[GLOBEX], zipkin_trace},
+        timeout=15,
+        what="globex's OTLP and Zipkin traces",
+    )
+    assert zipkin_trace not in found(apis["single"], "globex-frontend")
     for tenant, api in apis.items():
         eventually(
-            lambda: found(api, services[tenant]) == {sent[tenant]},
+            lambda: found(api, services[tenant]) >= {sent[tenant]},
             timeout=15,
             what=f"{tenant}'s trace in its search",
         )
         assert api.services() == [services[tenant]], tenant
         rows = api.sql_rows("SELECT service_name, count(*) FROM spans GROUP BY service_name")
-        assert rows == [[services[tenant], 1]], (tenant, rows)
+        want = 2 if tenant == GLOBEX else 1  # globex's Zipkin span too
+        assert rows == [[services[tenant], want]], (tenant, rows)
         for other, service in services.items():
             if other != tenant:
                 assert found(api, service) == set(), f"{tenant} found {other}'s trace"

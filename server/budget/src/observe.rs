@@ -284,7 +284,7 @@ impl Observations {
     }
 
     /// Rebuilds the interned positions from the live buckets when many are no longer used.
-    fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         let live: usize = self
             .buckets
             .values()

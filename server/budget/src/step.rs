@@ -25,14 +25,18 @@ pub struct Step {
 /// One class's observations in a step: end-to-end latencies and every hop position's.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepClass {
-    pub e2e: Sketch,
+    /// None in a step's later parts (see [`Observations::split`]): an empty sketch has no JSON
+    /// form (its min and max are infinite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e: Option<Sketch>,
     pub hops: Vec<(HopPath, HopStats)>,
 }
 
 impl Step {
     /// Traces the step holds.
     pub fn traces(&self) -> u64 {
-        self.classes.values().map(|c| c.e2e.count()).sum()
+        let count = |c: &StepClass| c.e2e.as_ref().map_or(0, Sketch::count);
+        self.classes.values().map(count).sum()
     }
 }
 
@@ -46,7 +50,7 @@ impl Observations {
             false => self.buckets.split_off(&current),
         };
         let taken = std::mem::replace(&mut self.buckets, kept);
-        taken
+        let steps = taken
             .into_iter()
             .map(|(bucket, classes)| Step {
                 bucket,
@@ -55,7 +59,35 @@ impl Observations {
                     .map(|(class, stats)| (class, self.step_class(stats)))
                     .collect(),
             })
-            .collect()
+            .collect();
+        // Positions of the steps taken out are no longer used here.
+        self.compact();
+        steps
+    }
+
+    /// The step in parts of at most `max_hops` hop positions each (one class a part, the
+    /// class's end-to-end sketch in its first): each part merges on its own, so a step of
+    /// many classes and positions travels in messages of bounded size.
+    pub fn split(step: Step, max_hops: usize) -> Vec<Step> {
+        let mut parts = Vec::new();
+        for (class, c) in step.classes {
+            let mut e2e = c.e2e;
+            let mut hops = c.hops.into_iter().peekable();
+            let mut first = true;
+            while first || hops.peek().is_some() {
+                first = false;
+                let chunk: Vec<_> = hops.by_ref().take(max_hops.max(1)).collect();
+                let part = StepClass {
+                    e2e: e2e.take(),
+                    hops: chunk,
+                };
+                parts.push(Step {
+                    bucket: step.bucket,
+                    classes: BTreeMap::from([(class.clone(), part)]),
+                });
+            }
+        }
+        parts
     }
 
     fn step_class(&self, stats: BucketStats) -> StepClass {
@@ -65,15 +97,21 @@ impl Observations {
             .map(|(id, h)| (self.positions.path(id), h))
             .collect();
         StepClass {
-            e2e: stats.e2e,
+            e2e: Some(stats.e2e),
             hops,
         }
     }
 
-    /// Adds a published step to its bucket; false (and counted late) when the window has
-    /// moved past it.
-    pub fn record_step(&mut self, step: &Step) -> bool {
-        self.advance(step.bucket.saturating_mul(self.cfg.step_ns()));
+    /// Adds a published step to its bucket at `now_ns` (this node's clock); false (and
+    /// counted late) when the window has moved past it, or when it is more than a step ahead
+    /// (a node whose clock runs fast must not push every other step out of the window).
+    pub fn record_step(&mut self, step: &Step, now_ns: i64) -> bool {
+        let current = self.cfg.bucket_of(now_ns);
+        if step.bucket > current + 1 {
+            self.late += step.traces();
+            return false;
+        }
+        self.advance(step.bucket.min(current).saturating_mul(self.cfg.step_ns()));
         if step.bucket <= self.latest.unwrap_or(step.bucket) - self.cfg.buckets() {
             self.late += step.traces();
             return false;
@@ -86,7 +124,9 @@ impl Observations {
             let Some(stats) = bucket.get_mut(class) else {
                 continue;
             };
-            stats.e2e.merge(&c.e2e);
+            if let Some(e2e) = &c.e2e {
+                stats.e2e.merge(e2e);
+            }
             for (path, h) in &c.hops {
                 let id = self.positions.intern_path(path);
                 stats.hops.entry(id).or_default().merge(h);
@@ -146,12 +186,13 @@ mod tests {
         steps.extend(b.take_steps(now, true));
         assert!(a.take_steps(now, true).is_empty(), "taken once");
 
-        // Through their serde form, as they travel.
+        // Through their serde form, in parts, as they travel.
         let mut merged = Observations::new(config());
-        for s in &steps {
+        for s in steps.iter().flat_map(|s| Observations::split(s.clone(), 1)) {
+            assert!(s.classes.len() == 1 && s.classes.values().all(|c| c.hops.len() <= 1));
             let wire: super::Step =
-                serde_json::from_slice(&serde_json::to_vec(s).unwrap()).unwrap();
-            assert!(merged.record_step(&wire));
+                serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+            assert!(merged.record_step(&wire, now));
         }
         let (got, want) = (merged.window(now), whole.window(now));
         assert_eq!(
@@ -180,7 +221,15 @@ mod tests {
             bucket: 90,
             classes: steps[0].classes.clone(),
         };
-        assert!(!merged.record_step(&old));
+        assert!(!merged.record_step(&old, now));
         assert_eq!(merged.late_traces(), old.traces());
+        // So is one from a node whose clock runs minutes ahead, and it moves nothing.
+        let ahead = super::Step {
+            bucket: 130,
+            classes: steps[0].classes.clone(),
+        };
+        assert!(!merged.record_step(&ahead, now));
+        let batch = |o: &Observations| o.window(now)["batch"].e2e.count();
+        assert_eq!(batch(&merged), batch(&whole));
     }
 }

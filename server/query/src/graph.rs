@@ -42,7 +42,7 @@ const EDGE_COLUMNS: &str = "class, caller_service, callee_service, connection_ty
                             client_duration_ns, server_duration_ns, dimensions";
 
 impl Queries {
-    /// The service graph of the calls started in `window` (of one class, or all): every
+    /// The service graph of the calls of traces started in `window` (of one class, or all): every
     /// stored call of each trace's latest derivation, counted by [`ServiceGraph::served`].
     pub async fn edges_in_window(
         &self,

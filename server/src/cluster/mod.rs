@@ -136,6 +136,13 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
 }
 
 impl Connected {
+    /// Publishes the budget steps this node still holds (when it stops, after its last traces
+    /// completed).
+    pub async fn publish_last_budget_steps(&self) {
+        let subject = self.names.observations();
+        observations::publish_rest(&self.client, &subject, &self.forwarder).await;
+    }
+
     /// The ingest sink: publishes to the span stream.
     pub fn sink(&self) -> JetStreamSink {
         JetStreamSink::new(
@@ -219,7 +226,7 @@ pub struct Node {
     stop: CancellationToken,
     owner: JoinHandle<Leases>,
     refresh: JoinHandle<()>,
-    /// Publishes the budget steps; its last one when stopped.
+    /// Publishes each budget step once it is over (the rest goes when the store closes).
     publisher: JoinHandle<()>,
 }
 
@@ -228,7 +235,7 @@ impl Node {
     pub async fn stop(self) -> Option<Leases> {
         self.stop.cancel();
         let _ = self.refresh.await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher).await;
+        let _ = self.publisher.await;
         self.owner.await.ok()
     }
 }

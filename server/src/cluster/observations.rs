@@ -6,12 +6,13 @@
 //! computed from ([`receive`]; see `meshtrace_budget::step`). Sketches merge exactly, so every
 //! node holds the same window: the elected node computes budgets from the whole cluster's
 //! traces, and a node elected after it computes from the same window at once. What a step
-//! costs the network is one message per node and step, whatever the trace rate; the price is
-//! that a trace counts in budgets once its step is over (at most one step, 10 s by default,
-//! later than on a standalone node).
+//! costs the network is a message or a few per node and step, whatever the trace rate; the
+//! price is that a trace counts in budgets once its step is over: each node publishes a step
+//! just after it ends, and the leader updates a little after that (see `crate::priorities`).
 //!
-//! Publishing is core NATS (at most once): a lost step only thins a statistical window. A node
-//! that stops publishes the step in progress too.
+//! Publishing is core NATS (at most once): a lost step only thins a statistical window. A step
+//! travels in messages of at most a hundred hop positions, so none passes NATS's payload limit.
+//! A node that stops publishes what it still holds once its last traces completed.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -73,29 +74,45 @@ impl Forwarder {
     }
 }
 
-/// Publishes each step of `forwarder`'s once it is over, until `stop`; then the step in
-/// progress.
+/// Hop positions a message carries at most (a step of many travels in several).
+const HOPS_PER_MESSAGE: usize = 100;
+
+/// Publishes each step of `forwarder`'s just after it is over (the leader's update waits a
+/// little longer, see `crate::priorities`), until `stop`. The steps recorded after that (the
+/// traces completed while the node stops) go with [`publish_rest`].
 pub async fn publish(
     client: async_nats::Client,
     subject: String,
     forwarder: Arc<Forwarder>,
     stop: CancellationToken,
 ) {
-    let every = (forwarder.step() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
-    let mut tick = tokio::time::interval(every);
+    let step = forwarder.step().max(Duration::from_millis(10));
+    let step_ns = i64::try_from(step.as_nanos()).unwrap_or(i64::MAX);
     loop {
-        let stopping = tokio::select! {
-            _ = stop.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        for step in forwarder.take(now_unix_nanos(), stopping) {
-            send(&client, &subject, &step).await;
+        let now = now_unix_nanos();
+        let next = (now.div_euclid(step_ns) + 1).saturating_mul(step_ns);
+        let wait = Duration::from_nanos(u64::try_from(next - now).unwrap_or(0));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait + Duration::from_millis(20)) => {}
         }
-        if stopping {
-            if let Err(e) = client.flush().await {
-                tracing::debug!(error = %e, "could not flush the last budget step");
-            }
-            return;
+        send_all(&client, &subject, forwarder.take(now_unix_nanos(), false)).await;
+    }
+}
+
+/// Publishes every step `forwarder` still holds, the one in progress too: the last thing a
+/// stopping node does for budgets, after its last traces completed.
+pub async fn publish_rest(client: &async_nats::Client, subject: &str, forwarder: &Forwarder) {
+    send_all(client, subject, forwarder.take(now_unix_nanos(), true)).await;
+    if let Err(e) = client.flush().await {
+        tracing::debug!(error = %e, "could not flush the last budget steps");
+    }
+}
+
+async fn send_all(client: &async_nats::Client, subject: &str, steps: Vec<Step>) {
+    for step in steps {
+        for part in Observations::split(step, HOPS_PER_MESSAGE) {
+            send(client, subject, &part).await;
         }
     }
 }

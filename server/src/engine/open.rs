@@ -77,6 +77,10 @@ impl Opened {
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Completes the open traces and writes their derived rows before the final flush.
         self.provenance.close().await;
+        if let Some(cluster) = &self.cluster {
+            // Those traces count in the cluster's budgets too.
+            cluster.publish_last_budget_steps().await;
+        }
         let flushed = self.store.flush().await.context("final flush");
         if let Ok(Some(checkpoint)) = &flushed {
             if let Some(wal) = &self.wal {

@@ -35,8 +35,9 @@ impl Recorder {
 impl Recorder {
     /// Adds a step of observations a cluster node published (see `crate::cluster::observations`).
     pub fn record_step(&self, step: &meshtrace_budget::step::Step) {
+        let now = meshtrace_model::time::now_unix_nanos();
         let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
-        obs.record_step(step);
+        obs.record_step(step, now);
     }
 }
 

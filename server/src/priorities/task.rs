@@ -31,14 +31,19 @@ fn until(boundary: i64) -> Duration {
         + Duration::from_millis(5)
 }
 
-/// Runs updates until the server stops.
+/// Runs updates until the server stops. In cluster mode each update waits a little past the
+/// step's end, for the step every node publishes then (see `crate::cluster::observations`).
 pub(super) async fn run(p: Priorities) {
     let step = p.inner.settings.step.max(Duration::from_millis(10));
+    let grace = match p.inner.clustered {
+        true => (step / 5).clamp(Duration::from_millis(50), Duration::from_millis(500)),
+        false => Duration::ZERO,
+    };
     loop {
         let boundary = next_step(step, now_unix_nanos());
         let step_end = tokio::select! {
             _ = p.inner.stop.cancelled() => break,
-            _ = tokio::time::sleep(until(boundary)) => boundary,
+            _ = tokio::time::sleep(until(boundary) + grace) => boundary,
             _ = p.inner.wake.notified() => now_unix_nanos(),
         };
         update(&p, step_end).await;
