@@ -121,25 +121,26 @@ fn interactive_first(set: &Value) -> bool {
     matches!((level(set, "interactive"), level(set, "batch")), (Some(i), Some(b)) if i < b)
 }
 
+/// A server with [`CONFIG`], a 1 s idle window and 1 s budget steps, in `dir`.
+async fn fast_server(dir: &std::path::Path) -> Server {
+    let config = dir.join("meshtrace.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let cfg = config.display().to_string();
+    let flags = [
+        "--config",
+        &cfg,
+        "--provenance-idle",
+        "1s",
+        "--budget-step",
+        "1s",
+    ];
+    Server::start(&dir.join("data"), &flags).await
+}
+
 #[tokio::test]
 async fn interactive_is_raised_above_batch_at_the_shared_hop() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("meshtrace.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let data = dir.path().join("data");
-    let cfg = config.display().to_string();
-    let server = Server::start(
-        &data,
-        &[
-            "--config",
-            &cfg,
-            "--provenance-idle",
-            "1s",
-            "--budget-step",
-            "1s",
-        ],
-    )
-    .await;
+    let server = fast_server(dir.path()).await;
 
     // Objectives: from the configuration, through the API, and malformed ones.
     let (status, batch) = server.get("/api/v1/classes/batch/objective").await;
@@ -473,18 +474,7 @@ async fn interactive_is_raised_above_batch_at_the_shared_hop() {
 async fn a_tenants_priorities_are_its_own() {
     const TENANT: (&str, &str) = ("x-scope-orgid", "acme");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("meshtrace.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let cfg = config.display().to_string();
-    let flags = [
-        "--config",
-        &cfg,
-        "--provenance-idle",
-        "1s",
-        "--budget-step",
-        "1s",
-    ];
-    let server = Server::start(&dir.path().join("data"), &flags).await;
+    let server = fast_server(dir.path()).await;
     let http = reqwest::Client::new();
     let objective = r#"{"quantile": 0.99, "latency_ms": 50, "importance": 10}"#;
     let r = http

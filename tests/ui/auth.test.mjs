@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
-import { ARTIFACTS, assertStayedHome, post, startBrowser, startServer, waitFor } from "./harness.mjs";
+import { ARTIFACTS, assertStayedHome, findOneTrace, openTraceAndRawJson, post, startBrowser, startServer, waitFor } from "./harness.mjs";
 import { hex, nowNs, otlp, span } from "./traces.mjs";
 
 const TOKENS = {
@@ -116,11 +116,7 @@ test("the dashboard asks for a token, refuses a wrong one, shows data with the r
   assert.equal(await prompt(page).count(), 0);
   assert.equal(await storedToken(page), TOKENS.reader);
   assert.ok(await forgetButton(page).isVisible(), "Forget token is offered once a token is stored");
-  await page.selectOption("[data-testid=service]", SERVICE);
-  await page.click("[data-testid=find]");
-  const result = page.locator("[data-testid=result]", { hasText: OPERATION });
-  await result.waitFor();
-  assert.equal(await page.locator("[data-testid=result]").count(), 1);
+  const result = await findOneTrace(page, SERVICE, OPERATION);
 
   // A reload stays signed in.
   await page.reload();
@@ -130,14 +126,8 @@ test("the dashboard asks for a token, refuses a wrong one, shows data with the r
   await page.screenshot({ path: path.join(ARTIFACTS, "auth-signed-in.png") });
 
   // The trace and its raw JSON (a link cannot carry the token: fetched with it instead).
-  await result.click();
-  await page.waitForURL(new RegExp(`/trace/${traceId}$`));
-  await page.locator("[data-testid=span-row]", { hasText: OPERATION }).waitFor();
-  const [raw] = await Promise.all([context.waitForEvent("page"), page.click("[data-testid=raw-json]")]);
-  await raw.waitForLoadState();
-  const json = JSON.parse(await raw.textContent("body"));
+  const json = await openTraceAndRawJson(context, page, result, traceId, OPERATION);
   assert.equal(json.data[0].traceID, traceId);
-  await raw.close();
 
   // Every API request after signing in carried the token.
   const after = sent.slice(before);

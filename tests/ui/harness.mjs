@@ -50,6 +50,28 @@ export async function waitFor(fn, what, timeoutMs = 30_000) {
   throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ""}`);
 }
 
+/** Searches `service` on the search page and waits for exactly one result of `operation`. */
+export async function findOneTrace(page, service, operation) {
+  await page.selectOption("[data-testid=service]", service);
+  await page.click("[data-testid=find]");
+  const result = page.locator("[data-testid=result]", { hasText: operation });
+  await result.waitFor();
+  assert.equal(await page.locator("[data-testid=result]").count(), 1);
+  return result;
+}
+
+/** Opens trace `traceId` from its search result and returns the JSON its raw-JSON link shows. */
+export async function openTraceAndRawJson(context, page, result, traceId, operation) {
+  await result.click();
+  await page.waitForURL(new RegExp(`/trace/${traceId}$`));
+  await page.locator("[data-testid=span-row]", { hasText: operation }).waitFor();
+  const [raw] = await Promise.all([context.waitForEvent("page"), page.click("[data-testid=raw-json]")]);
+  await raw.waitForLoadState();
+  const json = JSON.parse(await raw.textContent("body"));
+  await raw.close();
+  return json;
+}
+
 export async function post(url, body, headers = {}) {
   const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: JSON.stringify(body) });
   const text = await res.text();

@@ -7,7 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
-import { ARTIFACTS, assertStayedHome, post, startBrowser, startServer, waitFor } from "./harness.mjs";
+import { ARTIFACTS, assertStayedHome, findOneTrace, openTraceAndRawJson, post, startBrowser, startServer, waitFor } from "./harness.mjs";
 import { hex, nowNs, otlp, span } from "./traces.mjs";
 
 const TENANT = "acme";
@@ -74,24 +74,15 @@ test("the tenant field switches every page to that tenant's data only", async ()
   await tenantInput(page).press("Enter");
   await page.waitForSelector(`[data-testid=service] option[value="${ACME_SERVICE}"]`, { state: "attached" });
   assert.deepEqual(await serviceOptions(page), [ACME_SERVICE]);
-  await page.selectOption("[data-testid=service]", ACME_SERVICE);
-  await page.click("[data-testid=find]");
-  const result = page.locator("[data-testid=result]", { hasText: OPERATION });
-  await result.waitFor();
-  assert.equal(await page.locator("[data-testid=result]").count(), 1);
+  const result = await findOneTrace(page, ACME_SERVICE, OPERATION);
 
   // A reload keeps the tenant; the trace and its raw JSON are acme's.
   await page.reload();
   assert.equal(await tenantInput(page).inputValue(), TENANT);
   await result.waitFor();
   await page.screenshot({ path: path.join(ARTIFACTS, "tenant-acme.png") });
-  await result.click();
-  await page.waitForURL(new RegExp(`/trace/${acmeTrace}$`));
-  await page.locator("[data-testid=span-row]", { hasText: OPERATION }).waitFor();
-  const [raw] = await Promise.all([context.waitForEvent("page"), page.click("[data-testid=raw-json]")]);
-  await raw.waitForLoadState();
-  assert.equal(JSON.parse(await raw.textContent("body")).data[0].traceID, acmeTrace);
-  await raw.close();
+  const json = await openTraceAndRawJson(context, page, result, acmeTrace, OPERATION);
+  assert.equal(json.data[0].traceID, acmeTrace);
 
   // The service graph page shows acme's service, not the default tenant's.
   await page.goto(`${base}/services`);
