@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use meshtrace_collector::auth::Tenant;
 use meshtrace_collector::sink::TenantSinks;
-use meshtrace_collector::{Error, SpanSink};
+use meshtrace_collector::{Error, ErrorCode, SpanSink};
 use meshtrace_model::tenant::TenantId;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +72,15 @@ pub enum TenantError {
 }
 
 impl TenantError {
+    /// Its code, mapped to HTTP and gRPC as ingest errors' are.
+    fn code(&self) -> ErrorCode {
+        match self {
+            TenantError::Limit { .. } => ErrorCode::ResourceExhausted,
+            TenantError::NotServed { .. } => ErrorCode::InvalidArgument,
+            TenantError::Failed { .. } => ErrorCode::Unavailable,
+        }
+    }
+
     fn ingest_error(self) -> Error {
         match self {
             TenantError::Limit { .. } => Error::TenantLimit(self.to_string()),
@@ -86,12 +95,7 @@ impl TenantError {
 
 impl IntoResponse for TenantError {
     fn into_response(self) -> Response {
-        use http::StatusCode;
-        let status = match &self {
-            TenantError::Limit { .. } => StatusCode::TOO_MANY_REQUESTS,
-            TenantError::NotServed { .. } => StatusCode::BAD_REQUEST,
-            TenantError::Failed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        };
+        let status = self.code().http_status();
         let body = serde_json::json!({ "error": self.to_string() });
         (status, axum::Json(body)).into_response()
     }
@@ -316,11 +320,7 @@ impl PrioritiesOf for Tenants {
         Box::pin(async move {
             match tenants.engine(&tenant).await {
                 Ok(engine) => Ok(engine.state.priorities.clone()),
-                Err(e) => {
-                    let message = e.to_string();
-                    let code = e.ingest_error().code().grpc_code();
-                    Err(tonic::Status::new(code, message))
-                }
+                Err(e) => Err(tonic::Status::new(e.code().grpc_code(), e.to_string())),
             }
         })
     }

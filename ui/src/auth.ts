@@ -5,13 +5,18 @@
 
 const KEY = "meshtrace.token";
 
-/** The stored token, or null. */
-export function storedToken(): string | null {
+/** What local storage holds under `key`, or null (also when storage is unavailable). */
+function stored(key: string): string | null {
   try {
-    return localStorage.getItem(KEY) || null;
+    return localStorage.getItem(key) || null;
   } catch {
     return null;
   }
+}
+
+/** The stored token, or null. */
+export function storedToken(): string | null {
+  return stored(KEY);
 }
 
 export function storeToken(token: string): void {
@@ -44,11 +49,7 @@ export const TENANT_RE = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/;
 
 /** The chosen tenant, or null. */
 export function storedTenant(): string | null {
-  try {
-    return localStorage.getItem(TENANT_KEY) || null;
-  } catch {
-    return null;
-  }
+  return stored(TENANT_KEY);
 }
 
 /** Chooses a tenant (an empty one: the default). */

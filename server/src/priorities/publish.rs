@@ -225,19 +225,6 @@ pub trait PrioritiesOf: Send + Sync + 'static {
     fn priorities(&self, tenant: &TenantId) -> BoxFuture<'static, Result<Priorities, Status>>;
 }
 
-/// One engine's priorities serve the default tenant only.
-impl PrioritiesOf for Priorities {
-    fn priorities(&self, tenant: &TenantId) -> BoxFuture<'static, Result<Priorities, Status>> {
-        let result = match tenant.is_single() {
-            true => Ok(self.clone()),
-            false => Err(Status::invalid_argument(format!(
-                "tenant {tenant} is not served here"
-            ))),
-        };
-        Box::pin(async move { result })
-    }
-}
-
 /// The gRPC `meshtrace.priorities.v1.Priorities` service.
 pub struct WatchService {
     source: Arc<dyn PrioritiesOf>,
