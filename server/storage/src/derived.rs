@@ -59,7 +59,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 mod compact;
@@ -673,6 +673,25 @@ pub fn encoded_size(
     Ok(encode(schema, batches, row_group_rows)?.bytes.len())
 }
 
+/// How one derived column is written.
+#[derive(Debug, PartialEq, Eq)]
+enum ColumnEncoding {
+    Dictionary,
+    Plain,
+    ByteStreamSplit,
+}
+
+/// Names and small counts get a dictionary, durations (`*_ns`) byte planes, the rest (IDs,
+/// times, versions, maps) neither.
+fn column_encoding(name: &str, ty: &DataType) -> ColumnEncoding {
+    match ty {
+        DataType::Utf8 | DataType::LargeUtf8 => ColumnEncoding::Dictionary,
+        DataType::Int64 if name.ends_with("_ns") => ColumnEncoding::ByteStreamSplit,
+        DataType::Int64 if name != "version" => ColumnEncoding::Dictionary,
+        _ => ColumnEncoding::Plain,
+    }
+}
+
 /// Sorts by `(trace_id, version)` into one batch and encodes one segment.
 fn encode(
     schema: &SchemaRef,
@@ -689,20 +708,34 @@ fn encode(
         .set_max_row_group_row_count(Some(row_group_rows.max(1)));
     // Sized for a row group of distinct traces (the `traces` table has one row per trace).
     let mut props = trace_id_bloom_filter(props, row_group_rows.max(16));
-    // A dictionary pays for the names (classes, services, operations: few distinct values);
-    // IDs, times, durations and versions are mostly distinct, so for them it would only cost
-    // a hash and a lookup per value.
+    // Column encodings, measured on `bench ingest` segments (docs/benchmarks.md, "Derived
+    // data under 10 bytes a span"):
+    // - a dictionary pays for the names (classes, services, operations) and the small counts
+    //   (`spans`, `span_count`, `roots`, ...): few distinct values;
+    // - durations (`*_ns`) are split into byte planes (`BYTE_STREAM_SPLIT`): their high bytes
+    //   are nearly constant and compress apart from the random low ones (-20 % on the critical
+    //   path's self time against plain);
+    // - IDs, times and versions stay plain: mostly distinct, and the same value on all of a
+    //   trace's rows is a repeat ZSTD finds.
     // Min/max statistics are kept for `trace_id` and `start_time` only: rows are sorted by
     // trace, so a row group covers a range of trace IDs (and, flushed every few seconds, of
     // times), while every other column spans nearly all its values in every row group, and
     // its statistics would prune nothing for two comparisons per value.
     for field in schema.fields() {
-        let column = || field.name().as_str().into();
-        if !matches!(field.name().as_str(), "trace_id" | "start_time") {
-            props = props.set_column_statistics_enabled(column(), EnabledStatistics::None);
+        let name = field.name().as_str();
+        if !matches!(name, "trace_id" | "start_time") {
+            props = props.set_column_statistics_enabled(name.into(), EnabledStatistics::None);
         }
-        if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
-            props = props.set_column_dictionary_enabled(column(), false);
+        match column_encoding(name, field.data_type()) {
+            ColumnEncoding::Dictionary => {}
+            ColumnEncoding::Plain => {
+                props = props.set_column_dictionary_enabled(name.into(), false)
+            }
+            ColumnEncoding::ByteStreamSplit => {
+                props = props
+                    .set_column_dictionary_enabled(name.into(), false)
+                    .set_column_encoding(name.into(), Encoding::BYTE_STREAM_SPLIT);
+            }
         }
     }
     let props = props.build();
