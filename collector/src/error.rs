@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use meshtrace_model::memory::Exceeded;
+
 /// What kind of failure an [`Error`] is; each maps once to HTTP and once to gRPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -63,7 +65,14 @@ pub enum Error {
     /// A new tenant would pass the configured number of tenants.
     #[error("{0}")]
     TenantLimit(String),
+    /// The process is over its memory budget (`[memory] budget_mib`): nothing was kept,
+    /// retry once the server has shed memory.
+    #[error("{exceeded}; retry after {}ms", MEMORY_RETRY_AFTER.as_millis())]
+    MemoryBudget { exceeded: Exceeded },
 }
+
+/// The retry delay while the memory budget is spent: the server sheds within a second or two.
+pub const MEMORY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Error {
     pub fn code(&self) -> ErrorCode {
@@ -71,7 +80,9 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
-            Error::Overloaded { .. } | Error::TenantLimit(_) => ErrorCode::ResourceExhausted,
+            Error::Overloaded { .. } | Error::TenantLimit(_) | Error::MemoryBudget { .. } => {
+                ErrorCode::ResourceExhausted
+            }
             Error::Unavailable { .. } => ErrorCode::Unavailable,
             Error::Wal(_) | Error::Io(_) => ErrorCode::Internal,
         }
@@ -83,6 +94,7 @@ impl Error {
             Error::Overloaded { retry_after } | Error::Unavailable { retry_after, .. } => {
                 Some(*retry_after)
             }
+            Error::MemoryBudget { .. } => Some(MEMORY_RETRY_AFTER),
             _ => None,
         }
     }

@@ -38,6 +38,24 @@ pub struct Config {
     pub tls: crate::tls::TlsSettings,
     pub cluster: ClusterSettings,
     pub tenants: TenantSettings,
+    pub memory: MemorySettings,
+}
+
+/// The process's memory budget (`[memory]`); see `meshtrace_model::memory`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Resident memory the whole server may take, in MiB (0: no budget). Past seven eighths
+    /// of it ingest answers 429 / `RESOURCE_EXHAUSTED` with a retry delay, new queries 429,
+    /// and the server completes open traces early and flushes its buffers until it is back
+    /// under (see `meshtrace_model::memory`).
+    pub budget_mib: u64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        MemorySettings { budget_mib: 1536 }
+    }
 }
 
 /// Tenants (`[tenants]`): requests name theirs with `X-Scope-OrgID` or a token binds it; each
@@ -334,6 +352,7 @@ impl Default for Config {
             tls: Default::default(),
             cluster: ClusterSettings::default(),
             tenants: TenantSettings::default(),
+            memory: MemorySettings::default(),
         }
     }
 }
@@ -494,6 +513,9 @@ pub struct ServeArgs {
     /// Tenants besides the default one served at most [default: 16]
     #[arg(long, env = "MESHTRACE_MAX_TENANTS")]
     pub max_tenants: Option<usize>,
+    /// Resident memory the server may take, in MiB; 0 for none [default: 1536]
+    #[arg(long, env = "MESHTRACE_MEMORY_BUDGET_MIB")]
+    pub memory_budget_mib: Option<u64>,
     /// Skip fsync in the write-ahead log (benchmarks only: loses durability)
     #[arg(long, env = "MESHTRACE_NO_FSYNC")]
     pub no_fsync: bool,
@@ -549,6 +571,7 @@ impl Config {
         set(&mut self.budgets.step, &a.budget_step);
         set(&mut self.budgets.window, &a.budget_window);
         set(&mut self.tenants.max, &a.max_tenants);
+        set(&mut self.memory.budget_mib, &a.memory_budget_mib);
         if a.tls_cert.is_some() {
             self.tls.cert = a.tls_cert.clone();
         }

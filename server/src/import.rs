@@ -120,7 +120,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
                 data_dir: Some(dir.clone()),
                 ..Default::default()
             })?;
-            let opened = crate::serve::open(&config).await?;
+            let opened =
+                crate::serve::open(&config, &meshtrace_model::memory::MemoryBudget::unlimited())
+                    .await?;
             let pipeline = opened.pipeline()?;
             Target::Local {
                 pipeline,

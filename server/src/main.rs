@@ -11,6 +11,7 @@ mod experiment;
 mod health;
 mod import;
 mod listener;
+mod memory;
 mod metrics;
 mod pipeline;
 mod priorities;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use meshtrace_collector::metrics::IngestMetrics;
 use meshtrace_collector::receiver::{grpc, http, Ingest};
 use meshtrace_collector::sink::TenantSinks;
+use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::tenant::TenantId;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -63,12 +64,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         );
     }
     let shutdown = CancellationToken::new();
+    let memory = MemoryBudget::new(config.memory.budget_mib.saturating_mul(1 << 20));
+    let sampler = crate::memory::start(memory.clone(), &mut registry, shutdown.clone());
     let single = TenantId::single();
-    let single = Engine::start(single, config, registry, timing.clone(), &shutdown).await?;
-    let tenants = Tenants::start(config, Arc::new(single), timing, shutdown.clone()).await?;
+    let single =
+        Engine::start(single, config, registry, timing.clone(), &memory, &shutdown).await?;
+    let tenants = Tenants::start(
+        config,
+        Arc::new(single),
+        timing,
+        memory.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let sinks: Arc<dyn TenantSinks> = Arc::new(tenants.clone());
-    let ingest =
-        Ingest::with_tenants(sinks, ingest_metrics, config.ingest.clone()).with_auth(auth.clone());
+    let ingest = Ingest::with_tenants(sinks, ingest_metrics, config.ingest.clone())
+        .with_auth(auth.clone())
+        .with_memory(memory);
     let l = &config.listen;
     let security = api::Security {
         auth: auth.clone(),
@@ -89,7 +101,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .add_service(grpc::service(ingest.clone()))
         .add_service(WatchService::server(Arc::new(tenants.clone()), auth));
     let tls = config.tls.acceptor().context("setting up TLS")?;
-    let tasks = listen(l, tls, grpc, http_routers, refused, &shutdown).await?;
+    let mut tasks = listen(l, tls, grpc, http_routers, refused, &shutdown).await?;
+    tasks.push(sampler);
     let engine = tenants.single();
     let node = match &engine.opened.cluster {
         Some(c) => Some(

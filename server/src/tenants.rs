@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use meshtrace_collector::auth::Tenant;
 use meshtrace_collector::sink::TenantSinks;
 use meshtrace_collector::{Error, ErrorCode, SpanSink};
+use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::tenant::TenantId;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,7 @@ pub struct Tenants(Arc<Inner>);
 struct Inner {
     config: Config,
     timing: RequestTiming,
+    memory: MemoryBudget,
     shutdown: CancellationToken,
     single: Arc<Engine>,
     others: RwLock<HashMap<TenantId, Arc<Engine>>>,
@@ -107,11 +109,13 @@ impl Tenants {
         config: &Config,
         single: Arc<Engine>,
         timing: RequestTiming,
+        memory: MemoryBudget,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Tenants> {
         let tenants = Tenants(Arc::new(Inner {
             config: config.clone(),
             timing,
+            memory,
             shutdown,
             single,
             others: RwLock::default(),
@@ -248,6 +252,7 @@ impl Tenants {
             &config,
             Registry::default(),
             self.0.timing.clone(),
+            &self.0.memory,
             &self.0.shutdown,
         )
         .await?;

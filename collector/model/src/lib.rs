@@ -9,6 +9,7 @@ pub mod arrow_conv;
 mod arrow_map;
 mod arrow_nested;
 pub mod class;
+pub mod memory;
 pub mod schema;
 pub mod shared;
 pub mod sketch;

@@ -86,8 +86,9 @@ pub fn media_type(headers: &HeaderMap) -> String {
 }
 
 /// Reads the whole body under `max_body_bytes` and decompresses it under
-/// `max_decompressed_bytes`.
+/// `max_decompressed_bytes`; refuses it unread while the process is short of memory.
 pub async fn read_body(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Bytes, Error> {
+    ingest.admit()?;
     let limit = ingest.config().max_body_bytes;
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)

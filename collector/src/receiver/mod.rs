@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::tenant::TenantId;
 
 use crate::auth::Auth;
@@ -55,6 +56,7 @@ pub struct Ingest {
     metrics: IngestMetrics,
     config: Arc<ReceiverConfig>,
     auth: Auth,
+    memory: MemoryBudget,
 }
 
 /// How many rejection messages are quoted in a partial-success message.
@@ -77,6 +79,22 @@ impl Ingest {
             metrics,
             config: Arc::new(config),
             auth: Auth::default(),
+            memory: MemoryBudget::unlimited(),
+        }
+    }
+
+    /// Refuses spans (429 / `RESOURCE_EXHAUSTED`) while the process is over `memory`.
+    pub fn with_memory(mut self, memory: MemoryBudget) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// Fails while the process is short of memory (see [`MemoryBudget::exceeded`]): checked
+    /// before a body is read and again before spans are handed on.
+    pub fn admit(&self) -> Result<(), Error> {
+        match self.memory.exceeded() {
+            Some(exceeded) => Err(Error::MemoryBudget { exceeded }),
+            None => Ok(()),
         }
     }
 
@@ -150,6 +168,7 @@ impl Ingest {
         }
         if accepted > 0 {
             let durable = async {
+                self.admit()?;
                 let sink = self.sinks.sink(tenant).await?;
                 match request {
                     Some(request) => sink.accept_otlp(spans, request).await,
@@ -161,6 +180,7 @@ impl Ingest {
                     Error::Overloaded { .. } => "overloaded",
                     Error::Unavailable { .. } => "unavailable",
                     Error::TenantLimit(_) => "tenant_limit",
+                    Error::MemoryBudget { .. } => "memory",
                     Error::InvalidArgument(_) => "invalid",
                     _ => "internal",
                 };

@@ -268,6 +268,12 @@ impl Assembler {
         }
     }
 
+    /// Forces the oldest open traces out until at most `keep` are open (the process is short of
+    /// memory); the next [`Assembler::poll_complete`] hands them out, marked evicted.
+    pub fn shed(&mut self, keep: usize, now: i64) {
+        self.make_room(keep.saturating_add(1), now);
+    }
+
     /// Forces the oldest open traces out until a new one fits under `cap`.
     fn make_room(&mut self, cap: usize, now: i64) {
         while self.open.len() >= cap {

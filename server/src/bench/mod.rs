@@ -393,6 +393,9 @@ async fn run_once(args: &IngestArgs, off: Option<Feature>) -> anyhow::Result<Run
                 ..ports.args
             };
             let mut config = Config::load(&serve)?;
+            // The load generator shares the process (its pool of encoded requests is hundreds
+            // of MiB): the resident size is not the server's, so no budget applies here.
+            config.memory.budget_mib = 0;
             match off {
                 Some(Feature::Assembly) => config.provenance.enabled = false,
                 Some(Feature::Dedup) => config.storage.dedup_window_spans = 0,

@@ -140,7 +140,9 @@ async fn measure(args: &QueryArgs, count: u64) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let ports = Loopback::new(dir.path())?;
     let (grpc, http) = (ports.otlp_grpc, ports.http);
-    let config = Config::load(&ports.args)?;
+    let mut config = Config::load(&ports.args)?;
+    // The load generator shares the process: its resident size is not the server's alone.
+    config.memory.budget_mib = 0;
     reset_peak_rss();
     let running = crate::serve::start(&config).await?;
     let end_ns = meshtrace_model::time::now_unix_nanos();

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshtrace_collector::SpanSink;
+use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::tenant::TenantId;
 use meshtrace_query::Queries;
 use prometheus_client::registry::Registry;
@@ -41,7 +42,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens and recovers the tenant's store (see [`open()`]), starts priorities and the
+    /// Opens and recovers the tenant's store (see [`open()`]; it refuses queries, flushes early
+    /// and sheds open traces while the process is over `memory`), starts priorities and the
     /// background tasks, and registers the engine's metrics in `registry` (served as the
     /// tenant's `/metrics`). The tasks stop when `shutdown` is cancelled.
     pub async fn start(
@@ -49,9 +51,10 @@ impl Engine {
         config: &Config,
         mut registry: Registry,
         timing: RequestTiming,
+        memory: &MemoryBudget,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Engine> {
-        let opened = open(config).await?;
+        let opened = open(config, memory).await?;
         let sink = opened.sink()?;
         let store = opened.store.clone();
         let priorities = Priorities::start(

@@ -14,6 +14,7 @@ use anyhow::Context;
 use meshtrace_collector::dedup::{retain_flagged, Dedup};
 use meshtrace_collector::wal::{FsyncPolicy, Wal, WalConfig};
 use meshtrace_collector::SpanSink;
+use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::Span;
 use meshtrace_storage::{Store, StoreConfig};
 
@@ -95,7 +96,7 @@ impl Opened {
 }
 
 /// The store's settings from the server's.
-fn store_config(config: &Config) -> StoreConfig {
+fn store_config(config: &Config, memory: &MemoryBudget) -> StoreConfig {
     StoreConfig {
         data_dir: config.data_dir.clone(),
         catalog_url: config.catalog_url.clone(),
@@ -113,6 +114,7 @@ fn store_config(config: &Config) -> StoreConfig {
         // Longer than any query may read the merged files.
         compact_grace: (StoreConfig::default().compact_grace).max(config.query.sql_timeout * 2),
         cluster_node: None,
+        memory: memory.clone(),
     }
 }
 
@@ -136,9 +138,9 @@ async fn start_provenance(
 
 /// Cluster mode: checks NATS and the object store, opens the store on them and the
 /// PostgreSQL catalog. Nothing is replayed: the partitions' consumers do that once claimed.
-async fn open_cluster(config: &Config) -> anyhow::Result<Opened> {
+async fn open_cluster(config: &Config, memory: &MemoryBudget) -> anyhow::Result<Opened> {
     let connected = cluster::connect(config).await?;
-    let mut store_cfg = store_config(config);
+    let mut store_cfg = store_config(config, memory);
     store_cfg.cluster_node = Some(connected.node.clone());
     let catalog = config
         .catalog_url
@@ -181,13 +183,13 @@ fn mask_password(url: &str) -> String {
 
 /// Opens the store and the log and re-buffers what the log holds past the checkpoint (or, in
 /// cluster mode, connects to the cluster's dependencies).
-pub async fn open(config: &Config) -> anyhow::Result<Opened> {
+pub async fn open(config: &Config, memory: &MemoryBudget) -> anyhow::Result<Opened> {
     if config.cluster.name.is_some() {
-        return open_cluster(config).await;
+        return open_cluster(config, memory).await;
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = Store::open(store_config(config))
+    let store = Store::open(store_config(config, memory))
         .await
         .context("opening the store")?;
     let checkpoint = store.checkpoint().await?;

@@ -94,6 +94,8 @@ pub(super) struct Engine {
     last_version: i64,
     /// The bound on distinct classes.
     classes: ClassLimit,
+    /// When shedding open traces for memory was last logged.
+    last_shed: Option<Instant>,
 }
 
 impl Engine {
@@ -115,6 +117,7 @@ impl Engine {
             seen: Bounded::new(SEEN_CAP),
             last_version: 0,
             classes: ClassLimit::new(settings.max_classes, settings.mapping_max_age),
+            last_shed: None,
         }
     }
 
@@ -131,6 +134,29 @@ impl Engine {
                 self.assembler.add_shared(&spans, now);
             }
         }
+    }
+
+    /// While the process is short of memory, completes the oldest eighth of the open traces
+    /// each tick (marked evicted: partial, and replaced if more spans come) so their spans
+    /// leave memory. An eighth at a time: deriving a trace takes memory for a moment too, and
+    /// deriving half of them at once carried the process past its budget in the test.
+    fn shed_if_short_of_memory(&mut self, now: i64) {
+        let Some(exceeded) = self.store.config().memory.exceeded() else {
+            return;
+        };
+        let open = self.assembler.open_traces();
+        if open == 0 {
+            return;
+        }
+        let keep = open - open.div_ceil(8);
+        if self
+            .last_shed
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_shed = Some(Instant::now());
+            tracing::warn!(%exceeded, open_traces = open, "short of memory: completing the oldest open traces early");
+        }
+        self.assembler.shed(keep, now);
     }
 
     fn next_version(&mut self) -> i64 {
@@ -329,6 +355,7 @@ pub(super) async fn run(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, stop: C
             }
             _ = tick.tick() => {
                 let now = engine.now();
+                engine.shed_if_short_of_memory(now);
                 engine.complete(now).await;
                 if retry.ready() {
                     match engine.derived.flush_if_due().await {

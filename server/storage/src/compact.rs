@@ -14,7 +14,8 @@
 //! writes their rows as one segment sorted by trace and time (the flush's encoding, bloom
 //! filters and page index included) with the inputs' rollups merged, and names it after the
 //! union of their sequence ranges plus its creation time (a merge tried again never writes
-//! over an earlier attempt's file). Reading and writing take no lock. Then, under the flush lock, one catalog
+//! over an earlier attempt's file). A run is cut to what fits in the memory budget's headroom
+//! ([`fit_in_memory`]), and nothing is merged when two segments do not fit. Reading and writing take no lock. Then, under the flush lock, one catalog
 //! transaction inserts the new row with its rollups and deletes exactly the merged rows (it
 //! rolls back if any is gone: retention took it), and the in-memory list swaps them for the
 //! new segment: a query snapshots the list under the same lock, so it reads either the old
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use arrow_array::{new_null_array, RecordBatch};
 use arrow_schema::{ArrowError, SchemaRef};
 use futures::TryStreamExt;
+use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::schema::spans_schema;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
@@ -55,11 +57,16 @@ pub(crate) const MANY_SEGMENTS: usize = 32;
 /// What picking a run needs of a segment.
 pub(crate) trait Rows {
     fn rows(&self) -> usize;
+    /// The file's size.
+    fn bytes(&self) -> u64;
 }
 
 impl Rows for DerivedSegment {
     fn rows(&self) -> usize {
         self.row_count.max(0) as usize
+    }
+    fn bytes(&self) -> u64 {
+        self.byte_size.max(0) as u64
     }
 }
 
@@ -67,6 +74,37 @@ impl Rows for SegmentInfo {
     fn rows(&self) -> usize {
         self.row_count.max(0) as usize
     }
+    fn bytes(&self) -> u64 {
+        self.byte_size.max(0) as u64
+    }
+}
+
+/// A merge holds its inputs decoded, sorted and encoded again at once: about this many times
+/// their files' size (random attribute values barely compress; repeated names decode to more).
+pub(crate) const MERGE_MEMORY_PER_FILE_BYTE: u64 = 8;
+
+/// The longest start of `run` whose merge fits in the memory budget's headroom
+/// ([`MemoryBudget::headroom`]); empty when fewer than two segments fit, so a merge never
+/// carries the process past the point where it refuses work.
+pub(crate) fn fit_in_memory<T: Rows>(run: Vec<Arc<T>>, memory: &MemoryBudget) -> Vec<Arc<T>> {
+    let Some(headroom) = memory.headroom() else {
+        return run;
+    };
+    let allowance = headroom / MERGE_MEMORY_PER_FILE_BYTE;
+    let mut total = 0;
+    let fits = run
+        .iter()
+        .take_while(|s| {
+            total += s.bytes();
+            total <= allowance
+        })
+        .count();
+    if fits < 2 {
+        return Vec::new();
+    }
+    let mut run = run;
+    run.truncate(fits);
+    run
 }
 
 /// The first run of consecutive small segments worth merging (see the module docs): one
@@ -138,7 +176,7 @@ impl Store {
         if !self.settle_unresolved_merge().await? {
             return Ok(0);
         }
-        let run = self.next_run(target);
+        let run = fit_in_memory(self.next_run(target), &self.inner.cfg.memory);
         if run.len() < 2 {
             return Ok(0);
         }

@@ -287,13 +287,19 @@ impl DerivedStore {
         Ok(())
     }
 
-    /// Flushes when some table has enough rows or a batch old enough; returns segments written.
+    /// Flushes when some table has enough rows or a batch old enough (a quarter of
+    /// `flush_max_age` while the process is short of memory, as the span store does); returns
+    /// segments written.
     pub async fn flush_if_due(&self) -> Result<usize, StorageError> {
+        let max_age = match self.inner.store.config().memory.pressed() {
+            true => self.inner.cfg.flush_max_age / 4,
+            false => self.inner.cfg.flush_max_age,
+        };
         let due = self.inner.tables.iter().any(|t| {
             let (rows, oldest) = t.pending();
             rows > 0
                 && (rows >= self.inner.cfg.flush_max_rows
-                    || oldest.is_some_and(|o| o.elapsed() >= self.inner.cfg.flush_max_age))
+                    || oldest.is_some_and(|o| o.elapsed() >= max_age))
         });
         if due {
             self.flush().await

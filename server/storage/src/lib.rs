@@ -42,6 +42,8 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshtrace_model::memory::MemoryBudget;
+
 pub use buffer::NameLimits;
 pub use catalog::{DamagedSegment, PartitionMark, SegmentInfo, StoredPrioritySet, StoredProxy};
 pub use derived::{DerivedConfig, DerivedSegment, DerivedStats, DerivedStore, DerivedTable};
@@ -87,6 +89,8 @@ pub struct StoreConfig {
     /// so nothing is swept as an orphan at open (a peer may be between its `put` and its
     /// commit), segment names carry the node id, and [`Store::refresh`] reads peers' segments.
     pub cluster_node: Option<String>,
+    /// The process's memory budget: no new query plan starts while it is spent.
+    pub memory: MemoryBudget,
 }
 
 impl StoreConfig {
@@ -114,6 +118,7 @@ impl Default for StoreConfig {
             compact_rows: 200_000,
             compact_grace: Duration::from_secs(120),
             cluster_node: None,
+            memory: MemoryBudget::unlimited(),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! serves ingest, `/readyz` and the write-ahead log: a CPU-bound plan (a cross join) keeps
 //! those threads busy, not the ingest path. At most [`SqlLimits::max_concurrent`] plans run at
 //! once; a query waits for a slot up to [`SqlLimits::queue_wait`] and is then refused as
-//! overloaded (429 with a retry delay). Operators share a `FairSpillPool` of
+//! overloaded (429 with a retry delay), as is every query while the process is over its memory
+//! budget ([`MemoryBudget`]). Operators share a `FairSpillPool` of
 //! [`SqlLimits::memory_bytes`] (sorts and aggregations spill or fail past it), and functions
 //! whose output size a query chooses are bounded separately ([`crate::bounded`]).
 //!
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshtrace_model::memory::MemoryBudget;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -52,7 +54,8 @@ impl Default for SqlLimits {
             threads: (cores / 2).max(1),
             max_concurrent: 4,
             queue_wait: Duration::from_secs(5),
-            memory_bytes: 1 << 30,
+            // Well under the server's default memory budget (1536 MiB).
+            memory_bytes: 512 << 20,
         }
     }
 }
@@ -64,10 +67,11 @@ pub(crate) struct SqlRuntime {
     handle: Handle,
     slots: Arc<Semaphore>,
     pub(crate) limits: SqlLimits,
+    memory: MemoryBudget,
 }
 
 impl SqlRuntime {
-    pub(crate) fn new(limits: SqlLimits) -> Result<SqlRuntime, StorageError> {
+    pub(crate) fn new(limits: SqlLimits, memory: MemoryBudget) -> Result<SqlRuntime, StorageError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(limits.threads.max(1))
             .thread_name("meshtrace-query")
@@ -79,14 +83,19 @@ impl SqlRuntime {
             runtime: Some(runtime),
             slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             limits,
+            memory,
         })
     }
 
-    /// Waits for a slot, at most `queue_wait` (and never past `deadline`).
+    /// Waits for a slot, at most `queue_wait` (and never past `deadline`); none while the
+    /// memory budget is spent.
     pub(crate) async fn slot(
         &self,
         deadline: tokio::time::Instant,
     ) -> Result<OwnedSemaphorePermit, StorageError> {
+        if let Some(exceeded) = self.memory.exceeded() {
+            return Err(StorageError::Overloaded(format!("{exceeded}; retry later")));
+        }
         let wait = tokio::time::Instant::now() + self.limits.queue_wait;
         let acquire = self.slots.clone().acquire_owned();
         match tokio::time::timeout_at(wait.min(deadline), acquire).await {

@@ -171,7 +171,7 @@ impl Store {
         );
         let runtime = runtime(&store, cfg.sql.memory_bytes)?;
         let names = Names::from_catalog(names, cfg.names, now_unix_nanos());
-        let sql_runtime = SqlRuntime::new(cfg.sql.clone())?;
+        let sql_runtime = SqlRuntime::new(cfg.sql.clone(), cfg.memory.clone())?;
         let inner = Inner {
             reader: SegmentReader::new(store.clone()),
             cfg,
@@ -320,14 +320,21 @@ impl Store {
         self.read_view().rows()
     }
 
-    /// Flushes when enough rows are buffered or the oldest buffered batch is old enough;
-    /// returns the new checkpoint when it flushed.
+    /// Flushes when enough rows are buffered, the oldest buffered batch is old enough or the
+    /// process is short of memory ([`meshtrace_model::memory::MemoryBudget::pressed`]) and it is a
+    /// quarter of that age; returns the new checkpoint when it flushed.
     pub async fn flush_if_due(&self) -> Result<Option<u64>, StorageError> {
         let (rows, oldest) = {
             let view = self.read_view();
             (view.pending_rows(), view.oldest_pending())
         };
-        let old = oldest.is_some_and(|t| t.elapsed() >= self.inner.cfg.flush_max_age);
+        // Short of memory, buffers are kept four times shorter: a flush needs a few times
+        // its buffer for a moment.
+        let max_age = match self.inner.cfg.memory.pressed() {
+            true => self.inner.cfg.flush_max_age / 4,
+            false => self.inner.cfg.flush_max_age,
+        };
+        let old = oldest.is_some_and(|t| t.elapsed() >= max_age);
         // A commit whose outcome is unknown is asked about again even if nothing is pending
         // (its rows are marked; ingest may be refused until it is settled).
         let unsettled = self.has_unresolved();

@@ -36,7 +36,7 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use super::{DerivedSegment, DerivedStore, TableState};
 use crate::catalog::SegmentTable;
-use crate::compact::{conform, pick_run};
+use crate::compact::{conform, fit_in_memory, pick_run};
 use crate::error::StorageError;
 use crate::object_reader::ObjectReader;
 
@@ -51,6 +51,7 @@ impl DerivedStore {
         let mut failed = None;
         for t in &self.inner.tables {
             let run = pick_run(&t.snapshot().0, target, |_, _| true);
+            let run = fit_in_memory(run, &self.inner.store.config().memory);
             if run.len() < 2 {
                 continue;
             }
@@ -193,6 +194,27 @@ mod tests {
 
     fn ids(run: Vec<Arc<DerivedSegment>>) -> Vec<i64> {
         run.iter().map(|s| s.id).collect()
+    }
+
+    #[test]
+    fn a_run_is_cut_to_what_its_merge_can_take_of_the_memory_budget() {
+        use meshtrace_model::memory::MemoryBudget;
+        let sized = |id, mib: i64| {
+            let mut s = (*seg(id, 100)).clone();
+            s.byte_size = mib << 20;
+            Arc::new(s)
+        };
+        let run = vec![sized(1, 5), sized(2, 5), sized(3, 5)];
+        assert_eq!(
+            ids(fit_in_memory(run.clone(), &MemoryBudget::unlimited())),
+            vec![1, 2, 3]
+        );
+        let budget = MemoryBudget::new(800 << 20);
+        // 100 MiB before refusals start: a merge of 8 x 10 MiB fits, of 8 x 15 MiB does not.
+        budget.record(600 << 20);
+        assert_eq!(ids(fit_in_memory(run.clone(), &budget)), vec![1, 2]);
+        budget.record(690 << 20);
+        assert!(fit_in_memory(run, &budget).is_empty(), "not even two fit");
     }
 
     #[test]
