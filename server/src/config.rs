@@ -68,6 +68,11 @@ pub struct TenantSettings {
     pub enabled: bool,
     /// Tenants besides `single` served at most; a request for a new one past it is 429.
     pub max: usize,
+    /// A tenant's engine (besides `single`'s) with no request and no proxy watching for this
+    /// long is closed (flushed, its memory given back) and opened again at its next request;
+    /// 0: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_close: Duration,
 }
 
 impl Default for TenantSettings {
@@ -75,6 +80,7 @@ impl Default for TenantSettings {
         TenantSettings {
             enabled: true,
             max: 16,
+            idle_close: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -26,9 +26,10 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use meshtrace_collector::auth::Tenant;
+use meshtrace_collector::error::MEMORY_RETRY_AFTER;
 use meshtrace_collector::sink::TenantSinks;
 use meshtrace_collector::{Error, ErrorCode, SpanSink};
-use meshtrace_model::memory::MemoryBudget;
+use meshtrace_model::memory::{Exceeded, MemoryBudget};
 use meshtrace_model::tenant::TenantId;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,8 @@ struct Inner {
     opening: Arc<tokio::sync::Mutex<()>>,
     /// When a tenant's engine last failed to open: it is not tried again for a while.
     failed: Mutex<HashMap<TenantId, Instant>>,
+    /// When each open engine (besides the default one) was last asked for.
+    used: Mutex<HashMap<TenantId, Instant>>,
 }
 
 /// How long a tenant whose engine failed to open is refused before it is tried again.
@@ -71,13 +74,19 @@ pub enum TenantError {
     /// The details are in the server's log, not in answers.
     #[error("tenant {tenant} could not be opened; the server's log says why")]
     Failed { tenant: TenantId },
+    /// No new engine opens while the process is short of memory.
+    #[error("tenant {tenant} cannot be opened now: {exceeded}")]
+    Memory {
+        tenant: TenantId,
+        exceeded: Exceeded,
+    },
 }
 
 impl TenantError {
     /// Its code, mapped to HTTP and gRPC as ingest errors' are.
     fn code(&self) -> ErrorCode {
         match self {
-            TenantError::Limit { .. } => ErrorCode::ResourceExhausted,
+            TenantError::Limit { .. } | TenantError::Memory { .. } => ErrorCode::ResourceExhausted,
             TenantError::NotServed { .. } => ErrorCode::InvalidArgument,
             TenantError::Failed { .. } => ErrorCode::Unavailable,
         }
@@ -91,6 +100,7 @@ impl TenantError {
                 reason: self.to_string(),
                 retry_after: std::time::Duration::from_secs(5),
             },
+            TenantError::Memory { exceeded, .. } => Error::MemoryBudget { exceeded },
         }
     }
 }
@@ -99,7 +109,16 @@ impl IntoResponse for TenantError {
     fn into_response(self) -> Response {
         let status = self.code().http_status();
         let body = serde_json::json!({ "error": self.to_string() });
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let TenantError::Memory { .. } = self {
+            let retry = MEMORY_RETRY_AFTER.as_secs().to_string();
+            if let Ok(value) = axum::http::HeaderValue::from_str(&retry) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
@@ -121,9 +140,13 @@ impl Tenants {
             others: RwLock::default(),
             opening: Arc::default(),
             failed: Mutex::default(),
+            used: Mutex::default(),
         }));
         if !config.tenants.enabled {
             return Ok(tenants);
+        }
+        if !config.tenants.idle_close.is_zero() {
+            tokio::spawn(tenants.clone().close_idle_engines());
         }
         // Each is recovered before the listeners start: its log may hold acknowledged spans.
         // One that cannot be opened is logged and tried again at a request after a while.
@@ -176,6 +199,7 @@ impl Tenants {
             return Ok(self.0.single.clone());
         }
         if let Some(e) = self.0.others.read().expect("tenants").get(tenant) {
+            self.used(tenant);
             return Ok(e.clone());
         }
         let opening = self.0.opening.clone().lock_owned().await;
@@ -204,6 +228,7 @@ impl Tenants {
             Ok(engine) => {
                 tracing::info!(%tenant, "serving a tenant");
                 failed.lock().expect("tenants").remove(&tenant);
+                self.used(&tenant);
                 let mut others = self.0.others.write().expect("tenants");
                 others.insert(tenant, engine.clone());
                 Ok(engine)
@@ -220,8 +245,15 @@ impl Tenants {
         }
     }
 
-    /// Refuses a new engine past the limit, while stopping, or soon after one failed.
+    /// Refuses a new engine past the limit, while stopping, while the process is short of
+    /// memory, or soon after one failed.
     fn may_open(&self, tenant: &TenantId) -> Result<(), TenantError> {
+        if let Some(exceeded) = self.0.memory.exceeded() {
+            return Err(TenantError::Memory {
+                tenant: tenant.clone(),
+                exceeded,
+            });
+        }
         let max = self.0.config.tenants.max;
         if self.0.others.read().expect("tenants").len() >= max {
             return Err(TenantError::Limit {
@@ -253,7 +285,8 @@ impl Tenants {
             Registry::default(),
             self.0.timing.clone(),
             &self.0.memory,
-            &self.0.shutdown,
+            // Its own token, so that it can be closed when idle.
+            &self.0.shutdown.child_token(),
         )
         .await?;
         engine.set_ready();
@@ -285,6 +318,67 @@ impl Tenants {
             }
         }
         Ok(config)
+    }
+
+    /// Records that a tenant's engine was asked for.
+    fn used(&self, tenant: &TenantId) {
+        let mut used = self.0.used.lock().expect("tenants");
+        used.insert(tenant.clone(), Instant::now());
+    }
+
+    /// Until shutdown: closes the engines no request asked for and no proxy watched for
+    /// `[tenants] idle_close`, checking a few times per that period.
+    async fn close_idle_engines(self) {
+        let idle = self.0.config.tenants.idle_close;
+        let mut tick = tokio::time::interval(
+            (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.0.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for engine in self.others() {
+                self.close_if_idle(&engine.tenant, idle).await;
+            }
+        }
+    }
+
+    /// Closes a tenant's engine if it is still idle, holding the lock that opens engines, so
+    /// a request for the tenant meanwhile waits and then opens it again. (A request that took
+    /// the engine just before may find it closed and gets a retryable error; nothing it sent
+    /// was acknowledged.)
+    async fn close_if_idle(&self, tenant: &TenantId, idle: Duration) {
+        let _opening = self.0.opening.lock().await;
+        if self.0.shutdown.is_cancelled() {
+            return;
+        }
+        let last = self.0.used.lock().expect("tenants").get(tenant).copied();
+        if last.is_some_and(|at| at.elapsed() < idle) {
+            return;
+        }
+        let engine = {
+            let mut others = self.0.others.write().expect("tenants");
+            match others.get(tenant) {
+                Some(e) if e.state.priorities.watchers() > 0 => return,
+                Some(_) => others.remove(tenant),
+                None => None,
+            }
+        };
+        let Some(engine) = engine else { return };
+        self.0.used.lock().expect("tenants").remove(tenant);
+        engine.shutdown.cancel();
+        match engine.stop().await {
+            Ok(()) => {
+                tracing::info!(%tenant, idle_s = idle.as_secs_f64(), "closed an idle tenant's engine")
+            }
+            Err(e) => tracing::error!(
+                %tenant, error = format!("{e:#}"),
+                "could not flush everything while closing an idle tenant's engine; the \
+                 acknowledged spans stay in its write-ahead log and are stored when it opens again"
+            ),
+        }
     }
 
     /// After the shutdown token was cancelled: stops every tenant's engine but the default

@@ -65,6 +65,14 @@ def test_over_the_budget_spans_and_queries_are_refused_with_a_retry_delay(server
     r = server.api.sql_response("SELECT count(*) FROM spans")
     assert r.status_code == 429, r.text
     assert "memory budget" in error_message(r)
+    # No new tenant's engine opens either.
+    r = requests.get(
+        f"{server.query_url}/api/services", headers={"X-Scope-OrgID": "acme"}, timeout=10
+    )
+    assert r.status_code == 429, r.text
+    assert r.headers["Retry-After"] == "1"
+    assert "tenant acme cannot be opened now" in error_message(r), error_message(r)
+    assert not (server.data_dir / "tenants" / "acme").exists()
     # The server itself stays up and says why it refuses.
     assert requests.get(f"{server.query_url}/readyz", timeout=10).status_code == 200
     assert "refusing spans and queries and shedding open traces" in server.log_text()

@@ -8,6 +8,9 @@ of a tenant survive `kill -9`, and tenants past the configured number are refuse
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timedelta, timezone
+
 import requests
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcExporter,
@@ -243,3 +246,38 @@ def test_tenants_switched_off_ignore_the_header(server_factory, tmp_path):
     eventually(lambda: found(plain, "acme-frontend") == {trace}, timeout=15, what="the trace, untenanted")
     assert found(tenant_api(server, GLOBEX), "acme-frontend") == {trace}
     assert not (server.data_dir / "tenants").exists()
+
+
+def test_an_idle_tenant_is_closed_and_opened_again_at_its_next_request(server_factory, tmp_path):
+    config = tmp_path / "idle.toml"
+    config.write_text('[tenants]\nidle_close = "2s"\n')
+    server = server_factory("--config", str(config))
+    acme = tenant_api(server, ACME)
+    trace = new_trace_id().hex()
+    body = request_json("acme-frontend", [span_json(trace, "GET /", now_ns(), now_ns() + 1000)])
+    r = post_otlp_json(server, body, headers={"X-Scope-OrgID": ACME})
+    assert r.status_code == 200, r.text
+    eventually(lambda: found(acme, "acme-frontend") == {trace}, timeout=15, what="acme's trace")
+    # A proxy long-polling keeps the tenant open (for longer than idle_close here).
+    started = time.monotonic()
+    poll = requests.get(
+        f"{server.query_url}/api/v1/priorities",
+        params={"service": "acme-frontend", "version": 0, "wait": "4s"},
+        headers={"X-Scope-OrgID": ACME},
+        timeout=20,
+    )
+    poll_ended = datetime.now(timezone.utc)
+    assert poll.status_code == 200, poll.text
+    assert time.monotonic() - started >= 3.5, "the poll waited for a new version"
+    closed = eventually(
+        lambda: [l for l in server.log_text().splitlines() if "closed an idle tenant's engine" in l],
+        timeout=15,
+        what="acme's engine closed after 2 s without requests",
+    )
+    closed_at = datetime.fromisoformat(closed[0].split()[0].replace("Z", "+00:00"))
+    assert closed_at >= poll_ended - timedelta(milliseconds=50), "closed while a proxy polled" 
+    # Its spans were flushed to its folder; the next request opens it again and finds them.
+    assert list((server.data_dir / "tenants" / ACME / "spans").rglob("*.parquet"))
+    assert found(acme, "acme-frontend") == {trace}
+    assert server.log_text().count("serving a tenant") == 2
+    assert found(tenant_api(server, None), "acme-frontend") == set()

@@ -38,6 +38,9 @@ pub struct Engine {
     pub router: axum::Router,
     /// Where the receivers hand this tenant's spans.
     pub sink: Arc<dyn SpanSink>,
+    /// Stops the engine's tasks (the server's shutdown token, or a child of it for an engine
+    /// that may be closed on its own).
+    pub shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
 }
 
@@ -114,6 +117,7 @@ impl Engine {
             state,
             router,
             sink,
+            shutdown: shutdown.clone(),
             tasks: Mutex::new(tasks),
         })
     }

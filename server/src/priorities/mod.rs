@@ -385,6 +385,11 @@ impl Priorities {
         self.inner.board.current(service)
     }
 
+    /// Proxies long-polling or watching right now.
+    pub fn watchers(&self) -> usize {
+        self.inner.board.watchers()
+    }
+
     /// A receiver of a service's sets.
     pub fn subscribe(&self, service: &str) -> watch::Receiver<Arc<AssignmentSet>> {
         self.inner.board.subscribe(service)

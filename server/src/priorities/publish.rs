@@ -45,6 +45,12 @@ impl Board {
         f(tx)
     }
 
+    /// Receivers open now: proxies long-polling or watching.
+    pub fn watchers(&self) -> usize {
+        let chans = self.chans.lock().unwrap_or_else(PoisonError::into_inner);
+        chans.values().map(watch::Sender::receiver_count).sum()
+    }
+
     /// A receiver of a service's sets (an unknown service starts at the empty set, version 0).
     pub fn subscribe(&self, service: &str) -> watch::Receiver<Arc<AssignmentSet>> {
         self.with(service, watch::Sender::subscribe)
