@@ -65,6 +65,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
     let shutdown = CancellationToken::new();
     let memory = MemoryBudget::new(config.memory.budget_mib.saturating_mul(1 << 20));
+    warn_if_fixed_memory_passes_budget(config);
     let sampler = crate::memory::start(memory.clone(), &mut registry, shutdown.clone());
     let single = TenantId::single();
     let single =
@@ -129,6 +130,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tasks,
         node,
     })
+}
+
+/// Warns when what one engine may hold for queries ([query] memory_mib and graph_cache_mib)
+/// already passes the point where the memory budget refuses work: queries alone would stop
+/// ingest.
+fn warn_if_fixed_memory_passes_budget(config: &Config) {
+    let budget = config.memory.budget_mib;
+    let fixed = (config.query.memory_mib + config.query.graph_cache_mib) as u64;
+    if budget > 0 && fixed >= budget / 8 * 7 {
+        tracing::warn!(
+            budget_mib = budget,
+            query_memory_mib = config.query.memory_mib,
+            graph_cache_mib = config.query.graph_cache_mib,
+            "[query] memory_mib and graph_cache_mib together pass seven eighths of [memory] \
+             budget_mib: one large query can make ingest refuse spans; lower them or raise the budget"
+        );
+    }
 }
 
 /// Binds every listener behind its connection gate and serves it until `shutdown`.

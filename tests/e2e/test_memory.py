@@ -76,6 +76,8 @@ def test_over_the_budget_spans_and_queries_are_refused_with_a_retry_delay(server
     # The server itself stays up and says why it refuses.
     assert requests.get(f"{server.query_url}/readyz", timeout=10).status_code == 200
     assert "refusing spans and queries and shedding open traces" in server.log_text()
+    # The query pool alone (512 MiB by default) is past such a budget, and start-up said so.
+    assert "one large query can make ingest refuse spans" in server.log_text()
 
 
 def big_request(traces: int, spans_per_trace: int, start: int) -> tuple[str, int]:

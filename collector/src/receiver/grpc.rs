@@ -85,6 +85,12 @@ where
             Ok(decided) => decided,
             Err(e) => return Box::pin(async move { Ok(e.grpc_status().into_http()) }),
         };
+        // Short of memory: refused before the message is read.
+        if let Err(e) = self.ingest.admit() {
+            self.ingest.record_failure("otlp_grpc", &e);
+            let status = to_status(&e);
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let this = self.clone();
         Box::pin(async move {
             let mut grpc = Grpc::new(RequestCodec)
