@@ -98,6 +98,16 @@ impl Consuming {
         let mut unacked = Unacked::new();
         let mut last_delivery = 0;
         while !stop.is_cancelled() {
+            // Short of memory: nothing more is pulled (JetStream keeps it) until flushes and
+            // shedding bring the process back under; what was pulled is still acknowledged.
+            if self.store.config().memory.exceeded().is_some() {
+                self.ack_committed(partition, &mut unacked).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
             let mut batch = consumer
                 .fetch()
                 .max_messages(FETCH)
