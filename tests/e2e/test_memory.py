@@ -65,6 +65,12 @@ def test_over_the_budget_spans_and_queries_are_refused_with_a_retry_delay(server
     r = server.api.sql_response("SELECT count(*) FROM spans")
     assert r.status_code == 429, r.text
     assert "memory budget" in error_message(r)
+    # Searches and trace lookups decode row groups too.
+    for path in ("/api/traces?service=checkout&lookback=1h", f"/api/traces/{trace}"):
+        r = server.api.get(path, expect=None)
+        assert r.status_code == 429, (path, r.text)
+        assert r.headers["Retry-After"] == "1"
+        assert "memory budget" in error_message(r), error_message(r)
     # No new tenant's engine opens either.
     r = requests.get(
         f"{server.query_url}/api/services", headers={"X-Scope-OrgID": "acme"}, timeout=10

@@ -182,6 +182,15 @@ fn waves(n: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 impl Store {
+    /// Refuses a read (429 with a retry delay) while the process is over its memory budget's
+    /// refusal point, as SQL plans are: reads decode whole row groups.
+    fn admit_read(&self) -> Result<(), StorageError> {
+        match self.inner.cfg.memory.exceeded() {
+            Some(e) => Err(StorageError::Overloaded(format!("{e}; retry later"))),
+            None => Ok(()),
+        }
+    }
+
     /// Every span of a trace, sorted by start time (empty when the trace is unknown).
     pub async fn trace(&self, trace_id: [u8; 16]) -> Result<Vec<Span>, StorageError> {
         let mut traces = self.traces(&BTreeSet::from([trace_id])).await?;
@@ -189,11 +198,12 @@ impl Store {
     }
 
     /// Every span of each of `ids`, grouped by trace and sorted by start time. Traces with no
-    /// span are absent.
+    /// span are absent. Refused (overloaded) while the process is short of memory.
     pub async fn traces(
         &self,
         ids: &BTreeSet<TraceId>,
     ) -> Result<HashMap<TraceId, Vec<Span>>, StorageError> {
+        self.admit_read()?;
         let snap = self.snapshot();
         let mut batches = Vec::new();
         for b in &snap.batches {
@@ -255,6 +265,7 @@ impl Store {
     /// groups are skipped by their time range and the conditions are evaluated on the columns
     /// in the Parquet reader (tags only on the rows the cheaper conditions kept).
     pub async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StorageError> {
+        self.admit_read()?;
         let filter = SpanFilter::new(q)?;
         let tags = TagFilter::new(&q.tags);
         let limit = if q.limit == 0 { DEFAULT_LIMIT } else { q.limit };
