@@ -333,12 +333,20 @@ async fn fill(
     Ok((acked.load(Ordering::Relaxed), ids))
 }
 
-/// Exports one request, waiting and trying again while the server sheds load.
+/// Exports one request, waiting and trying again while the server sheds load, and (three
+/// times at most) after a failure: the server closes connections past `max_connection_age`
+/// (5 min; a slow build's fill takes longer), and a resent request is stored once.
 async fn export_retrying(client: &mut Sender, body: bytes::Bytes) -> anyhow::Result<()> {
+    let mut failures = 0;
     for _ in 0..600 {
         match client.send(body.clone()).await {
             Ok(()) => return Ok(()),
             Err(SendError::Busy) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(SendError::Failed(e)) if failures < 3 => {
+                failures += 1;
+                tracing::debug!(error = %e, "export failed; sending it again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Err(SendError::Failed(e)) => anyhow::bail!("export: {e}"),
         }
     }
