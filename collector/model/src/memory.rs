@@ -15,6 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A memory budget and the last resident size measured against it. Cheap to clone: clones
 /// share the measurement.
@@ -94,6 +95,15 @@ impl MemoryBudget {
     pub fn pressed(&self) -> bool {
         let (rss, limit) = (self.rss(), self.limit());
         limit > 0 && rss > limit / 4 * 3
+    }
+
+    /// The age at which a buffer is flushed: `normal`, or a quarter of it while
+    /// [`MemoryBudget::pressed`].
+    pub fn flush_age(&self, normal: Duration) -> Duration {
+        match self.pressed() {
+            true => normal / 4,
+            false => normal,
+        }
     }
 }
 

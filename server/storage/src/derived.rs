@@ -287,10 +287,8 @@ impl DerivedStore {
     /// `flush_max_age` while the process is short of memory, as the span store does); returns
     /// segments written.
     pub async fn flush_if_due(&self) -> Result<usize, StorageError> {
-        let max_age = match self.inner.store.config().memory.pressed() {
-            true => self.inner.cfg.flush_max_age / 4,
-            false => self.inner.cfg.flush_max_age,
-        };
+        let memory = &self.inner.store.config().memory;
+        let max_age = memory.flush_age(self.inner.cfg.flush_max_age);
         let due = self.inner.tables.iter().any(|t| {
             let (rows, oldest) = t.pending();
             rows > 0

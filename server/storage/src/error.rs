@@ -83,6 +83,13 @@ pub enum StorageError {
     CommitOutcomeUnknown(String),
 }
 
+/// Work refused while the process is short of memory: overloaded, retry later.
+impl From<meshtrace_model::memory::Exceeded> for StorageError {
+    fn from(e: meshtrace_model::memory::Exceeded) -> Self {
+        StorageError::Overloaded(format!("{e}; retry later"))
+    }
+}
+
 impl StorageError {
     /// The class of this error.
     pub fn code(&self) -> ErrorCode {

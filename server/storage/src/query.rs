@@ -185,10 +185,11 @@ impl Store {
     /// Refuses a read (429 with a retry delay) while the process is over its memory budget's
     /// refusal point, as SQL plans are: reads decode whole row groups.
     fn admit_read(&self) -> Result<(), StorageError> {
-        match self.inner.cfg.memory.exceeded() {
-            Some(e) => Err(StorageError::Overloaded(format!("{e}; retry later"))),
-            None => Ok(()),
-        }
+        self.inner
+            .cfg
+            .memory
+            .exceeded()
+            .map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Every span of a trace, sorted by start time (empty when the trace is unknown).

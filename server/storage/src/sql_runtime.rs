@@ -94,7 +94,7 @@ impl SqlRuntime {
         deadline: tokio::time::Instant,
     ) -> Result<OwnedSemaphorePermit, StorageError> {
         if let Some(exceeded) = self.memory.exceeded() {
-            return Err(StorageError::Overloaded(format!("{exceeded}; retry later")));
+            return Err(exceeded.into());
         }
         let wait = tokio::time::Instant::now() + self.limits.queue_wait;
         let acquire = self.slots.clone().acquire_owned();

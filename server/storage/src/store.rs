@@ -328,12 +328,11 @@ impl Store {
             let view = self.read_view();
             (view.pending_rows(), view.oldest_pending())
         };
-        // Short of memory, buffers are kept four times shorter: a flush needs a few times
-        // its buffer for a moment.
-        let max_age = match self.inner.cfg.memory.pressed() {
-            true => self.inner.cfg.flush_max_age / 4,
-            false => self.inner.cfg.flush_max_age,
-        };
+        let max_age = self
+            .inner
+            .cfg
+            .memory
+            .flush_age(self.inner.cfg.flush_max_age);
         let old = oldest.is_some_and(|t| t.elapsed() >= max_age);
         // A commit whose outcome is unknown is asked about again even if nothing is pending
         // (its rows are marked; ingest may be refused until it is settled).
