@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use meshtrace_model::class::strip_class_claims;
+use meshtrace_model::class::{set_sender, strip_class_claims};
 use meshtrace_model::tenant::{TenantId, TENANT_HEADER};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -191,9 +191,15 @@ impl Caller {
 /// Applies what an ingest token may speak for to a decoded batch: spans of services outside
 /// its `services` are rejected (named in the partial success), and class claims outside its
 /// `classes` are removed (counted in [`Batch::stripped`]), so the trace is classified by the
-/// rules instead. Anonymous callers (no tokens configured) may claim anything.
+/// rules instead. Every span is stamped with the token's name as its sender (`set_sender`);
+/// anonymous callers (no tokens configured) may claim anything and name no sender.
 pub fn police(caller: &Caller, batch: &mut Batch) {
-    let Caller::Token(token) = caller else { return };
+    let Caller::Token(token) = caller else {
+        for span in &mut batch.spans {
+            set_sender(span, None);
+        }
+        return;
+    };
     if !token.services.is_empty() {
         let spans = std::mem::take(&mut batch.spans);
         for span in spans {
@@ -208,6 +214,9 @@ pub fn police(caller: &Caller, batch: &mut Batch) {
                 batch.reject(RejectReason::ServiceNotAllowed, at, problem);
             }
         }
+    }
+    for span in &mut batch.spans {
+        set_sender(span, Some(&token.name));
     }
     if !token.classes.is_empty() {
         for span in &mut batch.spans {

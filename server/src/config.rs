@@ -309,6 +309,9 @@ pub struct BudgetSettings {
     pub max_positions_per_class: usize,
     /// Hop positions visited by fewer traces in the window do not move budgets.
     pub min_hop_traces: u64,
+    /// The largest share of a class's samples, at a hop or end to end, that the traces of one
+    /// sender (the ingest token of their entry span) may hold in a step; 1 for no bound.
+    pub max_sender_share: f64,
     /// Proxies kept in the registry (`GET /api/v1/proxies`); new ones past it are not recorded.
     pub max_proxies: usize,
     /// Proxies not seen for this long leave the registry.
@@ -334,6 +337,7 @@ impl Default for BudgetSettings {
             history_len: 64,
             max_positions_per_class: w.max_positions,
             min_hop_traces: w.min_hop_traces,
+            max_sender_share: w.max_sender_share,
             max_proxies: 10_000,
             proxy_ttl: Duration::from_secs(3600),
             objectives: Default::default(),

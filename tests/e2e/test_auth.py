@@ -20,7 +20,16 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from mtlib import eventually, export_one_span, new_trace_id, now_ns, request_json, span_json
+from mtlib import (
+    eventually,
+    export_one_span,
+    metric_value,
+    new_span_id,
+    new_trace_id,
+    now_ns,
+    request_json,
+    span_json,
+)
 
 INGEST = "ingest-token-4f9c2a7d1e"
 READER = "reader-token-8b3e6f0a2c"
@@ -260,3 +269,107 @@ classes = ["batch"]
         if line.startswith("meshtrace_class_claims_stripped_total ")
     ]
     assert stripped == ["meshtrace_class_claims_stripped_total 1"], stripped
+
+
+GATEWAYS = [f"gateway-{i}-token-{i}a8e3f" for i in range(4)]
+MALLORY = "stolen-gateway-token-9d4b1c"
+
+
+def budgets_config(share: float) -> str:
+    tokens = "".join(
+        f'\n[[auth.tokens]]\nname = "gateway-{i}"\ntoken = "{t}"\nscopes = ["ingest"]\n'
+        for i, t in enumerate(GATEWAYS)
+    )
+    return (
+        TOKENS
+        + tokens
+        + f'\n[[auth.tokens]]\nname = "mallory"\ntoken = "{MALLORY}"\nscopes = ["ingest"]\n'
+        + f"""
+[provenance]
+idle = "500ms"
+
+[budgets]
+max_sender_share = {share}
+
+[budgets.objectives.batch]
+quantile = 0.5
+latency_ms = 1000
+importance = 1
+"""
+    )
+
+
+def send_batch_traces(server, token: str, n: int, reviews_ms: int) -> None:
+    """`n` traces of class batch: productpage (1 ms of its own) calling reviews."""
+    t = now_ns()
+    spans_pp, spans_rv = [], []
+    for _ in range(n):
+        trace, root = new_trace_id().hex(), new_span_id().hex()
+        end = t + (reviews_ms + 1) * 1_000_000
+        spans_pp.append(span_json(trace, "GET /", t, end, span_id_hex=root, attrs={"mesh.class": "batch"}))
+        spans_rv.append(span_json(trace, "GET /reviews", t + 500_000, end - 500_000, parent_hex=root))
+    body = {
+        "resourceSpans": [
+            request_json("productpage", spans_pp)["resourceSpans"][0],
+            request_json("reviews", spans_rv)["resourceSpans"][0],
+        ]
+    }
+    r = requests.post(server.traces_url, json=body, headers=bearer(token), timeout=10)
+    assert r.status_code == 200 and "partialSuccess" not in r.json(), r.text
+
+
+def reviews_budget(server) -> tuple[int, float]:
+    """The batch class's traces in the window and its observed median self time at reviews."""
+    budgets = requests.get(f"{server.query_url}/api/v1/budgets", headers=bearer(READER), timeout=5)
+    assert budgets.status_code == 200, budgets.text
+    (batch,) = [c for c in budgets.json()["classes"] if c["class"] == "batch"]
+    (reviews,) = [h for h in batch["hops"] if h["service"] == "reviews"]
+    return batch["samples"], reviews["observed_ms"]
+
+
+@pytest.mark.parametrize("share", [0.25, 1.0])
+def test_one_sender_cannot_outweigh_the_others_in_a_budget(server_factory, tmp_path, share):
+    """Four gateways send `batch` traces whose reviews hop takes 10 ms; a stolen token that may
+    send the class too floods five times as many, with reviews at 400 ms. Under
+    `max_sender_share = 0.25` the flood holds a quarter of the samples and the median budget
+    observation at reviews stays the honest 10 ms; with no bound (1.0, the control) it is the
+    flood's 400 ms. Every span is stored either way: the bound is on budgets only."""
+    config = tmp_path / "meshtrace.toml"
+    config.write_text(budgets_config(share))
+    server = server_factory("--config", str(config))
+    for _ in range(6):
+        for token in GATEWAYS:
+            send_batch_traces(server, token, 5, reviews_ms=10)
+        send_batch_traces(server, MALLORY, 100, reviews_ms=400)
+    sent = 6 * (4 * 5 + 100)
+
+    def all_completed():
+        text = requests.get(f"{server.query_url}/metrics", timeout=5).text
+        assert metric_value(text, "meshtrace_provenance_completed_traces_total") >= sent
+        return text
+
+    text = eventually(all_completed, timeout=30, what="every trace completed")
+    samples, observed_ms = reviews_budget(server)
+    capped = metric_value(text, "meshtrace_budget_capped_samples_total")
+    if share < 1:
+        # 120 honest traces, and the flood's a quarter of the whole: about 40.
+        assert 150 <= samples <= 170, samples
+        assert observed_ms == pytest.approx(10, rel=0.05), observed_ms
+        assert capped > 3 * 500, capped  # end to end, at productpage and at reviews
+    else:
+        assert samples == sent
+        assert observed_ms == pytest.approx(400, rel=0.05), observed_ms
+        assert capped == 0
+
+    def stored():
+        r = requests.post(
+            f"{server.query_url}/api/v1/sql",
+            json={"sql": "SELECT count(*) FROM spans WHERE service_name = 'reviews'"},
+            headers=bearer(ADMIN),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert int(r.json()["rows"][0][0]) == sent, r.text
+        return True
+
+    eventually(stored, timeout=15, what="every reviews span stored")

@@ -1,12 +1,35 @@
 //! The trace class a span claims for itself: the attributes [`CLASS_KEYS`] on the span, then on
 //! its resource, then inside a W3C `baggage` attribute (`k=v,k2=v2;prop`). Provenance reads
 //! the claim of a trace's entry span ([`explicit_class`]); ingest strips claims a sender may
-//! not make ([`strip_class_claims`]), since a class steers priorities.
+//! not make ([`strip_class_claims`]), since a class steers priorities. Ingest also names the
+//! token a span came with on its resource ([`SENDER_KEY`], [`set_sender`]), so that budgets can
+//! hold each sender to a share of a class's samples.
 
-use crate::span::{find_attribute, KeyValue, Span};
+use crate::span::{find_attribute, AttrValue, KeyValue, Span};
 
 /// Attribute keys that carry an explicit class, in priority order.
 pub const CLASS_KEYS: &[&str] = &["mesh.class", "request.class"];
+
+/// The resource attribute naming the ingest token a span came with. Only ingest sets it: a
+/// client's own is removed.
+pub const SENDER_KEY: &str = "meshtrace.sender";
+
+/// Names `sender` on a span's resource (the token it came with), replacing any the client set;
+/// with no sender (no tokens configured) only removes the client's.
+pub fn set_sender(span: &mut Span, sender: Option<&str>) {
+    if span
+        .resource_attributes
+        .iter()
+        .any(|kv| kv.key == SENDER_KEY)
+    {
+        span.resource_attributes.retain(|kv| kv.key != SENDER_KEY);
+    }
+    if let Some(sender) = sender {
+        let value = AttrValue::Str(sender.to_string());
+        span.resource_attributes
+            .push(KeyValue::new(SENDER_KEY, value));
+    }
+}
 
 /// The attribute holding a W3C baggage header value.
 pub const BAGGAGE_KEY: &str = "baggage";
@@ -97,5 +120,22 @@ mod tests {
             explicit_class(&only_baggage, &[]).as_deref(),
             Some("interactive")
         );
+    }
+
+    #[test]
+    fn only_ingest_names_the_sender() {
+        let forged = || Span {
+            resource_attributes: vec![kv("zone", "a"), kv(SENDER_KEY, "gateway-0")],
+            ..Span::default()
+        };
+        let mut span = forged();
+        set_sender(&mut span, Some("mallory"));
+        assert_eq!(
+            span.resource_attributes,
+            vec![kv("zone", "a"), kv(SENDER_KEY, "mallory")]
+        );
+        let mut anonymous = forged();
+        set_sender(&mut anonymous, None);
+        assert_eq!(anonymous.resource_attributes, vec![kv("zone", "a")]);
     }
 }

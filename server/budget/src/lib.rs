@@ -2,7 +2,8 @@
 //!
 //! Pure logic (no I/O, no clocks: time is a parameter):
 //! - [`objective`]: a class's latency objective and its validation;
-//! - [`observe`]: windowed sketches per class end to end and per (class, hop position);
+//! - [`observe`]: windowed sketches per class end to end and per (class, hop position), each
+//!   sender's traces held to a share of them ([`share`]);
 //! - [`budget`]: splitting objectives into per-hop budgets along the aggregated critical path,
 //!   with slack, attainment and load;
 //! - [`priority`]: per-service priority levels from budgets and slack, with hysteresis,
@@ -13,6 +14,7 @@ pub mod objective;
 pub mod observe;
 pub mod positions;
 pub mod priority;
+pub mod share;
 pub mod step;
 
 pub use budget::{compute_budgets, ClassBudget, HopBudget};

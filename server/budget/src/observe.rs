@@ -28,10 +28,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::positions::{HopKey, HopPath, Map, Positions, TOP};
+use crate::share::SenderCounts;
 use meshtrace_model::sketch::Sketch;
 
 /// The sliding window over which quantiles, rates and attainment are computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowConfig {
     /// Length of the window (default 60 s).
     #[serde(with = "humantime_serde")]
@@ -46,6 +47,14 @@ pub struct WindowConfig {
     /// statistics (default 5), so a few traces, forged or rare, do not move budgets.
     #[serde(default = "default_min_hop_traces")]
     pub min_hop_traces: u64,
+    /// The largest share of a class's samples at a hop (and end to end) one sender's traces
+    /// may hold in a step (default 1: no bound); see [`crate::share`].
+    #[serde(default = "default_max_sender_share")]
+    pub max_sender_share: f64,
+}
+
+fn default_max_sender_share() -> f64 {
+    1.0
 }
 
 fn default_min_hop_traces() -> u64 {
@@ -63,6 +72,7 @@ impl Default for WindowConfig {
             step: Duration::from_secs(10),
             max_positions: default_max_positions(),
             min_hop_traces: default_min_hop_traces(),
+            max_sender_share: default_max_sender_share(),
         }
     }
 }
@@ -139,6 +149,9 @@ pub struct HopStats {
     pub self_time: Sketch,
     /// Visits as a parallel branch.
     pub parallel_visits: u64,
+    /// Samples admitted per sender in this step (see [`crate::share`]); never merged.
+    #[serde(skip)]
+    senders: SenderCounts,
 }
 
 impl HopStats {
@@ -170,6 +183,8 @@ pub struct ClassStats {
 pub(crate) struct BucketStats {
     pub(crate) e2e: Sketch,
     pub(crate) hops: Map<u32, HopStats>,
+    /// Traces admitted per sender end to end (see [`crate::share`]); never merged.
+    e2e_senders: SenderCounts,
 }
 
 impl BucketStats {
@@ -199,6 +214,8 @@ pub struct Observations {
     pub(crate) late: u64,
     /// Hop samples folded into an ancestor (or dropped) for want of room for their position.
     folded: u64,
+    /// Samples left out because their sender held its share already ([`crate::share`]).
+    capped: u64,
 }
 
 impl Observations {
@@ -210,6 +227,7 @@ impl Observations {
             latest: None,
             late: 0,
             folded: 0,
+            capped: 0,
         }
     }
 
@@ -228,10 +246,44 @@ impl Observations {
         self.folded
     }
 
+    /// Samples (end-to-end or at a hop) left out because their sender already held
+    /// `max_sender_share` of them in the step.
+    pub fn capped_samples(&self) -> u64 {
+        self.capped
+    }
+
+    /// Takes out the counts of folded and capped samples (as a cluster node hands the counts
+    /// of the traces it recorded to the window its metrics read, see [`Self::add_counts`]).
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.folded),
+            std::mem::take(&mut self.capped),
+        )
+    }
+
+    /// Adds folded and capped samples counted elsewhere (see [`Self::take_counts`]).
+    pub fn add_counts(&mut self, (folded, capped): (u64, u64)) {
+        self.folded += folded;
+        self.capped += capped;
+    }
+
     /// Records one trace of `class` ending (or seen) at `now_ns`; returns false when it is too
     /// old for the window. Advances the window when `now_ns` is newer than anything seen.
     pub fn record_trace(
         &mut self,
+        class: &str,
+        e2e_ns: i64,
+        hops: &[HopSample],
+        now_ns: i64,
+    ) -> bool {
+        self.record_trace_from(None, class, e2e_ns, hops, now_ns)
+    }
+
+    /// [`Observations::record_trace`] for a trace sent by `sender` (the token its entry span
+    /// came with), whose samples count only within `max_sender_share` ([`crate::share`]).
+    pub fn record_trace_from(
+        &mut self,
+        sender: Option<&Arc<str>>,
         class: &str,
         e2e_ns: i64,
         hops: &[HopSample],
@@ -258,9 +310,18 @@ impl Observations {
             self.cfg.max_positions,
         );
         self.folded += folded;
-        stats.e2e.add(e2e_ns);
+        let share = self.cfg.max_sender_share;
+        if stats.e2e_senders.admit(sender, share) {
+            stats.e2e.add(e2e_ns);
+        } else {
+            self.capped += 1;
+        }
         for (position, (ns, parallel)) in combined {
             let h = stats.hops.entry(position).or_default();
+            if !h.senders.admit(sender, share) {
+                self.capped += 1;
+                continue;
+            }
             h.self_time.add(ns);
             h.parallel_visits += u64::from(parallel);
         }
@@ -326,6 +387,7 @@ impl Observations {
         }
         self.late += other.late;
         self.folded += other.folded;
+        self.capped += other.capped;
         if let Some(l) = other.latest {
             self.advance(l * self.cfg.step_ns());
         }

@@ -117,6 +117,7 @@ impl Slimmer {
             .collect();
         let resource_keys = CLASS_KEYS
             .iter()
+            .chain(&[meshtrace_model::class::SENDER_KEY])
             .map(|k| k.to_string())
             .chain(graph.dimensions.iter().cloned())
             .collect();

@@ -98,6 +98,20 @@ impl TraceTree {
         pick(&self.roots).or_else(|| pick(&self.orphans))
     }
 
+    /// The ingest token the entry span came with (`meshtrace.sender` on its resource, which
+    /// only ingest sets); None without tokens.
+    pub fn sender(&self) -> Option<std::sync::Arc<str>> {
+        let root = &self.nodes[self.primary_root()?].span;
+        let kv = root
+            .resource_attributes
+            .iter()
+            .find(|kv| kv.key == meshtrace_model::class::SENDER_KEY)?;
+        match &kv.value {
+            AttrValue::Str(s) => Some(s.as_str().into()),
+            _ => None,
+        }
+    }
+
     /// The children of a node, in input order.
     pub fn children(&self, i: usize) -> &[usize] {
         let r = &self.nodes[i].children;

@@ -39,7 +39,14 @@ impl TraceObserver for Forwarder {
     fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
         let hops = hop_samples(d, tree);
         let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        local.record_trace(&d.trace.class, d.trace.duration_ns, &hops, now_ns);
+        let sender = tree.sender();
+        local.record_trace_from(
+            sender.as_ref(),
+            &d.trace.class,
+            d.trace.duration_ns,
+            &hops,
+            now_ns,
+        );
     }
 
     /// As the node's recorder keeps them: classes with an objective or an override.
@@ -64,8 +71,13 @@ impl Forwarder {
 
     /// The steps over at `now_ns` (all of them with `all`), taken out.
     fn take(&self, now_ns: i64, all: bool) -> Vec<Step> {
-        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        local.take_steps(now_ns, all)
+        let (steps, counts) = {
+            let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+            (local.take_steps(now_ns, all), local.take_counts())
+        };
+        // This node's folded and capped samples, for its metrics.
+        self.recorder.add_counts(counts);
+        steps
     }
 
     fn step(&self) -> Duration {

@@ -22,9 +22,13 @@ impl std::fmt::Debug for PrioritiesMetrics {
 impl Collector for PrioritiesMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let i = &self.0.inner;
-        let (late, folded) = {
+        let (late, folded, capped) = {
             let obs = i.obs.lock().unwrap_or_else(PoisonError::into_inner);
-            (obs.late_traces(), obs.folded_samples())
+            (
+                obs.late_traces(),
+                obs.folded_samples(),
+                obs.capped_samples(),
+            )
         };
         let e = &mut e;
         counter(
@@ -70,6 +74,13 @@ impl Collector for PrioritiesMetrics {
             "hop samples counted towards an ancestor position: their class had \
              max_positions_per_class positions in the step",
             folded,
+        )?;
+        counter(
+            e,
+            "meshtrace_budget_capped_samples",
+            "samples left out of budgets: their sender's traces held max_sender_share of their \
+             class's samples at the hop (or end to end) in the step",
+            capped,
         )?;
         let h = &i.publish_seconds;
         h.encode(e.encode_descriptor(

@@ -151,6 +151,11 @@ pub fn window_config(settings: &BudgetSettings) -> WindowConfig {
         step: settings.step.max(Duration::from_millis(1)),
         max_positions: settings.max_positions_per_class.max(1),
         min_hop_traces: settings.min_hop_traces,
+        max_sender_share: if settings.max_sender_share > 0.0 {
+            settings.max_sender_share
+        } else {
+            1.0
+        },
     }
 }
 

@@ -33,6 +33,13 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// Adds samples folded or capped while this node recorded its traces for the cluster
+    /// (`crate::cluster::observations`), so its metrics count them.
+    pub fn add_counts(&self, counts: (u64, u64)) {
+        let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
+        obs.add_counts(counts);
+    }
+
     /// Adds a step of observations a cluster node published (see `crate::cluster::observations`).
     pub fn record_step(&self, step: &meshtrace_budget::step::Step) {
         let now = meshtrace_model::time::now_unix_nanos();
@@ -46,7 +53,14 @@ impl TraceObserver for Recorder {
     fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
         let hops = hop_samples(d, tree);
         let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
-        obs.record_trace(&d.trace.class, d.trace.duration_ns, &hops, now_ns);
+        let sender = tree.sender();
+        obs.record_trace_from(
+            sender.as_ref(),
+            &d.trace.class,
+            d.trace.duration_ns,
+            &hops,
+            now_ns,
+        );
     }
 
     fn keeps_class(&self, class: &str) -> bool {
