@@ -10,16 +10,20 @@
 //! missing or unknown token is 401 / `UNAUTHENTICATED`, a token without the scope 403 /
 //! `PERMISSION_DENIED`, both naming what is missing.
 //!
+//! An entry may instead (or as well) name a `client_cert`: a URI (a mesh's SPIFFE ID) or DNS
+//! name among the subject alternative names of a client certificate that `[tls] client_ca`
+//! verified. A request with no `Authorization` header over such a connection is that entry's
+//! holder ([`crate::peer`]); a bearer token, when sent, decides instead.
+//!
 //! With no tokens configured (the demo), every request is served as today except those an
 //! [`Access`] marks `loopback_only` (changing the mesh, SQL), which only loopback clients may
 //! make. The caller's identity ([`Caller`]) is put into the request's extensions for handlers
 //! that bind it further (a proxy token's service, an ingest token's classes).
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -29,6 +33,7 @@ use meshtrace_model::tenant::{TenantId, TENANT_HEADER};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::peer::Peer;
 use crate::validate::{Batch, RejectReason};
 
 /// One kind of access a token grants.
@@ -58,8 +63,14 @@ impl Scope {
 pub struct TokenConfig {
     /// Who holds it (logged, never the token itself).
     pub name: String,
+    /// The bearer token (at least 16 characters); may be left out when `client_cert` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
     pub scopes: Vec<Scope>,
+    /// A URI (e.g. a SPIFFE ID) or DNS name in the subject alternative names of a verified
+    /// client certificate: a client presenting it needs no bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
     /// `proxy`: the services it may read priorities of and register as; `ingest`: the
     /// services it may send spans of (others are rejected). Empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -81,6 +92,7 @@ impl std::fmt::Debug for TokenConfig {
             .field("services", &self.services)
             .field("classes", &self.classes)
             .field("tenant", &self.tenant)
+            .field("client_cert", &self.client_cert)
             .finish_non_exhaustive()
     }
 }
@@ -293,21 +305,35 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Checks the tokens: names and tokens non-empty, tokens at least 16 characters and
-    /// distinct, every token with a scope.
+    /// Checks the tokens: names non-empty, every entry with a scope and a token or a client
+    /// certificate name, tokens at least 16 characters and distinct, certificate names
+    /// distinct.
     pub fn new(tokens: Vec<TokenConfig>) -> Result<Auth, String> {
         for (i, t) in tokens.iter().enumerate() {
             if t.name.is_empty() || t.scopes.is_empty() {
                 return Err(format!("auth token #{} needs a name and scopes", i + 1));
             }
-            if t.token.chars().count() < 16 {
+            let cert = t.client_cert.as_deref();
+            if cert.is_some_and(str::is_empty) || (t.token.is_empty() && cert.is_none()) {
+                return Err(format!(
+                    "auth token {:?} needs a token or a client_cert",
+                    t.name
+                ));
+            }
+            if !t.token.is_empty() && t.token.chars().count() < 16 {
                 return Err(format!(
                     "auth token {:?} is shorter than 16 characters",
                     t.name
                 ));
             }
-            if tokens[..i].iter().any(|o| o.token == t.token) {
+            if !t.token.is_empty() && tokens[..i].iter().any(|o| o.token == t.token) {
                 return Err(format!("auth token {:?} repeats another token", t.name));
+            }
+            if cert.is_some() && tokens[..i].iter().any(|o| o.client_cert.as_deref() == cert) {
+                return Err(format!(
+                    "auth token {:?} repeats another entry's client_cert",
+                    t.name
+                ));
             }
             if let Some(Err(e)) = t.tenant.as_deref().map(TenantId::parse) {
                 return Err(format!("auth token {:?}: {e}", t.name));
@@ -323,11 +349,28 @@ impl Auth {
         !self.tokens.is_empty()
     }
 
+    /// Whether some entry names a client certificate (which needs `[tls] client_ca`).
+    pub fn uses_client_certs(&self) -> bool {
+        self.tokens.iter().any(|t| t.client_cert.is_some())
+    }
+
+    /// The entry whose `client_cert` is among a verified certificate's names.
+    fn find_cert(&self, names: &[String]) -> Option<Arc<TokenConfig>> {
+        self.tokens
+            .iter()
+            .find(|t| {
+                t.client_cert
+                    .as_deref()
+                    .is_some_and(|want| names.iter().any(|n| n == want))
+            })
+            .cloned()
+    }
+
     /// The token an `Authorization: Bearer` value names, compared in constant time with every
     /// configured token.
     fn find(&self, presented: &[u8]) -> Option<Arc<TokenConfig>> {
         let mut found = None;
-        for t in self.tokens.iter() {
+        for t in self.tokens.iter().filter(|t| !t.token.is_empty()) {
             if bool::from(t.token.as_bytes().ct_eq(presented)) {
                 found = Some(t.clone());
             }
@@ -335,16 +378,17 @@ impl Auth {
         found
     }
 
-    /// Decides one request from its `Authorization` header and its peer.
+    /// Decides one request from its `Authorization` header and its peer (its address, and
+    /// the names of its verified client certificate when there is no header).
     pub fn authorize(
         &self,
         authorization: Option<&HeaderValue>,
-        peer: Option<IpAddr>,
+        peer: &Peer,
         access: Access,
     ) -> Result<Caller, AuthError> {
         if !self.enabled() {
             // `::ffff:127.0.0.1` when an IPv6 socket accepts IPv4.
-            let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
+            let loopback = peer.ip().is_some_and(|ip| ip.to_canonical().is_loopback());
             if access.loopback_only && !loopback {
                 return Err(AuthError::PermissionDenied(
                     "no auth tokens are configured, so this endpoint only serves loopback \
@@ -359,22 +403,15 @@ impl Auth {
             names.push("admin");
             names.join(" or ")
         };
-        let Some(value) = authorization else {
-            return Err(AuthError::Unauthenticated(format!(
-                "missing bearer token: send Authorization: Bearer <token> with scope {}",
-                needed()
-            )));
+        let token = match authorization {
+            Some(value) => self.bearer(value)?,
+            None => self.find_cert(&peer.cert_names).ok_or_else(|| {
+                AuthError::Unauthenticated(format!(
+                    "missing bearer token: send Authorization: Bearer <token> with scope {}",
+                    needed()
+                ))
+            })?,
         };
-        let presented = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
-            .ok_or_else(|| {
-                AuthError::Unauthenticated("the Authorization header must be Bearer <token>".into())
-            })?;
-        let token = self
-            .find(presented.trim_ascii())
-            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))?;
         let granted = token.scopes.contains(&Scope::Admin)
             || access.scopes.iter().any(|s| token.scopes.contains(s));
         if !granted {
@@ -385,6 +422,21 @@ impl Auth {
             )));
         }
         Ok(Caller::Token(token))
+    }
+}
+
+impl Auth {
+    /// The entry an `Authorization: Bearer` value names.
+    fn bearer(&self, value: &HeaderValue) -> Result<Arc<TokenConfig>, AuthError> {
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+            .ok_or_else(|| {
+                AuthError::Unauthenticated("the Authorization header must be Bearer <token>".into())
+            })?;
+        self.find(presented.trim_ascii())
+            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))
     }
 }
 
@@ -430,25 +482,17 @@ pub struct Guard {
     pub access: fn(&http::Method, &str) -> Option<Access>,
 }
 
-/// The peer of a request served with `into_make_service_with_connect_info::<SocketAddr>()`.
-pub fn peer_of(request: &Request) -> Option<IpAddr> {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
 /// The middleware: refuses what the caller may not do, else serves it with the [`Caller`] and
 /// its [`TenantId`] (see [`tenant_of`]) in the request's extensions. Open requests (no
 /// access needed: health, the dashboard's files) belong to the default tenant whatever they
 /// name, so that no one opens a tenant or reads its state without a say from the tokens.
 pub async fn require(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
-    let peer = peer_of(&request);
+    let peer = Peer::of(request.extensions());
     let decided = match (guard.access)(request.method(), request.uri().path()) {
         None => Ok((Caller::Anonymous, TenantId::single())),
         Some(access) => guard
             .auth
-            .authorize(authorization(request.headers()), peer, access)
+            .authorize(authorization(request.headers()), &peer, access)
             .and_then(|caller| {
                 let tenant = tenant_of(&caller, tenant_header(request.headers()))?;
                 Ok((caller, tenant))
@@ -461,6 +505,7 @@ pub async fn require(State(guard): State<Guard>, mut request: Request, next: Nex
             next.run(request).await
         }
         Err(e) => {
+            let peer = peer.addr;
             tracing::debug!(path = request.uri().path(), ?peer, error = %e, "request refused");
             e.into_response()
         }
@@ -505,6 +550,7 @@ mod tests {
             services: vec![],
             classes: vec![],
             tenant: None,
+            client_cert: None,
         }
     }
 
@@ -519,7 +565,7 @@ mod tests {
             token("ops", "admin-token-0123456789", &[Scope::Admin]),
         ])
         .unwrap();
-        let remote = Some("10.0.0.7".parse().unwrap());
+        let remote = &Peer::at("10.0.0.7".parse().unwrap());
         let ingest = bearer("ingest-token-0123456789");
         assert!(auth
             .authorize(Some(&ingest), remote, Access::INGEST)
@@ -543,13 +589,15 @@ mod tests {
     #[test]
     fn without_tokens_only_loopback_may_do_loopback_only_things() {
         let auth = Auth::default();
-        let remote = Some("192.168.1.9".parse().unwrap());
-        let local = Some("127.0.0.1".parse().unwrap());
+        let remote = &Peer::at("192.168.1.9".parse().unwrap());
+        let local = &Peer::at("127.0.0.1".parse().unwrap());
         assert!(auth.authorize(None, remote, Access::READ).is_ok());
         assert!(auth.authorize(None, local, Access::ADMIN).is_ok());
         let e = auth.authorize(None, remote, Access::ADMIN).unwrap_err();
         assert_eq!(e.http_status(), 403);
-        assert!(auth.authorize(None, None, Access::ADMIN).is_err());
+        assert!(auth
+            .authorize(None, &Peer::default(), Access::ADMIN)
+            .is_err());
     }
 
     #[test]
@@ -611,5 +659,37 @@ mod tests {
         let e = tenant_of(&bound, Some(b"globex")).unwrap_err();
         assert_eq!(e.http_status(), 403);
         assert!(e.to_string().contains("acts for tenant \"acme\""), "{e}");
+    }
+
+    #[test]
+    fn a_verified_certificate_name_stands_for_its_entry() {
+        let mut sidecar = token("reviews-sidecar", "", &[Scope::Proxy]);
+        sidecar.client_cert = Some("spiffe://mesh.test/ns/default/sa/reviews".into());
+        let auth = Auth::new(vec![
+            sidecar,
+            token("collector", "ingest-token-0123456789", &[Scope::Ingest]),
+        ])
+        .unwrap();
+        let with_cert = |names: &[&str]| Peer {
+            addr: None,
+            cert_names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let reviews = with_cert(&["spiffe://mesh.test/ns/default/sa/reviews"]);
+        let proxy = Access::of(&[Scope::Proxy]);
+        let caller = auth.authorize(None, &reviews, proxy).unwrap();
+        assert_eq!(caller.name(), "reviews-sidecar");
+        let e = auth.authorize(None, &reviews, Access::READ).unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        let other = with_cert(&["spiffe://mesh.test/ns/default/sa/ratings"]);
+        let e = auth.authorize(None, &other, proxy).unwrap_err();
+        assert_eq!(e.http_status(), 401);
+        // A bearer token decides when sent; an empty one names no certificate-only entry.
+        let ingest = bearer("ingest-token-0123456789");
+        let e = auth.authorize(Some(&ingest), &reviews, proxy).unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        let empty = HeaderValue::from_static("Bearer ");
+        let e = auth.authorize(Some(&empty), &reviews, proxy).unwrap_err();
+        assert_eq!(e.http_status(), 401);
+        assert!(Auth::new(vec![token("nothing", "", &[Scope::Read])]).is_err());
     }
 }

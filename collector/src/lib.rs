@@ -13,6 +13,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod peer;
 pub mod receiver;
 pub mod sink;
 pub mod validate;

@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use meshtrace_collector::peer::Peer;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -205,6 +206,38 @@ impl Conn {
             Conn::Tls(s) => s.get_ref().1.alpn_protocol().map(|p| p == b"h2"),
         }
     }
+
+    /// The client: its address and the URI and DNS subject alternative names of the client
+    /// certificate the handshake verified (`[tls] client_ca`), for `[[auth.tokens]]`
+    /// entries that name a `client_cert`.
+    pub fn peer(&self) -> Peer {
+        let (limited, names) = match self {
+            Conn::Plain(c) => (c, Arc::from([] as [String; 0])),
+            Conn::Tls(s) => (s.get_ref().0, cert_names(s.get_ref().1)),
+        };
+        Peer {
+            addr: limited.stream.peer_addr().ok(),
+            cert_names: names,
+        }
+    }
+}
+
+/// The names of a TLS client's verified leaf certificate (none when it sent none).
+fn cert_names(tls: &rustls::ServerConnection) -> Arc<[String]> {
+    let Some(leaf) = tls.peer_certificates().and_then(|chain| chain.first()) else {
+        return Arc::from([]);
+    };
+    match webpki::EndEntityCert::try_from(leaf) {
+        Ok(cert) => cert
+            .valid_uri_names()
+            .chain(cert.valid_dns_names())
+            .map(str::to_string)
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "client certificate names unreadable");
+            Arc::from([])
+        }
+    }
 }
 
 macro_rules! delegate_io {
@@ -248,14 +281,12 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// gRPC requests find the [`Peer`] in their extensions.
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        match self {
-            Conn::Plain(c) => c.stream.connect_info(),
-            Conn::Tls(s) => s.get_ref().0.stream.connect_info(),
-        }
+        self.peer()
     }
 }
 
@@ -359,7 +390,8 @@ impl AsyncWrite for Limited {
 }
 
 /// Serves `router` on `gate` until `shutdown`, then lets open requests finish (at most 10 s).
-/// Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+/// Handlers see the client's address as `ConnectInfo<SocketAddr>`, and the [`Peer`] (address
+/// and verified client certificate names) in the request's extensions.
 pub async fn serve_http(
     gate: Gate,
     router: Router,
@@ -389,19 +421,24 @@ pub async fn serve_http(
             accepted = gate.accept() => accepted,
         };
         let router = router.clone();
-        let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
-            async move {
-                let response = router.oneshot(req.map(axum::body::Body::new)).await;
-                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
-            }
-        });
         let (builder, gate, shutdown) = (builder.clone(), gate.clone(), shutdown.clone());
         connections.spawn(async move {
             let Some(conn) = gate.secure(conn).await else {
                 return;
             };
+            let client = Peer {
+                addr: Some(peer),
+                ..conn.peer()
+            };
+            let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(client.clone());
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(req.map(axum::body::Body::new)).await;
+                    Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+                }
+            });
             let builder = match conn.alpn_h2() {
                 Some(true) => builder.http2_only(),
                 Some(false) => builder.http1_only(),

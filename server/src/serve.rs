@@ -57,6 +57,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         refused.clone(),
     );
     let auth = config.auth.build().context("reading the auth tokens")?;
+    anyhow::ensure!(
+        !auth.uses_client_certs() || config.tls.client_ca.is_some(),
+        "[[auth.tokens]] entries with a client_cert need [tls] client_ca, which verifies the \
+         client certificates they name"
+    );
     if !auth.enabled() {
         tracing::warn!(
             "no auth tokens configured: anyone who reaches the ports may send spans and read; \

@@ -1,8 +1,10 @@
 //! TLS on every listener (`[tls]`): one certificate and key (PEM) for the four ports, with
 //! rustls. Optionally a CA whose client certificates are verified (for proxies): `optional`
 //! verifies a certificate when the client sends one, `required` refuses clients without one.
-//! A verified certificate proves the connection's origin; what the client may do still comes
-//! from its bearer token. ALPN offers `h2` and `http/1.1`.
+//! A verified certificate proves the connection's origin; what the client may do comes from
+//! its bearer token, or without one from the `[[auth.tokens]]` entry whose `client_cert` is
+//! among the certificate's URI or DNS names (a mesh's SPIFFE ID, say; see
+//! `meshtrace_collector::peer`). ALPN offers `h2` and `http/1.1`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

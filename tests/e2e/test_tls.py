@@ -22,6 +22,10 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from mtlib import eventually, export_one_span
 
 
+SIDECAR_ID = "spiffe://meshtrace.test/ns/default/sa/reviews"
+ADMIN = "admin-token-0f6b2d9e4a"
+
+
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -31,7 +35,8 @@ def make_pki(d: Path) -> dict[str, Path]:
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=meshtrace test CA",
             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    # The sidecar's mesh identity, as Istio's certificates carry it (a SPIFFE ID).
+    (d / "client.ext").write_text(f"extendedKeyUsage=clientAuth\nsubjectAltName=URI:{SIDECAR_ID}\n")
     for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=reviews-sidecar")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", f"{name}.key",
                 "-out", f"{name}.csr", cwd=d)
@@ -100,3 +105,54 @@ def test_required_client_certificates_keep_out_clients_without_one(server_factor
     result, trace_id = export(GrpcExporter(endpoint=f"https://{server.grpc_target}", credentials=creds, timeout=5))
     assert result == SpanExportResult.SUCCESS
     eventually(lambda: server.api.trace(trace_id), what="the trace sent with a client certificate")
+
+
+def test_a_sidecar_authenticates_with_its_mesh_certificate(server_factory, pki, tmp_path):
+    """An `[[auth.tokens]]` entry may name a client certificate identity instead of a token:
+    the reviews sidecar, presenting its certificate (SPIFFE ID in its subject alternative
+    names) and no bearer token, polls its own priorities and sends its spans over gRPC; it may
+    not read another service's, and without the certificate it is 401."""
+    config = tmp_path / "meshtrace.toml"
+    config.write_text(
+        f'[tls]\ncert = "{pki["server.pem"]}"\nkey = "{pki["server.key"]}"\nclient_ca = "{pki["ca.pem"]}"\n'
+        f'[[auth.tokens]]\nname = "ops"\ntoken = "{ADMIN}"\nscopes = ["admin"]\n'
+        f'[[auth.tokens]]\nname = "reviews-sidecar"\nclient_cert = "{SIDECAR_ID}"\n'
+        'scopes = ["proxy", "ingest"]\nservices = ["reviews"]\n'
+    )
+    server = server_factory("--config", str(config), tls_ca=pki["ca.pem"])
+    ca, cert = str(pki["ca.pem"]), (str(pki["client.pem"]), str(pki["client.key"]))
+    q = f"{server.query_url}/api/v1/priorities"
+    mine = requests.get(q, params={"service": "reviews", "node": "reviews-v1"}, verify=ca, cert=cert, timeout=5)
+    assert mine.status_code == 200, mine.text
+    other = requests.get(q, params={"service": "ratings"}, verify=ca, cert=cert, timeout=5)
+    assert other.status_code == 403 and "reviews-sidecar" in other.json()["error"], other.text
+    anonymous = requests.get(q, params={"service": "reviews"}, verify=ca, timeout=5)
+    assert anonymous.status_code == 401, anonymous.text
+    # A bearer token, when sent, decides (here one that does not exist).
+    wrong = requests.get(q, params={"service": "reviews"}, verify=ca, cert=cert, timeout=5,
+                         headers={"Authorization": "Bearer " + "x" * 20})
+    assert wrong.status_code == 401, wrong.text
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki["ca.pem"].read_bytes(),
+        private_key=pki["client.key"].read_bytes(),
+        certificate_chain=pki["client.pem"].read_bytes(),
+    )
+    exporter = GrpcExporter(endpoint=f"https://{server.grpc_target}", credentials=creds, timeout=5)
+    result, trace_id = export_one_span(exporter, "reviews", "GET /reviews")
+    assert result == SpanExportResult.SUCCESS
+    without = GrpcExporter(
+        endpoint=f"https://{server.grpc_target}",
+        credentials=grpc.ssl_channel_credentials(root_certificates=pki["ca.pem"].read_bytes()),
+        timeout=5,
+    )
+    refused, refused_id = export_one_span(without, "reviews", "GET /reviews")
+    assert refused == SpanExportResult.FAILURE
+
+    def stored(trace: str) -> int:
+        r = requests.get(f"{server.query_url}/api/traces/{trace}", verify=ca, timeout=5,
+                         headers={"Authorization": f"Bearer {ADMIN}"})
+        return r.status_code
+
+    eventually(lambda: stored(trace_id) == 200, what="the span the sidecar sent with its certificate")
+    assert stored(refused_id) == 404

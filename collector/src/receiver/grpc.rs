@@ -31,6 +31,7 @@ use meshtrace_model::tenant::TenantId;
 use super::Ingest;
 use crate::auth::{authorization, police, tenant_header, tenant_of, Access, Caller};
 use crate::decode::otlp;
+use crate::peer::Peer;
 use crate::Error;
 
 /// The gRPC method path of an OTLP trace export.
@@ -73,10 +74,10 @@ where
         if req.uri().path() != EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
-        let peer = peer_ip(&req);
+        let peer = Peer::of(req.extensions());
         let auth = self.ingest.auth();
         let decided = auth
-            .authorize(authorization(req.headers()), peer, Access::INGEST)
+            .authorize(authorization(req.headers()), &peer, Access::INGEST)
             .and_then(|caller| {
                 let tenant = tenant_of(&caller, tenant_header(req.headers()))?;
                 Ok((caller, tenant))
@@ -100,14 +101,6 @@ where
             Ok(grpc.unary(Export(this.ingest, caller, tenant), req).await)
         })
     }
-}
-
-/// The client's address, as tonic's TCP listener records it.
-pub fn peer_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
-    req.extensions()
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|c| c.remote_addr())
-        .map(|a| a.ip())
 }
 
 /// One export call.

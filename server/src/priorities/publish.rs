@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use super::{is_valid_name, Priorities, MAX_NAME_CHARS};
 use axum::http::HeaderValue;
 use meshtrace_collector::auth::{tenant_of, Access, Auth, Caller, Scope};
+use meshtrace_collector::peer::Peer;
 use meshtrace_model::tenant::{TenantId, TENANT_HEADER};
 
 /// Channels kept before unwatched, unpublished ones are dropped.
@@ -247,7 +248,15 @@ pub struct TokenCheck(Auth);
 
 impl Interceptor for TokenCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let peer = req.remote_addr().map(|a| a.ip());
+        // What the listener recorded of the connection (`crate::listener`).
+        let peer = req
+            .extensions()
+            .get::<Peer>()
+            .cloned()
+            .unwrap_or_else(|| Peer {
+                addr: req.remote_addr(),
+                ..Peer::default()
+            });
         let header = req
             .metadata()
             .get("authorization")
@@ -255,7 +264,7 @@ impl Interceptor for TokenCheck {
         let access = Access::of(&[Scope::Proxy, Scope::Read]);
         let caller = self
             .0
-            .authorize(header.as_ref(), peer, access)
+            .authorize(header.as_ref(), &peer, access)
             .map_err(|e| e.grpc_status())?;
         let named = req.metadata().get(TENANT_HEADER).map(|v| v.as_bytes());
         let tenant = tenant_of(&caller, named).map_err(|e| e.grpc_status())?;
