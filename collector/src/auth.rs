@@ -208,7 +208,7 @@ impl Caller {
 pub fn police(caller: &Caller, batch: &mut Batch) {
     let Caller::Token(token) = caller else {
         for span in &mut batch.spans {
-            set_sender(span, None);
+            batch.restamped += u64::from(set_sender(span, None));
         }
         return;
     };
@@ -228,7 +228,7 @@ pub fn police(caller: &Caller, batch: &mut Batch) {
         }
     }
     for span in &mut batch.spans {
-        set_sender(span, Some(&token.name));
+        batch.restamped += u64::from(set_sender(span, Some(&token.name)));
     }
     if !token.classes.is_empty() {
         for span in &mut batch.spans {

@@ -97,6 +97,9 @@ pub struct Batch {
     pub merged: u64,
     /// Spans whose class claim was removed: their sender may not make it ([`crate::auth`]).
     pub stripped: u64,
+    /// Spans whose sender ingest named, or whose made-up sender it removed
+    /// ([`crate::auth::police`]): they differ from the request as sent.
+    pub restamped: u64,
 }
 
 impl Batch {

@@ -15,13 +15,14 @@ pub const CLASS_KEYS: &[&str] = &["mesh.class", "request.class"];
 pub const SENDER_KEY: &str = "meshtrace.sender";
 
 /// Names `sender` on a span's resource (the token it came with), replacing any the client set;
-/// with no sender (no tokens configured) only removes the client's.
-pub fn set_sender(span: &mut Span, sender: Option<&str>) {
-    if span
+/// with no sender (no tokens configured) only removes the client's. Answers whether the span
+/// changed.
+pub fn set_sender(span: &mut Span, sender: Option<&str>) -> bool {
+    let forged = span
         .resource_attributes
         .iter()
-        .any(|kv| kv.key == SENDER_KEY)
-    {
+        .any(|kv| kv.key == SENDER_KEY);
+    if forged {
         span.resource_attributes.retain(|kv| kv.key != SENDER_KEY);
     }
     if let Some(sender) = sender {
@@ -29,6 +30,7 @@ pub fn set_sender(span: &mut Span, sender: Option<&str>) {
         span.resource_attributes
             .push(KeyValue::new(SENDER_KEY, value));
     }
+    forged || sender.is_some()
 }
 
 /// The attribute holding a W3C baggage header value.
@@ -129,13 +131,14 @@ mod tests {
             ..Span::default()
         };
         let mut span = forged();
-        set_sender(&mut span, Some("mallory"));
+        assert!(set_sender(&mut span, Some("mallory")));
         assert_eq!(
             span.resource_attributes,
             vec![kv("zone", "a"), kv(SENDER_KEY, "mallory")]
         );
         let mut anonymous = forged();
-        set_sender(&mut anonymous, None);
+        assert!(set_sender(&mut anonymous, None));
+        assert!(!set_sender(&mut anonymous, None), "nothing to remove");
         assert_eq!(anonymous.resource_attributes, vec![kv("zone", "a")]);
     }
 }

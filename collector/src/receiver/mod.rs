@@ -153,9 +153,11 @@ impl Ingest {
             truncated,
             merged,
             stripped,
+            restamped,
         } = batch;
         // The request stands for the spans only if it decodes to exactly them.
-        let as_sent = rejected.is_empty() && truncated == 0 && merged == 0 && stripped == 0;
+        let as_sent =
+            rejected.is_empty() && truncated == 0 && merged == 0 && stripped == 0 && restamped == 0;
         let request = request.filter(|_| as_sent);
         self.metrics.class_claims_stripped.inc_by(stripped);
         let accepted = spans.len();

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::positions::{HopKey, HopPath, Map, Positions, TOP};
-use crate::share::SenderCounts;
+use crate::share::{self, SenderCounts};
 use meshtrace_model::sketch::Sketch;
 
 /// The sliding window over which quantiles, rates and attainment are computed.
@@ -296,6 +296,11 @@ impl Observations {
             tracing::debug!(class, now_ns, "trace older than the budget window dropped");
             return false;
         }
+        // None: no bound, nothing counted.
+        let limit = match self.cfg.max_sender_share {
+            s if s >= 1.0 => None,
+            s => Some(share::limit(s, self.senders_in_window(class, sender))),
+        };
         let bucket = self.buckets.entry(b).or_default();
         if !bucket.contains_key(class) {
             bucket.insert(class.to_string(), BucketStats::default());
@@ -310,15 +315,14 @@ impl Observations {
             self.cfg.max_positions,
         );
         self.folded += folded;
-        let share = self.cfg.max_sender_share;
-        if stats.e2e_senders.admit(sender, share) {
+        if limit.is_none_or(|l| stats.e2e_senders.admit(sender, l)) {
             stats.e2e.add(e2e_ns);
         } else {
             self.capped += 1;
         }
         for (position, (ns, parallel)) in combined {
             let h = stats.hops.entry(position).or_default();
-            if !h.senders.admit(sender, share) {
+            if limit.is_some_and(|l| !h.senders.admit(sender, l)) {
                 self.capped += 1;
                 continue;
             }
@@ -326,6 +330,18 @@ impl Observations {
             h.parallel_visits += u64::from(parallel);
         }
         true
+    }
+
+    /// The senders of `class`'s traces in the window, `sender` included.
+    fn senders_in_window(&self, class: &str, sender: Option<&Arc<str>>) -> usize {
+        let mut seen: Vec<Option<&Arc<str>>> = vec![sender];
+        let in_window = self.buckets.values().filter_map(|b| b.get(class));
+        for s in in_window.flat_map(|stats| stats.e2e_senders.senders()) {
+            if !seen.iter().any(|k| k.map(|k| &**k) == s.map(|s| &**s)) {
+                seen.push(s);
+            }
+        }
+        seen.len()
     }
 
     /// Slides the window so that it ends at `now_ns` (never backwards), dropping old buckets.
