@@ -636,7 +636,8 @@ impl Store {
 
     /// Deletes or quarantines the segment files found without a catalog row at open, now that
     /// the caller's log is open: `log_first` is the first sequence number it holds (see
-    /// [`crate::orphans`]). Returns (deleted, quarantined).
+    /// [`crate::orphans`]), and the rollup rows of segments merged by a run that stopped
+    /// within the grace. Returns (deleted, quarantined) files.
     pub async fn settle_orphans(&self, log_first: u64) -> Result<(usize, usize), StorageError> {
         let found = std::mem::take(&mut *lock(&self.inner.orphans));
         let stored: Vec<(u64, u64)> = (self.read_view().segments.iter())
@@ -649,6 +650,10 @@ impl Store {
                 Settled::Deleted => deleted += 1,
                 Settled::Quarantined => quarantined += 1,
             }
+        }
+        let rollups = self.inner.catalog.delete_orphan_rollups().await?;
+        if rollups > 0 {
+            tracing::info!(rows = rollups, "rollup rows of merged segments deleted");
         }
         let c = &self.inner.counters;
         c.orphans_removed

@@ -46,6 +46,16 @@ impl Catalog {
         Ok(id)
     }
 
+    /// Deletes every rollup row whose segment has no row: those of segments merged by a
+    /// server that stopped within the grace, before it deleted them. For a start, before any
+    /// query reads; answers how many.
+    pub async fn delete_orphan_rollups(&self) -> Result<u64, StorageError> {
+        const SQL: &str = "DELETE FROM span_rollups WHERE NOT EXISTS \
+             (SELECT 1 FROM segments WHERE segments.id = span_rollups.segment_id)";
+        let deleted = on_pool!(self, pool => sqlx::query(SQL).execute(pool).await?.rows_affected());
+        Ok(deleted)
+    }
+
     /// Deletes the rollup rows of segments whose rows are gone (merged ones, once no query
     /// can still read them).
     pub async fn delete_rollups(&self, segments: &[i64]) -> Result<(), StorageError> {

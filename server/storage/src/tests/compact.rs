@@ -127,6 +127,49 @@ async fn small_segments_are_merged_without_gap_or_duplicate() {
     assert_eq!(answers(&store, &ids).await, before, "after a restart");
 }
 
+/// A server stopped within the grace leaves the merged segments' files and rollup rows;
+/// the next start deletes both, and the answers stay those of before.
+#[tokio::test]
+async fn what_a_merge_leaves_for_the_grace_goes_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || StoreConfig {
+        compact_grace: Duration::from_secs(3600),
+        ..compacting(dir.path())
+    };
+    let store = Store::open(config()).await.unwrap();
+    let t0 = now_ns() - 60_000_000_000;
+    for seq in 1..=3u64 {
+        let spans = mesh_traffic(seq, 200, t0, 1_000_000);
+        store.append(seq, &spans).unwrap();
+        store.flush().await.unwrap();
+    }
+    let before = answers(&store, &[]).await;
+    let rollup_segments = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let filter = RollupFilter {
+                services: vec!["reviews".into()],
+                kinds: vec![],
+                from_ns: 0,
+                to_ns: i64::MAX,
+            };
+            let rows = store.inner.catalog.rollups(&filter).await.unwrap();
+            rows.iter().map(|(id, _, _)| *id).collect::<BTreeSet<i64>>()
+        }
+    };
+    assert_eq!(rollup_segments(&store).await.len(), 3);
+    assert_eq!(store.compact_segments().await.unwrap(), 3);
+    assert_eq!(rollup_segments(&store).await.len(), 4, "kept for the grace");
+    store.close().await;
+
+    let store = Store::open(config()).await.unwrap();
+    assert_eq!(store.settle_orphans(1).await.unwrap(), (3, 0));
+    let live: BTreeSet<i64> = store.segments().iter().map(|s| s.id).collect();
+    assert_eq!(rollup_segments(&store).await, live);
+    assert_eq!(parquet_files(dir.path()), 1);
+    assert_eq!(answers(&store, &[]).await, before);
+}
+
 /// A crash before the merge's commit leaves the merged file without a row, one after it the
 /// merged inputs: the next start deletes either (committed segments hold their spans), it
 /// does not quarantine them, even when the write-ahead log no longer holds them.
