@@ -20,7 +20,8 @@
 //! rolls back if any is gone: retention took it), and the in-memory list swaps them for the
 //! new segment: a query snapshots the list under the same lock, so it reads either the old
 //! segments or the new one, never both, never neither. The old files, and their rollup rows
-//! (which queries of an older snapshot still read), are deleted `compact_grace` later.
+//! (which queries of an older snapshot still read), are deleted `compact_grace` later, or at
+//! the next start when the server stops first ([`Store::settle_orphans`]).
 //!
 //! A crash loses nothing. Before the commit, the new file has no row; after it, the old files
 //! have none. Either way the file without a row is an orphan whose sequence range lies within
