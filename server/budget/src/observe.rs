@@ -213,7 +213,7 @@ pub struct Observations {
     /// Traces refused because they fell before the window.
     pub(crate) late: u64,
     /// Hop samples folded into an ancestor (or dropped) for want of room for their position.
-    folded: u64,
+    pub(crate) folded: u64,
     /// Samples left out because their sender held its share already ([`crate::share`]).
     capped: u64,
 }

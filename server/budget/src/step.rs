@@ -129,6 +129,13 @@ impl Observations {
             }
             for (path, h) in &c.hops {
                 let id = self.positions.intern_path(path);
+                // Each node keeps `max_positions` a class and step; the nodes together may
+                // bring more, which the window leaves out (counted as folded).
+                let full = stats.hops.len() >= self.cfg.max_positions;
+                if full && !stats.hops.contains_key(&id) {
+                    self.folded += h.visits();
+                    continue;
+                }
                 stats.hops.entry(id).or_default().merge(h);
             }
         }
@@ -231,5 +238,45 @@ mod tests {
         assert!(!merged.record_step(&ahead, now));
         let batch = |o: &Observations| o.window(now)["batch"].e2e.count();
         assert_eq!(batch(&merged), batch(&whole));
+    }
+
+    #[test]
+    fn nodes_together_bring_no_more_positions_than_one_may_keep() {
+        let cfg = WindowConfig {
+            max_positions: 2,
+            ..config()
+        };
+        let (mut a, mut b) = (Observations::new(cfg), Observations::new(cfg));
+        let at = 1000 * 1_000_000_000;
+        let one = |name: &str| [HopSample::new(name, "op", 1_000_000)];
+        a.record_trace("batch", 1_000_000, &one("x"), at);
+        a.record_trace("batch", 1_000_000, &one("y"), at);
+        b.record_trace("batch", 1_000_000, &one("x"), at);
+        b.record_trace("batch", 1_000_000, &one("z"), at);
+        let now = at + 20 * 1_000_000_000;
+        let mut merged = Observations::new(cfg);
+        for step in a
+            .take_steps(now, true)
+            .iter()
+            .chain(&b.take_steps(now, true))
+        {
+            assert!(merged.record_step(step, now));
+        }
+        let window = merged.window(now);
+        let services: Vec<&str> = window["batch"]
+            .hops
+            .keys()
+            .map(|p| &*p[0].service)
+            .collect();
+        assert_eq!(services, ["x", "y"], "z came third");
+        assert_eq!(
+            window["batch"]
+                .hops
+                .values()
+                .map(|h| h.visits())
+                .sum::<u64>(),
+            3
+        );
+        assert_eq!(merged.folded_samples(), 1);
     }
 }
