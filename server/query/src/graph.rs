@@ -29,12 +29,16 @@ use meshtrace_model::time::rfc3339;
 
 /// Rows of `<table>_versions` started within `[$1, $2)`, only each trace's latest version
 /// among them. Filtering by time before the de-duplication lets Parquet statistics skip
-/// segments.
+/// segments. The latest versions are found by grouping the window's (trace, version) pairs
+/// and joining the rows to them, not with a window function: a window function holds every
+/// row of the window, all columns, in memory at once (several GB for a few minutes of a
+/// loaded mesh), where the grouping holds one small entry a trace.
 fn latest_in_window(table: &str, columns: &str) -> String {
     format!(
-        "(SELECT {columns} FROM (SELECT {columns}, version, \
-         max(version) OVER (PARTITION BY trace_id) AS latest__ FROM {table}_versions \
-         WHERE start_time >= $1 AND start_time < $2) WHERE version = latest__)"
+        "(SELECT {columns} FROM (SELECT trace_id AS id__, max(version) AS latest__ \
+         FROM {table}_versions WHERE start_time >= $1 AND start_time < $2 GROUP BY trace_id) \
+         JOIN {table}_versions ON trace_id = id__ AND version = latest__ \
+         WHERE start_time >= $1 AND start_time < $2)"
     )
 }
 
