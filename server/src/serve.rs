@@ -143,7 +143,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 fn warn_if_fixed_memory_passes_budget(config: &Config) {
     let budget = config.memory.budget_mib;
     let fixed = (config.query.memory_mib + config.query.graph_cache_mib) as u64;
-    if budget > 0 && fixed >= budget / 8 * 7 {
+    if budget > 0 && fixed >= meshtrace_model::memory::refusal_point(budget) {
         tracing::warn!(
             budget_mib = budget,
             query_memory_mib = config.query.memory_mib,

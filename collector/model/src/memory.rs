@@ -76,17 +76,17 @@ impl MemoryBudget {
         self.0.rss.load(Ordering::Relaxed)
     }
 
-    /// Whether the last measurement is past seven eighths of the budget, where new work is
-    /// refused.
+    /// Whether the last measurement is past seven eighths of the budget ([`refusal_point`]),
+    /// where new work is refused.
     pub fn exceeded(&self) -> Option<Exceeded> {
         let (rss, limit) = (self.rss(), self.limit());
-        (limit > 0 && rss > limit / 8 * 7).then_some(Exceeded { rss, limit })
+        (limit > 0 && rss > refusal_point(limit)).then_some(Exceeded { rss, limit })
     }
 
     /// What may still be taken before new work is refused; `None` without a budget.
     pub fn headroom(&self) -> Option<u64> {
         let limit = self.limit();
-        (limit > 0).then(|| (limit / 8 * 7).saturating_sub(self.rss()))
+        (limit > 0).then(|| refusal_point(limit).saturating_sub(self.rss()))
     }
 
     /// Whether the last measurement is over three quarters of the budget: buffers are then
@@ -105,6 +105,12 @@ impl MemoryBudget {
             false => normal,
         }
     }
+}
+
+/// Seven eighths of a budget (in any unit): past it new work is refused; the last eighth is
+/// for work already in flight.
+pub fn refusal_point(budget: u64) -> u64 {
+    budget / 8 * 7
 }
 
 #[cfg(test)]

@@ -283,7 +283,7 @@ impl Observations {
     /// came with), whose samples count only within `max_sender_share` ([`crate::share`]).
     pub fn record_trace_from(
         &mut self,
-        sender: Option<&Arc<str>>,
+        sender: Option<&str>,
         class: &str,
         e2e_ns: i64,
         hops: &[HopSample],
@@ -333,11 +333,11 @@ impl Observations {
     }
 
     /// The senders of `class`'s traces in the window, `sender` included.
-    fn senders_in_window(&self, class: &str, sender: Option<&Arc<str>>) -> usize {
-        let mut seen: Vec<Option<&Arc<str>>> = vec![sender];
+    fn senders_in_window(&self, class: &str, sender: Option<&str>) -> usize {
+        let mut seen: Vec<Option<&str>> = vec![sender];
         let in_window = self.buckets.values().filter_map(|b| b.get(class));
         for s in in_window.flat_map(|stats| stats.e2e_senders.senders()) {
-            if !seen.iter().any(|k| k.map(|k| &**k) == s.map(|s| &**s)) {
+            if !seen.contains(&s) {
                 seen.push(s);
             }
         }

@@ -36,11 +36,11 @@ pub(crate) fn limit(share: f64, senders: usize) -> f64 {
 impl SenderCounts {
     /// Whether `sender` holds at most `limit` of the samples counted so far, so that it may
     /// add one more; counts the sample when it may.
-    pub(crate) fn admit(&mut self, sender: Option<&Arc<str>>, limit: f64) -> bool {
+    pub(crate) fn admit(&mut self, sender: Option<&str>, limit: f64) -> bool {
         let at = match self.position(sender) {
             Some(at) => at,
             None => {
-                self.senders.push((sender.cloned(), 0));
+                self.senders.push((sender.map(Arc::from), 0));
                 self.senders.len() - 1
             }
         };
@@ -52,14 +52,15 @@ impl SenderCounts {
         true
     }
 
-    fn position(&self, sender: Option<&Arc<str>>) -> Option<usize> {
-        let name = sender.map(|s| &**s);
-        self.senders.iter().position(|(s, _)| s.as_deref() == name)
+    fn position(&self, sender: Option<&str>) -> Option<usize> {
+        self.senders
+            .iter()
+            .position(|(s, _)| s.as_deref() == sender)
     }
 
     /// The senders counted here.
-    pub(crate) fn senders(&self) -> impl Iterator<Item = Option<&Arc<str>>> {
-        self.senders.iter().map(|(s, _)| s.as_ref())
+    pub(crate) fn senders(&self) -> impl Iterator<Item = Option<&str>> {
+        self.senders.iter().map(|(s, _)| s.as_deref())
     }
 }
 
@@ -67,15 +68,15 @@ impl SenderCounts {
 mod tests {
     use super::*;
 
-    fn name(s: &str) -> Option<Arc<str>> {
-        Some(Arc::from(s))
+    fn name(s: &str) -> Option<String> {
+        Some(s.to_string())
     }
 
     #[test]
     fn a_sole_sender_is_never_held_back() {
         let mut c = SenderCounts::default();
         let gw = name("gateway");
-        assert!((0..1000).all(|_| c.admit(gw.as_ref(), limit(0.2, 1))));
+        assert!((0..1000).all(|_| c.admit(gw.as_deref(), limit(0.2, 1))));
         assert!((0..1000).all(|_| c.admit(None, limit(1.0, 5))));
         assert_eq!(c.senders().count(), 2, "both counted");
     }
@@ -89,11 +90,11 @@ mod tests {
         let (mut kept_honest, mut kept_mallory) = (0, 0);
         for _ in 0..1000 {
             for h in &honest {
-                kept_honest += u64::from(c.admit(h.as_ref(), l));
+                kept_honest += u64::from(c.admit(h.as_deref(), l));
             }
             // Mallory sends ten traces for each of an honest sender's.
             for _ in 0..10 {
-                kept_mallory += u64::from(c.admit(mallory.as_ref(), l));
+                kept_mallory += u64::from(c.admit(mallory.as_deref(), l));
             }
         }
         assert_eq!(
@@ -111,14 +112,14 @@ mod tests {
         let (mallory, honest) = (name("mallory"), name("gw"));
         let l = limit(0.5, 2);
         let kept: u64 = (0..1000)
-            .map(|_| u64::from(c.admit(mallory.as_ref(), l)))
+            .map(|_| u64::from(c.admit(mallory.as_deref(), l)))
             .sum();
         assert_eq!(kept, 1);
         let (mut kept_honest, mut kept_mallory) = (0, 0);
         for _ in 0..100 {
-            kept_honest += u64::from(c.admit(honest.as_ref(), l));
+            kept_honest += u64::from(c.admit(honest.as_deref(), l));
             for _ in 0..10 {
-                kept_mallory += u64::from(c.admit(mallory.as_ref(), l));
+                kept_mallory += u64::from(c.admit(mallory.as_deref(), l));
             }
         }
         assert_eq!(kept_honest, 100);
@@ -137,9 +138,9 @@ mod tests {
         let mut kept_a = 0;
         let mut kept_b = 0;
         for _ in 0..100 {
-            kept_a += u64::from(c.admit(a.as_ref(), l));
+            kept_a += u64::from(c.admit(a.as_deref(), l));
             for _ in 0..10 {
-                kept_b += u64::from(c.admit(b.as_ref(), l));
+                kept_b += u64::from(c.admit(b.as_deref(), l));
             }
         }
         assert_eq!(kept_a, 100, "a, under its half, loses nothing");

@@ -100,14 +100,11 @@ impl TraceTree {
 
     /// The ingest token the entry span came with (`meshtrace.sender` on its resource, which
     /// only ingest sets); None without tokens.
-    pub fn sender(&self) -> Option<std::sync::Arc<str>> {
+    pub fn sender(&self) -> Option<&str> {
         let root = &self.nodes[self.primary_root()?].span;
-        let kv = root
-            .resource_attributes
-            .iter()
-            .find(|kv| kv.key == meshtrace_model::class::SENDER_KEY)?;
-        match &kv.value {
-            AttrValue::Str(s) => Some(s.as_str().into()),
+        let key = meshtrace_model::class::SENDER_KEY;
+        match meshtrace_model::span::find_attribute(&root.resource_attributes, key)? {
+            AttrValue::Str(s) => Some(s),
             _ => None,
         }
     }

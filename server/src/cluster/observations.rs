@@ -24,7 +24,7 @@ use meshtrace_model::time::now_unix_nanos;
 use meshtrace_provenance::{Derived, TraceTree};
 use tokio_util::sync::CancellationToken;
 
-use crate::priorities::observe::{hop_samples, Recorder};
+use crate::priorities::observe::{record_into, Recorder};
 use crate::provenance::TraceObserver;
 
 /// Provenance's observer in cluster mode: records this node's completed traces until their
@@ -37,16 +37,7 @@ pub struct Forwarder {
 
 impl TraceObserver for Forwarder {
     fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
-        let hops = hop_samples(d, tree);
-        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        let sender = tree.sender();
-        local.record_trace_from(
-            sender.as_ref(),
-            &d.trace.class,
-            d.trace.duration_ns,
-            &hops,
-            now_ns,
-        );
+        record_into(&self.local, d, tree, now_ns);
     }
 
     /// As the node's recorder keeps them: classes with an objective or an override.

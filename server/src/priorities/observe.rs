@@ -51,16 +51,7 @@ impl Recorder {
 impl TraceObserver for Recorder {
     /// Records one completed trace at wall-clock time `now_ns`.
     fn record(&self, d: &Derived, tree: &TraceTree, now_ns: i64) {
-        let hops = hop_samples(d, tree);
-        let mut obs = self.obs.lock().unwrap_or_else(PoisonError::into_inner);
-        let sender = tree.sender();
-        obs.record_trace_from(
-            sender.as_ref(),
-            &d.trace.class,
-            d.trace.duration_ns,
-            &hops,
-            now_ns,
-        );
+        record_into(&self.obs, d, tree, now_ns);
     }
 
     fn keeps_class(&self, class: &str) -> bool {
@@ -91,6 +82,15 @@ fn overlaps_sibling(tree: &TraceTree, i: usize) -> bool {
 }
 
 /// The critical-path rows of a trace as hop samples, parents first.
+/// Records one completed trace (its class, end-to-end time, critical-path hops and sender)
+/// into `obs`; the hops are worked out before the lock is taken.
+pub fn record_into(obs: &Mutex<Observations>, d: &Derived, tree: &TraceTree, now_ns: i64) {
+    let hops = hop_samples(d, tree);
+    let (class, e2e) = (&d.trace.class, d.trace.duration_ns);
+    let mut obs = obs.lock().unwrap_or_else(PoisonError::into_inner);
+    obs.record_trace_from(tree.sender(), class, e2e, &hops, now_ns);
+}
+
 pub fn hop_samples(d: &Derived, tree: &TraceTree) -> Vec<HopSample> {
     // Each node's position in preorder (usize::MAX for a node not reached from a top).
     let mut order = vec![usize::MAX; tree.nodes.len()];

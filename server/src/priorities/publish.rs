@@ -248,15 +248,7 @@ pub struct TokenCheck(Auth);
 
 impl Interceptor for TokenCheck {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        // What the listener recorded of the connection (`crate::listener`).
-        let peer = req
-            .extensions()
-            .get::<Peer>()
-            .cloned()
-            .unwrap_or_else(|| Peer {
-                addr: req.remote_addr(),
-                ..Peer::default()
-            });
+        let peer = Peer::of(req.extensions());
         let header = req
             .metadata()
             .get("authorization")
