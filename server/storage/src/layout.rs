@@ -69,17 +69,7 @@
 //! first, then its catalog row; a query that snapshotted the segment just before treats the
 //! missing object as gone.
 //!
-//! ## Reading
-//!
-//! A trace lookup visits every committed segment with its cached footer: row groups whose
-//! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter (read
-//! once, then cached) says "no"; in the remaining row groups only the pages whose `trace_id`
-//! bounds may hold the ID are fetched (ranged reads through the object store) and filtered to
-//! it. A search skips whole segments by the catalog's time range and service
-//! list, reads the rest newest first and stops once no unread segment can change the answer
-//! (`Store::find_traces`), skips row groups by `start_time` statistics, and evaluates service,
-//! operation, time and duration inside the Parquet reader (a `RowFilter`), then tags on the
-//! attribute columns of the rows those kept, before decoding `trace_id` and `start_time`.
+//! Reading them back is [`crate::reader`]'s.
 //!
 //! ## Crash cases
 //!
@@ -95,8 +85,7 @@
 //! - Crash during retention between the file delete and the row delete: a row without its
 //!   file, which queries treat as gone and the next retention pass deletes.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::interleave_record_batch;
@@ -107,41 +96,20 @@ use arrow_array::types::{Int64Type, TimestampNanosecondType};
 use arrow_array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
 use arrow_schema::{ArrowError, SchemaRef};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use meshtrace_model::schema::spans_schema;
 use meshtrace_model::TraceId;
-use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
-use parquet::arrow::arrow_reader::{
-    ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
-    RowSelection, RowSelector,
-};
-use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::bloom_filter::Sbbf;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, RowGroupMetaData};
-use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::properties::{
     EnabledStatistics, WriterProperties, WriterPropertiesBuilder, WriterVersion,
 };
-use parquet::file::statistics::Statistics;
-use parquet::schema::types::{ColumnPath, SchemaDescriptor};
+use parquet::schema::types::ColumnPath;
 
-use crate::catalog::SegmentInfo;
 use crate::error::StorageError;
-use crate::object_reader::ObjectReader;
 
 /// The prefix under which every segment lives.
 pub const SEGMENT_PREFIX: &str = "spans";
-
-/// The metadata cache stops growing past this many segments (it is then cleared).
-const METADATA_CACHE_MAX: usize = 4096;
-
-/// The bloom filter cache stops growing past this many row groups (it is then cleared): 8 KiB
-/// each at the default row group size, so at most 64 MiB, enough for the row groups of some
-/// 130 million spans.
-const BLOOM_CACHE_MAX: usize = 8192;
 
 /// Rows a data page holds at most (see [`writer_properties`]).
 pub const PAGE_ROWS: usize = 4096;
@@ -343,299 +311,10 @@ pub(crate) fn is_not_found(e: &StorageError) -> bool {
     }
 }
 
-/// A function from a batch to the mask of its rows to keep.
-pub(crate) type RowPredicate =
-    Arc<dyn Fn(&RecordBatch) -> Result<BooleanArray, ArrowError> + Send + Sync>;
-
-/// Row predicates evaluated inside the Parquet reader, in order: each stage receives the
-/// top-level columns it names, decoded only for the rows every earlier stage kept.
-#[derive(Clone)]
-pub(crate) struct ScanFilter {
-    pub stages: Vec<(Vec<&'static str>, RowPredicate)>,
-    /// Row groups whose `start_time` range misses `[min, max]` are skipped.
-    pub start_range: (i64, i64),
-}
-
-/// How a trace-ID lookup went for one segment.
-#[derive(Debug, Default)]
-pub(crate) struct LookupOutcome {
-    /// `None` when the whole segment was pruned.
-    pub batches: Option<Vec<RecordBatch>>,
-    pub row_groups_pruned: usize,
-    pub row_groups_read: usize,
-    /// Rows decoded from the row groups read (the pages that may hold the IDs).
-    pub rows_decoded: usize,
-}
-
-/// The `trace_id` bloom filter of one row group (`None`: the row group has none).
-type CachedBloom = Option<Arc<Sbbf>>;
-
-/// Reads segments through the object store, caching their Parquet metadata and the
-/// `trace_id` bloom filters of their row groups, so that a lookup by trace ID costs reads only
-/// for the row groups that may hold it, however many segments there are.
-#[derive(Debug)]
-pub(crate) struct SegmentReader {
-    store: Arc<dyn ObjectStore>,
-    cache: Mutex<HashMap<String, ArrowReaderMetadata>>,
-    blooms: Mutex<HashMap<(String, usize), CachedBloom>>,
-}
-
-impl SegmentReader {
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        SegmentReader {
-            store,
-            cache: Mutex::new(HashMap::new()),
-            blooms: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The `trace_id` bloom filter of row group `rg`, read once.
-    async fn bloom(
-        &self,
-        builder: &mut ParquetRecordBatchStreamBuilder<ObjectReader>,
-        seg: &SegmentInfo,
-        rg: usize,
-        col: usize,
-    ) -> Result<CachedBloom, StorageError> {
-        let key = (seg.path.clone(), rg);
-        if let Some(b) = self.blooms.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(b);
-        }
-        let bloom = builder
-            .get_row_group_column_bloom_filter(rg, col)
-            .await?
-            .map(Arc::new);
-        if let Ok(mut cache) = self.blooms.lock() {
-            if cache.len() >= BLOOM_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(key, bloom.clone());
-        }
-        Ok(bloom)
-    }
-
-    fn object_reader(&self, seg: &SegmentInfo) -> ObjectReader {
-        let path = ObjectPath::from(seg.path.as_str());
-        ObjectReader::new(self.store.clone(), path, seg.byte_size.max(0) as u64)
-    }
-
-    /// Forgets the cached metadata of a deleted segment.
-    pub fn forget(&self, path: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(path);
-        }
-        if let Ok(mut blooms) = self.blooms.lock() {
-            blooms.retain(|(p, _), _| p != path);
-        }
-    }
-
-    async fn metadata(&self, seg: &SegmentInfo) -> Result<ArrowReaderMetadata, StorageError> {
-        if let Some(m) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&seg.path).cloned())
-        {
-            return Ok(m);
-        }
-        let mut reader = self.object_reader(seg);
-        // The page index where a segment has one (older segments do not).
-        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= METADATA_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(seg.path.clone(), meta.clone());
-        }
-        Ok(meta)
-    }
-
-    /// Reads the rows of `ids` from a segment, skipping row groups by `trace_id` statistics
-    /// and bloom filter.
-    pub async fn lookup(
-        &self,
-        seg: &SegmentInfo,
-        ids: &BTreeSet<TraceId>,
-    ) -> Result<LookupOutcome, StorageError> {
-        let meta = self.metadata(seg).await?;
-        let col = leaf_index(&meta, "trace_id")?;
-        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-            self.object_reader(seg),
-            meta.clone(),
-        );
-        let mut keep = Vec::new();
-        let mut outcome = LookupOutcome::default();
-        for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
-            let candidates: Vec<&TraceId> = match byte_range(rg, col) {
-                Some((min, max)) => ids
-                    .iter()
-                    .filter(|id| &id[..] >= min && &id[..] <= max)
-                    .collect(),
-                None => ids.iter().collect(),
-            };
-            let pass = match candidates.is_empty() {
-                true => false,
-                false => match self.bloom(&mut builder, seg, i, col).await? {
-                    Some(bloom) => candidates.iter().any(|id| bloom.check(&id[..])),
-                    None => true,
-                },
-            };
-            if pass {
-                keep.push(i);
-            } else {
-                outcome.row_groups_pruned += 1;
-            }
-        }
-        outcome.row_groups_read = keep.len();
-        if keep.is_empty() {
-            return Ok(outcome);
-        }
-        let selection = pages_of(meta.metadata(), col, &keep, ids);
-        let stream = builder
-            .with_row_groups(keep)
-            .with_row_selection(selection)
-            .build()?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await?;
-        outcome.rows_decoded = batches.iter().map(RecordBatch::num_rows).sum();
-        let filtered = batches
-            .iter()
-            .map(|b| filter_trace_ids(b, ids))
-            .collect::<Result<Vec<_>, _>>()?;
-        outcome.batches = Some(filtered.into_iter().filter(|b| b.num_rows() > 0).collect());
-        Ok(outcome)
-    }
-
-    /// Reads the rows of a segment that pass `filter`, with only `output` columns (all when
-    /// `None`).
-    pub async fn scan(
-        &self,
-        seg: &SegmentInfo,
-        filter: &ScanFilter,
-        output: Option<&[&str]>,
-    ) -> Result<Vec<RecordBatch>, StorageError> {
-        let meta = self.metadata(seg).await?;
-        let time_col = leaf_index(&meta, "start_time")?;
-        let (lo, hi) = filter.start_range;
-        let groups: Vec<usize> = meta
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter(|(_, rg)| match int_range(rg, time_col) {
-                Some((min, max)) => max >= lo && min <= hi,
-                None => true,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        let descr = meta.metadata().file_metadata().schema_descr_ptr();
-        let mut predicates: Vec<Box<dyn ArrowPredicate>> = Vec::new();
-        for (columns, predicate) in &filter.stages {
-            let predicate = predicate.clone();
-            predicates.push(Box::new(ArrowPredicateFn::new(
-                roots_mask(&descr, columns),
-                move |batch: RecordBatch| predicate(&batch),
-            )));
-        }
-        let row_filter = RowFilter::new(predicates);
-        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-            self.object_reader(seg),
-            meta.clone(),
-        )
-        .with_row_groups(groups)
-        .with_row_filter(row_filter);
-        if let Some(cols) = output {
-            builder = builder.with_projection(roots_mask(&descr, cols));
-        }
-        Ok(builder.build()?.try_collect().await?)
-    }
-}
-
-/// The rows of the row groups `keep` (in order) on the `trace_id` pages whose page-index
-/// bounds may hold one of `ids`; a row group without a page index is selected whole.
-fn pages_of(
-    meta: &ParquetMetaData,
-    col: usize,
-    keep: &[usize],
-    ids: &BTreeSet<TraceId>,
-) -> RowSelection {
-    let mut selectors: Vec<RowSelector> = Vec::new();
-    let mut push = |select: bool, rows: usize| match selectors.last_mut() {
-        Some(last) if last.skip != select => last.row_count += rows,
-        _ if rows > 0 => selectors.push(if select {
-            RowSelector::select(rows)
-        } else {
-            RowSelector::skip(rows)
-        }),
-        _ => {}
-    };
-    for &rg in keep {
-        let rows = usize::try_from(meta.row_group(rg).num_rows()).unwrap_or(0);
-        let pages = meta
-            .offset_index()
-            .and_then(|o| o.get(rg)?.get(col))
-            .map(|o| o.page_locations());
-        let bounds = match meta.column_index().and_then(|c| c.get(rg)?.get(col)) {
-            Some(ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(b)) => Some(b),
-            _ => None,
-        };
-        let (Some(pages), Some(bounds)) = (pages, bounds) else {
-            push(true, rows);
-            continue;
-        };
-        for (p, page) in pages.iter().enumerate() {
-            let first = usize::try_from(page.first_row_index).unwrap_or(0);
-            let end = pages
-                .get(p + 1)
-                .map_or(rows, |n| usize::try_from(n.first_row_index).unwrap_or(rows));
-            let hit = match (bounds.min_value(p), bounds.max_value(p)) {
-                (Some(min), Some(max)) => ids.iter().any(|id| &id[..] >= min && &id[..] <= max),
-                _ => true,
-            };
-            push(hit, end.saturating_sub(first));
-        }
-    }
-    RowSelection::from(selectors)
-}
-
-/// The top-level columns named (with every leaf of a nested one).
-fn roots_mask(descr: &SchemaDescriptor, names: &[&str]) -> ProjectionMask {
-    let roots = descr.root_schema().get_fields().iter().enumerate();
-    let picked = roots
-        .filter(|(_, f)| names.contains(&f.name()))
-        .map(|(i, _)| i);
-    ProjectionMask::roots(descr, picked)
-}
-
-/// The index of a top-level primitive column among the leaves.
-fn leaf_index(meta: &ArrowReaderMetadata, name: &str) -> Result<usize, StorageError> {
-    meta.metadata()
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().string() == name)
-        .ok_or_else(|| ArrowError::SchemaError(format!("segment has no column {name}")).into())
-}
-
-fn byte_range(rg: &RowGroupMetaData, col: usize) -> Option<(&[u8], &[u8])> {
-    let stats = rg.column(col).statistics()?;
-    Some((stats.min_bytes_opt()?, stats.max_bytes_opt()?))
-}
-
-fn int_range(rg: &RowGroupMetaData, col: usize) -> Option<(i64, i64)> {
-    match rg.column(col).statistics()? {
-        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use arrow_array::{ArrayRef, FixedSizeBinaryArray, Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
 

@@ -30,6 +30,7 @@ mod object_reader;
 mod ownership;
 mod pending;
 mod query;
+mod reader;
 mod sql;
 mod sql_runtime;
 mod store;

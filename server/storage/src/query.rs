@@ -16,7 +16,8 @@ use meshtrace_model::{Span, SpanKind, TraceId};
 
 use crate::catalog::SegmentInfo;
 use crate::error::StorageError;
-use crate::layout::{filter_trace_ids, is_not_found, RowPredicate, ScanFilter};
+use crate::layout::{filter_trace_ids, is_not_found};
+use crate::reader::{RowPredicate, ScanFilter};
 use crate::store::{lock, Store};
 use crate::tag_filter::TagFilter;
 use crate::TraceQuery;
@@ -214,14 +215,19 @@ impl Store {
             }
         }
         let reader = &self.inner.reader;
-        let segments: Vec<Arc<SegmentInfo>> = snap.segments.to_vec();
-        let mut lookups = futures::stream::iter(segments)
+        let c = &self.inner.counters;
+        // Segments whose cached filters rule the IDs out are passed without a visit.
+        let triage = reader.triage(&snap.segments, ids);
+        c.segments_pruned
+            .fetch_add(triage.segments_pruned as u64, Ordering::Relaxed);
+        c.row_groups_pruned
+            .fetch_add(triage.row_groups_pruned as u64, Ordering::Relaxed);
+        let mut lookups = futures::stream::iter(triage.visit)
             .map(|seg: Arc<SegmentInfo>| async move {
                 let outcome = reader.lookup(&seg, ids).await;
                 (seg, outcome)
             })
             .buffer_unordered(PARALLEL_SEGMENTS);
-        let c = &self.inner.counters;
         while let Some((seg, outcome)) = lookups.next().await {
             let outcome = match outcome {
                 Ok(o) => o,

@@ -106,6 +106,35 @@ async fn trace_lookup_prunes_segments() {
 }
 
 #[tokio::test]
+async fn a_warm_lookup_visits_only_the_segments_that_may_hold_its_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let t0 = now_ns();
+    let mut all = Vec::new();
+    for i in 0..4u64 {
+        let spans = mesh_traffic(20 + i, 400, t0 + i as i64 * 1_000_000_000, 2_000_000);
+        store.append(i + 1, &spans).unwrap();
+        store.flush().await.unwrap();
+        all.push(spans);
+    }
+    // The first lookup reads every footer and bloom filter; later ones take them from memory.
+    store.trace(all[0][0].trace_id).await.unwrap();
+    let segments: Vec<_> = store.read_view().segments.clone();
+    let reader = &store.inner.reader;
+    let triage = reader.triage(&segments, &BTreeSet::from([all[2][5].trace_id]));
+    assert_eq!(triage.visit.len(), 1);
+    assert_eq!(triage.visit[0].id, segments[2].id);
+    assert_eq!(triage.segments_pruned, 3);
+    let unknown = BTreeSet::from([[0x5a; 16]]);
+    assert!(reader.triage(&segments, &unknown).visit.is_empty());
+    // A segment whose footer is not cached yet is visited.
+    reader.forget(&segments[1].path);
+    let triage = reader.triage(&segments, &unknown);
+    assert_eq!(triage.visit.len(), 1);
+    assert_eq!(triage.visit[0].id, segments[1].id);
+}
+
+#[tokio::test]
 async fn lookup_prunes_row_groups_inside_a_segment() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {

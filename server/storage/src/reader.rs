@@ -1,0 +1,421 @@
+//! Reading segments back with pruning: the [`SegmentReader`] caches each segment's Parquet
+//! metadata and its row groups' `trace_id` bloom filters, looks traces up by ID and scans
+//! segments for searches. The file layout it reads is [`crate::layout`]'s.
+//!
+//! # Design
+//!
+//! ## Lookups and scans
+//!
+//! A trace lookup visits every committed segment with its cached footer: row groups whose
+//! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter (read
+//! once, then cached) says "no"; in the remaining row groups only the pages whose `trace_id`
+//! bounds may hold the ID are fetched (ranged reads through the object store) and filtered to
+//! it. A search skips whole segments by the catalog's time range and service
+//! list, reads the rest newest first and stops once no unread segment can change the answer
+//! (`Store::find_traces`), skips row groups by `start_time` statistics, and evaluates service,
+//! operation, time and duration inside the Parquet reader (a `RowFilter`), then tags on the
+//! attribute columns of the rows those kept, before decoding `trace_id` and `start_time`.
+//!
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::ArrowError;
+use futures::TryStreamExt;
+use meshtrace_model::TraceId;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicate, ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+    RowSelection, RowSelector,
+};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::bloom_filter::Sbbf;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, RowGroupMetaData};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::statistics::Statistics;
+use parquet::schema::types::SchemaDescriptor;
+
+use crate::catalog::SegmentInfo;
+use crate::error::StorageError;
+use crate::layout::filter_trace_ids;
+use crate::object_reader::ObjectReader;
+
+/// The metadata cache stops growing past this many segments (it is then cleared).
+const METADATA_CACHE_MAX: usize = 4096;
+
+/// The bloom filter cache stops growing past this many row groups (it is then cleared): 8 KiB
+/// each at the default row group size, so at most 64 MiB, enough for the row groups of some
+/// 130 million spans.
+const BLOOM_CACHE_MAX: usize = 8192;
+
+/// A function from a batch to the mask of its rows to keep.
+pub(crate) type RowPredicate =
+    Arc<dyn Fn(&RecordBatch) -> Result<BooleanArray, ArrowError> + Send + Sync>;
+
+/// Row predicates evaluated inside the Parquet reader, in order: each stage receives the
+/// top-level columns it names, decoded only for the rows every earlier stage kept.
+#[derive(Clone)]
+pub(crate) struct ScanFilter {
+    pub stages: Vec<(Vec<&'static str>, RowPredicate)>,
+    /// Row groups whose `start_time` range misses `[min, max]` are skipped.
+    pub start_range: (i64, i64),
+}
+
+/// How a trace-ID lookup went for one segment.
+#[derive(Debug, Default)]
+pub(crate) struct LookupOutcome {
+    /// `None` when the whole segment was pruned.
+    pub batches: Option<Vec<RecordBatch>>,
+    pub row_groups_pruned: usize,
+    pub row_groups_read: usize,
+    /// Rows decoded from the row groups read (the pages that may hold the IDs).
+    pub rows_decoded: usize,
+}
+
+/// The `trace_id` bloom filter of one row group (`None`: the row group has none).
+type CachedBloom = Option<Arc<Sbbf>>;
+
+/// What the reader keeps of one segment.
+#[derive(Debug)]
+struct CachedSegment {
+    meta: ArrowReaderMetadata,
+    /// The `trace_id` leaf column, if the segment has one.
+    trace_col: Option<usize>,
+    /// The bloom filter of each row group: `None` until read.
+    blooms: Vec<Option<CachedBloom>>,
+}
+
+/// The reader's caches, under one lock.
+#[derive(Debug, Default)]
+struct Caches {
+    segments: HashMap<String, CachedSegment>,
+    /// Bloom filters held, over every segment.
+    blooms: usize,
+}
+
+impl Caches {
+    fn keep_bloom(&mut self, path: &str, rg: usize, bloom: CachedBloom) {
+        if self.blooms >= BLOOM_CACHE_MAX {
+            for seg in self.segments.values_mut() {
+                seg.blooms.iter_mut().for_each(|b| *b = None);
+            }
+            self.blooms = 0;
+        }
+        if let Some(slot) = self.segments.get_mut(path).and_then(|s| s.blooms.get_mut(rg)) {
+            if slot.replace(bloom).is_none() {
+                self.blooms += 1;
+            }
+        }
+    }
+}
+
+/// Whether a lookup of `ids` reads row group `rg`, as far as its `trace_id` range and its
+/// bloom filter (`None`: not read yet) tell.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Skip,
+    Read,
+    NeedsBloom,
+}
+
+fn verdict(
+    rg: &RowGroupMetaData,
+    col: usize,
+    ids: &BTreeSet<TraceId>,
+    bloom: Option<&CachedBloom>,
+) -> Verdict {
+    let range = byte_range(rg, col);
+    let in_range = |id: &&TraceId| range.is_none_or(|(min, max)| &id[..] >= min && &id[..] <= max);
+    let mut candidates = ids.iter().filter(in_range).peekable();
+    if candidates.peek().is_none() {
+        return Verdict::Skip;
+    }
+    match bloom {
+        None => Verdict::NeedsBloom,
+        Some(None) => Verdict::Read,
+        Some(Some(b)) if candidates.any(|id| b.check(&id[..])) => Verdict::Read,
+        Some(Some(_)) => Verdict::Skip,
+    }
+}
+
+/// What a lookup learnt before reading anything: the segments it must visit, and those (and
+/// their row groups) the cached footers and bloom filters ruled out.
+#[derive(Debug, Default)]
+pub(crate) struct Triage {
+    pub visit: Vec<Arc<SegmentInfo>>,
+    pub segments_pruned: usize,
+    pub row_groups_pruned: usize,
+}
+
+/// Reads segments through the object store, caching their Parquet metadata and the
+/// `trace_id` bloom filters of their row groups, so that a lookup by trace ID costs reads only
+/// for the row groups that may hold it, however many segments there are.
+#[derive(Debug)]
+pub(crate) struct SegmentReader {
+    store: Arc<dyn ObjectStore>,
+    caches: Mutex<Caches>,
+}
+
+impl SegmentReader {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        SegmentReader {
+            store,
+            caches: Mutex::new(Caches::default()),
+        }
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        self.caches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sorts `segments` into those a lookup of `ids` must visit and those whose cached footer
+    /// and bloom filters already rule every row group out. It takes one lock and no I/O, so a
+    /// lookup's cost does not grow with the segments that cannot hold its traces.
+    pub fn triage(&self, segments: &[Arc<SegmentInfo>], ids: &BTreeSet<TraceId>) -> Triage {
+        let caches = self.caches();
+        let mut out = Triage::default();
+        for seg in segments {
+            let ruled_out = caches.segments.get(&seg.path).and_then(|c| {
+                let col = c.trace_col?;
+                let groups = c.meta.metadata().row_groups().iter().enumerate();
+                let mut skipped = 0;
+                for (i, rg) in groups {
+                    match verdict(rg, col, ids, c.blooms.get(i).and_then(Option::as_ref)) {
+                        Verdict::Skip => skipped += 1,
+                        _ => return None,
+                    }
+                }
+                Some(skipped)
+            });
+            match ruled_out {
+                Some(groups) => {
+                    out.segments_pruned += 1;
+                    out.row_groups_pruned += groups;
+                }
+                None => out.visit.push(seg.clone()),
+            }
+        }
+        out
+    }
+
+    fn object_reader(&self, seg: &SegmentInfo) -> ObjectReader {
+        let path = ObjectPath::from(seg.path.as_str());
+        ObjectReader::new(self.store.clone(), path, seg.byte_size.max(0) as u64)
+    }
+
+    /// Forgets the cached metadata of a deleted segment.
+    pub fn forget(&self, path: &str) {
+        let mut caches = self.caches();
+        if let Some(seg) = caches.segments.remove(path) {
+            caches.blooms -= seg.blooms.iter().filter(|b| b.is_some()).count();
+        }
+    }
+
+    /// The segment's footer (read once) and its `trace_id` leaf column.
+    async fn metadata(
+        &self,
+        seg: &SegmentInfo,
+    ) -> Result<(ArrowReaderMetadata, Option<usize>), StorageError> {
+        if let Some(c) = self.caches().segments.get(&seg.path) {
+            return Ok((c.meta.clone(), c.trace_col));
+        }
+        let mut reader = self.object_reader(seg);
+        // The page index where a segment has one (older segments do not).
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
+        let trace_col = leaf_index(&meta, "trace_id").ok();
+        let mut caches = self.caches();
+        if caches.segments.len() >= METADATA_CACHE_MAX {
+            *caches = Caches::default();
+        }
+        let cached = CachedSegment {
+            meta: meta.clone(),
+            trace_col,
+            blooms: vec![None; meta.metadata().num_row_groups()],
+        };
+        caches.segments.insert(seg.path.clone(), cached);
+        Ok((meta, trace_col))
+    }
+
+    /// The cached bloom filter of row group `rg` (`None`: not read yet).
+    fn cached_bloom(&self, path: &str, rg: usize) -> Option<CachedBloom> {
+        let caches = self.caches();
+        caches.segments.get(path)?.blooms.get(rg)?.clone()
+    }
+
+    /// Reads the rows of `ids` from a segment, skipping row groups by `trace_id` statistics
+    /// and bloom filter.
+    pub async fn lookup(
+        &self,
+        seg: &SegmentInfo,
+        ids: &BTreeSet<TraceId>,
+    ) -> Result<LookupOutcome, StorageError> {
+        let (meta, col) = self.metadata(seg).await?;
+        let col = col.ok_or_else(|| ArrowError::SchemaError("segment has no trace_id".into()))?;
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.object_reader(seg),
+            meta.clone(),
+        );
+        let mut keep = Vec::new();
+        let mut outcome = LookupOutcome::default();
+        for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
+            let mut v = verdict(rg, col, ids, self.cached_bloom(&seg.path, i).as_ref());
+            if v == Verdict::NeedsBloom {
+                let bloom = (builder.get_row_group_column_bloom_filter(i, col).await?).map(Arc::new);
+                self.caches().keep_bloom(&seg.path, i, bloom.clone());
+                v = verdict(rg, col, ids, Some(&bloom));
+            }
+            if v == Verdict::Read {
+                keep.push(i);
+            } else {
+                outcome.row_groups_pruned += 1;
+            }
+        }
+        outcome.row_groups_read = keep.len();
+        if keep.is_empty() {
+            return Ok(outcome);
+        }
+        let selection = pages_of(meta.metadata(), col, &keep, ids);
+        let stream = builder
+            .with_row_groups(keep)
+            .with_row_selection(selection)
+            .build()?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        outcome.rows_decoded = batches.iter().map(RecordBatch::num_rows).sum();
+        let filtered = batches
+            .iter()
+            .map(|b| filter_trace_ids(b, ids))
+            .collect::<Result<Vec<_>, _>>()?;
+        outcome.batches = Some(filtered.into_iter().filter(|b| b.num_rows() > 0).collect());
+        Ok(outcome)
+    }
+
+    /// Reads the rows of a segment that pass `filter`, with only `output` columns (all when
+    /// `None`).
+    pub async fn scan(
+        &self,
+        seg: &SegmentInfo,
+        filter: &ScanFilter,
+        output: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>, StorageError> {
+        let (meta, _) = self.metadata(seg).await?;
+        let time_col = leaf_index(&meta, "start_time")?;
+        let (lo, hi) = filter.start_range;
+        let groups: Vec<usize> = meta
+            .metadata()
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, rg)| match int_range(rg, time_col) {
+                Some((min, max)) => max >= lo && min <= hi,
+                None => true,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let descr = meta.metadata().file_metadata().schema_descr_ptr();
+        let mut predicates: Vec<Box<dyn ArrowPredicate>> = Vec::new();
+        for (columns, predicate) in &filter.stages {
+            let predicate = predicate.clone();
+            predicates.push(Box::new(ArrowPredicateFn::new(
+                roots_mask(&descr, columns),
+                move |batch: RecordBatch| predicate(&batch),
+            )));
+        }
+        let row_filter = RowFilter::new(predicates);
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.object_reader(seg),
+            meta.clone(),
+        )
+        .with_row_groups(groups)
+        .with_row_filter(row_filter);
+        if let Some(cols) = output {
+            builder = builder.with_projection(roots_mask(&descr, cols));
+        }
+        Ok(builder.build()?.try_collect().await?)
+    }
+}
+
+/// The rows of the row groups `keep` (in order) on the `trace_id` pages whose page-index
+/// bounds may hold one of `ids`; a row group without a page index is selected whole.
+fn pages_of(
+    meta: &ParquetMetaData,
+    col: usize,
+    keep: &[usize],
+    ids: &BTreeSet<TraceId>,
+) -> RowSelection {
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    let mut push = |select: bool, rows: usize| match selectors.last_mut() {
+        Some(last) if last.skip != select => last.row_count += rows,
+        _ if rows > 0 => selectors.push(if select {
+            RowSelector::select(rows)
+        } else {
+            RowSelector::skip(rows)
+        }),
+        _ => {}
+    };
+    for &rg in keep {
+        let rows = usize::try_from(meta.row_group(rg).num_rows()).unwrap_or(0);
+        let pages = meta
+            .offset_index()
+            .and_then(|o| o.get(rg)?.get(col))
+            .map(|o| o.page_locations());
+        let bounds = match meta.column_index().and_then(|c| c.get(rg)?.get(col)) {
+            Some(ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(b)) => Some(b),
+            _ => None,
+        };
+        let (Some(pages), Some(bounds)) = (pages, bounds) else {
+            push(true, rows);
+            continue;
+        };
+        for (p, page) in pages.iter().enumerate() {
+            let first = usize::try_from(page.first_row_index).unwrap_or(0);
+            let end = pages
+                .get(p + 1)
+                .map_or(rows, |n| usize::try_from(n.first_row_index).unwrap_or(rows));
+            let hit = match (bounds.min_value(p), bounds.max_value(p)) {
+                (Some(min), Some(max)) => ids.iter().any(|id| &id[..] >= min && &id[..] <= max),
+                _ => true,
+            };
+            push(hit, end.saturating_sub(first));
+        }
+    }
+    RowSelection::from(selectors)
+}
+
+/// The top-level columns named (with every leaf of a nested one).
+fn roots_mask(descr: &SchemaDescriptor, names: &[&str]) -> ProjectionMask {
+    let roots = descr.root_schema().get_fields().iter().enumerate();
+    let picked = roots
+        .filter(|(_, f)| names.contains(&f.name()))
+        .map(|(i, _)| i);
+    ProjectionMask::roots(descr, picked)
+}
+
+/// The index of a top-level primitive column among the leaves.
+fn leaf_index(meta: &ArrowReaderMetadata, name: &str) -> Result<usize, StorageError> {
+    meta.metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [name])
+        .ok_or_else(|| ArrowError::SchemaError(format!("segment has no column {name}")).into())
+}
+
+fn byte_range(rg: &RowGroupMetaData, col: usize) -> Option<(&[u8], &[u8])> {
+    let stats = rg.column(col).statistics()?;
+    Some((stats.min_bytes_opt()?, stats.max_bytes_opt()?))
+}
+
+fn int_range(rg: &RowGroupMetaData, col: usize) -> Option<(i64, i64)> {
+    match rg.column(col).statistics()? {
+        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
+        _ => None,
+    }
+}
+
