@@ -196,6 +196,34 @@ fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {
     })
 }
 
+/// One `span_rollups` row (`minute_ns`, `operation`, `kind`, `calls`, `errors`, `durations`)
+/// of `service`.
+fn rollup_row<R: Row>(r: &R, service: String) -> Result<(RollupKey, Rollup), StorageError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Vec<u8>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = r.try_get("kind")?;
+    let durations: Vec<u8> = r.try_get("durations")?;
+    let key = RollupKey {
+        minute_ns: r.try_get("minute_ns")?,
+        service,
+        operation: r.try_get("operation")?,
+        kind: SpanKind::parse(&kind).unwrap_or_default(),
+    };
+    let rollup = Rollup {
+        calls: to_u64(r.try_get("calls")?, "span_rollups.calls")?,
+        errors: to_u64(r.try_get("errors")?, "span_rollups.errors")?,
+        durations: Sketch::from_bytes(&durations).map_err(|e| StorageError::BadCatalogValue {
+            what: "span_rollups.durations",
+            value: e.to_string(),
+        })?,
+    };
+    Ok((key, rollup))
+}
+
 fn to_u64(v: i64, what: &'static str) -> Result<u64, StorageError> {
     u64::try_from(v).map_err(|_| StorageError::BadCatalogValue {
         what,
@@ -468,24 +496,7 @@ impl Catalog {
                 let rows = sqlx::query(SQL).bind(service).bind(filter.from_ns)
                     .bind(filter.to_ns).fetch_all(pool).await?;
                 rows.iter().map(|r| {
-                    let kind: String = r.try_get("kind")?;
-                    let durations: Vec<u8> = r.try_get("durations")?;
-                    let key = RollupKey {
-                        minute_ns: r.try_get("minute_ns")?,
-                        service: service.clone(),
-                        operation: r.try_get("operation")?,
-                        kind: SpanKind::parse(&kind).unwrap_or_default(),
-                    };
-                    let rollup = Rollup {
-                        calls: to_u64(r.try_get("calls")?, "span_rollups.calls")?,
-                        errors: to_u64(r.try_get("errors")?, "span_rollups.errors")?,
-                        durations: Sketch::from_bytes(&durations).map_err(|e| {
-                            StorageError::BadCatalogValue {
-                                what: "span_rollups.durations",
-                                value: e.to_string(),
-                            }
-                        })?,
-                    };
+                    let (key, rollup) = rollup_row(r, service.clone())?;
                     Ok((r.try_get("segment_id")?, key, rollup))
                 }).collect::<Result<Vec<_>, StorageError>>()?
             });

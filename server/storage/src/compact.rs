@@ -1,12 +1,14 @@
 //! Compaction of span segments: a quiet mesh flushes a small segment every `flush_age` (2 s by
 //! default), and every trace lookup checks each segment's bloom filter, so the segments are
-//! merged in the background into segments of about `compact_rows` rows and the file count
-//! grows with the spans, not with the flushes. The run picking ([`pick_run`]) and the
-//! schema fitting ([`conform`]) are shared with the derived tables' compaction.
+//! merged in the background into segments of about `compact_rows` rows, and those are
+//! appended together into segments of [`APPEND_FACTOR`] times that: the file count (and
+//! every per-file cost, such as the footers a lookup keeps in memory) grows by one per 1.6 M
+//! spans by default, not one per flush. The run picking ([`pick_run`]) and the schema fitting
+//! ([`conform`]) are shared with the derived tables' compaction.
 //!
 //! # Design
 //!
-//! A pass takes the first run of committed segments in log order whose sequence ranges follow
+//! Two tiers. A pass first takes the first run of committed segments in log order whose sequence ranges follow
 //! each other without a gap (a damaged or lost segment's range breaks a run, so a merged
 //! segment holds exactly the records of its range), each under half of `compact_rows`, up to
 //! `compact_rows` rows, once it holds at least half of that (or 32 segments); segments near
@@ -15,7 +17,21 @@
 //! filters and page index included) with the inputs' rollups merged, and names it after the
 //! union of their sequence ranges plus its creation time (a merge tried again never writes
 //! over an earlier attempt's file). A run is cut to what fits in the memory budget's headroom
-//! ([`fit_in_memory`]), and nothing is merged when two segments do not fit. Reading and writing take no lock. Then, under the flush lock, one catalog
+//! ([`fit_in_memory`]), and nothing is merged when two segments do not fit.
+//!
+//! When no such run is due, the pass takes the first run of consecutive segments of at least
+//! half of `compact_rows` rows each (a small segment between them breaks it), up to
+//! [`APPEND_FACTOR`] times `compact_rows` rows, once it holds at least half of that. They
+//! are not sorted together: each input is streamed, a batch at a time, into one file, its rows
+//! in row groups of their own (so the `trace_id` ranges of row groups stay tight and a lookup
+//! still reads one), and the catalog row's time range, row count and services are the
+//! inputs'. Its memory does not grow with the run, so it needs no headroom check; its cost
+//! is one decode and encode of each span per tier. Sorting a whole tier by trace would
+//! widen every row group's time range and make time-bounded searches read it all.
+//!
+//! In both tiers the merged segment's rollups are the inputs' catalog rows added up (what
+//! their flushes counted, overflow folds included). Reading and writing take no lock. Then,
+//! under the flush lock, one catalog
 //! transaction inserts the new row with its rollups and deletes exactly the merged rows (it
 //! rolls back if any is gone: retention took it), and the in-memory list swaps them for the
 //! new segment: a query snapshots the list under the same lock, so it reads either the old
@@ -39,16 +55,17 @@ use arrow_schema::{ArrowError, SchemaRef};
 use futures::TryStreamExt;
 use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::schema::spans_schema;
+use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 
 use crate::catalog::{DerivedSegment, SegmentInfo, SegmentTable};
 use crate::error::StorageError;
-use crate::layout::{encode_segment, segment_path};
+use crate::layout::{encode_segment, segment_path, writer_properties};
 use crate::object_reader::ObjectReader;
 use crate::pending::UnresolvedMerge;
-use crate::rollup::{rollups_of, Rollups};
 use crate::store::{lock, Store};
 
 /// A run of this many small segments is merged even when it holds fewer than half of
@@ -162,6 +179,19 @@ pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBa
     RecordBatch::try_new(schema.clone(), columns)
 }
 
+/// Segments of at least half of `compact_rows` rows are appended together into segments of
+/// about this many times `compact_rows` (see the module docs).
+pub(crate) const APPEND_FACTOR: usize = 8;
+
+/// How a run is merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    /// Small segments, read whole and sorted together by trace and time.
+    Sorted,
+    /// Compacted segments, streamed one after the other.
+    Appended,
+}
+
 /// Segments whose spans retention deletes within this long are not merged (a merge would
 /// keep them until its newest input expires).
 const NEAR_RETENTION_NS: i64 = 600_000_000_000;
@@ -177,11 +207,15 @@ impl Store {
         if !self.settle_unresolved_merge().await? {
             return Ok(0);
         }
-        let run = fit_in_memory(self.next_run(target), &self.inner.cfg.memory);
+        let mut run = fit_in_memory(self.next_run(target, Tier::Sorted), &self.inner.cfg.memory);
+        let mut tier = Tier::Sorted;
+        if run.len() < 2 {
+            (run, tier) = (self.next_run(target, Tier::Appended), Tier::Appended);
+        }
         if run.len() < 2 {
             return Ok(0);
         }
-        match self.merge(&run).await {
+        match self.merge(&run, tier).await {
             Ok(merged) => Ok(if merged { run.len() } else { 0 }),
             Err(e) => {
                 // Not tried again until a restart: a failure that repeats must not stop every
@@ -193,43 +227,37 @@ impl Store {
         }
     }
 
-    /// The run to merge: segments in log order, each following the one before it without a
-    /// gap in the sequence numbers (a damaged or missing segment's range breaks a run), none
-    /// near retention or in a failed run.
-    fn next_run(&self, target: usize) -> Vec<Arc<SegmentInfo>> {
+    /// The run to merge in `tier`: segments in log order, each following the one before it
+    /// without a gap in the sequence numbers (a damaged or missing segment's range breaks a
+    /// run), none near retention or in a failed run. Small segments (under half of `target`)
+    /// are sorted together towards `target` rows; larger ones are appended together towards
+    /// [`APPEND_FACTOR`] times that, a small segment between them breaking their run.
+    fn next_run(&self, target: usize, tier: Tier) -> Vec<Arc<SegmentInfo>> {
         let keep_after = self.retention_cutoff_ns().saturating_add(NEAR_RETENTION_NS);
         let failed = lock(&self.inner.merges).failed.clone();
+        let in_tier = |s: &SegmentInfo| tier == Tier::Sorted || s.rows() >= target / 2;
         let mut segments: Vec<Arc<SegmentInfo>> = (self.read_view().segments.iter())
-            .filter(|s| s.max_start_ns > keep_after && !failed.contains(&s.id))
+            .filter(|s| s.max_start_ns > keep_after && !failed.contains(&s.id) && in_tier(s))
             .cloned()
             .collect();
         segments.sort_by_key(|s| s.wal_seq_min);
         let follows = |a: &SegmentInfo, b: &SegmentInfo| b.wal_seq_min == a.wal_seq_max + 1;
-        pick_run(&segments, target, follows)
+        match tier {
+            Tier::Sorted => pick_run(&segments, target, follows),
+            Tier::Appended => pick_run(&segments, target * APPEND_FACTOR, follows),
+        }
     }
 
     /// Replaces `run` by one segment holding all its rows; false when the run changed while
     /// it was merged (retention), and nothing was replaced.
-    async fn merge(&self, run: &[Arc<SegmentInfo>]) -> Result<bool, StorageError> {
-        let schema = spans_schema();
-        let (mut batches, mut rollups) = (Vec::new(), Rollups::default());
-        for seg in run {
-            let rows: Vec<RecordBatch> = (self.read_whole(seg).await?.into_iter())
-                .map(|b| conform(b, &schema))
-                .collect::<Result<_, _>>()?;
-            // Each input's rollups as its flush computed them (their overflow fold included).
-            for (key, r) in rollups_of(&rows, None)? {
-                rollups.entry(key).or_default().merge(&r);
-            }
-            batches.extend(rows);
-        }
-        let rg = self.inner.cfg.row_group_rows;
-        let enc = tokio::task::spawn_blocking(move || encode_segment(&batches, rg)).await??;
+    async fn merge(&self, run: &[Arc<SegmentInfo>], tier: Tier) -> Result<bool, StorageError> {
+        let started = std::time::Instant::now();
         let seq_min = run.iter().map(|s| s.wal_seq_min).min().unwrap_or_default();
         let seq_max = run.iter().map(|s| s.wal_seq_max).max().unwrap_or_default();
+        let min_start = run.iter().map(|s| s.min_start_ns).min().unwrap_or_default();
         // Named apart from every other file: a merge tried again never writes over an earlier
         // attempt's file, which a lost commit may have registered.
-        let path = segment_path(enc.min_start_ns, seq_min, seq_max)
+        let path = segment_path(min_start, seq_min, seq_max)
             .replace(".parquet", &format!("-{}.parquet", now_ns()));
         let object = ObjectPath::from(path.as_str());
         let created = run
@@ -237,10 +265,29 @@ impl Store {
             .map(|s| s.created_at_ns)
             .max()
             .unwrap_or_default();
-        let mut info = self
-            .put_segment(path, enc, (seq_min, seq_max), created)
-            .await?;
         let old: Vec<i64> = run.iter().map(|s| s.id).collect();
+        // What the inputs' flushes counted (their overflow folds included).
+        let rollups = self.inner.catalog.segment_rollups(&old).await?;
+        let mut info = match tier {
+            Tier::Sorted => {
+                let schema = spans_schema();
+                let mut batches = Vec::new();
+                for seg in run {
+                    for b in self.read_whole(seg).await? {
+                        batches.push(conform(b, &schema)?);
+                    }
+                }
+                let rg = self.inner.cfg.row_group_rows;
+                let enc =
+                    tokio::task::spawn_blocking(move || encode_segment(&batches, rg)).await??;
+                self.put_segment(path, enc, (seq_min, seq_max), created)
+                    .await?
+            }
+            Tier::Appended => {
+                self.append_segments(path, run, (seq_min, seq_max), created)
+                    .await?
+            }
+        };
         let _serial = self.inner.flush_lock.lock().await;
         let listed = old
             .iter()
@@ -277,6 +324,11 @@ impl Store {
                 return Err(e);
             }
         }
+        tracing::info!(
+            ?tier,
+            ms = started.elapsed().as_millis() as u64,
+            "span segments merged"
+        );
         self.swap_merged(info, run);
         Ok(true)
     }
@@ -328,15 +380,76 @@ impl Store {
         }
     }
 
-    /// Every row of one segment, in the columns it was written with.
-    async fn read_whole(&self, seg: &SegmentInfo) -> Result<Vec<RecordBatch>, StorageError> {
+    /// Writes the rows of `run` one segment after the other into the file `path`, streaming
+    /// (one batch in memory at a time), each input's rows in row groups of their own so that
+    /// their `trace_id` ranges stay tight; the catalog row's figures are the inputs'.
+    async fn append_segments(
+        &self,
+        path: String,
+        run: &[Arc<SegmentInfo>],
+        wal_seqs: (u64, u64),
+        created_at_ns: i64,
+    ) -> Result<SegmentInfo, StorageError> {
+        let object = ObjectPath::from(path.as_str());
+        let schema = spans_schema();
+        let props = writer_properties(self.inner.cfg.row_group_rows);
+        let sink = BufWriter::new(self.inner.store.clone(), object.clone());
+        let mut writer = AsyncArrowWriter::try_new(sink, schema.clone(), Some(props))?;
+        let written: Result<(), StorageError> = async {
+            for seg in run {
+                let mut batches = self.stream_whole(seg).await?;
+                while let Some(b) = batches.try_next().await? {
+                    writer.write(&conform(b, &schema)?).await?;
+                }
+                writer.flush().await?;
+            }
+            writer.finish().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            if let Err(a) = writer.into_inner().abort().await {
+                tracing::debug!(error = %a, "could not abort an appended segment's upload");
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.sync_segment(&path).await {
+            self.delete_failed(&object).await;
+            return Err(e);
+        }
+        let mut services: Vec<String> = run.iter().flat_map(|s| s.services.clone()).collect();
+        services.sort();
+        services.dedup();
+        Ok(SegmentInfo {
+            id: 0,
+            path,
+            min_start_ns: run.iter().map(|s| s.min_start_ns).min().unwrap_or_default(),
+            max_start_ns: run.iter().map(|s| s.max_start_ns).max().unwrap_or_default(),
+            row_count: run.iter().map(|s| s.row_count).sum(),
+            byte_size: writer.bytes_written() as i64,
+            wal_seq_min: wal_seqs.0,
+            wal_seq_max: wal_seqs.1,
+            services,
+            created_at_ns,
+        })
+    }
+
+    /// The rows of one segment, a batch at a time, in the columns it was written with.
+    async fn stream_whole(
+        &self,
+        seg: &SegmentInfo,
+    ) -> Result<ParquetRecordBatchStream<ObjectReader>, StorageError> {
         let size = u64::try_from(seg.byte_size).unwrap_or(0);
         let path = ObjectPath::from(seg.path.as_str());
         let reader = ObjectReader::new(self.inner.store.clone(), path, size);
-        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        Ok(ParquetRecordBatchStreamBuilder::new(reader)
             .await?
-            .build()?;
-        Ok(stream.try_collect().await?)
+            .build()?)
+    }
+
+    /// Every row of one segment, in the columns it was written with.
+    async fn read_whole(&self, seg: &SegmentInfo) -> Result<Vec<RecordBatch>, StorageError> {
+        Ok(self.stream_whole(seg).await?.try_collect().await?)
     }
 
     /// Deletes the files and rollup rows of merged segments once queries that may still read

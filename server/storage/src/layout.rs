@@ -314,9 +314,9 @@ pub(crate) fn is_not_found(e: &StorageError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use arrow_array::{ArrayRef, FixedSizeBinaryArray, Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
 
     #[test]
     fn sorting_by_trace_matches_the_general_sort() {

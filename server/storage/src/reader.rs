@@ -103,7 +103,11 @@ impl Caches {
             }
             self.blooms = 0;
         }
-        if let Some(slot) = self.segments.get_mut(path).and_then(|s| s.blooms.get_mut(rg)) {
+        if let Some(slot) = self
+            .segments
+            .get_mut(path)
+            .and_then(|s| s.blooms.get_mut(rg))
+        {
             if slot.replace(bloom).is_none() {
                 self.blooms += 1;
             }
@@ -263,7 +267,8 @@ impl SegmentReader {
         for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
             let mut v = verdict(rg, col, ids, self.cached_bloom(&seg.path, i).as_ref());
             if v == Verdict::NeedsBloom {
-                let bloom = (builder.get_row_group_column_bloom_filter(i, col).await?).map(Arc::new);
+                let bloom =
+                    (builder.get_row_group_column_bloom_filter(i, col).await?).map(Arc::new);
                 self.caches().keep_bloom(&seg.path, i, bloom.clone());
                 v = verdict(rg, col, ids, Some(&bloom));
             }
@@ -418,4 +423,3 @@ fn int_range(rg: &RowGroupMetaData, col: usize) -> Option<(i64, i64)> {
         _ => None,
     }
 }
-

@@ -2,7 +2,9 @@
 //! commits the merged segment's row and rollups and deletes exactly the merged segments' rows,
 //! and the later deletion of their rollup rows.
 
-use super::{to_i64, Catalog, SegmentInfo, ROLLUP_INSERT};
+use sqlx::Row;
+
+use super::{rollup_row, to_i64, Catalog, SegmentInfo, ROLLUP_INSERT};
 use crate::error::StorageError;
 use crate::rollup::Rollups;
 
@@ -69,5 +71,22 @@ impl Catalog {
             tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// The rollups committed with the segments `ids`, merged by key: what a segment merging
+    /// them counts.
+    pub async fn segment_rollups(&self, ids: &[i64]) -> Result<Rollups, StorageError> {
+        const SQL: &str = "SELECT service, minute_ns, operation, kind, calls, errors, \
+             durations FROM span_rollups WHERE segment_id = $1";
+        let mut out = Rollups::default();
+        for id in ids {
+            on_pool!(self, pool => {
+                for r in sqlx::query(SQL).bind(id).fetch_all(pool).await? {
+                    let (key, rollup) = rollup_row(&r, r.try_get("service")?)?;
+                    out.entry(key).or_default().merge(&rollup);
+                }
+            });
+        }
+        Ok(out)
     }
 }

@@ -127,6 +127,56 @@ async fn small_segments_are_merged_without_gap_or_duplicate() {
     assert_eq!(answers(&store, &ids).await, before, "after a restart");
 }
 
+/// Compacted segments (at least half of `compact_rows`) are appended into one, each keeping
+/// row groups of its own: a lookup still reads one row group, and nothing is lost or doubled.
+#[tokio::test]
+async fn compacted_segments_are_appended_into_larger_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(compacting(dir.path())).await.unwrap();
+    let t0 = now_ns() - 60_000_000_000;
+    let mut ids = BTreeSet::new();
+    for seq in 1..=8u64 {
+        let spans = mesh_traffic(seq, 600, t0 + seq as i64 * 1_000_000_000, 1_000_000);
+        ids.extend(spans.iter().map(|s| s.trace_id));
+        store.append(seq, &spans).unwrap();
+        store.flush().await.unwrap();
+    }
+    let ids: Vec<[u8; 16]> = ids.into_iter().step_by(11).collect();
+    let before = answers(&store, &ids).await;
+    let inputs = store.segments();
+    assert!(inputs.iter().all(|s| s.row_count >= 500), "none is small");
+
+    assert_eq!(store.compact_segments().await.unwrap(), 8);
+    let segs = store.segments();
+    assert_eq!(segs.len(), 1);
+    assert_eq!((segs[0].wal_seq_min, segs[0].wal_seq_max), (1, 8));
+    let rows: i64 = inputs.iter().map(|s| s.row_count).sum();
+    assert_eq!(segs[0].row_count, rows);
+    let on_disk = std::fs::metadata(dir.path().join(&segs[0].path))
+        .unwrap()
+        .len();
+    assert_eq!(segs[0].byte_size as u64, on_disk);
+    assert_eq!(answers(&store, &ids).await, before, "right after the swap");
+
+    let stats = store.stats();
+    store.trace(ids[3]).await.unwrap();
+    let after = store.stats();
+    let read = after.row_groups_read - stats.row_groups_read;
+    let pruned = after.row_groups_pruned - stats.row_groups_pruned;
+    assert_eq!(
+        (read, pruned),
+        (1, 7),
+        "one input's row group holds the trace"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(parquet_files(dir.path()), 1);
+    store.close().await;
+
+    let store = Store::open(compacting(dir.path())).await.unwrap();
+    assert_eq!(store.settle_orphans(1).await.unwrap(), (0, 0));
+    assert_eq!(answers(&store, &ids).await, before, "after a restart");
+}
+
 /// A server stopped within the grace leaves the merged segments' files and rollup rows;
 /// the next start deletes both, and the answers stay those of before.
 #[tokio::test]
