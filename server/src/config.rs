@@ -190,7 +190,8 @@ pub struct StorageConfig {
     /// sent twice); 0 turns deduplication off.
     pub dedup_window_spans: usize,
     /// Rows a compacted span segment holds: segments under half of it (a quiet mesh flushes
-    /// small ones) are merged in the background; 0: never.
+    /// small ones) are merged in the background, and compacted ones are then appended into
+    /// segments of 8 times it; 0: never.
     pub compact_rows: usize,
 }
 
