@@ -22,12 +22,13 @@
 //! When no such run is due, the pass takes the first run of consecutive segments of at least
 //! half of `compact_rows` rows each (a small segment between them breaks it), up to
 //! [`APPEND_FACTOR`] times `compact_rows` rows, once it holds at least half of that. They
-//! are not sorted together: each input is streamed, a batch at a time, into one file, its rows
-//! in row groups of their own (so the `trace_id` ranges of row groups stay tight and a lookup
-//! still reads one), and the catalog row's time range, row count and services are the
-//! inputs'. Its memory does not grow with the run, so it needs no headroom check; its cost
-//! is one decode and encode of each span per tier. Sorting a whole tier by trace would
-//! widen every row group's time range and make time-bounded searches read it all.
+//! are not sorted together: their row groups are copied one after the other, as encoded
+//! ([`crate::concat`]), into one file built in memory (it is skipped unless twice the inputs'
+//! size fits in the budget's headroom), so the `trace_id` ranges of row groups stay tight and
+//! a lookup still reads one, and the catalog row's time range, row count and services are
+//! the inputs'. Copying costs no decoding, which a loaded mesh's ingest would pay for; sorting
+//! a whole tier by trace would also widen every row group's time range and make
+//! time-bounded searches read it all.
 //!
 //! In both tiers the merged segment's rollups are the inputs' catalog rows added up (what
 //! their flushes counted, overflow folds included). Reading and writing take no lock. Then,
@@ -55,15 +56,14 @@ use arrow_schema::{ArrowError, SchemaRef};
 use futures::TryStreamExt;
 use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::schema::spans_schema;
-use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
-use parquet::arrow::async_reader::ParquetRecordBatchStream;
-use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use crate::catalog::{DerivedSegment, SegmentInfo, SegmentTable};
+use crate::concat::Concat;
 use crate::error::StorageError;
-use crate::layout::{encode_segment, segment_path, writer_properties};
+use crate::layout::{encode_segment, segment_path, EncodedSegment};
 use crate::object_reader::ObjectReader;
 use crate::pending::UnresolvedMerge;
 use crate::store::{lock, Store};
@@ -210,7 +210,11 @@ impl Store {
         let mut run = fit_in_memory(self.next_run(target, Tier::Sorted), &self.inner.cfg.memory);
         let mut tier = Tier::Sorted;
         if run.len() < 2 {
-            (run, tier) = (self.next_run(target, Tier::Appended), Tier::Appended);
+            let appended = self.next_run(target, Tier::Appended);
+            // The new file is built in memory, one input beside it.
+            let bytes: u64 = appended.iter().map(|s| s.bytes()).sum();
+            let fits = (self.inner.cfg.memory.headroom()).is_none_or(|h| h >= 2 * bytes);
+            (run, tier) = (if fits { appended } else { Vec::new() }, Tier::Appended);
         }
         if run.len() < 2 {
             return Ok(0);
@@ -380,9 +384,8 @@ impl Store {
         }
     }
 
-    /// Writes the rows of `run` one segment after the other into the file `path`, streaming
-    /// (one batch in memory at a time), each input's rows in row groups of their own so that
-    /// their `trace_id` ranges stay tight; the catalog row's figures are the inputs'.
+    /// Writes the row groups of `run`, one segment after the other and copied as encoded
+    /// ([`Concat`]), into the file `path`; the catalog row's figures are the inputs'.
     async fn append_segments(
         &self,
         path: String,
@@ -390,66 +393,36 @@ impl Store {
         wal_seqs: (u64, u64),
         created_at_ns: i64,
     ) -> Result<SegmentInfo, StorageError> {
-        let object = ObjectPath::from(path.as_str());
-        let schema = spans_schema();
-        let props = writer_properties(self.inner.cfg.row_group_rows);
-        let sink = BufWriter::new(self.inner.store.clone(), object.clone());
-        let mut writer = AsyncArrowWriter::try_new(sink, schema.clone(), Some(props))?;
-        let written: Result<(), StorageError> = async {
-            for seg in run {
-                let mut batches = self.stream_whole(seg).await?;
-                while let Some(b) = batches.try_next().await? {
-                    writer.write(&conform(b, &schema)?).await?;
-                }
-                writer.flush().await?;
-            }
-            writer.finish().await?;
-            Ok(())
+        let mut concat = Concat::new(self.inner.cfg.row_group_rows)?;
+        for seg in run {
+            let object = ObjectPath::from(seg.path.as_str());
+            let file = self.inner.store.get(&object).await?.bytes().await?;
+            concat =
+                tokio::task::spawn_blocking(move || concat.append(file).map(|()| concat)).await??;
         }
-        .await;
-        if let Err(e) = written {
-            if let Err(a) = writer.into_inner().abort().await {
-                tracing::debug!(error = %a, "could not abort an appended segment's upload");
-            }
-            return Err(e);
-        }
-        if let Err(e) = self.sync_segment(&path).await {
-            self.delete_failed(&object).await;
-            return Err(e);
-        }
+        let bytes = tokio::task::spawn_blocking(move || concat.finish()).await??;
         let mut services: Vec<String> = run.iter().flat_map(|s| s.services.clone()).collect();
         services.sort();
         services.dedup();
-        Ok(SegmentInfo {
-            id: 0,
-            path,
+        let enc = EncodedSegment {
+            bytes,
+            rows: run.iter().map(|s| s.rows()).sum(),
             min_start_ns: run.iter().map(|s| s.min_start_ns).min().unwrap_or_default(),
             max_start_ns: run.iter().map(|s| s.max_start_ns).max().unwrap_or_default(),
-            row_count: run.iter().map(|s| s.row_count).sum(),
-            byte_size: writer.bytes_written() as i64,
-            wal_seq_min: wal_seqs.0,
-            wal_seq_max: wal_seqs.1,
             services,
-            created_at_ns,
-        })
-    }
-
-    /// The rows of one segment, a batch at a time, in the columns it was written with.
-    async fn stream_whole(
-        &self,
-        seg: &SegmentInfo,
-    ) -> Result<ParquetRecordBatchStream<ObjectReader>, StorageError> {
-        let size = u64::try_from(seg.byte_size).unwrap_or(0);
-        let path = ObjectPath::from(seg.path.as_str());
-        let reader = ObjectReader::new(self.inner.store.clone(), path, size);
-        Ok(ParquetRecordBatchStreamBuilder::new(reader)
-            .await?
-            .build()?)
+        };
+        self.put_segment(path, enc, wal_seqs, created_at_ns).await
     }
 
     /// Every row of one segment, in the columns it was written with.
     async fn read_whole(&self, seg: &SegmentInfo) -> Result<Vec<RecordBatch>, StorageError> {
-        Ok(self.stream_whole(seg).await?.try_collect().await?)
+        let size = u64::try_from(seg.byte_size).unwrap_or(0);
+        let path = ObjectPath::from(seg.path.as_str());
+        let reader = ObjectReader::new(self.inner.store.clone(), path, size);
+        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
+            .build()?;
+        Ok(stream.try_collect().await?)
     }
 
     /// Deletes the files and rollup rows of merged segments once queries that may still read

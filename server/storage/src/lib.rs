@@ -26,6 +26,7 @@ mod check;
 pub mod cluster;
 mod commit;
 mod compact;
+mod concat;
 mod object_reader;
 mod ownership;
 mod pending;

@@ -5,7 +5,7 @@ mod cluster;
 mod compact;
 mod damage;
 mod derived;
-mod gen;
+pub(crate) mod gen;
 mod postgres;
 mod search;
 mod size;
