@@ -43,6 +43,9 @@ pub async fn background(
     }
 }
 
+/// How long a maintenance pass goes on merging span segment runs (of its 30 s).
+const COMPACTION_SHARE: Duration = Duration::from_secs(20);
+
 /// Every 30 s: merges small span and derived segments (see `meshtrace_storage`'s
 /// `compact` and `derived`), then keeps the service graph's per-minute rollups of the recent
 /// past ready, so that graph and dependencies queries read few rows (see
@@ -59,13 +62,22 @@ pub async fn maintenance(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        tokio::select! {
-            // Cut short, a pass leaves at most files without a catalog row, removed at the
-            // next open (see the compaction's design note).
-            _ = shutdown.cancelled() => return Ok(()),
-            compacted = store.compact_segments() => {
-                if let Err(e) = compacted {
+        // One run merged at a time, more while runs are due and the pass is young: a loaded
+        // mesh flushes a segment every second or so, more than one run a pass keeps up with.
+        let pass = tokio::time::Instant::now();
+        loop {
+            let compacted = tokio::select! {
+                // Cut short, a pass leaves at most files without a catalog row, removed at the
+                // next open (see the compaction's design note).
+                _ = shutdown.cancelled() => return Ok(()),
+                compacted = store.compact_segments() => compacted,
+            };
+            match compacted {
+                Ok(n) if n > 0 && pass.elapsed() < COMPACTION_SHARE => continue,
+                Ok(_) => break,
+                Err(e) => {
                     tracing::warn!(error = %e, "could not compact span segments");
+                    break;
                 }
             }
         }

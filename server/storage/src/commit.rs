@@ -131,10 +131,13 @@ impl Store {
     ) -> Result<SegmentInfo, StorageError> {
         let object = ObjectPath::from(path.as_str());
         let byte_size = enc.bytes.len() as i64;
+        let file = enc.bytes.clone();
         self.inner
             .store
             .put(&object, PutPayload::from(enc.bytes))
             .await?;
+        // Lookups find its footer and bloom filters in memory from the start.
+        self.inner.reader.prime(&path, &file);
         if let Err(e) = self.sync_segment(&path).await {
             self.delete_failed(&object).await;
             return Err(e);

@@ -169,7 +169,7 @@ mod tests {
             out.sort();
             out
         };
-        let mut want = ids(&[today.clone()]);
+        let mut want = ids(std::slice::from_ref(&today));
         want.extend(ids(&[older]));
         want.sort();
         assert_eq!(ids(&batches), want);

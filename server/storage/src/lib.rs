@@ -165,6 +165,9 @@ pub struct StoreStats {
     /// Trace searches: segments scanned, and skipped by the catalog's time range and services.
     pub search_segments_scanned: u64,
     pub search_segments_skipped: u64,
+    /// Trace searches: row groups of segments scanned (a search reads parts of a large
+    /// segment newest first, and may stop inside it).
+    pub search_row_groups_scanned: u64,
     /// Appends ignored because their WAL sequence number was at or below the checkpoint.
     pub replayed_appends_skipped: u64,
     /// Flushes that failed (the rows stay buffered and are flushed again).

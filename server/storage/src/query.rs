@@ -1,7 +1,7 @@
 //! Span queries without SQL: trace by ID (pruned by Parquet statistics and bloom filters),
 //! Jaeger-style trace search, and the service/operation name lists.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use meshtrace_model::{Span, SpanKind, TraceId};
 use crate::catalog::SegmentInfo;
 use crate::error::StorageError;
 use crate::layout::{filter_trace_ids, is_not_found};
-use crate::reader::{RowPredicate, ScanFilter};
+use crate::reader::{RowPredicate, ScanFilter, ScanPart};
 use crate::store::{lock, Store};
 use crate::tag_filter::TagFilter;
 use crate::TraceQuery;
@@ -286,34 +286,32 @@ impl Store {
             collect_matches(&selected, &mut matches)?;
         }
         let scan = search_scan(&filter, &tags);
-        let mut wanted: Vec<Arc<SegmentInfo>> = snap
+        let wanted: Vec<Arc<SegmentInfo>> = snap
             .segments
             .iter()
             .filter(|s| filter.wants_segment(s))
             .cloned()
             .collect();
-        wanted.sort_by_key(|s| std::cmp::Reverse(s.max_start_ns));
+        let parts = self.parts(wanted, &scan).await?;
         let c = &self.inner.counters;
-        let mut read = 0;
-        for wave in waves(wanted.len()) {
-            let next_start = wanted.get(wave.start).map_or(i64::MIN, |s| s.max_start_ns);
+        let mut scanned: HashSet<i64> = HashSet::new();
+        for wave in waves(parts.len()) {
+            let next_start = parts.get(wave.start).map_or(i64::MIN, |p| p.max_start_ns);
             if kth_latest(&matches, limit).is_some_and(|kth| kth > next_start) {
                 break;
             }
-            read = wave.end;
-            let scans = wanted[wave].iter().map(|seg| {
+            scanned.extend(parts[wave.clone()].iter().map(|p| p.seg.id));
+            let groups: usize = parts[wave.clone()].iter().map(|p| p.groups.len()).sum();
+            c.search_row_groups_scanned
+                .fetch_add(groups as u64, Ordering::Relaxed);
+            let scans = parts[wave].iter().map(|part| {
                 let scan = &scan;
                 async move {
-                    (
-                        seg,
-                        self.inner
-                            .reader
-                            .scan(seg, scan, Some(&MATCH_COLUMNS))
-                            .await,
-                    )
+                    let reader = &self.inner.reader;
+                    (part, reader.scan(part, scan, Some(&MATCH_COLUMNS)).await)
                 }
             });
-            for (seg, result) in futures::future::join_all(scans).await {
+            for (part, result) in futures::future::join_all(scans).await {
                 match result {
                     Ok(batches) => {
                         for b in &batches {
@@ -321,12 +319,13 @@ impl Store {
                         }
                     }
                     Err(e) if is_not_found(&e) => {
-                        tracing::debug!(path = %seg.path, "segment vanished during search");
+                        tracing::debug!(path = %part.seg.path, "segment vanished during search");
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
+        let read = scanned.len();
         let skipped = (snap.segments.len() - read) as u64;
         c.search_segments_skipped
             .fetch_add(skipped, Ordering::Relaxed);
@@ -341,6 +340,31 @@ impl Store {
             .iter()
             .filter_map(|(id, _)| traces.remove(id))
             .collect())
+    }
+
+    /// The parts of `segments` a search reads ([`crate::reader::SegmentReader::parts`]), newest
+    /// first.
+    async fn parts(
+        &self,
+        segments: Vec<Arc<SegmentInfo>>,
+        scan: &ScanFilter,
+    ) -> Result<Vec<ScanPart>, StorageError> {
+        let reader = &self.inner.reader;
+        let mut footers = futures::stream::iter(segments)
+            .map(|seg| async move { (reader.parts(&seg, scan).await, seg) })
+            .buffer_unordered(PARALLEL_SEGMENTS);
+        let mut parts = Vec::new();
+        while let Some((found, seg)) = footers.next().await {
+            match found {
+                Ok(p) => parts.extend(p),
+                Err(e) if is_not_found(&e) => {
+                    tracing::debug!(path = %seg.path, "segment vanished during search");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        parts.sort_by_key(|p| std::cmp::Reverse(p.max_start_ns));
+        Ok(parts)
     }
 
     /// Every service name seen (catalog and buffer), sorted.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::ArrowError;
+use bytes::Bytes;
 use futures::TryStreamExt;
 use meshtrace_model::TraceId;
 use object_store::path::Path as ObjectPath;
@@ -32,7 +33,9 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::bloom_filter::Sbbf;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, RowGroupMetaData};
+use parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData,
+};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::SchemaDescriptor;
@@ -61,6 +64,19 @@ pub(crate) struct ScanFilter {
     pub stages: Vec<(Vec<&'static str>, RowPredicate)>,
     /// Row groups whose `start_time` range misses `[min, max]` are skipped.
     pub start_range: (i64, i64),
+}
+
+/// Row groups a search's part of a segment holds at most: 131,072 rows at the default row
+/// group size, about what a loaded server flushes at once.
+const PART_ROW_GROUPS: usize = 8;
+
+/// Consecutive row groups of one segment a search reads together.
+#[derive(Clone, Debug)]
+pub(crate) struct ScanPart {
+    pub seg: Arc<SegmentInfo>,
+    pub groups: Vec<usize>,
+    /// The latest start its row groups' statistics allow.
+    pub max_start_ns: i64,
 }
 
 /// How a trace-ID lookup went for one segment.
@@ -96,6 +112,24 @@ struct Caches {
 }
 
 impl Caches {
+    /// Caches a segment (replacing what was cached of it), within the caches' bounds.
+    fn insert(&mut self, path: &str, seg: CachedSegment) {
+        if self.segments.len() >= METADATA_CACHE_MAX {
+            *self = Caches::default();
+        }
+        let held = |s: &CachedSegment| s.blooms.iter().filter(|b| b.is_some()).count();
+        if self.blooms + held(&seg) > BLOOM_CACHE_MAX {
+            for s in self.segments.values_mut() {
+                s.blooms.iter_mut().for_each(|b| *b = None);
+            }
+            self.blooms = 0;
+        }
+        self.blooms += held(&seg);
+        if let Some(old) = self.segments.insert(path.to_string(), seg) {
+            self.blooms -= held(&old);
+        }
+    }
+
     fn keep_bloom(&mut self, path: &str, rg: usize, bloom: CachedBloom) {
         if self.blooms >= BLOOM_CACHE_MAX {
             for seg in self.segments.values_mut() {
@@ -230,17 +264,70 @@ impl SegmentReader {
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
         let trace_col = leaf_index(&meta, "trace_id").ok();
-        let mut caches = self.caches();
-        if caches.segments.len() >= METADATA_CACHE_MAX {
-            *caches = Caches::default();
-        }
         let cached = CachedSegment {
             meta: meta.clone(),
             trace_col,
             blooms: vec![None; meta.metadata().num_row_groups()],
         };
-        caches.segments.insert(seg.path.clone(), cached);
+        self.caches().insert(&seg.path, cached);
         Ok((meta, trace_col))
+    }
+
+    /// The `trace_id` bloom filters of every row group of a segment (those not cached read),
+    /// kept in the cache.
+    async fn read_blooms(
+        &self,
+        builder: &mut ParquetRecordBatchStreamBuilder<ObjectReader>,
+        seg: &SegmentInfo,
+        col: usize,
+        meta: &ArrowReaderMetadata,
+    ) -> Result<Vec<CachedBloom>, StorageError> {
+        let mut out = Vec::new();
+        for i in 0..meta.metadata().num_row_groups() {
+            let bloom = match self.cached_bloom(&seg.path, i) {
+                Some(b) => b,
+                None => {
+                    let read = builder.get_row_group_column_bloom_filter(i, col).await?;
+                    let bloom = read.map(Arc::new);
+                    self.caches().keep_bloom(&seg.path, i, bloom.clone());
+                    bloom
+                }
+            };
+            out.push(bloom);
+        }
+        Ok(out)
+    }
+
+    /// Caches the footer and bloom filters of a segment just written, read from its bytes in
+    /// memory, so that no lookup has to read them back.
+    pub fn prime(&self, path: &str, file: &Bytes) {
+        let cached = (|| -> Result<CachedSegment, StorageError> {
+            let parsed = ParquetMetaDataReader::new()
+                .with_page_index_policy(PageIndexPolicy::Optional)
+                .parse_and_finish(file)?;
+            let meta = ArrowReaderMetadata::try_new(Arc::new(parsed), ArrowReaderOptions::new())?;
+            let trace_col = leaf_index(&meta, "trace_id").ok();
+            let groups = meta.metadata().row_groups();
+            let blooms = match trace_col {
+                Some(col) => (groups.iter())
+                    .map(|rg| {
+                        Ok(Some(
+                            Sbbf::read_from_column_chunk(rg.column(col), file)?.map(Arc::new),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, StorageError>>()?,
+                None => vec![None; groups.len()],
+            };
+            Ok(CachedSegment {
+                meta,
+                trace_col,
+                blooms,
+            })
+        })();
+        match cached {
+            Ok(c) => self.caches().insert(path, c),
+            Err(e) => tracing::debug!(%path, error = %e, "a new segment's footer was not cached"),
+        }
     }
 
     /// The cached bloom filter of row group `rg` (`None`: not read yet).
@@ -264,13 +351,19 @@ impl SegmentReader {
         );
         let mut keep = Vec::new();
         let mut outcome = LookupOutcome::default();
+        // Read at the first one missing: every row group's filter, so that the lookups of
+        // other traces pass this segment without a visit.
+        let mut read: Option<Vec<CachedBloom>> = None;
         for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
-            let mut v = verdict(rg, col, ids, self.cached_bloom(&seg.path, i).as_ref());
+            let known = match &read {
+                Some(blooms) => blooms.get(i).cloned(),
+                None => self.cached_bloom(&seg.path, i),
+            };
+            let mut v = verdict(rg, col, ids, known.as_ref());
             if v == Verdict::NeedsBloom {
-                let bloom =
-                    (builder.get_row_group_column_bloom_filter(i, col).await?).map(Arc::new);
-                self.caches().keep_bloom(&seg.path, i, bloom.clone());
-                v = verdict(rg, col, ids, Some(&bloom));
+                let blooms = self.read_blooms(&mut builder, seg, col, &meta).await?;
+                v = verdict(rg, col, ids, Some(&blooms.get(i).cloned().flatten()));
+                read = Some(blooms);
             }
             if v == Verdict::Read {
                 keep.push(i);
@@ -297,31 +390,52 @@ impl SegmentReader {
         Ok(outcome)
     }
 
-    /// Reads the rows of a segment that pass `filter`, with only `output` columns (all when
-    /// `None`).
-    pub async fn scan(
+    /// The parts a search reads of a segment: runs of consecutive row groups whose
+    /// `start_time` range meets `filter`'s, [`PART_ROW_GROUPS`] at most, with their
+    /// latest start. A search reads parts newest first and stops early inside a large
+    /// segment too (an appended segment's row groups each hold one earlier segment's rows).
+    pub async fn parts(
         &self,
-        seg: &SegmentInfo,
+        seg: &Arc<SegmentInfo>,
         filter: &ScanFilter,
-        output: Option<&[&str]>,
-    ) -> Result<Vec<RecordBatch>, StorageError> {
+    ) -> Result<Vec<ScanPart>, StorageError> {
         let (meta, _) = self.metadata(seg).await?;
         let time_col = leaf_index(&meta, "start_time")?;
         let (lo, hi) = filter.start_range;
-        let groups: Vec<usize> = meta
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter(|(_, rg)| match int_range(rg, time_col) {
-                Some((min, max)) => max >= lo && min <= hi,
-                None => true,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if groups.is_empty() {
-            return Ok(Vec::new());
+        let mut parts: Vec<ScanPart> = Vec::new();
+        for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
+            let latest = match int_range(rg, time_col) {
+                Some((min, max)) if max < lo || min > hi => continue,
+                Some((_, max)) => max,
+                None => seg.max_start_ns,
+            };
+            match parts.last_mut() {
+                Some(p)
+                    if p.groups.last().is_some_and(|g| g + 1 == i)
+                        && p.groups.len() < PART_ROW_GROUPS =>
+                {
+                    p.groups.push(i);
+                    p.max_start_ns = p.max_start_ns.max(latest);
+                }
+                _ => parts.push(ScanPart {
+                    seg: seg.clone(),
+                    groups: vec![i],
+                    max_start_ns: latest,
+                }),
+            }
         }
+        Ok(parts)
+    }
+
+    /// Reads the rows of a part that pass `filter`, with only `output` columns (all when
+    /// `None`).
+    pub async fn scan(
+        &self,
+        part: &ScanPart,
+        filter: &ScanFilter,
+        output: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>, StorageError> {
+        let (meta, _) = self.metadata(&part.seg).await?;
         let descr = meta.metadata().file_metadata().schema_descr_ptr();
         let mut predicates: Vec<Box<dyn ArrowPredicate>> = Vec::new();
         for (columns, predicate) in &filter.stages {
@@ -333,10 +447,10 @@ impl SegmentReader {
         }
         let row_filter = RowFilter::new(predicates);
         let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-            self.object_reader(seg),
+            self.object_reader(&part.seg),
             meta.clone(),
         )
-        .with_row_groups(groups)
+        .with_row_groups(part.groups.clone())
         .with_row_filter(row_filter);
         if let Some(cols) = output {
             builder = builder.with_projection(roots_mask(&descr, cols));

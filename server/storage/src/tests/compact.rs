@@ -177,6 +177,42 @@ async fn compacted_segments_are_appended_into_larger_ones() {
     assert_eq!(answers(&store, &ids).await, before, "after a restart");
 }
 
+/// A search reads an appended segment's parts newest first and stops inside it.
+#[tokio::test]
+async fn a_search_stops_inside_an_appended_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        row_group_rows: 64,
+        ..compacting(dir.path())
+    };
+    let store = Store::open(cfg).await.unwrap();
+    let t0 = now_ns() - 600_000_000_000;
+    for seq in 1..=8u64 {
+        let spans = mesh_traffic(seq, 600, t0 + seq as i64 * 30_000_000_000, 1_000_000);
+        store.append(seq, &spans).unwrap();
+        store.flush().await.unwrap();
+    }
+    let query = TraceQuery {
+        service: Some("reviews".into()),
+        limit: 5,
+        ..TraceQuery::default()
+    };
+    let before = store.find_traces(&query).await.unwrap();
+    assert_eq!(store.compact_segments().await.unwrap(), 8);
+    let seg = &store.segments()[0];
+    let stats = store.stats();
+    let after = store.find_traces(&query).await.unwrap();
+    assert_eq!(after, before);
+    let read = store.stats().search_row_groups_scanned - stats.search_row_groups_scanned;
+    let groups = std::fs::read(dir.path().join(&seg.path)).unwrap();
+    let groups = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(groups))
+        .unwrap()
+        .num_row_groups() as u64;
+    assert!(groups >= 80, "{groups} row groups");
+    assert!(read > 0 && read <= 16, "read {read} of {groups} row groups");
+}
+
 /// A server stopped within the grace leaves the merged segments' files and rollup rows;
 /// the next start deletes both, and the answers stay those of before.
 #[tokio::test]
