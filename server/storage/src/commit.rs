@@ -168,6 +168,7 @@ impl Store {
     /// Deletes the file of a commit that did not happen (a warning if that fails: the next
     /// start-up's orphan sweep then removes it).
     pub(crate) async fn delete_failed(&self, object: &ObjectPath) {
+        self.inner.reader.forget(object.as_ref());
         match self.inner.store.delete(object).await {
             Ok(()) => {
                 let c = &self.inner.counters;

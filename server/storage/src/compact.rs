@@ -20,15 +20,22 @@
 //! ([`fit_in_memory`]), and nothing is merged when two segments do not fit.
 //!
 //! When no such run is due, the pass takes the first run of consecutive segments of at least
-//! half of `compact_rows` rows each (a small segment between them breaks it), up to
-//! [`APPEND_FACTOR`] times `compact_rows` rows, once it holds at least half of that. They
+//! half of `compact_rows` rows each and under half of [`APPEND_FACTOR`] times it (a segment
+//! outside that band breaks the run), ending with the segment that takes it to
+//! [`APPEND_FACTOR`] times `compact_rows` rows, or [`MANY_SEGMENTS`], once it holds at least
+//! half of that. They
 //! are not sorted together: their row groups are copied one after the other, as encoded
 //! ([`crate::concat`]), into one file built in memory (it is skipped unless twice the inputs'
-//! size fits in the budget's headroom), so the `trace_id` ranges of row groups stay tight and
+//! size fits in the budget's headroom; an input of an older schema is decoded and encoded
+//! again alone first, which takes more), so the `trace_id` ranges of row groups stay tight and
 //! a lookup still reads one, and the catalog row's time range, row count and services are
 //! the inputs'. Copying costs no decoding, which a loaded mesh's ingest would pay for; sorting
 //! a whole tier by trace would also widen every row group's time range and make
 //! time-bounded searches read it all.
+//!
+//! Retention deletes a merged segment with its newest span, so its oldest spans stay past
+//! retention for the time its inputs cover: seconds to minutes under load, hours for an
+//! appended segment of a mesh sending a few hundred spans a second.
 //!
 //! In both tiers the merged segment's rollups are the inputs' catalog rows added up (what
 //! their flushes counted, overflow folds included). Reading and writing take no lock. Then,

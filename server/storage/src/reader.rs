@@ -6,18 +6,24 @@
 //!
 //! ## Lookups and scans
 //!
-//! A trace lookup visits every committed segment with its cached footer: row groups whose
-//! `trace_id` min/max range misses the ID are skipped, then those whose bloom filter (read
-//! once, then cached) says "no"; in the remaining row groups only the pages whose `trace_id`
-//! bounds may hold the ID are fetched (ranged reads through the object store) and filtered to
-//! it. A search skips whole segments by the catalog's time range and service
-//! list, reads the rest newest first and stops once no unread segment can change the answer
-//! (`Store::find_traces`), skips row groups by `start_time` statistics, and evaluates service,
-//! operation, time and duration inside the Parquet reader (a `RowFilter`), then tags on the
-//! attribute columns of the rows those kept, before decoding `trace_id` and `start_time`.
+//! A trace lookup first passes, under one lock and without I/O ([`SegmentReader::triage`]),
+//! every segment whose cached footer and bloom filters rule its IDs out: row groups whose
+//! `trace_id` min/max range misses the IDs, then those whose bloom filter says "no". A flush
+//! or a merge caches its segment's footer and filters from the bytes it wrote
+//! ([`SegmentReader::prime`]); a segment not cached (after a restart, or evicted) is visited,
+//! and the visit reads every row group's filter at once, so that lookups of other traces pass
+//! it. In the row groups left only the pages whose `trace_id` bounds may hold an ID are
+//! fetched (ranged reads through the object store) and filtered to it.
+//!
+//! A search skips whole segments by the catalog's time range and service list, cuts the rest
+//! into parts of at most [`PART_ROW_GROUPS`] consecutive row groups whose `start_time`
+//! statistics meet its range, reads the parts newest first and stops once no unread part can
+//! change the answer (`Store::find_traces`), and evaluates service, operation, time and
+//! duration inside the Parquet reader (a `RowFilter`), then tags on the attribute columns of
+//! the rows those kept, before decoding `trace_id` and `start_time`.
 //!
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow_array::{BooleanArray, RecordBatch};
@@ -45,13 +51,13 @@ use crate::error::StorageError;
 use crate::layout::filter_trace_ids;
 use crate::object_reader::ObjectReader;
 
-/// The metadata cache stops growing past this many segments (it is then cleared).
+/// The metadata cache holds at most this many segments (the oldest go first).
 const METADATA_CACHE_MAX: usize = 4096;
 
-/// The bloom filter cache stops growing past this many row groups (it is then cleared): 8 KiB
-/// each at the default row group size, so at most 64 MiB, enough for the row groups of some
-/// 130 million spans.
-const BLOOM_CACHE_MAX: usize = 8192;
+/// The bloom filter cache holds the filters of at most this many row groups (the oldest
+/// segments' go first): 8 KiB each at the default row group size, so at most 96 MiB, enough
+/// for the row groups of some 200 million spans.
+const BLOOM_CACHE_MAX: usize = 12_288;
 
 /// A function from a batch to the mask of its rows to keep.
 pub(crate) type RowPredicate =
@@ -103,48 +109,90 @@ struct CachedSegment {
     blooms: Vec<Option<CachedBloom>>,
 }
 
-/// The reader's caches, under one lock.
-#[derive(Debug, Default)]
+/// The reader's caches, under one lock. Past their bounds the segments cached first go
+/// first (their footer, or their bloom filters), never the whole cache at once: the newest
+/// segments, which most lookups and searches read, stay.
+#[derive(Debug)]
 struct Caches {
     segments: HashMap<String, CachedSegment>,
+    /// The paths of `segments` (and of segments since forgotten), oldest first.
+    order: VecDeque<String>,
     /// Bloom filters held, over every segment.
     blooms: usize,
+    max_segments: usize,
+    max_blooms: usize,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches {
+            segments: HashMap::new(),
+            order: VecDeque::new(),
+            blooms: 0,
+            max_segments: METADATA_CACHE_MAX,
+            max_blooms: BLOOM_CACHE_MAX,
+        }
+    }
+}
+
+fn held(s: &CachedSegment) -> usize {
+    s.blooms.iter().filter(|b| b.is_some()).count()
 }
 
 impl Caches {
     /// Caches a segment (replacing what was cached of it), within the caches' bounds.
     fn insert(&mut self, path: &str, seg: CachedSegment) {
-        if self.segments.len() >= METADATA_CACHE_MAX {
-            *self = Caches::default();
+        if self.segments.contains_key(path) {
+            self.remove(path);
+            self.order.retain(|p| p != path);
         }
-        let held = |s: &CachedSegment| s.blooms.iter().filter(|b| b.is_some()).count();
-        if self.blooms + held(&seg) > BLOOM_CACHE_MAX {
-            for s in self.segments.values_mut() {
-                s.blooms.iter_mut().for_each(|b| *b = None);
-            }
-            self.blooms = 0;
-        }
+        self.make_room(1, held(&seg));
         self.blooms += held(&seg);
-        if let Some(old) = self.segments.insert(path.to_string(), seg) {
+        self.segments.insert(path.to_string(), seg);
+        self.order.push_back(path.to_string());
+    }
+
+    fn remove(&mut self, path: &str) {
+        if let Some(old) = self.segments.remove(path) {
             self.blooms -= held(&old);
         }
     }
 
-    fn keep_bloom(&mut self, path: &str, rg: usize, bloom: CachedBloom) {
-        if self.blooms >= BLOOM_CACHE_MAX {
-            for seg in self.segments.values_mut() {
-                seg.blooms.iter_mut().for_each(|b| *b = None);
-            }
-            self.blooms = 0;
+    /// Evicts the oldest segments' footers until `segments` more fit, then the oldest
+    /// segments' bloom filters until `blooms` more fit.
+    fn make_room(&mut self, segments: usize, blooms: usize) {
+        while self.segments.len() + segments > self.max_segments {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&oldest);
         }
-        if let Some(slot) = self
-            .segments
-            .get_mut(path)
-            .and_then(|s| s.blooms.get_mut(rg))
-        {
-            if slot.replace(bloom).is_none() {
-                self.blooms += 1;
+        let mut at = 0;
+        while self.blooms + blooms > self.max_blooms && at < self.order.len() {
+            if let Some(s) = self.segments.get_mut(&self.order[at]) {
+                self.blooms -= held(s);
+                s.blooms.iter_mut().for_each(|b| *b = None);
             }
+            at += 1;
+        }
+        // Paths forgotten since they were cached.
+        if self.order.len() > 2 * self.segments.len() + 64 {
+            let segments = &self.segments;
+            self.order.retain(|p| segments.contains_key(p));
+        }
+    }
+
+    fn keep_bloom(&mut self, path: &str, rg: usize, bloom: CachedBloom) {
+        let missing = (self.segments.get(path))
+            .and_then(|s| s.blooms.get(rg))
+            .is_some_and(Option::is_none);
+        if !missing {
+            return;
+        }
+        self.make_room(0, 1);
+        if let Some(slot) = (self.segments.get_mut(path)).and_then(|s| s.blooms.get_mut(rg)) {
+            *slot = Some(bloom);
+            self.blooms += 1;
         }
     }
 }
@@ -245,10 +293,7 @@ impl SegmentReader {
 
     /// Forgets the cached metadata of a deleted segment.
     pub fn forget(&self, path: &str) {
-        let mut caches = self.caches();
-        if let Some(seg) = caches.segments.remove(path) {
-            caches.blooms -= seg.blooms.iter().filter(|b| b.is_some()).count();
-        }
+        self.caches().remove(path);
     }
 
     /// The segment's footer (read once) and its `trace_id` leaf column.
@@ -535,5 +580,42 @@ fn int_range(rg: &RowGroupMetaData, col: usize) -> Option<(i64, i64)> {
     match rg.column(col).statistics()? {
         Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshtrace_model::arrow_conv::spans_to_batch;
+
+    use super::*;
+    use crate::layout::encode_segment;
+    use crate::tests::gen::mesh_traffic;
+
+    fn file(seed: u64) -> Bytes {
+        let batch = spans_to_batch(&mesh_traffic(seed, 100, 0, 1000)).unwrap();
+        encode_segment(&[batch], 1024).unwrap().bytes
+    }
+
+    #[test]
+    fn the_oldest_segments_leave_the_caches_first() {
+        let reader = SegmentReader::new(Arc::new(object_store::memory::InMemory::new()));
+        (reader.caches().max_segments, reader.caches().max_blooms) = (3, 2);
+        for i in 0..3 {
+            reader.prime(&format!("s{i}"), &file(i));
+        }
+        {
+            let c = reader.caches();
+            assert_eq!((c.segments.len(), c.blooms), (3, 2));
+            assert!(c.segments["s0"].blooms.iter().all(Option::is_none));
+            assert!(c.segments["s2"].blooms.iter().all(Option::is_some));
+        }
+        reader.prime("s3", &file(3));
+        let c = reader.caches();
+        assert!(!c.segments.contains_key("s0"), "the oldest footer left");
+        assert_eq!((c.segments.len(), c.blooms), (3, 2));
+        assert!(c.segments["s3"].blooms.iter().all(Option::is_some));
+        drop(c);
+        reader.forget("s3");
+        assert_eq!(reader.caches().blooms, 1);
     }
 }
