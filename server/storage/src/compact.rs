@@ -4,7 +4,7 @@
 //! appended together into segments of [`APPEND_FACTOR`] times that: the file count (and
 //! every per-file cost, such as the footers a lookup keeps in memory) grows by one per 1.6 M
 //! spans by default, not one per flush. The run picking ([`pick_run`]) and the schema fitting
-//! ([`conform`]) are shared with the derived tables' compaction.
+//! ([`crate::layout::conform`]) are shared with the derived tables' compaction.
 //!
 //! # Design
 //!
@@ -58,8 +58,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{new_null_array, RecordBatch};
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 use meshtrace_model::memory::MemoryBudget;
 use meshtrace_model::schema::spans_schema;
@@ -70,7 +69,7 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use crate::catalog::{DerivedSegment, SegmentInfo, SegmentTable};
 use crate::concat::Concat;
 use crate::error::StorageError;
-use crate::layout::{encode_segment, segment_path, EncodedSegment};
+use crate::layout::{conform, encode_segment, segment_path, EncodedSegment};
 use crate::object_reader::ObjectReader;
 use crate::pending::UnresolvedMerge;
 use crate::store::{lock, Store};
@@ -167,23 +166,6 @@ pub(crate) fn pick_run<T: Rows>(
     } else {
         Vec::new()
     }
-}
-
-/// A batch in `schema`'s columns: taken by name, null where the batch has none (a column added
-/// since it was written; refused unless nullable), the batch's other columns left out.
-pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    if batch.schema() == *schema {
-        return Ok(batch);
-    }
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => c.clone(),
-            None => new_null_array(f.data_type(), batch.num_rows()),
-        })
-        .collect();
-    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// Segments of at least half of `compact_rows` rows are appended together into segments of

@@ -6,7 +6,7 @@
 //!
 //! Only a file in today's span schema (the Parquet schema and the Arrow schema an empty
 //! segment is written with) is copied as it is; an older one is first decoded, fitted to
-//! today's columns ([`crate::compact::conform`]) and encoded alone, then copied.
+//! today's columns ([`crate::layout::conform`]) and encoded alone, then copied.
 
 use std::sync::Arc;
 
@@ -18,9 +18,8 @@ use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{KeyValue, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::writer::SerializedFileWriter;
 
-use crate::compact::conform;
 use crate::error::StorageError;
-use crate::layout::{encode_segment, writer_properties};
+use crate::layout::{conform, encode_segment, writer_properties};
 
 /// The key under which the Arrow writer stores a file's Arrow schema.
 const ARROW_SCHEMA_KEY: &str = "ARROW:schema";
@@ -38,7 +37,8 @@ impl Concat {
         let empty = encode_segment(&[], row_group_rows)?;
         let today = footer(&empty.bytes)?;
         let root = today.file_metadata().schema_descr().root_schema_ptr();
-        let props = Arc::new(writer_properties(row_group_rows));
+        // Appended column chunks keep their own bloom filters: the size given is not used.
+        let props = Arc::new(writer_properties(row_group_rows, row_group_rows));
         let mut writer = SerializedFileWriter::new(Vec::new(), root, props)?;
         if let Some(kv) = arrow_schema_of(&today) {
             writer.append_key_value_metadata(kv.clone());

@@ -36,7 +36,8 @@
 //! random and unique so a dictionary would only add an index per value; `start_time` and
 //! `duration_ns` use `BYTE_STREAM_SPLIT` without a dictionary (each byte plane compresses on
 //! its own: the high bytes of nearby timestamps are nearly constant); a split-block bloom
-//! filter on `trace_id` per row group; row groups of `row_group_rows` rows (16 384 by
+//! filter on `trace_id` per row group, sized for the traces a row group holds
+//! ([`traces_per_row_group`]: 4 KiB for 16 384 spans of 9-span traces); row groups of `row_group_rows` rows (16 384 by
 //! default); data pages of at most [`PAGE_ROWS`] (4 096) rows, with per-page `trace_id` bounds
 //! in the page index, so a trace lookup decodes the pages holding its traces instead of whole
 //! row groups (it cost 1 % more bytes a span than one page per row group; 1 024-row pages
@@ -93,7 +94,7 @@ use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, ta
 use arrow::compute::{max as arrow_max, min as arrow_min, SortColumn};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampNanosecondType};
-use arrow_array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
+use arrow_array::{new_null_array, Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
 use arrow_schema::{ArrowError, SchemaRef};
 use bytes::Bytes;
 use meshtrace_model::schema::spans_schema;
@@ -114,8 +115,9 @@ pub const SEGMENT_PREFIX: &str = "spans";
 /// Rows a data page holds at most (see [`writer_properties`]).
 pub const PAGE_ROWS: usize = 4096;
 
-/// The writer settings of every segment (see the module docs).
-pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
+/// The writer settings of every segment (see the module docs), with `trace_id` bloom filters
+/// sized for `row_group_traces` distinct IDs a row group ([`traces_per_row_group`]).
+pub fn writer_properties(row_group_rows: usize, row_group_traces: usize) -> WriterProperties {
     let col = |name: &str| ColumnPath::from(name);
     let mut b = WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_1_0)
@@ -127,8 +129,7 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
         // a lookup then decodes the pages holding its traces, not whole row groups.
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_column_statistics_enabled(col("trace_id"), EnabledStatistics::Page);
-    // A trace has several spans: a row group holds at most a quarter as many traces as rows.
-    b = trace_id_bloom_filter(b, row_group_rows.max(16) / 4);
+    b = trace_id_bloom_filter(b, row_group_traces);
     for id in ["span_id", "parent_span_id"] {
         b = b.set_column_dictionary_enabled(col(id), false);
     }
@@ -140,10 +141,31 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
     b.build()
 }
 
+/// The distinct trace IDs a row group of `batch` (sorted by trace) holds, estimated from the
+/// whole batch, with half as many again to spare: what its `trace_id` bloom filters are sized
+/// for. A filter sized for more costs bytes on disk and in the reader's cache for nothing (a
+/// derived table's row group of 16,384 rows of 8-span traces took a 32 KiB filter, 2 bytes a
+/// row, sized for as many traces as rows); one sized for fewer lets more false positives by.
+pub(crate) fn traces_per_row_group(batch: &RecordBatch, row_group_rows: usize) -> usize {
+    let rows = batch.num_rows();
+    let ids = batch
+        .column_by_name("trace_id")
+        .and_then(|c| c.as_fixed_size_binary_opt());
+    let Some(ids) = ids.filter(|_| rows > 0) else {
+        return 16;
+    };
+    let distinct = 1
+        + (1..rows)
+            .filter(|&i| ids.value(i) != ids.value(i - 1))
+            .count();
+    let per_group = (distinct * row_group_rows.min(rows)).div_ceil(rows);
+    (per_group * 3 / 2).clamp(16, row_group_rows.max(16))
+}
+
 /// The false-positive rate of the `trace_id` bloom filters. A lookup checks every segment's
 /// filter, so false positives grow with the segment count: at 1 % a search's 20 traces read
 /// about 16 row groups for nothing at 10 M spans; at 0.1 % about 2. At the default row group
-/// size both round up to the same 8 KiB filter.
+/// size of 9-span traces both round up to the same 4 KiB filter.
 const BLOOM_FPP: f64 = 0.001;
 
 /// Adds the split-block bloom filter on `trace_id` ([`BLOOM_FPP`] false positives), sized for
@@ -270,8 +292,8 @@ pub(crate) fn encode_segment(
         .unwrap_or_default();
     let services: Vec<String> = services.into_iter().map(str::to_string).collect();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 8);
-    let mut writer =
-        ArrowWriter::try_new(&mut buf, schema, Some(writer_properties(row_group_rows)))?;
+    let props = writer_properties(row_group_rows, traces_per_row_group(&batch, row_group_rows));
+    let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
     writer.write(&batch)?;
     writer.close()?;
     Ok(EncodedSegment {
@@ -281,6 +303,23 @@ pub(crate) fn encode_segment(
         max_start_ns: arrow_max(start).unwrap_or_default(),
         services,
     })
+}
+
+/// A batch in `schema`'s columns: taken by name, null where the batch has none (a column added
+/// since it was written; refused unless nullable), the batch's other columns left out.
+pub(crate) fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// Keeps the rows whose trace ID is in `ids`.
@@ -317,6 +356,33 @@ mod tests {
     use arrow_array::{ArrayRef, FixedSizeBinaryArray, Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use std::sync::Arc;
+
+    #[test]
+    fn bloom_filters_are_sized_for_the_traces_a_row_group_holds() {
+        let batch = |per_trace: u32| {
+            let ids: Vec<[u8; 16]> = (0..4000u32)
+                .map(|i| {
+                    let mut id = [0u8; 16];
+                    id[12..].copy_from_slice(&(i / per_trace).to_be_bytes());
+                    id
+                })
+                .collect();
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "trace_id",
+                DataType::FixedSizeBinary(16),
+                false,
+            )]));
+            let ids = FixedSizeBinaryArray::try_from_iter(ids.iter()).unwrap();
+            RecordBatch::try_new(schema, vec![Arc::new(ids)]).unwrap()
+        };
+        // 4 rows a trace: 256 traces in a row group of 1024, and half as many again.
+        assert_eq!(traces_per_row_group(&batch(4), 1024), 384);
+        // One row a trace: as many as rows, no more.
+        assert_eq!(traces_per_row_group(&batch(1), 1024), 1024);
+        // A segment smaller than a row group: its own traces.
+        assert_eq!(traces_per_row_group(&batch(4), 16_384), 1500);
+        assert_eq!(traces_per_row_group(&batch(4).slice(0, 0), 1024), 16);
+    }
 
     #[test]
     fn sorting_by_trace_matches_the_general_sort() {

@@ -36,8 +36,9 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use super::{DerivedSegment, DerivedStore, TableState};
 use crate::catalog::SegmentTable;
-use crate::compact::{conform, fit_in_memory, pick_run};
+use crate::compact::{fit_in_memory, pick_run};
 use crate::error::StorageError;
+use crate::layout::conform;
 use crate::object_reader::ObjectReader;
 
 impl DerivedStore {

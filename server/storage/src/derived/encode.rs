@@ -12,7 +12,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::error::StorageError;
-use crate::layout::{sort_by_trace, trace_id_bloom_filter};
+use crate::layout::{sort_by_trace, trace_id_bloom_filter, traces_per_row_group};
 use crate::touches::{minute_of, MINUTE_NS};
 
 pub(super) struct Encoded {
@@ -108,8 +108,8 @@ pub(super) fn encode(
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)));
-    // Sized for a row group of distinct traces (the `traces` table has one row per trace).
-    let mut props = trace_id_bloom_filter(props, row_group_rows.max(16));
+    let traces = traces_per_row_group(&batch, row_group_rows);
+    let mut props = trace_id_bloom_filter(props, traces);
     // Column encodings, measured on `bench ingest` segments (docs/benchmarks.md, "Derived
     // data under 10 bytes a span"):
     // - a dictionary pays for the names (classes, services, operations) and the small counts
