@@ -36,9 +36,9 @@
 //! random and unique so a dictionary would only add an index per value; `start_time` and
 //! `duration_ns` use `BYTE_STREAM_SPLIT` without a dictionary (each byte plane compresses on
 //! its own: the high bytes of nearby timestamps are nearly constant); a split-block bloom
-//! filter on `trace_id` per row group, sized for the traces a row group holds
-//! ([`traces_per_row_group`]: 4 KiB for 16 384 spans of 9-span traces); row groups of `row_group_rows` rows (16 384 by
-//! default); data pages of at most [`PAGE_ROWS`] (4 096) rows, with per-page `trace_id` bounds
+//! filter on `trace_id` per row group (allocated for the traces a row group holds,
+//! [`traces_per_row_group`], and folded to [`BLOOM_FPP`] when it closes); row groups of
+//! `row_group_rows` rows (16 384 by default); data pages of at most [`PAGE_ROWS`] (4 096) rows, with per-page `trace_id` bounds
 //! in the page index, so a trace lookup decodes the pages holding its traces instead of whole
 //! row groups (it cost 1 % more bytes a span than one page per row group; 1 024-row pages
 //! cost 7 %); chunk statistics on every column.
@@ -142,10 +142,11 @@ pub fn writer_properties(row_group_rows: usize, row_group_traces: usize) -> Writ
 }
 
 /// The distinct trace IDs a row group of `batch` (sorted by trace) holds, estimated from the
-/// whole batch, with half as many again to spare: what its `trace_id` bloom filters are sized
-/// for. A filter sized for more costs bytes on disk and in the reader's cache for nothing (a
-/// derived table's row group of 16,384 rows of 8-span traces took a 32 KiB filter, 2 bytes a
-/// row, sized for as many traces as rows); one sized for fewer lets more false positives by.
+/// whole batch, with half as many again to spare: what its `trace_id` bloom filters are
+/// allocated for while it is written. The writer folds each filter down to [`BLOOM_FPP`] for
+/// the values it saw when the row group closes, so the size on disk follows the traces either
+/// way; sizing it near them saves allocating (and folding) a filter for as many traces as
+/// rows, as the derived tables did.
 pub(crate) fn traces_per_row_group(batch: &RecordBatch, row_group_rows: usize) -> usize {
     let rows = batch.num_rows();
     let ids = batch
@@ -164,8 +165,7 @@ pub(crate) fn traces_per_row_group(batch: &RecordBatch, row_group_rows: usize) -
 
 /// The false-positive rate of the `trace_id` bloom filters. A lookup checks every segment's
 /// filter, so false positives grow with the segment count: at 1 % a search's 20 traces read
-/// about 16 row groups for nothing at 10 M spans; at 0.1 % about 2. At the default row group
-/// size of 9-span traces both round up to the same 4 KiB filter.
+/// about 16 row groups for nothing at 10 M spans; at 0.1 % about 2.
 const BLOOM_FPP: f64 = 0.001;
 
 /// Adds the split-block bloom filter on `trace_id` ([`BLOOM_FPP`] false positives), sized for

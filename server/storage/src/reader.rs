@@ -55,9 +55,9 @@ use crate::object_reader::ObjectReader;
 const METADATA_CACHE_MAX: usize = 4096;
 
 /// The bloom filter cache holds the filters of at most this many row groups (the oldest
-/// segments' go first): 4 KiB each for a default row group of 9-span traces (8 KiB for the
-/// segments written before filters were sized by their traces), so 48 to 96 MiB, enough for
-/// the row groups of some 200 million spans.
+/// segments' go first): a few KiB each at the default row group size (8 KiB at most for
+/// 16,384 spans of 4-span traces), so under 96 MiB, enough for the row groups of some 200
+/// million spans.
 const BLOOM_CACHE_MAX: usize = 12_288;
 
 /// A function from a batch to the mask of its rows to keep.
