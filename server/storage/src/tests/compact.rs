@@ -85,18 +85,31 @@ async fn answers(store: &Store, ids: &[[u8; 16]]) -> Vec<String> {
     out
 }
 
+/// Flushes `segments` segments of `spans` mesh spans each (records 1, 2, ...), the n-th
+/// starting n times `gap_ns` after `t0`; returns every trace ID sent.
+async fn flush_traffic(
+    store: &Store,
+    segments: u64,
+    spans: usize,
+    t0: i64,
+    gap_ns: i64,
+) -> BTreeSet<[u8; 16]> {
+    let mut ids = BTreeSet::new();
+    for seq in 1..=segments {
+        let sent = mesh_traffic(seq, spans, t0 + seq as i64 * gap_ns, 1_000_000);
+        ids.extend(sent.iter().map(|s| s.trace_id));
+        store.append(seq, &sent).unwrap();
+        store.flush().await.unwrap();
+    }
+    ids
+}
+
 #[tokio::test]
 async fn small_segments_are_merged_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(compacting(dir.path())).await.unwrap();
     let t0 = now_ns() - 60_000_000_000;
-    let mut ids = BTreeSet::new();
-    for seq in 1..=4u64 {
-        let spans = mesh_traffic(seq, 150, t0 + seq as i64 * 1_000_000_000, 1_000_000);
-        ids.extend(spans.iter().map(|s| s.trace_id));
-        store.append(seq, &spans).unwrap();
-        store.flush().await.unwrap();
-    }
+    let ids = flush_traffic(&store, 4, 150, t0, 1_000_000_000).await;
     let ids: Vec<[u8; 16]> = ids.into_iter().step_by(7).collect();
     let before = answers(&store, &ids).await;
     assert_eq!(store.segments().len(), 4);
@@ -134,13 +147,7 @@ async fn compacted_segments_are_appended_into_larger_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(compacting(dir.path())).await.unwrap();
     let t0 = now_ns() - 60_000_000_000;
-    let mut ids = BTreeSet::new();
-    for seq in 1..=8u64 {
-        let spans = mesh_traffic(seq, 600, t0 + seq as i64 * 1_000_000_000, 1_000_000);
-        ids.extend(spans.iter().map(|s| s.trace_id));
-        store.append(seq, &spans).unwrap();
-        store.flush().await.unwrap();
-    }
+    let ids = flush_traffic(&store, 8, 600, t0, 1_000_000_000).await;
     let ids: Vec<[u8; 16]> = ids.into_iter().step_by(11).collect();
     let before = answers(&store, &ids).await;
     let inputs = store.segments();
@@ -187,11 +194,7 @@ async fn a_search_stops_inside_an_appended_segment() {
     };
     let store = Store::open(cfg).await.unwrap();
     let t0 = now_ns() - 600_000_000_000;
-    for seq in 1..=8u64 {
-        let spans = mesh_traffic(seq, 600, t0 + seq as i64 * 30_000_000_000, 1_000_000);
-        store.append(seq, &spans).unwrap();
-        store.flush().await.unwrap();
-    }
+    flush_traffic(&store, 8, 600, t0, 30_000_000_000).await;
     let query = TraceQuery {
         service: Some("reviews".into()),
         limit: 5,
