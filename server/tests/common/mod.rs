@@ -21,12 +21,15 @@ pub struct Server {
     args: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: every listener is held until all are chosen, so none repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -36,9 +39,25 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 impl Server {
-    /// Starts a server on `dir` with extra flags and waits until it is ready.
+    /// Starts a server on `dir` with extra flags and waits until it is ready. A port chosen
+    /// free can be taken by a parallel test before the server binds it, so a server that exits
+    /// at start-up is tried again on fresh ports, three times in all.
     pub async fn start(dir: &Path, extra: &[&str]) -> Server {
-        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        for attempt in 1..=3 {
+            let mut server = Self::spawn_on_free_ports(dir, extra);
+            match server.try_wait_ready().await {
+                Ok(()) => return server,
+                Err(status) if attempt < 3 => {
+                    eprintln!("meshtrace exited at start-up ({status}); trying fresh ports");
+                }
+                Err(status) => panic!("meshtrace exited early: {status}"),
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    fn spawn_on_free_ports(dir: &Path, extra: &[&str]) -> Server {
+        let ports = free_ports(4);
         let addr = |p: u16| format!("127.0.0.1:{p}");
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -54,29 +73,34 @@ impl Server {
             addr(ports[3]),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = Server {
+        Server {
             child: spawn(&args),
             http: format!("http://{}", addr(ports[3])),
             otlp: format!("http://{}", addr(ports[1])),
             grpc: format!("http://{}", addr(ports[0])),
             dir: dir.to_path_buf(),
             args,
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
     async fn wait_ready(&mut self) {
+        if let Err(status) = self.try_wait_ready().await {
+            panic!("meshtrace exited early: {status}");
+        }
+    }
+
+    /// Waits for `/readyz`; the exit status if the server stopped first.
+    async fn try_wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let url = format!("{}/readyz", self.http);
         while Instant::now() < deadline {
             if let Ok(r) = reqwest::get(&url).await {
                 if r.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meshtrace exited early: {status}");
+                return Err(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
