@@ -139,6 +139,12 @@ impl Collector for StoreMetrics {
         )?;
         gauge(
             e,
+            "meshtrace_segments",
+            "span segments (Parquet files) queries read; compaction keeps it down",
+            s.segments as i64,
+        )?;
+        gauge(
+            e,
             "meshtrace_segments_damaged",
             "damaged segments whose spans nothing else holds: answers over their time range are partial",
             s.segments_damaged as i64,

@@ -4,8 +4,9 @@ store (moto) and one PostgreSQL catalog answer as one server.
 Covers: three nodes fed by the OpenTelemetry SDK over OTLP HTTP and gRPC give every query the
 same answer, and the same counts as a standalone server given the same load; `kill -9` of a
 node under load loses no acknowledged span and duplicates none once the survivors have taken
-its partitions over; a node whose NATS, object store or catalog is missing refuses to start
-and says which; the partition count of a cluster cannot change.
+its partitions over; each node compacts the segments it wrote; a node whose NATS, object
+store or catalog is missing refuses to start and says which; the partition count of a cluster
+cannot change.
 """
 
 from __future__ import annotations
@@ -233,6 +234,29 @@ def test_three_nodes_answer_as_one(cluster, server_factory):
     sent_alone = {service: send_with_sdk(standalone, service, "http") for service in sent}
     alone = eventually(lambda: answers(standalone, sent_alone), timeout=20, what="standalone")
     assert alone["counts"] == first["counts"]
+
+
+def test_each_node_compacts_the_segments_it_wrote(cluster):
+    """Every flush of every node writes a segment to the bucket; each node merges its own in
+    the background, and both nodes list the merged segments and answer as before."""
+    config = "[storage]\ncompact_rows = 300\n"
+    nodes = [cluster.node(node_id, config=config) for node_id in ("n1", "n2")]
+    service = "cluster-compacted"
+    sent: dict[str, dict[str, dict[str, bool]]] = {service: {}}
+    for round_ in range(6):  # a flush (every 2 s) between rounds: one small segment each
+        sent[service].update(send_with_sdk(nodes[round_ % 2], service, "http"))
+        time.sleep(2.5)
+
+    def compacted():
+        flushed = sum(n.api.metric("meshtrace_flushes_total") for n in nodes)
+        listed = [n.api.metric("meshtrace_segments") for n in nodes]
+        assert max(listed) < flushed, f"{listed} segments listed, {flushed} flushed"
+        return [answers(n, sent) for n in nodes]
+
+    # The maintenance pass runs every 30 s.
+    first, second = eventually(compacted, timeout=75, what="segments merged on both nodes")
+    assert first == second
+    assert first["counts"]["spans"] == 6 * TRACES_PER_SENDER * 3
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ pub async fn background(
 const COMPACTION_SHARE: Duration = Duration::from_secs(20);
 
 /// Every 30 s: merges small span and derived segments (see `meshtrace_storage`'s
-/// `compact` and `derived`), then keeps the service graph's per-minute rollups of the recent
+/// `compact` and `derived`), deletes the files merged away in cluster mode, then keeps the service graph's per-minute rollups of the recent
 /// past ready, so that graph and dependencies queries read few rows (see
 /// `meshtrace_query::graph_rollup`).
 pub async fn maintenance(
@@ -86,6 +86,15 @@ pub async fn maintenance(
             compacted = derived.compact() => {
                 if let Err(e) = compacted {
                     tracing::warn!(error = %e, "could not compact derived segments");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            // Cluster mode: the files merged away (by any node) whose grace is over.
+            swept = store.sweep_doomed() => {
+                if let Err(e) = swept {
+                    tracing::warn!(error = %e, "could not delete doomed files");
                 }
             }
         }

@@ -183,11 +183,16 @@ macro_rules! insert_rollups {
     };
 }
 
-// The derived tables' segment rows, span compaction's rows and the name tables' trimming
-// (after `on_pool!` and `insert_rollups!`, which they use).
+// The doomed files of cluster mode, the derived tables' segment rows, span compaction's rows
+// and the name tables' trimming (after `on_pool!` and `insert_rollups!`, which they use;
+// `doomed` first: its `retire!` is used by the others).
+#[macro_use]
+mod doomed;
 mod derived_rows;
 mod merged;
 mod names;
+
+pub use doomed::Retirement;
 
 fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {
     i64::try_from(v).map_err(|_| StorageError::BadCatalogValue {

@@ -1,5 +1,6 @@
 //! Cluster mode in the store: the partitions this node owns, the spans consumed from them,
-//! fenced commits, and reading the segments peers commit.
+//! fenced commits, reading the segments peers commit, and deleting the files compaction
+//! leaves behind in the shared object store.
 //!
 //! In cluster mode the JetStream span stream replaces the write-ahead log. Each partition of
 //! the stream has one owner at a time; the owner [claims](Store::claim_partition) it in the
@@ -14,20 +15,41 @@
 //!
 //! Peers' segments become visible through [`Store::refresh`], which re-reads the catalog's
 //! segment list and names (the server calls it every second).
+//!
+//! Each node compacts the segments it wrote (their names end with its id), so no two nodes
+//! merge the same ones; a commit that finds an input gone rolls back all the same. As a node
+//! cannot tell a peer's file between `put` and commit from a leftover, files are deleted only
+//! through the catalog's `doomed_files` marks ([`crate::catalog::Retirement`]), which
+//! [`Store::sweep_doomed`] carries out on any node once they are due: the merged inputs
+//! `compact_grace` after the commit (peers re-read the segment list every second, so their
+//! queries are done by then), and the file of a flush or a merge whose commit never came
+//! [`UNCOMMITTED_DUE`] after it was written (a flush unmarks its file once committed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use meshtrace_model::SpanKind;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
 
 use crate::buffer::{Buffered, Taken};
-use crate::catalog::PartitionMark;
+use crate::catalog::{PartitionMark, Retirement};
 use crate::error::StorageError;
 use crate::ownership::Partition;
 use crate::store::{lock, Store};
+
+/// How long after it is written a file whose commit never came is deleted: far beyond the
+/// time a flush or a merge takes between its `put` and its commit.
+pub(crate) const UNCOMMITTED_DUE: Duration = Duration::from_secs(15 * 60);
+
+/// The time `d` from now, in Unix nanoseconds.
+fn due_in(d: Duration) -> i64 {
+    let now = meshtrace_model::time::now_unix_nanos();
+    now.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
 
 /// What [`Store::append_partition`] did with a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,5 +244,84 @@ impl Store {
         drop(view);
         lock(&self.inner.names).absorb(names, meshtrace_model::time::now_unix_nanos());
         Ok(new)
+    }
+
+    /// Whether this node compacts the segment at `path`: in cluster mode, those it wrote
+    /// (named after it); every one otherwise.
+    pub(crate) fn compacts(&self, path: &str) -> bool {
+        match &self.inner.cfg.cluster_node {
+            Some(node) => path.ends_with(&format!("-{node}.parquet")),
+            None => true,
+        }
+    }
+
+    /// In cluster mode, marks `path`, a file about to be written, for deletion should its
+    /// commit never come (see the module docs).
+    pub(crate) async fn doom_uncommitted(&self, path: &str) -> Result<(), StorageError> {
+        if self.inner.cfg.cluster_node.is_some() {
+            let due = due_in(UNCOMMITTED_DUE);
+            self.inner.catalog.doom(path, None, due).await?;
+        }
+        Ok(())
+    }
+
+    /// In cluster mode, unmarks the file of a flush just committed. Should that fail, the
+    /// sweep only unmarks it later: a file a segment row points at is never deleted.
+    pub(crate) async fn committed_file(&self, path: &str) {
+        if self.inner.cfg.cluster_node.is_some() {
+            if let Err(e) = self.inner.catalog.forget_doomed(path, None).await {
+                tracing::warn!(%path, error = %e, "could not unmark a committed segment");
+            }
+        }
+    }
+
+    /// In cluster mode, marks `written`, a merge's output about to be written, for deletion
+    /// should its commit never come, and returns what the commit does to the marks (see the
+    /// module docs): the output stays, the `inputs` (paths and span segment ids) go after
+    /// `grace`. `None` in standalone mode, which deletes merged files itself.
+    pub(crate) async fn prepare_retirement(
+        &self,
+        written: &str,
+        inputs: Vec<(String, Option<i64>)>,
+        grace: Duration,
+    ) -> Result<Option<Retirement>, StorageError> {
+        if self.inner.cfg.cluster_node.is_none() {
+            return Ok(None);
+        }
+        self.doom_uncommitted(written).await?;
+        Ok(Some(Retirement {
+            written: written.to_string(),
+            inputs,
+            after_ns: due_in(grace),
+        }))
+    }
+
+    /// Deletes the files whose `doomed_files` marks are due (see the module docs), with the
+    /// rollup rows of the span segments among them, and unmarks them; a file a segment row
+    /// points at is only unmarked. Returns how many files were deleted.
+    pub async fn sweep_doomed(&self) -> Result<usize, StorageError> {
+        let now = meshtrace_model::time::now_unix_nanos();
+        let due = self.inner.catalog.due_doomed(now, 1_000).await?;
+        let mut deleted = 0;
+        for (path, segment_id) in due {
+            if !self.inner.catalog.path_registered(&path).await? {
+                self.inner.reader.forget(&path);
+                match self
+                    .inner
+                    .store
+                    .delete(&ObjectPath::from(path.as_str()))
+                    .await
+                {
+                    Ok(()) => deleted += 1,
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.inner.catalog.forget_doomed(&path, segment_id).await?;
+        }
+        if deleted > 0 {
+            tracing::info!(files = deleted, "doomed files deleted");
+        }
+        Ok(deleted)
     }
 }

@@ -53,8 +53,12 @@
 //! spans are stored; the sweep runs after the start-up check has set damaged segments aside,
 //! so only intact ones count). A commit whose outcome is unknown is looked up by path before
 //! any other merge. The write-ahead log is not involved: its checkpoint only moves with
-//! flushes. Damaged segments are never merged, and in cluster mode (peers list each other's
-//! segments) nothing is.
+//! flushes. Damaged segments are never merged.
+//!
+//! In cluster mode a node merges the segments it wrote, in commit order (sequence numbers are
+//! the shared stream's, interleaved between nodes, so they say nothing of adjacency), and
+//! files are deleted through the catalog's marks instead of the grace timer and the orphan
+//! sweep (see [`crate::cluster`]).
 
 use std::sync::Arc;
 
@@ -187,10 +191,10 @@ const NEAR_RETENTION_NS: i64 = 600_000_000_000;
 
 impl Store {
     /// One compaction pass over the span segments; returns how many segments were merged
-    /// away (0 when compaction is off, in cluster mode, or nothing is worth merging).
+    /// away (0 when compaction is off or nothing is worth merging).
     pub async fn compact_segments(&self) -> Result<usize, StorageError> {
         let target = self.inner.cfg.compact_rows;
-        if target == 0 || self.inner.cfg.cluster_node.is_some() {
+        if target == 0 {
             return Ok(0);
         }
         if !self.settle_unresolved_merge().await? {
@@ -222,19 +226,26 @@ impl Store {
 
     /// The run to merge in `tier`: segments in log order, each following the one before it
     /// without a gap in the sequence numbers (a damaged or missing segment's range breaks a
-    /// run), none near retention or in a failed run. Small segments (under half of `target`)
-    /// are sorted together towards `target` rows; larger ones are appended together towards
-    /// [`APPEND_FACTOR`] times that, a small segment between them breaking their run.
+    /// run), none near retention or in a failed run; in cluster mode, this node's segments
+    /// in commit order. Small segments (under half of `target`) are sorted together towards
+    /// `target` rows; larger ones are appended together towards [`APPEND_FACTOR`] times
+    /// that, a small segment between them breaking their run.
     fn next_run(&self, target: usize, tier: Tier) -> Vec<Arc<SegmentInfo>> {
         let keep_after = self.retention_cutoff_ns().saturating_add(NEAR_RETENTION_NS);
         let failed = lock(&self.inner.merges).failed.clone();
         let in_tier = |s: &SegmentInfo| tier == Tier::Sorted || s.rows() >= target / 2;
         let mut segments: Vec<Arc<SegmentInfo>> = (self.read_view().segments.iter())
             .filter(|s| s.max_start_ns > keep_after && !failed.contains(&s.id) && in_tier(s))
+            .filter(|s| self.compacts(&s.path))
             .cloned()
             .collect();
-        segments.sort_by_key(|s| s.wal_seq_min);
-        let follows = |a: &SegmentInfo, b: &SegmentInfo| b.wal_seq_min == a.wal_seq_max + 1;
+        let cluster = self.inner.cfg.cluster_node.is_some();
+        match cluster {
+            true => segments.sort_by_key(|s| s.id),
+            false => segments.sort_by_key(|s| s.wal_seq_min),
+        }
+        let follows =
+            |a: &SegmentInfo, b: &SegmentInfo| cluster || b.wal_seq_min == a.wal_seq_max + 1;
         match tier {
             Tier::Sorted => pick_run(&segments, target, follows),
             Tier::Appended => pick_run(&segments, target * APPEND_FACTOR, follows),
@@ -250,9 +261,15 @@ impl Store {
         let min_start = run.iter().map(|s| s.min_start_ns).min().unwrap_or_default();
         // Named apart from every other file: a merge tried again never writes over an earlier
         // attempt's file, which a lost commit may have registered.
-        let path = segment_path(min_start, seq_min, seq_max)
+        let mut path = segment_path(min_start, seq_min, seq_max)
             .replace(".parquet", &format!("-{}.parquet", now_ns()));
+        if let Some(node) = &self.inner.cfg.cluster_node {
+            path = path.replace(".parquet", &format!("-{node}.parquet"));
+        }
         let object = ObjectPath::from(path.as_str());
+        let inputs = run.iter().map(|s| (s.path.clone(), Some(s.id))).collect();
+        let grace = self.inner.cfg.compact_grace;
+        let retire = self.prepare_retirement(&path, inputs, grace).await?;
         let created = run
             .iter()
             .map(|s| s.created_at_ns)
@@ -292,7 +309,7 @@ impl Store {
         match self
             .inner
             .catalog
-            .replace_segments(&info, &rollups, &old)
+            .replace_segments(&info, &rollups, &old, retire.as_ref())
             .await
         {
             Ok(id) => info.id = id,
@@ -327,7 +344,7 @@ impl Store {
     }
 
     /// Shows `info` instead of the merged segments `run` and deletes their files and rollup
-    /// rows after the grace.
+    /// rows after the grace (in cluster mode, the catalog's marks have them deleted).
     fn swap_merged(&self, info: SegmentInfo, run: &[Arc<SegmentInfo>]) {
         tracing::info!(segments = run.len(), rows = info.row_count, path = %info.path, "span segments compacted");
         let old: Vec<i64> = run.iter().map(|s| s.id).collect();
@@ -338,7 +355,9 @@ impl Store {
             let at = at.unwrap_or(view.segments.len()).min(view.segments.len());
             view.segments.insert(at, Arc::new(info));
         }
-        self.delete_merged_later(run.iter().map(|s| s.path.clone()).collect(), old);
+        if self.inner.cfg.cluster_node.is_none() {
+            self.delete_merged_later(run.iter().map(|s| s.path.clone()).collect(), old);
+        }
     }
 
     /// Settles a merge whose commit outcome was not known, by looking its path up (under the

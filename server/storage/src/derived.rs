@@ -63,7 +63,7 @@ pub use encode::encoded_size;
 use encode::{encode, start_minutes};
 
 pub use crate::catalog::DerivedSegment;
-use crate::catalog::SegmentTable;
+use crate::catalog::{Retirement, SegmentTable};
 use crate::check::damaged_derived;
 use crate::error::StorageError;
 use crate::store::Store;
@@ -335,12 +335,13 @@ impl DerivedStore {
         t: &TableState,
         batches: Vec<RecordBatch>,
     ) -> Result<(), StorageError> {
-        let mut seg = self.put_segment(t, batches).await?;
+        let (mut seg, _) = self.put_segment(t, batches, &[]).await?;
         let store = &self.inner.store.inner;
         seg.id = match store.catalog.commit_derived_segment(&seg).await {
             Ok(id) => id,
             Err(e) => self.settle_failed_commit(&seg.path, e).await?,
         };
+        self.inner.store.committed_file(&seg.path).await;
         let c = &self.inner.counters;
         c.segments_written.fetch_add(1, Ordering::Relaxed);
         c.rows_written
@@ -355,12 +356,15 @@ impl DerivedStore {
     }
 
     /// Encodes `batches` (sorted by trace and version) into a new segment file, written and
-    /// synced; the returned row is not committed yet (its `id` is 0).
+    /// synced; the returned row is not committed yet (its `id` is 0). In cluster mode the file
+    /// is marked for deletion before it is written, and the returned [`Retirement`] is what a
+    /// compaction's commit does to the marks (a flush, which `merges` nothing, unmarks it).
     pub(crate) async fn put_segment(
         &self,
         t: &TableState,
         batches: Vec<RecordBatch>,
-    ) -> Result<DerivedSegment, StorageError> {
+        merges: &[Arc<DerivedSegment>],
+    ) -> Result<(DerivedSegment, Option<Retirement>), StorageError> {
         let (schema, rg) = (t.schema.clone(), self.inner.cfg.row_group_rows);
         let enc = tokio::task::spawn_blocking(move || encode(&schema, &batches, rg)).await??;
         let created = now_unix_nanos();
@@ -374,6 +378,12 @@ impl DerivedStore {
             t.name
         );
         let byte_size = enc.bytes.len() as i64;
+        // In cluster mode a flush's file is marked too, and unmarked once committed.
+        let inputs = merges.iter().map(|s| (s.path.clone(), None)).collect();
+        let grace = self.inner.cfg.compact_grace;
+        let retire = (self.inner.store)
+            .prepare_retirement(&path, inputs, grace)
+            .await?;
         let store = &self.inner.store.inner;
         store
             .store
@@ -389,7 +399,7 @@ impl DerivedStore {
                 .await;
             return Err(e);
         }
-        Ok(DerivedSegment {
+        let seg = DerivedSegment {
             id: 0,
             table: t.name.clone(),
             path,
@@ -398,7 +408,8 @@ impl DerivedStore {
             row_count: enc.rows as i64,
             byte_size,
             created_at_ns: created,
-        })
+        };
+        Ok((seg, retire))
     }
 
     /// A derived segment whose commit failed: if nothing was sent (no connection), the file is

@@ -456,6 +456,7 @@ impl Store {
             path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
         }
         let object = ObjectPath::from(path.as_str());
+        self.doom_uncommitted(&path).await?;
         let mut info = self
             .put_segment(path, enc, (seq_min, seq_max), now_unix_nanos())
             .await?;
@@ -485,6 +486,7 @@ impl Store {
                 }
             }
         }
+        self.committed_file(&info.path).await;
         self.rebuilt(&replaces);
         self.finish_commit(info, &marks, checkpoint, started);
         Ok(checkpoint)

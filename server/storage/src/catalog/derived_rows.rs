@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Catalog, DerivedSegment};
+use super::{Catalog, DerivedSegment, Retirement};
 use crate::error::StorageError;
 
 /// The INSERT of one segment row, returning its id.
@@ -61,11 +61,12 @@ impl Catalog {
     }
 
     /// Commits a compacted derived segment in place of the segments it merged, in one
-    /// transaction; returns its id.
+    /// transaction (which carries out `retire` in cluster mode); returns its id.
     pub async fn replace_derived_segments(
         &self,
         seg: &DerivedSegment,
         merged: &[i64],
+        retire: Option<&Retirement>,
     ) -> Result<i64, StorageError> {
         const DELETE: &str = "DELETE FROM derived_segments WHERE id = $1";
         let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
@@ -81,6 +82,7 @@ impl Catalog {
                     )));
                 }
             }
+            retire!(tx, retire);
             tx.commit().await.map_err(unknown)?;
             row.try_get("id")?
         });

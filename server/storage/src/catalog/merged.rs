@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::{rollup_row, to_i64, Catalog, SegmentInfo, ROLLUP_INSERT};
+use super::{rollup_row, to_i64, Catalog, Retirement, SegmentInfo, ROLLUP_INSERT};
 use crate::error::StorageError;
 use crate::rollup::Rollups;
 
@@ -12,12 +12,14 @@ impl Catalog {
     /// Commits `seg` (with its rollups) in place of the segments `old`, in one transaction
     /// that rolls back unless every one of them is still there; returns the new row's id.
     /// The rollup rows of `old` stay (queries of an earlier snapshot read them) until
-    /// [`Catalog::delete_rollups`].
+    /// [`Catalog::delete_rollups`] (or, in cluster mode, until `retire` marks them doomed
+    /// is carried out).
     pub async fn replace_segments(
         &self,
         seg: &SegmentInfo,
         rollups: &Rollups,
         old: &[i64],
+        retire: Option<&Retirement>,
     ) -> Result<i64, StorageError> {
         const INSERT: &str = "INSERT INTO segments (path, min_start_ns, max_start_ns, row_count, \
              byte_size, wal_seq_min, wal_seq_max, services, created_at_ns) \
@@ -42,6 +44,7 @@ impl Catalog {
                 .bind(&services).bind(seg.created_at_ns)
                 .fetch_one(&mut *tx).await?;
             insert_rollups!(tx, id, rollups);
+            retire!(tx, retire);
             tx.commit().await.map_err(|e| StorageError::CommitOutcomeUnknown(e.to_string()))?;
             id
         });

@@ -20,8 +20,9 @@
 //! unknown is looked up by path. Reading and writing the merged file take no lock; the commit
 //! and the swap hold the flush lock (as flushes and retention do) and happen only if every
 //! merged segment is still listed, and the commit deletes exactly their rows or rolls back. In
-//! cluster mode (peers share the catalog and refresh their lists of each other's segments)
-//! derived segments are not compacted yet.
+//! cluster mode (peers share the catalog and refresh their lists of each other's segments) a
+//! node merges the segments it wrote, and files are deleted through the catalog's marks
+//! instead of the grace timer and the orphan sweep at open (see [`crate::cluster`]).
 //!
 //! Segments written before a table's schema changed are merged in the schema of today
 //! ([`conform`]): columns it dropped are left out, nullable columns it added are null.
@@ -45,13 +46,18 @@ impl DerivedStore {
     /// One compaction pass over every table; returns how many segments were merged away.
     pub async fn compact(&self) -> Result<usize, StorageError> {
         let target = self.inner.cfg.compact_rows;
-        if target == 0 || self.inner.store.config().cluster_node.is_some() {
+        if target == 0 {
             return Ok(0);
         }
         let mut merged = 0;
         let mut failed = None;
         for t in &self.inner.tables {
-            let run = pick_run(&t.snapshot().0, target, |_, _| true);
+            let store = &self.inner.store;
+            let mine: Vec<_> = (t.snapshot().0.iter())
+                .filter(|s| store.compacts(&s.path))
+                .cloned()
+                .collect();
+            let run = pick_run(&mine, target, |_, _| true);
             let run = fit_in_memory(run, &self.inner.store.config().memory);
             if run.len() < 2 {
                 continue;
@@ -87,7 +93,7 @@ impl DerivedStore {
                 batches.push(conform(batch, &t.schema)?);
             }
         }
-        let mut seg = self.put_segment(t, batches).await?;
+        let (mut seg, retire) = self.put_segment(t, batches, run).await?;
         seg.created_at_ns = run
             .iter()
             .map(|s| s.created_at_ns)
@@ -104,7 +110,10 @@ impl DerivedStore {
             return Ok(false);
         }
         let catalog = &self.inner.store.inner.catalog;
-        seg.id = match catalog.replace_derived_segments(&seg, &old).await {
+        seg.id = match catalog
+            .replace_derived_segments(&seg, &old, retire.as_ref())
+            .await
+        {
             Ok(id) => id,
             Err(e) => self.settle_failed_merge(&seg.path, e).await?,
         };
@@ -116,7 +125,9 @@ impl DerivedStore {
             let at = at.unwrap_or(view.segments.len()).min(view.segments.len());
             view.segments.insert(at, Arc::new(seg));
         }
-        self.delete_later(run.iter().map(|s| s.path.clone()).collect());
+        if self.inner.store.config().cluster_node.is_none() {
+            self.delete_later(run.iter().map(|s| s.path.clone()).collect());
+        }
         Ok(true)
     }
 

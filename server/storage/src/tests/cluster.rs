@@ -10,7 +10,7 @@ use super::{config, now_ns};
 use crate::cluster::{Appended, Claim};
 use crate::{span_names, StorageError, Store, StoreConfig};
 
-fn node_config(dir: &Path, node: &str) -> StoreConfig {
+pub(super) fn node_config(dir: &Path, node: &str) -> StoreConfig {
     StoreConfig {
         cluster_node: Some(node.into()),
         catalog_url: Some(format!(

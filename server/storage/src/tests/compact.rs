@@ -33,7 +33,7 @@ async fn three_segments(dir: &std::path::Path) -> Store {
     store
 }
 
-fn parquet_files(dir: &std::path::Path) -> usize {
+pub(super) fn parquet_files(dir: &std::path::Path) -> usize {
     let mut n = 0;
     let mut dirs = vec![dir.join("spans")];
     while let Some(d) = dirs.pop() {
@@ -50,7 +50,7 @@ fn parquet_files(dir: &std::path::Path) -> usize {
 }
 
 /// What a user sees of the store: a few traces, a search, SQL counts and RED rollups.
-async fn answers(store: &Store, ids: &[[u8; 16]]) -> Vec<String> {
+pub(super) async fn answers(store: &Store, ids: &[[u8; 16]]) -> Vec<String> {
     let mut out = Vec::new();
     for id in ids {
         let spans = normalized_all(store.trace(*id).await.unwrap());

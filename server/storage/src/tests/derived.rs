@@ -11,7 +11,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use super::{now_ns, open, rows};
 use crate::{DerivedConfig, DerivedStore, DerivedTable, Store};
 
-fn schema() -> SchemaRef {
+pub(super) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("trace_id", DataType::FixedSizeBinary(16), false),
         Field::new("class", DataType::Utf8, false),
@@ -25,7 +25,7 @@ fn schema() -> SchemaRef {
 }
 
 /// Rows of (trace id byte, class, start, version).
-fn batch(rows: &[(u8, &str, i64, i64)]) -> RecordBatch {
+pub(super) fn batch(rows: &[(u8, &str, i64, i64)]) -> RecordBatch {
     let ids = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|r| [r.0; 16])).unwrap();
     let class = StringArray::from_iter_values(rows.iter().map(|r| r.1));
     let start =

@@ -2,6 +2,7 @@
 //! checkpoint, retention, trace search semantics, SQL, segment size and PostgreSQL.
 
 mod cluster;
+mod cluster_compact;
 mod compact;
 mod damage;
 mod derived;

@@ -7,9 +7,9 @@ use super::gen::mesh_traffic;
 use super::{config, normalized_all, now_ns};
 use crate::{Store, StoreConfig, TraceQuery};
 
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub(super) const SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-async fn fresh_schema() -> String {
+pub(super) async fn fresh_schema() -> String {
     let nanos = now_ns();
     let schema = format!("meshtrace_test_{}_{nanos}", std::process::id());
     let mut conn = sqlx::PgConnection::connect(SERVER)
@@ -23,7 +23,7 @@ async fn fresh_schema() -> String {
     schema
 }
 
-async fn drop_schema(schema: &str) {
+pub(super) async fn drop_schema(schema: &str) {
     let mut conn = sqlx::PgConnection::connect(SERVER).await.unwrap();
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&mut conn)
