@@ -114,6 +114,10 @@ pub struct ClusterSettings {
     pub publish_timeout: Duration,
     /// Requests being published at once; past it, ingest answers 429.
     pub max_in_flight: usize,
+    /// Set by the server for a tenant's engine, never read from a file, a flag or the
+    /// environment: the tenant whose own stream and buckets these are (see `tenants.rs`).
+    #[serde(skip)]
+    pub tenant: Option<String>,
 }
 
 impl Default for ClusterSettings {
@@ -129,6 +133,7 @@ impl Default for ClusterSettings {
             duplicate_window: Duration::from_secs(600),
             publish_timeout: Duration::from_secs(5),
             max_in_flight: 1024,
+            tenant: None,
         }
     }
 }

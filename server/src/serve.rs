@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::api::access::AllowedHosts;
 use crate::api::timing::RequestTiming;
-use crate::cluster;
 use crate::config::Config;
 use crate::engine::Engine;
 pub use crate::engine::{open, Opened};
@@ -35,8 +34,6 @@ pub struct Running {
     pub tenants: Tenants,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    /// Cluster mode: the leases and partition consumers.
-    node: Option<cluster::Node>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -110,20 +107,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut tasks = listen(l, tls, grpc, http_routers, refused, &shutdown).await?;
     tasks.push(sampler);
     let engine = tenants.single();
-    let node = match &engine.opened.cluster {
-        Some(c) => Some(
-            c.start(cluster::Shared {
-                store: engine.opened.store.clone(),
-                provenance: engine.opened.provenance.clone(),
-                assemble: config.provenance.enabled,
-                priorities: engine.state.priorities.clone(),
-                recorder: engine.opened.recorder.clone(),
-                ready: engine.state.ready.clone(),
-            })
-            .await?,
-        ),
-        None => None,
-    };
+    engine.join_cluster(config.provenance.enabled).await?;
     engine.set_ready();
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,
@@ -133,7 +117,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tenants,
         shutdown,
         tasks,
-        node,
     })
 }
 
@@ -207,12 +190,6 @@ impl Running {
                 }
             }
         }
-        // Cluster mode: stop consuming, flush (in close), then give the leases up so peers
-        // take the partitions over at once.
-        let leases = match self.node {
-            Some(node) => node.stop().await,
-            None => None,
-        };
         self.tenants.stop_others().await;
         if let Err(e) = self.tenants.single().stop().await {
             // A full disk or a lost catalog: what was acknowledged is in the write-ahead log
@@ -222,11 +199,6 @@ impl Running {
                 "could not flush everything before stopping; the acknowledged spans stay in the \
                  write-ahead log and are stored at the next start"
             );
-        }
-        if let Some(mut leases) = leases {
-            if let Err(e) = leases.leave().await {
-                tracing::warn!(error = %e, "could not give the leases up; they expire");
-            }
         }
         tracing::info!("meshtrace stopped");
         Ok(())

@@ -13,8 +13,10 @@
 //! An engine is opened when its tenant's first request arrives, and at start-up for every
 //! tenant folder present (its log may hold acknowledged spans). At most `[tenants] max`
 //! tenants besides `single` are served: a request for another is 429. With a PostgreSQL
-//! catalog, a tenant's catalog is the schema `tenant_ID` of the same database. Cluster mode
-//! serves the default tenant only, for now.
+//! catalog, a tenant's catalog is the schema `tenant_ID` of the same database. In cluster mode
+//! a tenant's engine is a cluster of its own on the same servers: its own JetStream stream and
+//! buckets (`ClusterNames::for_tenant`), its segments under `PREFIX/tenants/ID` in the object
+//! store, and its own partitions, leases and budget leader among the nodes that have it open.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -289,6 +291,14 @@ impl Tenants {
             &self.0.shutdown.child_token(),
         )
         .await?;
+        // Cluster mode: the tenant's partitions are consumed by the nodes that have it open.
+        if let Err(e) = engine.join_cluster(config.provenance.enabled).await {
+            engine.shutdown.cancel();
+            if let Err(stopping) = engine.stop().await {
+                tracing::warn!(%tenant, error = %stopping, "could not stop an engine that failed to join the cluster");
+            }
+            return Err(e);
+        }
         engine.set_ready();
         Ok(Arc::new(engine))
     }
@@ -300,11 +310,14 @@ impl Tenants {
             tenant: tenant.clone(),
             why,
         };
-        if self.0.config.cluster.name.is_some() {
-            return Err(not_served("cluster mode serves the default tenant only"));
-        }
         let mut config = self.0.config.clone();
         config.data_dir = self.root().join(tenant.as_str());
+        if config.cluster.name.is_some() {
+            // Its own stream, buckets and segment prefix in the cluster.
+            config.cluster.tenant = Some(tenant.to_string());
+            config.cluster.object_store = (config.cluster.object_store)
+                .map(|url| format!("{}/tenants/{tenant}", url.trim_end_matches('/')));
+        }
         match config.catalog_url.as_deref() {
             // SQLite at the tenant's folder.
             None => {}

@@ -246,8 +246,11 @@ class Cluster:
 
     @property
     def streams(self) -> list[str]:
-        """The JetStream streams the cluster creates: spans, and the two KV buckets."""
-        return [f"{self.name}_spans", f"KV_{self.name}_leases", f"KV_{self.name}_meta"]
+        """The JetStream streams the cluster created: its span stream and KV buckets, and its
+        tenants' (all named after the cluster)."""
+        names = jetstream_api("$JS.API.STREAM.NAMES", {"offset": 0}).get("streams") or []
+        mine = (f"{self.name}_", f"KV_{self.name}_")
+        return [n for n in names if n.startswith(mine)]
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ store (moto) and one PostgreSQL catalog answer as one server.
 Covers: three nodes fed by the OpenTelemetry SDK over OTLP HTTP and gRPC give every query the
 same answer, and the same counts as a standalone server given the same load; `kill -9` of a
 node under load loses no acknowledged span and duplicates none once the survivors have taken
-its partitions over; each node compacts the segments it wrote; a node whose NATS, object
+its partitions over; each node compacts the segments it wrote; tenants stay apart across
+nodes; a node whose NATS, object
 store or catalog is missing refuses to start and says which; the partition count of a cluster
 cannot change.
 """
@@ -33,7 +34,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mtlib import (
+    Api,
     eventually,
+    export_one_span,
     post_otlp_json,
     request_json,
     span_json,
@@ -257,6 +260,52 @@ def test_each_node_compacts_the_segments_it_wrote(cluster):
     first, second = eventually(compacted, timeout=75, what="segments merged on both nodes")
     assert first == second
     assert first["counts"]["spans"] == 6 * TRACES_PER_SENDER * 3
+
+
+def test_tenants_are_kept_apart_across_the_cluster(cluster):
+    """Tenants in cluster mode: each tenant's spans, sent through any node, are found from
+    every node by that tenant only (the default tenant and the others see none of them)."""
+    nodes = [cluster.node(node_id) for node_id in ("n1", "n2")]
+    sent = {}  # tenant (None: the default one) -> (service, trace ID)
+    for tenant, node, protocol in [
+        ("acme", nodes[0], "http"),
+        ("acme.eu", nodes[1], "grpc"),  # a '.', which NATS names cannot hold
+        (None, nodes[1], "http"),
+    ]:
+        headers = {"x-scope-orgid": tenant} if tenant else {}
+        if protocol == "http":
+            exporter = HttpExporter(endpoint=node.traces_url, headers=headers, timeout=10)
+        else:
+            exporter = GrpcExporter(
+                endpoint=f"http://{node.grpc_target}",
+                insecure=True,
+                headers=tuple(headers.items()),
+                timeout=10,
+            )
+        service = f"{tenant or 'single'}-frontend".replace(".", "-")
+        result, trace_id = export_one_span(exporter, service, "GET /")
+        assert result == SpanExportResult.SUCCESS, f"{tenant} via {node.name}: {result}"
+        sent[tenant] = (service, trace_id)
+
+    def found(node, tenant, service):
+        api = Api(node.query_url)
+        if tenant:
+            api.session.headers["X-Scope-OrgID"] = tenant
+        body = api.json("/api/traces", {"service": service, "lookback": "1h", "limit": 20})
+        return {t["traceID"] for t in body["data"] or []}
+
+    for node in nodes:
+        for tenant, (service, trace_id) in sent.items():
+            eventually(
+                lambda: found(node, tenant, service) == {trace_id},
+                timeout=20,
+                what=f"{tenant}'s trace from {node.name}",
+            )
+            for other in sent:
+                if other != tenant:
+                    assert found(node, other, service) == set(), (
+                        f"{node.name}: {other} sees {tenant}'s trace"
+                    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,10 +23,12 @@ pub struct ClusterNames {
 
 impl ClusterNames {
     /// Checks the cluster name: 1 to 48 ASCII letters, digits, `-` or `_` (it becomes part of
-    /// subjects, stream and bucket names).
+    /// subjects, stream and bucket names), without `__` (which separates a tenant's part, see
+    /// [`ClusterNames::for_tenant`]).
     pub fn new(cluster: &str) -> Result<ClusterNames, ClusterError> {
         let ok = !cluster.is_empty()
             && cluster.len() <= 48
+            && !cluster.contains("__")
             && cluster
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -35,9 +37,25 @@ impl ClusterNames {
                 cluster: cluster.to_string(),
             }),
             false => Err(ClusterError::Config(format!(
-                "cluster name {cluster:?}: use 1 to 48 letters, digits, '-' or '_'"
+                "cluster name {cluster:?}: use 1 to 48 letters, digits, '-' or '_', and no '__'"
             ))),
         }
+    }
+
+    /// The names of a tenant's own stream, subjects and buckets in this cluster:
+    /// `<cluster>__t_<tenant>`, where the tenant ID's `_` is written `_u` and its `.` (which
+    /// NATS names cannot hold) `_d`, so that no two tenants, and no tenant and a cluster of
+    /// its own (whose names hold no `__`), share a name.
+    pub fn for_tenant(&self, tenant: &str) -> ClusterNames {
+        let mut cluster = format!("{}__t_", self.cluster);
+        for c in tenant.chars() {
+            match c {
+                '_' => cluster.push_str("_u"),
+                '.' => cluster.push_str("_d"),
+                c => cluster.push(c),
+            }
+        }
+        ClusterNames { cluster }
     }
 
     pub fn stream(&self) -> String {
@@ -163,4 +181,30 @@ pub async fn delete_bucket(js: &jetstream::Context, bucket: &str) -> Result<(), 
         .await
         .map(|_| ())
         .map_err(|e| ClusterError::nats(&format!("deleting bucket {bucket}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterNames;
+
+    #[test]
+    fn every_tenant_gets_names_of_its_own_that_nats_takes() {
+        let prod = ClusterNames::new("prod").unwrap();
+        let tenants = ["acme", "acme.eu", "acme_eu", "acme-eu", "acme_deu", "a.b_c"];
+        let names: Vec<String> = tenants.iter().map(|t| prod.for_tenant(t).cluster).collect();
+        assert_eq!(names[1], "prod__t_acme_deu");
+        assert_eq!(names[2], "prod__t_acme_ueu");
+        let mut distinct = names.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), tenants.len(), "{names:?}");
+        for n in &names {
+            let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+            assert!(n.bytes().all(ok), "{n}");
+            assert_ne!(n, "prod", "not the default tenant's");
+        }
+        // No cluster of its own is named like a tenant's part of another.
+        assert!(ClusterNames::new("prod__t_acme").is_err());
+        assert!(ClusterNames::new("prod_t_acme").is_ok());
+    }
 }

@@ -84,7 +84,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connected> {
         .name
         .clone()
         .context("cluster mode needs a cluster name")?;
-    let names = ClusterNames::new(&name)?;
+    let mut names = ClusterNames::new(&name)?;
+    if let Some(tenant) = &settings.tenant {
+        names = names.for_tenant(tenant);
+    }
     let node = settings.node_id.clone().unwrap_or_else(host_name);
     if !meshtrace_cluster::lease::valid_node_id(&node) {
         bail!("node id {node:?}: use up to 253 letters, digits, '-', '_' or '.' (a host name)");

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::timing::RequestTiming;
 use crate::api::{self, ApiState};
+use crate::cluster;
 use crate::config::Config;
 use crate::metrics::StoreMetrics;
 use crate::priorities::Priorities;
@@ -42,6 +43,8 @@ pub struct Engine {
     /// that may be closed on its own).
     pub shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
+    /// Cluster mode: the leases and partition consumers, once [`Engine::join_cluster`].
+    node: tokio::sync::Mutex<Option<cluster::Node>>,
 }
 
 impl Engine {
@@ -119,7 +122,28 @@ impl Engine {
             sink,
             shutdown: shutdown.clone(),
             tasks: Mutex::new(tasks),
+            node: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Cluster mode: starts holding the engine's leases and consuming the partitions it owns
+    /// (`assemble`: provenance assembles traces); nothing otherwise.
+    pub async fn join_cluster(&self, assemble: bool) -> anyhow::Result<()> {
+        let Some(connected) = &self.opened.cluster else {
+            return Ok(());
+        };
+        let node = connected
+            .start(cluster::Shared {
+                store: self.opened.store.clone(),
+                provenance: self.opened.provenance.clone(),
+                assemble,
+                priorities: self.state.priorities.clone(),
+                recorder: self.opened.recorder.clone(),
+                ready: self.state.ready.clone(),
+            })
+            .await?;
+        *self.node.lock().await = Some(node);
+        Ok(())
     }
 
     /// Marks the engine ready for `/readyz`.
@@ -130,6 +154,12 @@ impl Engine {
     /// After the shutdown token was cancelled: waits for the background tasks, then drains
     /// the log, flushes to Parquet and truncates the log (see [`Opened::close`]).
     pub async fn stop(&self) -> anyhow::Result<()> {
+        // Cluster mode: stop consuming, flush (in close), then give the leases up so that
+        // peers take the partitions over at once.
+        let leases = match self.node.lock().await.take() {
+            Some(node) => node.stop().await,
+            None => None,
+        };
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("engine tasks"));
         for task in tasks {
             match tokio::time::timeout(Duration::from_secs(10), task).await {
@@ -139,6 +169,12 @@ impl Engine {
                 Err(_) => tracing::warn!(tenant = %self.tenant, "an engine task did not stop"),
             }
         }
-        self.opened.close().await
+        let closed = self.opened.close().await;
+        if let Some(mut leases) = leases {
+            if let Err(e) = leases.leave().await {
+                tracing::warn!(tenant = %self.tenant, error = %e, "could not give the leases up; they expire");
+            }
+        }
+        closed
     }
 }
