@@ -190,6 +190,8 @@ impl Running {
                 }
             }
         }
+        // Cluster mode: every engine stops consuming before any flushes and leaves.
+        self.tenants.stop_consuming().await;
         self.tenants.stop_others().await;
         if let Err(e) = self.tenants.single().stop().await {
             // A full disk or a lost catalog: what was acknowledged is in the write-ahead log

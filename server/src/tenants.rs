@@ -394,9 +394,17 @@ impl Tenants {
         }
     }
 
+    /// Cluster mode, at shutdown: stops every engine's partition consumers at once (see
+    /// [`Engine::stop_consuming`]).
+    pub async fn stop_consuming(&self) {
+        let mut engines = self.others();
+        engines.push(self.single().clone());
+        futures::future::join_all(engines.iter().map(|e| e.stop_consuming())).await;
+    }
+
     /// After the shutdown token was cancelled: stops every tenant's engine but the default
-    /// one's (which the server stops last, after the cluster node). Waits for an engine being
-    /// opened; none opens after (see [`Tenants::may_open`]).
+    /// one's (which the server stops last). Waits for an engine being opened; none opens
+    /// after (see [`Tenants::may_open`]).
     pub async fn stop_others(&self) {
         let _opening = self.0.opening.lock().await;
         for engine in self.others() {

@@ -45,6 +45,8 @@ pub struct Engine {
     tasks: Mutex<Vec<JoinHandle<anyhow::Result<()>>>>,
     /// Cluster mode: the leases and partition consumers, once [`Engine::join_cluster`].
     node: tokio::sync::Mutex<Option<cluster::Node>>,
+    /// Cluster mode: the leases once consuming stopped, given up once flushed.
+    leases: tokio::sync::Mutex<Option<meshtrace_cluster::lease::Leases>>,
 }
 
 impl Engine {
@@ -123,6 +125,7 @@ impl Engine {
             shutdown: shutdown.clone(),
             tasks: Mutex::new(tasks),
             node: tokio::sync::Mutex::new(None),
+            leases: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -146,6 +149,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Cluster mode: stops consuming the engine's partitions and keeps its leases until
+    /// [`Engine::stop`] has flushed (a server stops every engine's consumers first, so no
+    /// tenant keeps consuming while others flush).
+    pub async fn stop_consuming(&self) {
+        if let Some(node) = self.node.lock().await.take() {
+            *self.leases.lock().await = node.stop().await;
+        }
+    }
+
     /// Marks the engine ready for `/readyz`.
     pub fn set_ready(&self) {
         self.state.ready.store(true, Ordering::Release);
@@ -156,10 +168,7 @@ impl Engine {
     pub async fn stop(&self) -> anyhow::Result<()> {
         // Cluster mode: stop consuming, flush (in close), then give the leases up so that
         // peers take the partitions over at once.
-        let leases = match self.node.lock().await.take() {
-            Some(node) => node.stop().await,
-            None => None,
-        };
+        self.stop_consuming().await;
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("engine tasks"));
         for task in tasks {
             match tokio::time::timeout(Duration::from_secs(10), task).await {
@@ -170,7 +179,7 @@ impl Engine {
             }
         }
         let closed = self.opened.close().await;
-        if let Some(mut leases) = leases {
+        if let Some(mut leases) = self.leases.lock().await.take() {
             if let Err(e) = leases.leave().await {
                 tracing::warn!(tenant = %self.tenant, error = %e, "could not give the leases up; they expire");
             }

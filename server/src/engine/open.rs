@@ -139,6 +139,9 @@ async fn start_provenance(
 /// Cluster mode: checks NATS and the object store, opens the store on them and the
 /// PostgreSQL catalog. Nothing is replayed: the partitions' consumers do that once claimed.
 async fn open_cluster(config: &Config, memory: &MemoryBudget) -> anyhow::Result<Opened> {
+    // Nothing is stored here, but a tenant's folder tells the next start to open it again.
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let connected = cluster::connect(config).await?;
     let mut store_cfg = store_config(config, memory);
     store_cfg.cluster_node = Some(connected.node.clone());

@@ -68,7 +68,8 @@ pub async fn maintenance(
         loop {
             let compacted = tokio::select! {
                 // Cut short, a pass leaves at most files without a catalog row, removed at the
-                // next open (see the compaction's design note).
+                // next open (in cluster mode by the doomed marks' sweep; see the compaction's
+                // design note).
                 _ = shutdown.cancelled() => return Ok(()),
                 compacted = store.compact_segments() => compacted,
             };

@@ -169,7 +169,8 @@ impl Provenance {
             retention,
             row_group_rows,
             compact_rows: settings.compact_rows,
-            ..DerivedConfig::default()
+            // As long as the span segments' (longer than any query reads merged files).
+            compact_grace: store.config().compact_grace,
         };
         let derived = DerivedStore::open(store, meshtrace_query::tables::tables(), cfg)
             .await

@@ -201,6 +201,21 @@ fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {
     })
 }
 
+/// What a flush's commit carries besides its segment row and rollups
+/// ([`Catalog::commit_segment`]).
+#[derive(Clone, Copy)]
+pub(crate) struct FlushCommit<'a> {
+    pub names: &'a NewNames,
+    /// The write-ahead log's checkpoint after this segment.
+    pub checkpoint: u64,
+    /// Cluster mode: the checkpoints of the partitions in the segment.
+    pub marks: &'a [PartitionMark],
+    /// Damaged segments whose spans the segment holds again.
+    pub replaces: &'a [i64],
+    /// Cluster mode: the file's doomed mark, which the commit takes out.
+    pub retire: Option<&'a Retirement>,
+}
+
 /// One `span_rollups` row (`minute_ns`, `operation`, `kind`, `calls`, `errors`, `durations`)
 /// of `service`.
 fn rollup_row<R: Row>(r: &R, service: String) -> Result<(RollupKey, Rollup), StorageError>
@@ -385,17 +400,22 @@ impl Catalog {
     }
 
     /// Commits a segment row, its names, its rollups, the new checkpoint and (cluster mode)
-    /// its partitions' checkpoints in one transaction, and deletes the rows of the damaged
-    /// segments in `replaces` (the new segment holds their spans again); returns its id.
+    /// its partitions' checkpoints and the removal of its file's doomed mark in one
+    /// transaction, and deletes the rows of the damaged segments in `replaces` (the new
+    /// segment holds their spans again); returns its id.
     pub async fn commit_segment(
         &self,
         seg: &SegmentInfo,
-        names: &NewNames,
-        checkpoint: u64,
         rollups: &Rollups,
-        marks: &[PartitionMark],
-        replaces: &[i64],
+        flush: &FlushCommit<'_>,
     ) -> Result<i64, StorageError> {
+        let FlushCommit {
+            names,
+            checkpoint,
+            marks,
+            replaces,
+            retire,
+        } = *flush;
         const REPLACED_ROLLUPS: &str = "DELETE FROM span_rollups WHERE segment_id = $1";
         const REPLACED: &str = "DELETE FROM segments WHERE id = $1 AND damaged IS NOT NULL";
         const MARK: &str = "UPDATE cluster_partitions SET checkpoint = \
@@ -444,6 +464,7 @@ impl Catalog {
                 }
             }
             insert_rollups!(tx, id, rollups);
+            retire!(tx, retire);
             tx.commit().await.map_err(|e| StorageError::CommitOutcomeUnknown(e.to_string()))?;
             id
         });

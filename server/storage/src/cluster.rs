@@ -16,14 +16,15 @@
 //! Peers' segments become visible through [`Store::refresh`], which re-reads the catalog's
 //! segment list and names (the server calls it every second).
 //!
-//! Each node compacts the segments it wrote (their names end with its id), so no two nodes
-//! merge the same ones; a commit that finds an input gone rolls back all the same. As a node
+//! Each node compacts the segments it wrote (their names say so), so no two nodes merge the
+//! same ones; a commit that finds an input gone rolls back all the same. As a node
 //! cannot tell a peer's file between `put` and commit from a leftover, files are deleted only
 //! through the catalog's `doomed_files` marks ([`crate::catalog::Retirement`]), which
 //! [`Store::sweep_doomed`] carries out on any node once they are due: the merged inputs
 //! `compact_grace` after the commit (peers re-read the segment list every second, so their
-//! queries are done by then), and the file of a flush or a merge whose commit never came
-//! [`UNCOMMITTED_DUE`] after it was written (a flush unmarks its file once committed).
+//! queries are done by then; the nodes' clocks must agree, as NTP keeps them), and the file
+//! of a flush or a merge whose commit never came [`UNCOMMITTED_DUE`] after it was written.
+//! File names say which node wrote them ([`node_file_name`]), and no two attempts share one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -45,8 +46,23 @@ use crate::store::{lock, Store};
 /// time a flush or a merge takes between its `put` and its commit.
 pub(crate) const UNCOMMITTED_DUE: Duration = Duration::from_secs(15 * 60);
 
+/// `name` (a file name ending in `.parquet`) marked as written by `node`, with the time, so
+/// that no two attempts write the same file: `<stem>-<unix ns>.node=<node>.parquet`. Node IDs
+/// hold no `=`, so [`node_of`] reads the node back exactly.
+pub(crate) fn node_file_name(name: &str, node: &str) -> String {
+    let stem = name.strip_suffix(".parquet").unwrap_or(name);
+    let now = meshtrace_model::time::now_unix_nanos();
+    format!("{stem}-{now}.node={node}.parquet")
+}
+
+/// The node that wrote the file at `path` ([`node_file_name`]), if it says.
+pub(crate) fn node_of(path: &str) -> Option<&str> {
+    let stem = path.strip_suffix(".parquet")?;
+    stem.rsplit_once(".node=").map(|(_, node)| node)
+}
+
 /// The time `d` from now, in Unix nanoseconds.
-fn due_in(d: Duration) -> i64 {
+pub(crate) fn due_in(d: Duration) -> i64 {
     let now = meshtrace_model::time::now_unix_nanos();
     now.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
@@ -247,38 +263,18 @@ impl Store {
     }
 
     /// Whether this node compacts the segment at `path`: in cluster mode, those it wrote
-    /// (named after it); every one otherwise.
+    /// ([`node_of`] names it); every one otherwise.
     pub(crate) fn compacts(&self, path: &str) -> bool {
         match &self.inner.cfg.cluster_node {
-            Some(node) => path.ends_with(&format!("-{node}.parquet")),
+            Some(node) => node_of(path) == Some(node.as_str()),
             None => true,
         }
     }
 
-    /// In cluster mode, marks `path`, a file about to be written, for deletion should its
-    /// commit never come (see the module docs).
-    pub(crate) async fn doom_uncommitted(&self, path: &str) -> Result<(), StorageError> {
-        if self.inner.cfg.cluster_node.is_some() {
-            let due = due_in(UNCOMMITTED_DUE);
-            self.inner.catalog.doom(path, None, due).await?;
-        }
-        Ok(())
-    }
-
-    /// In cluster mode, unmarks the file of a flush just committed. Should that fail, the
-    /// sweep only unmarks it later: a file a segment row points at is never deleted.
-    pub(crate) async fn committed_file(&self, path: &str) {
-        if self.inner.cfg.cluster_node.is_some() {
-            if let Err(e) = self.inner.catalog.forget_doomed(path, None).await {
-                tracing::warn!(%path, error = %e, "could not unmark a committed segment");
-            }
-        }
-    }
-
-    /// In cluster mode, marks `written`, a merge's output about to be written, for deletion
-    /// should its commit never come, and returns what the commit does to the marks (see the
-    /// module docs): the output stays, the `inputs` (paths and span segment ids) go after
-    /// `grace`. `None` in standalone mode, which deletes merged files itself.
+    /// In cluster mode, marks `written`, a file about to be written, for deletion should its
+    /// commit never come, and returns what the commit does to the marks (see the module docs):
+    /// the file's mark goes, a merge's `inputs` (paths and span segment ids) are marked, due
+    /// `grace` after the commit. `None` in standalone mode, which deletes merged files itself.
     pub(crate) async fn prepare_retirement(
         &self,
         written: &str,
@@ -288,36 +284,50 @@ impl Store {
         if self.inner.cfg.cluster_node.is_none() {
             return Ok(None);
         }
-        self.doom_uncommitted(written).await?;
+        let due = due_in(UNCOMMITTED_DUE);
+        self.inner.catalog.doom(written, None, due).await?;
         Ok(Some(Retirement {
             written: written.to_string(),
             inputs,
-            after_ns: due_in(grace),
+            grace,
         }))
     }
 
     /// Deletes the files whose `doomed_files` marks are due (see the module docs), with the
-    /// rollup rows of the span segments among them, and unmarks them; a file a segment row
-    /// points at is only unmarked. Returns how many files were deleted.
+    /// rollup rows of the span segments among them. Each mark is taken out of the catalog
+    /// first, so a commit that still counts on it rolls back instead; a file a segment row
+    /// points at is kept. Returns how many files were deleted.
     pub async fn sweep_doomed(&self) -> Result<usize, StorageError> {
         let now = meshtrace_model::time::now_unix_nanos();
         let due = self.inner.catalog.due_doomed(now, 1_000).await?;
         let mut deleted = 0;
         for (path, segment_id) in due {
-            if !self.inner.catalog.path_registered(&path).await? {
-                self.inner.reader.forget(&path);
-                match self
-                    .inner
-                    .store
-                    .delete(&ObjectPath::from(path.as_str()))
-                    .await
-                {
-                    Ok(()) => deleted += 1,
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
+            if !self.inner.catalog.take_doomed(&path, now).await? {
+                continue; // taken by another node's sweep, or moved by a commit
+            }
+            if self.inner.catalog.path_registered(&path).await? {
+                continue;
+            }
+            self.inner.reader.forget(&path);
+            match self
+                .inner
+                .store
+                .delete(&ObjectPath::from(path.as_str()))
+                .await
+            {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    // Marked again, for a later pass; the others go on.
+                    tracing::warn!(%path, error = %e, "could not delete a doomed file");
+                    let retry = due_in(UNCOMMITTED_DUE);
+                    self.inner.catalog.doom(&path, segment_id, retry).await?;
+                    continue;
                 }
             }
-            self.inner.catalog.forget_doomed(&path, segment_id).await?;
+            if let Some(id) = segment_id {
+                self.inner.catalog.delete_rollups(&[id]).await?;
+            }
         }
         if deleted > 0 {
             tracing::info!(files = deleted, "doomed files deleted");

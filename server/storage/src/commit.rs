@@ -166,7 +166,7 @@ impl Store {
     }
 
     /// Deletes the file of a commit that did not happen (a warning if that fails: the next
-    /// start-up's orphan sweep then removes it).
+    /// start-up's orphan sweep then removes it, or in cluster mode its doomed mark).
     pub(crate) async fn delete_failed(&self, object: &ObjectPath) {
         self.inner.reader.forget(object.as_ref());
         match self.inner.store.delete(object).await {

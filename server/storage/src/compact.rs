@@ -261,11 +261,11 @@ impl Store {
         let min_start = run.iter().map(|s| s.min_start_ns).min().unwrap_or_default();
         // Named apart from every other file: a merge tried again never writes over an earlier
         // attempt's file, which a lost commit may have registered.
-        let mut path = segment_path(min_start, seq_min, seq_max)
-            .replace(".parquet", &format!("-{}.parquet", now_ns()));
-        if let Some(node) = &self.inner.cfg.cluster_node {
-            path = path.replace(".parquet", &format!("-{node}.parquet"));
-        }
+        let path = segment_path(min_start, seq_min, seq_max);
+        let path = match &self.inner.cfg.cluster_node {
+            Some(node) => crate::cluster::node_file_name(&path, node),
+            None => path.replace(".parquet", &format!("-{}.parquet", now_ns())),
+        };
         let object = ObjectPath::from(path.as_str());
         let inputs = run.iter().map(|s| (s.path.clone(), Some(s.id))).collect();
         let grace = self.inner.cfg.compact_grace;

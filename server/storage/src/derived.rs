@@ -335,13 +335,13 @@ impl DerivedStore {
         t: &TableState,
         batches: Vec<RecordBatch>,
     ) -> Result<(), StorageError> {
-        let (mut seg, _) = self.put_segment(t, batches, &[]).await?;
+        let (mut seg, retire) = self.put_segment(t, batches, &[]).await?;
         let store = &self.inner.store.inner;
-        seg.id = match store.catalog.commit_derived_segment(&seg).await {
+        let committed = store.catalog.commit_derived_segment(&seg, retire.as_ref());
+        seg.id = match committed.await {
             Ok(id) => id,
             Err(e) => self.settle_failed_commit(&seg.path, e).await?,
         };
-        self.inner.store.committed_file(&seg.path).await;
         let c = &self.inner.counters;
         c.segments_written.fetch_add(1, Ordering::Relaxed);
         c.rows_written
@@ -357,8 +357,8 @@ impl DerivedStore {
 
     /// Encodes `batches` (sorted by trace and version) into a new segment file, written and
     /// synced; the returned row is not committed yet (its `id` is 0). In cluster mode the file
-    /// is marked for deletion before it is written, and the returned [`Retirement`] is what a
-    /// compaction's commit does to the marks (a flush, which `merges` nothing, unmarks it).
+    /// is marked for deletion before it is written, and the returned [`Retirement`] is what its
+    /// commit does to the marks (a compaction's also marks the segments it `merges`).
     pub(crate) async fn put_segment(
         &self,
         t: &TableState,
@@ -369,14 +369,13 @@ impl DerivedStore {
         let enc = tokio::task::spawn_blocking(move || encode(&schema, &batches, rg)).await??;
         let created = now_unix_nanos();
         let day = chrono::DateTime::from_timestamp_nanos(enc.min_start_ns).format("%Y-%m-%d");
-        let node = match &self.inner.store.config().cluster_node {
-            Some(node) => format!("-{node}"),
-            None => String::new(),
-        };
-        let path = format!(
-            "{DERIVED_PREFIX}/{}/date={day}/seg-{created}{node}.parquet",
+        let mut path = format!(
+            "{DERIVED_PREFIX}/{}/date={day}/seg-{created}.parquet",
             t.name
         );
+        if let Some(node) = &self.inner.store.config().cluster_node {
+            path = crate::cluster::node_file_name(&path, node);
+        }
         let byte_size = enc.bytes.len() as i64;
         // In cluster mode a flush's file is marked too, and unmarked once committed.
         let inputs = merges.iter().map(|s| (s.path.clone(), None)).collect();

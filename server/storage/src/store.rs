@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use datafusion::catalog::TableProvider;
@@ -19,7 +19,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::buffer::{Buffered, Names, Snapshot, Taken, View};
-use crate::catalog::{Catalog, SegmentInfo};
+use crate::catalog::{Catalog, FlushCommit, SegmentInfo};
+use crate::cluster::node_file_name;
 use crate::error::StorageError;
 use crate::layout::{encode_segment, segment_path};
 use crate::orphans::{self, Settled};
@@ -450,22 +451,29 @@ impl Store {
         .await??;
         let mut path = segment_path(enc.min_start_ns, seq_min, seq_max);
         if let Some(node) = &self.inner.cfg.cluster_node {
-            path = path.replace(".parquet", &format!("-{node}.parquet"));
-        }
-        if self.read_view().segments.iter().any(|s| s.path == path) {
+            path = node_file_name(&path, node);
+        } else if self.read_view().segments.iter().any(|s| s.path == path) {
             path = path.replace(".parquet", &format!("-{}.parquet", now_unix_nanos()));
         }
         let object = ObjectPath::from(path.as_str());
-        self.doom_uncommitted(&path).await?;
+        let retire = self.prepare_retirement(&path, Vec::new(), Duration::ZERO);
+        let retire = retire.await?;
         let mut info = self
             .put_segment(path, enc, (seq_min, seq_max), now_unix_nanos())
             .await?;
         let names = lock(&self.inner.names).take_pending();
         let checkpoint = self.inner.checkpoint.load(Ordering::Acquire).max(seq_max);
+        let flush = FlushCommit {
+            names: &names,
+            checkpoint,
+            marks: &marks,
+            replaces: &replaces,
+            retire: retire.as_ref(),
+        };
         let commit = self
             .inner
             .catalog
-            .commit_segment(&info, &names, checkpoint, &rollups, &marks, &replaces)
+            .commit_segment(&info, &rollups, &flush)
             .await;
         match commit {
             Ok(id) => info.id = id,
@@ -486,7 +494,6 @@ impl Store {
                 }
             }
         }
-        self.committed_file(&info.path).await;
         self.rebuilt(&replaces);
         self.finish_commit(info, &marks, checkpoint, started);
         Ok(checkpoint)

@@ -48,13 +48,20 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Commits the row of a derived-table segment; returns its id.
-    pub async fn commit_derived_segment(&self, seg: &DerivedSegment) -> Result<i64, StorageError> {
+    /// Commits the row of a derived-table segment (in cluster mode with the removal of its
+    /// file's doomed mark, see [`Retirement`]); returns its id.
+    pub async fn commit_derived_segment(
+        &self,
+        seg: &DerivedSegment,
+        retire: Option<&Retirement>,
+    ) -> Result<i64, StorageError> {
         let unknown = |e: sqlx::Error| StorageError::CommitOutcomeUnknown(e.to_string());
         let id: i64 = on_pool!(self, pool => {
-            // Failing to connect stores nothing; failing once the statement is sent may have.
-            let mut conn = pool.acquire().await?;
-            let row = insert_row!(seg).fetch_one(&mut *conn).await.map_err(unknown)?;
+            // Only a failing commit may have stored the row.
+            let mut tx = pool.begin().await?;
+            let row = insert_row!(seg).fetch_one(&mut *tx).await?;
+            retire!(tx, retire);
+            tx.commit().await.map_err(unknown)?;
             row.try_get("id")?
         });
         Ok(id)

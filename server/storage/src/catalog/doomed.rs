@@ -2,26 +2,28 @@
 //! be deleted once their time has come, by whichever node sweeps first
 //! ([`crate::Store::sweep_doomed`]). A node cannot tell a peer's file between its `put` and
 //! its commit from a leftover, so it never deletes a file without a catalog row on sight;
-//! instead, a compaction marks the file it is about to write ([`Catalog::doom`], due long
-//! after any merge ends) and its commit, in the same transaction, unmarks that file and
-//! marks the merged inputs, due once queries of an older segment list are done
-//! ([`Retirement`]). A node that dies anywhere in between leaves marks that the survivors
-//! act on.
+//! instead, a flush or a compaction marks the file it is about to write ([`Catalog::doom`],
+//! due long after any commit ends) and its commit, in the same transaction, unmarks that file
+//! (rolling back if the mark is gone) and marks a merge's inputs, due once queries of an older
+//! segment list are done ([`Retirement`]). A sweep takes a mark out before it deletes the file,
+//! so a commit and a sweep never both succeed on one file. A node that dies anywhere in
+//! between leaves marks that the survivors act on.
 
 use sqlx::Row;
 
 use super::{Catalog, SegmentTable};
 use crate::error::StorageError;
 
-/// What a merge's commit does to `doomed_files` in cluster mode (see the module docs).
+/// What a commit does to `doomed_files` in cluster mode (see the module docs).
 #[derive(Clone, Debug)]
 pub struct Retirement {
-    /// The merged file, marked before it was written: it stays.
+    /// The file committed, marked before it was written: its mark goes, and the commit rolls
+    /// back if a sweep took the mark first (the file may be gone).
     pub written: String,
-    /// The merged inputs' paths, with their span segment ids (whose rollup rows go with them).
+    /// A merge's inputs, with their span segment ids (whose rollup rows go with them).
     pub inputs: Vec<(String, Option<i64>)>,
-    /// When the inputs are deleted.
-    pub after_ns: i64,
+    /// How long after the commit the inputs are deleted.
+    pub grace: std::time::Duration,
 }
 
 /// Marks a file (inserts or moves its mark).
@@ -32,20 +34,29 @@ pub(super) const MARK: &str = "INSERT INTO doomed_files (path, segment_id, delet
 /// Unmarks a file.
 pub(super) const UNMARK: &str = "DELETE FROM doomed_files WHERE path = $1";
 
-/// Applies a [`Retirement`] in a transaction (a macro: each catalog backend's transaction is
-/// its own type).
+/// Applies a [`Retirement`] in a transaction, returning a conflict (the caller's transaction
+/// rolls back when dropped) if the written file's mark is gone (a macro: each catalog
+/// backend's transaction is its own type).
 macro_rules! retire {
     ($tx:expr, $retire:expr) => {
         if let Some(r) = $retire {
-            sqlx::query($crate::catalog::doomed::UNMARK)
+            let unmarked = sqlx::query($crate::catalog::doomed::UNMARK)
                 .bind(&r.written)
                 .execute(&mut *$tx)
                 .await?;
+            if unmarked.rows_affected() != 1 {
+                return Err($crate::error::StorageError::Conflict(format!(
+                    "{} was swept before its commit",
+                    r.written
+                )));
+            }
+            // Due from the commit, not from when the merge began.
+            let due = $crate::cluster::due_in(r.grace);
             for (path, id) in &r.inputs {
                 sqlx::query($crate::catalog::doomed::MARK)
                     .bind(path)
                     .bind(*id)
-                    .bind(r.after_ns)
+                    .bind(due)
                     .execute(&mut *$tx)
                     .await?;
             }
@@ -94,23 +105,13 @@ impl Catalog {
                 .is_some())
     }
 
-    /// Unmarks `path` once its file is deleted, and deletes the rollup rows of its span
-    /// segment `segment_id` (unless a segment row has that id).
-    pub async fn forget_doomed(
-        &self,
-        path: &str,
-        segment_id: Option<i64>,
-    ) -> Result<(), StorageError> {
-        const ROLLUPS: &str = "DELETE FROM span_rollups WHERE segment_id = $1 \
-             AND NOT EXISTS (SELECT 1 FROM segments WHERE id = $1)";
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            if let Some(id) = segment_id {
-                sqlx::query(ROLLUPS).bind(id).execute(&mut *tx).await?;
-            }
-            sqlx::query(UNMARK).bind(path).execute(&mut *tx).await?;
-            tx.commit().await?;
+    /// Takes the mark of `path` out if it is due at `now_ns`; false if it is not there (another
+    /// node's sweep took it, or a commit moved it).
+    pub async fn take_doomed(&self, path: &str, now_ns: i64) -> Result<bool, StorageError> {
+        const SQL: &str = "DELETE FROM doomed_files WHERE path = $1 AND delete_after_ns <= $2";
+        let taken = on_pool!(self, pool => {
+            sqlx::query(SQL).bind(path).bind(now_ns).execute(pool).await?.rows_affected()
         });
-        Ok(())
+        Ok(taken == 1)
     }
 }

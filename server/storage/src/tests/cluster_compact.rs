@@ -36,11 +36,10 @@ async fn on_catalog(dir: &Path, name: &str, catalog: Option<&str>) -> Store {
     Store::open_with_object_store(cfg, objects).await.unwrap()
 }
 
-/// The segments' paths of `store` that end with `-<node>.parquet`.
+/// How many of the segments `store` lists were written by `node`.
 fn written_by(store: &Store, node: &str) -> usize {
-    let suffix = format!("-{node}.parquet");
     (store.segments().iter())
-        .filter(|s| s.path.ends_with(&suffix))
+        .filter(|s| crate::cluster::node_of(&s.path) == Some(node))
         .count()
 }
 
@@ -59,8 +58,9 @@ async fn each_node_merges_its_own_segments_on_a_postgres_catalog() {
 
 async fn merge_own_segments(catalog: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
+    // Node IDs may hold '-': "a-b" is not "b".
     let (a, b) = (
-        on_catalog(dir.path(), "a", catalog).await,
+        on_catalog(dir.path(), "a-b", catalog).await,
         on_catalog(dir.path(), "b", catalog).await,
     );
     let claims = [
@@ -97,9 +97,9 @@ async fn merge_own_segments(catalog: Option<&str>) {
         0,
         "and leaves b's alone"
     );
-    assert_eq!((written_by(&a, "a"), written_by(&a, "b")), (1, 4));
+    assert_eq!((written_by(&a, "a-b"), written_by(&a, "b")), (1, 4));
     b.refresh().await.unwrap();
-    assert_eq!((written_by(&b, "a"), written_by(&b, "b")), (1, 4));
+    assert_eq!((written_by(&b, "a-b"), written_by(&b, "b")), (1, 4));
     assert_eq!(answers(&b, &sample).await, before, "b sees the merge");
     assert_eq!(answers(&a, &sample).await, before);
 
@@ -215,4 +215,39 @@ async fn each_node_merges_its_own_derived_segments() {
     da.refresh().await.unwrap();
     assert_eq!(super::rows(a, q).await, before);
     assert_eq!(super::rows(b, q).await, before);
+}
+
+/// A commit whose file's mark a sweep already took rolls back: the file may be gone.
+#[tokio::test]
+async fn a_commit_whose_mark_was_swept_rolls_back() {
+    use crate::catalog::Retirement;
+    let dir = tempfile::tempdir().unwrap();
+    let a = compacting_node(dir.path(), "a").await;
+    let catalog = &a.inner.catalog;
+    let seg = crate::DerivedSegment {
+        id: 0,
+        table: "traces".into(),
+        path: "derived/traces/date=2026-01-01/seg-1-1.node=a.parquet".into(),
+        min_start_ns: 0,
+        max_start_ns: 0,
+        row_count: 1,
+        byte_size: 1,
+        created_at_ns: 0,
+    };
+    let now = now_ns();
+    catalog.doom(&seg.path, None, now).await.unwrap();
+    assert!(
+        catalog.take_doomed(&seg.path, now).await.unwrap(),
+        "a sweep takes the mark"
+    );
+    let retire = Retirement {
+        written: seg.path.clone(),
+        inputs: Vec::new(),
+        grace: Duration::ZERO,
+    };
+    match catalog.commit_derived_segment(&seg, Some(&retire)).await {
+        Err(crate::StorageError::Conflict(why)) => assert!(why.contains("swept"), "{why}"),
+        other => panic!("the commit must roll back, got {other:?}"),
+    }
+    assert!(catalog.derived_segments().await.unwrap().is_empty());
 }
