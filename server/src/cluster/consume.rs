@@ -1,6 +1,6 @@
 //! Consuming one owned partition: a durable pull consumer from just past what the store holds
-//! of the partition, each message's spans into the store's buffer (and provenance), and
-//! acknowledgements once the segment holding them is committed.
+//! of the partition, the spans of the messages already received into the store's buffer (and
+//! provenance) as one batch, and acknowledgements once the segment holding them is committed.
 //!
 //! Each claim consumes through a consumer of its own (named with the claim's epoch), created
 //! at the claim from the checkpoint the claim read, so a takeover never waits for the dead
@@ -20,7 +20,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
 use async_nats::Subject;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use meshtrace_cluster::{codec, ClusterNames};
 use meshtrace_model::arrow_conv::spans_to_batch;
 use meshtrace_storage::cluster::{Appended, Claim};
@@ -115,32 +115,31 @@ impl Consuming {
                 .messages()
                 .await
                 .map_err(|e| Restart::soon(format!("pull request failed: {e}")))?;
-            while let Some(next) = tokio::select! {
-                _ = stop.cancelled() => None,
-                m = batch.next() => m,
-            } {
-                let msg = next.map_err(|e| Restart::soon(format!("pulling failed: {e}")))?;
-                let info = msg
-                    .info()
-                    .map_err(|e| Restart::soon(format!("a message without metadata: {e}")))?;
-                if info.consumer_sequence != last_delivery + 1 {
-                    return Err(Restart::soon(format!(
-                        "delivery {} arrived after {last_delivery}: one was lost on the way",
-                        info.consumer_sequence
-                    )));
+            while let Some(group) = next_group(&mut batch, stop).await {
+                let mut messages = Vec::with_capacity(group.len());
+                for next in group {
+                    let msg = next.map_err(|e| Restart::soon(format!("pulling failed: {e}")))?;
+                    let info = msg
+                        .info()
+                        .map_err(|e| Restart::soon(format!("a message without metadata: {e}")))?;
+                    if info.consumer_sequence != last_delivery + 1 {
+                        return Err(Restart::soon(format!(
+                            "delivery {} arrived after {last_delivery}: one was lost on the way",
+                            info.consumer_sequence
+                        )));
+                    }
+                    last_delivery = info.consumer_sequence;
+                    let seq = info.stream_sequence;
+                    messages.push((seq, msg.message.payload.clone(), msg.message.reply.clone()));
                 }
-                last_delivery = info.consumer_sequence;
-                let seq = info.stream_sequence;
-                match self
-                    .deliver(partition, claim, seq, &msg.message.payload)
-                    .await?
-                {
+                match self.deliver(partition, claim, &messages).await? {
                     Appended::New | Appended::Again => {}
                     Appended::NotOwned => return Ok(()),
                 }
-                if let Some(reply) = msg.message.reply.clone() {
-                    unacked.push_back((seq, reply));
-                }
+                let replies = messages
+                    .into_iter()
+                    .filter_map(|(seq, _, r)| Some((seq, r?)));
+                unacked.extend(replies);
             }
             self.ack_committed(partition, &mut unacked).await;
         }
@@ -179,27 +178,41 @@ impl Consuming {
         Ok(self.stream.create_consumer(config).await?)
     }
 
-    /// Buffers the spans of message `seq`.
+    /// Buffers the spans of `messages` (stream sequence numbers, payloads) as one batch,
+    /// skipping those already appended (redeliveries).
     async fn deliver(
         &self,
         partition: u32,
         claim: Claim,
-        seq: u64,
-        payload: &[u8],
+        messages: &[(u64, Bytes, Option<Subject>)],
     ) -> Result<Appended, Restart> {
-        let stuck = |why: String| {
-            tracing::error!(partition, seq, %why, "cannot read a span message; the partition waits at it");
-            Restart {
-                why,
-                wait: Duration::from_secs(5),
-            }
+        let Some(appended) = self.store.partition_appended(partition, claim.epoch) else {
+            return Ok(Appended::NotOwned);
         };
-        let spans = codec::decode(payload).map_err(|e| stuck(e.to_string()))?;
-        let batch = spans_to_batch(&spans).map_err(|e| stuck(format!("arrow conversion: {e}")))?;
+        let mut spans = Vec::new();
+        let mut last = appended;
+        for (seq, payload, _) in messages.iter().filter(|m| m.0 > appended) {
+            let stuck = |why: String| {
+                tracing::error!(partition, seq, %why, "cannot read a span message; the partition waits at it");
+                Restart {
+                    why,
+                    wait: Duration::from_secs(5),
+                }
+            };
+            spans.extend(codec::decode(payload).map_err(|e| stuck(e.to_string()))?);
+            last = *seq;
+        }
+        if last == appended {
+            return Ok(Appended::Again);
+        }
+        let batch = spans_to_batch(&spans).map_err(|e| Restart {
+            why: format!("arrow conversion: {e}"),
+            wait: Duration::from_secs(5),
+        })?;
         let names = span_names(&spans);
         let appended = self
             .store
-            .append_partition(partition, claim.epoch, seq, names, batch);
+            .append_partition(partition, claim.epoch, last, names, batch);
         if let (Appended::New, Some(p)) = (appended, &self.provenance) {
             p.feed_waiting(spans).await;
         }
@@ -221,4 +234,28 @@ impl Consuming {
             }
         }
     }
+}
+
+/// Messages delivered together at most: one Arrow batch and one hand-over to provenance for
+/// many small messages (a request's spans are split over up to all partitions).
+const GROUP: usize = 256;
+
+/// The next message of `batch` and those already received after it (up to [`GROUP`]),
+/// without waiting for more; `None` when the batch is over or `stop` is cancelled.
+async fn next_group<S>(batch: &mut S, stop: &CancellationToken) -> Option<Vec<S::Item>>
+where
+    S: futures::Stream + Unpin,
+{
+    let first = tokio::select! {
+        _ = stop.cancelled() => None,
+        m = batch.next() => m,
+    }?;
+    let mut group = vec![first];
+    while group.len() < GROUP {
+        match batch.next().now_or_never() {
+            Some(Some(m)) => group.push(m),
+            _ => break,
+        }
+    }
+    Some(group)
 }
