@@ -192,6 +192,7 @@ mod derived_rows;
 mod merged;
 mod names;
 
+pub(crate) use doomed::due_in;
 pub use doomed::Retirement;
 
 fn to_i64(v: u64, what: &'static str) -> Result<i64, StorageError> {

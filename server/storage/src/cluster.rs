@@ -24,7 +24,8 @@
 //! `compact_grace` after the commit (peers re-read the segment list every second, so their
 //! queries are done by then; the nodes' clocks must agree, as NTP keeps them), and the file
 //! of a flush or a merge whose commit never came [`UNCOMMITTED_DUE`] after it was written.
-//! File names say which node wrote them ([`node_file_name`]), and no two attempts share one.
+//! File names say which node wrote them ([`crate::layout::node_file_name`]), and no two
+//! attempts share one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -37,35 +38,15 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 
 use crate::buffer::{Buffered, Taken};
-use crate::catalog::{PartitionMark, Retirement};
+use crate::catalog::{due_in, PartitionMark, Retirement};
 use crate::error::StorageError;
+use crate::layout::node_of;
 use crate::ownership::Partition;
 use crate::store::{lock, Store};
 
 /// How long after it is written a file whose commit never came is deleted: far beyond the
 /// time a flush or a merge takes between its `put` and its commit.
 pub(crate) const UNCOMMITTED_DUE: Duration = Duration::from_secs(15 * 60);
-
-/// `name` (a file name ending in `.parquet`) marked as written by `node`, with the time, so
-/// that no two attempts write the same file: `<stem>-<unix ns>.node=<node>.parquet`. Node IDs
-/// hold no `=`, so [`node_of`] reads the node back exactly.
-pub(crate) fn node_file_name(name: &str, node: &str) -> String {
-    let stem = name.strip_suffix(".parquet").unwrap_or(name);
-    let now = meshtrace_model::time::now_unix_nanos();
-    format!("{stem}-{now}.node={node}.parquet")
-}
-
-/// The node that wrote the file at `path` ([`node_file_name`]), if it says.
-pub(crate) fn node_of(path: &str) -> Option<&str> {
-    let stem = path.strip_suffix(".parquet")?;
-    stem.rsplit_once(".node=").map(|(_, node)| node)
-}
-
-/// The time `d` from now, in Unix nanoseconds.
-pub(crate) fn due_in(d: Duration) -> i64 {
-    let now = meshtrace_model::time::now_unix_nanos();
-    now.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
 
 /// What [`Store::append_partition`] did with a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,7 +244,7 @@ impl Store {
     }
 
     /// Whether this node compacts the segment at `path`: in cluster mode, those it wrote
-    /// ([`node_of`] names it); every one otherwise.
+    /// ([`crate::layout::node_of`] names it); every one otherwise.
     pub(crate) fn compacts(&self, path: &str) -> bool {
         match &self.inner.cfg.cluster_node {
             Some(node) => node_of(path) == Some(node.as_str()),

@@ -263,7 +263,7 @@ impl Store {
         // attempt's file, which a lost commit may have registered.
         let path = segment_path(min_start, seq_min, seq_max);
         let path = match &self.inner.cfg.cluster_node {
-            Some(node) => crate::cluster::node_file_name(&path, node),
+            Some(node) => crate::layout::node_file_name(&path, node),
             None => path.replace(".parquet", &format!("-{}.parquet", now_ns())),
         };
         let object = ObjectPath::from(path.as_str());

@@ -374,7 +374,7 @@ impl DerivedStore {
             t.name
         );
         if let Some(node) = &self.inner.store.config().cluster_node {
-            path = crate::cluster::node_file_name(&path, node);
+            path = crate::layout::node_file_name(&path, node);
         }
         let byte_size = enc.bytes.len() as i64;
         // In cluster mode a flush's file is marked too, and unmarked once committed.

@@ -350,6 +350,21 @@ pub(crate) fn is_not_found(e: &StorageError) -> bool {
     }
 }
 
+/// `name` (a file name ending in `.parquet`) marked as written by `node`, with the time, so
+/// that no two attempts write the same file: `<stem>-<unix ns>.node=<node>.parquet`. Node IDs
+/// hold no `=`, so [`node_of`] reads the node back exactly.
+pub(crate) fn node_file_name(name: &str, node: &str) -> String {
+    let stem = name.strip_suffix(".parquet").unwrap_or(name);
+    let now = meshtrace_model::time::now_unix_nanos();
+    format!("{stem}-{now}.node={node}.parquet")
+}
+
+/// The node that wrote the file at `path` ([`node_file_name`]), if it says.
+pub(crate) fn node_of(path: &str) -> Option<&str> {
+    let stem = path.strip_suffix(".parquet")?;
+    stem.rsplit_once(".node=").map(|(_, node)| node)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::buffer::{Buffered, Names, Snapshot, Taken, View};
 use crate::catalog::{Catalog, FlushCommit, SegmentInfo};
-use crate::cluster::node_file_name;
 use crate::error::StorageError;
-use crate::layout::{encode_segment, segment_path};
+use crate::layout::{encode_segment, node_file_name, segment_path};
 use crate::orphans::{self, Settled};
 use crate::ownership::Owned;
 use crate::pending::{Rebuild, Unresolved};

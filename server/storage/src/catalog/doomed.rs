@@ -26,6 +26,12 @@ pub struct Retirement {
     pub grace: std::time::Duration,
 }
 
+/// The time `d` from now, in Unix nanoseconds.
+pub(crate) fn due_in(d: std::time::Duration) -> i64 {
+    let now = meshtrace_model::time::now_unix_nanos();
+    now.saturating_add(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Marks a file (inserts or moves its mark).
 pub(super) const MARK: &str = "INSERT INTO doomed_files (path, segment_id, delete_after_ns) \
      VALUES ($1, $2, $3) ON CONFLICT (path) DO UPDATE SET \
@@ -51,7 +57,7 @@ macro_rules! retire {
                 )));
             }
             // Due from the commit, not from when the merge began.
-            let due = $crate::cluster::due_in(r.grace);
+            let due = $crate::catalog::doomed::due_in(r.grace);
             for (path, id) in &r.inputs {
                 sqlx::query($crate::catalog::doomed::MARK)
                     .bind(path)

@@ -39,7 +39,7 @@ async fn on_catalog(dir: &Path, name: &str, catalog: Option<&str>) -> Store {
 /// How many of the segments `store` lists were written by `node`.
 fn written_by(store: &Store, node: &str) -> usize {
     (store.segments().iter())
-        .filter(|s| crate::cluster::node_of(&s.path) == Some(node))
+        .filter(|s| crate::layout::node_of(&s.path) == Some(node))
         .count()
 }
 
