@@ -107,7 +107,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut tasks = listen(l, tls, grpc, http_routers, refused, &shutdown).await?;
     tasks.push(sampler);
     let engine = tenants.single();
-    engine.join_cluster(config.provenance.enabled).await?;
+    engine.join_cluster(&config.provenance).await?;
     engine.set_ready();
     tracing::info!(
         otlp_grpc = %l.otlp_grpc, otlp_http = %l.otlp_http, zipkin = %l.zipkin, http = %l.http,

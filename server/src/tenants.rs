@@ -292,7 +292,7 @@ impl Tenants {
         )
         .await?;
         // Cluster mode: the tenant's partitions are consumed by the nodes that have it open.
-        if let Err(e) = engine.join_cluster(config.provenance.enabled).await {
+        if let Err(e) = engine.join_cluster(&config.provenance).await {
             engine.shutdown.cancel();
             if let Err(stopping) = engine.stop().await {
                 tracing::warn!(%tenant, error = %stopping, "could not stop an engine that failed to join the cluster");

@@ -308,6 +308,56 @@ def test_tenants_are_kept_apart_across_the_cluster(cluster):
                     )
 
 
+def test_a_trace_open_when_its_partition_moves_is_derived_from_all_its_spans(cluster):
+    """A node that joins takes half the partitions over while traces are open: the first half
+    of each trace went to the first node, the rest to the new owner. Every trace's derived row
+    (the `traces` table, which the service graph and budgets read) counts all its spans."""
+    config = (
+        '[cluster]\nlease_ttl = "3s"\n'
+        '[provenance]\nidle = "2s"\nflush_age = "1s"\n'
+    )
+    n1 = cluster.node("n1", config=config)
+    service = "straddle-frontend"
+    start = now_ns() - 1_000_000_000
+    traces = [new_trace_id().hex() for _ in range(24)]
+    roots = {t: new_span_id().hex() for t in traces}
+
+    def children(t: str, names: list[str]) -> list[dict]:
+        return [
+            span_json(t, name, start + 1_000_000, start + 2_000_000, parent_hex=roots[t], kind=3)
+            for name in names
+        ]
+
+    first = [span_json(t, "GET /", start, start + 9_000_000, span_id_hex=roots[t]) for t in traces]
+    first += [s for t in traces for s in children(t, ["db"])]
+    assert post_otlp_json(n1, request_json(service, first)).status_code == 200
+    # The first halves are stored (flushed) before the partitions move.
+    count = f"SELECT count(*) FROM spans WHERE service_name = '{service}'"
+    eventually(lambda: int(n1.api.sql_rows(count)[0][0]) == 48, timeout=20, what="first halves")
+
+    n2 = cluster.node("n2", config=config)
+    eventually(
+        lambda: n2.api.metric("meshtrace_cluster_partitions_owned") >= 8,
+        timeout=30,
+        what="n2 owns partitions",
+    )
+    second = [s for t in traces for s in children(t, ["cache", "auth"])]
+    assert post_otlp_json(n2, request_json(service, second)).status_code == 200
+
+    per_trace = (
+        "SELECT encode(trace_id, 'hex'), span_count FROM traces "
+        f"WHERE root_service = '{service}' ORDER BY 1"
+    )
+
+    def whole(node):
+        rows = {t: int(n) for t, n in node.api.sql_rows(per_trace)}
+        assert rows == {t: 4 for t in traces}, f"{node.name}: {rows}"
+        return True
+
+    for node in (n1, n2):
+        eventually(lambda: whole(node), timeout=40, what=f"whole traces on {node.name}")
+
+
 # --------------------------------------------------------------------------------------------
 # kill -9 under load
 # --------------------------------------------------------------------------------------------

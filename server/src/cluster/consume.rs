@@ -12,9 +12,16 @@
 //! (a node of another version may be writing a format this one does not read). Messages are
 //! acknowledged with `AckPolicy::All`: acknowledging the newest committed message acknowledges
 //! every one before it.
+//!
+//! A trace open when its partition changed hands (a takeover, or a hand-over to a node that
+//! joined) has spans on both sides: the previous owner's in committed segments, the rest here.
+//! So for `straddle` (`[provenance] idle` plus `max_age`, the longest a trace stays open)
+//! after a claim, consumed spans go to provenance as replayed: their traces are derived from
+//! every span the store holds, with a newer version than anything the previous owner
+//! derived, instead of from this node's part alone.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
@@ -38,6 +45,9 @@ pub struct Consuming {
     pub store: Store,
     /// Present when provenance is on: consumed spans go to trace assembly too.
     pub provenance: Option<Provenance>,
+    /// For this long after a claim, consumed spans go to provenance as replayed (see the
+    /// module docs).
+    pub straddle: Duration,
 }
 
 /// Messages fetched per pull request, and how long a pull waits for them.
@@ -66,13 +76,16 @@ impl Consuming {
     /// Consumes `partition` for `claim` until `stop` or until the partition is not this
     /// claim's any more.
     pub async fn run(self, partition: u32, claim: Claim, stop: CancellationToken) {
+        let claimed = Instant::now();
         let mut start_after = claim.checkpoint;
         while !stop.is_cancelled() {
             let restart = match self.consumer(partition, claim.epoch, start_after).await {
-                Ok(consumer) => match self.pump(partition, claim, &consumer, &stop).await {
-                    Ok(()) => return,
-                    Err(r) => r,
-                },
+                Ok(consumer) => {
+                    match self.pump(partition, claim, claimed, &consumer, &stop).await {
+                        Ok(()) => return,
+                        Err(r) => r,
+                    }
+                }
                 Err(e) => Restart::soon(format!("cannot create the consumer: {e}")),
             };
             let Some(appended) = self.store.partition_appended(partition, claim.epoch) else {
@@ -92,6 +105,7 @@ impl Consuming {
         &self,
         partition: u32,
         claim: Claim,
+        claimed: Instant,
         consumer: &Consumer<pull::Config>,
         stop: &CancellationToken,
     ) -> Result<(), Restart> {
@@ -132,7 +146,7 @@ impl Consuming {
                     let seq = info.stream_sequence;
                     messages.push((seq, msg.message.payload.clone(), msg.message.reply.clone()));
                 }
-                match self.deliver(partition, claim, &messages).await? {
+                match self.deliver(partition, claim, claimed, &messages).await? {
                     Appended::New | Appended::Again => {}
                     Appended::NotOwned => return Ok(()),
                 }
@@ -184,6 +198,7 @@ impl Consuming {
         &self,
         partition: u32,
         claim: Claim,
+        claimed: Instant,
         messages: &[(u64, Bytes, Option<Subject>)],
     ) -> Result<Appended, Restart> {
         let Some(appended) = self.store.partition_appended(partition, claim.epoch) else {
@@ -213,8 +228,10 @@ impl Consuming {
         let appended = self
             .store
             .append_partition(partition, claim.epoch, last, names, batch);
-        if let (Appended::New, Some(p)) = (appended, &self.provenance) {
-            p.feed_waiting(spans).await;
+        match (appended, &self.provenance) {
+            (Appended::New, Some(p)) if claimed.elapsed() < self.straddle => p.replay(spans).await,
+            (Appended::New, Some(p)) => p.feed_waiting(spans).await,
+            _ => {}
         }
         Ok(appended)
     }

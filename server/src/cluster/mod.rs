@@ -166,6 +166,7 @@ impl Connected {
             store,
             provenance,
             assemble,
+            straddle,
             priorities,
             recorder,
             ready,
@@ -187,6 +188,7 @@ impl Connected {
             names: self.names.clone(),
             store: store.clone(),
             provenance: assemble.then(|| provenance.clone()),
+            straddle,
         };
         let stop = CancellationToken::new();
         let subject = self.names.observations();
@@ -356,6 +358,9 @@ pub struct Shared {
     pub provenance: Provenance,
     /// Whether consumed spans go to trace assembly (`[provenance] enabled`).
     pub assemble: bool,
+    /// How long after a claim a consumed span may belong to a trace the partition's previous
+    /// owner saw part of (`[provenance] idle` plus `max_age`; see `consume`).
+    pub straddle: Duration,
     pub priorities: Priorities,
     /// Where this node records every node's budget observations.
     pub recorder: Recorder,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::timing::RequestTiming;
 use crate::api::{self, ApiState};
 use crate::cluster;
-use crate::config::Config;
+use crate::config::{Config, ProvenanceSettings};
 use crate::metrics::StoreMetrics;
 use crate::priorities::Priorities;
 pub use open::{open, Opened};
@@ -130,8 +130,8 @@ impl Engine {
     }
 
     /// Cluster mode: starts holding the engine's leases and consuming the partitions it owns
-    /// (`assemble`: provenance assembles traces); nothing otherwise.
-    pub async fn join_cluster(&self, assemble: bool) -> anyhow::Result<()> {
+    /// (assembling traces as `provenance` says); nothing otherwise.
+    pub async fn join_cluster(&self, provenance: &ProvenanceSettings) -> anyhow::Result<()> {
         let Some(connected) = &self.opened.cluster else {
             return Ok(());
         };
@@ -139,7 +139,8 @@ impl Engine {
             .start(cluster::Shared {
                 store: self.opened.store.clone(),
                 provenance: self.opened.provenance.clone(),
-                assemble,
+                assemble: provenance.enabled,
+                straddle: provenance.idle + provenance.max_age,
                 priorities: self.state.priorities.clone(),
                 recorder: self.opened.recorder.clone(),
                 ready: self.state.ready.clone(),
