@@ -16,7 +16,8 @@
 //! A trace open when its partition changed hands (a takeover, or a hand-over to a node that
 //! joined) has spans on both sides: the previous owner's in committed segments, the rest here.
 //! So for `straddle` (`[provenance] idle` plus `max_age`, the longest a trace stays open)
-//! after a claim, consumed spans go to provenance as replayed: their traces are derived from
+//! after a claim of a partition with committed spans, consumed spans go to provenance as
+//! replayed (a lookup of stored spans per trace, as after a write-ahead log replay): their traces are derived from
 //! every span the store holds, with a newer version than anything the previous owner
 //! derived, instead of from this node's part alone.
 
@@ -45,8 +46,8 @@ pub struct Consuming {
     pub store: Store,
     /// Present when provenance is on: consumed spans go to trace assembly too.
     pub provenance: Option<Provenance>,
-    /// For this long after a claim, consumed spans go to provenance as replayed (see the
-    /// module docs).
+    /// For this long after a claim (of a partition with committed spans), consumed spans go to
+    /// provenance as replayed (see the module docs).
     pub straddle: Duration,
 }
 
@@ -76,12 +77,16 @@ impl Consuming {
     /// Consumes `partition` for `claim` until `stop` or until the partition is not this
     /// claim's any more.
     pub async fn run(self, partition: u32, claim: Claim, stop: CancellationToken) {
-        let claimed = Instant::now();
+        // A partition nothing was ever committed for has no trace on the other side.
+        let straddle = (claim.checkpoint > 0).then(|| Instant::now() + self.straddle);
         let mut start_after = claim.checkpoint;
         while !stop.is_cancelled() {
             let restart = match self.consumer(partition, claim.epoch, start_after).await {
                 Ok(consumer) => {
-                    match self.pump(partition, claim, claimed, &consumer, &stop).await {
+                    match self
+                        .pump(partition, claim, straddle, &consumer, &stop)
+                        .await
+                    {
                         Ok(()) => return,
                         Err(r) => r,
                     }
@@ -105,7 +110,7 @@ impl Consuming {
         &self,
         partition: u32,
         claim: Claim,
-        claimed: Instant,
+        straddle: Option<Instant>,
         consumer: &Consumer<pull::Config>,
         stop: &CancellationToken,
     ) -> Result<(), Restart> {
@@ -146,7 +151,7 @@ impl Consuming {
                     let seq = info.stream_sequence;
                     messages.push((seq, msg.message.payload.clone(), msg.message.reply.clone()));
                 }
-                match self.deliver(partition, claim, claimed, &messages).await? {
+                match self.deliver(partition, claim, straddle, &messages).await? {
                     Appended::New | Appended::Again => {}
                     Appended::NotOwned => return Ok(()),
                 }
@@ -198,7 +203,7 @@ impl Consuming {
         &self,
         partition: u32,
         claim: Claim,
-        claimed: Instant,
+        straddle: Option<Instant>,
         messages: &[(u64, Bytes, Option<Subject>)],
     ) -> Result<Appended, Restart> {
         let Some(appended) = self.store.partition_appended(partition, claim.epoch) else {
@@ -229,7 +234,9 @@ impl Consuming {
             .store
             .append_partition(partition, claim.epoch, last, names, batch);
         match (appended, &self.provenance) {
-            (Appended::New, Some(p)) if claimed.elapsed() < self.straddle => p.replay(spans).await,
+            (Appended::New, Some(p)) if straddle.is_some_and(|t| Instant::now() < t) => {
+                p.replay(spans).await
+            }
             (Appended::New, Some(p)) => p.feed_waiting(spans).await,
             _ => {}
         }
